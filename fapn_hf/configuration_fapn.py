@@ -1,0 +1,227 @@
+"""FaPN model configuration."""
+
+from __future__ import annotations
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig, PreTrainedConfig, TimmBackboneConfig
+from transformers.configuration_utils import SubConfigSpec
+
+from .deform_conv import DEFORM_CONV_IMPLEMENTATIONS
+
+NECK_NORMS = ("", "GN", "BN")
+# FaPN consumes the C2..C5 maps of the backbone.
+PYRAMID_STRIDES = (4, 8, 16, 32)
+
+
+def timm_backbone_config(name: str, **kwargs) -> TimmBackboneConfig:
+    """Builds a `TimmBackboneConfig` that returns the stride-4/8/16/32 maps of the timm model `name`.
+
+    The model is instantiated on the meta device to read its feature strides, so this is instant and needs no
+    network access. Raises `ValueError` for names timm does not know or models without those four strides.
+    """
+    import timm
+    import torch
+
+    if not timm.is_model(name):
+        similar = timm.list_models(f"*{name.split('.')[0][:6]}*")[:8]
+        hint = f" Similar timm models: {', '.join(similar)}." if similar else ""
+        raise ValueError(f"Unknown backbone {name!r}: timm has no model of that name.{hint}")
+    with torch.device("meta"):
+        features = timm.create_model(name, pretrained=False, features_only=True)
+    reductions = features.feature_info.reduction()
+    missing = [s for s in PYRAMID_STRIDES if s not in reductions]
+    if missing:
+        raise ValueError(
+            f"Backbone {name!r} has feature strides {reductions}; FaPN needs maps at strides {PYRAMID_STRIDES}"
+        )
+    out_indices = [reductions.index(s) for s in PYRAMID_STRIDES]
+    return TimmBackboneConfig(backbone=name, out_indices=out_indices, **kwargs)
+
+
+@strict
+class FaPNConfig(PreTrainedConfig):
+    r"""
+    Configuration of a FaPN (Feature-aligned Pyramid Network, Huang et al., ICCV 2021) semantic segmentation model.
+
+    The defaults build FaPN-R50 with the semantic FPN head of the paper (D = 256, 8 deformable groups, no neck norm).
+
+    Args:
+        backbone_config (`PreTrainedConfig` or `dict`, *optional*):
+            The backbone, through transformers' backbone API: a `TimmBackboneConfig` (e.g. `resnet50`,
+            `swin_large_patch4_window12_384`) or a transformers backbone config (`ResNetConfig`, `SwinConfig`) whose
+            four outputs are the stride 4, 8, 16 and 32 maps. Defaults to timm's `resnet50`.
+        backbone (`str`, *optional*):
+            Shortcut: a timm model name, turned into `backbone_config` without network access. Not stored.
+        use_pretrained_backbone (`bool`, *optional*, defaults to `False`):
+            Load timm's pretrained weights into the backbone when the model is built (not when it is loaded with
+            `from_pretrained`, whose checkpoint already holds the backbone). Timm backbones only.
+        use_fam (`bool`, *optional*, defaults to `True`):
+            Align the upsampled coarse map with the feature alignment module. With `use_fam=False` the top-down
+            path is the plain FPN one (nearest upsample and add).
+        use_fsm (`bool`, *optional*, defaults to `True`):
+            Use the feature selection module as lateral connection instead of a plain 1x1 convolution.
+            `use_fam=False, use_fsm=False` is the standard FPN baseline.
+        neck_channels (`int`, *optional*, defaults to 256):
+            Width `D` of the pyramid.
+        deformable_groups (`int`, *optional*, defaults to 8):
+            Deformable groups of the modulated deformable convolution in every FAM.
+        neck_norm (`str`, *optional*, defaults to `""`):
+            Normalisation in the neck: `""` (none, as the Cityscapes models), `"GN"` (32 groups) or `"BN"`.
+        deform_conv_implementation (`str`, *optional*, defaults to `"auto"`):
+            `"torch"` (pure PyTorch, any device, ONNX-exportable), `"torchvision"`, or `"auto"` (torchvision on
+            CUDA, pure PyTorch elsewhere).
+        head_channels (`int`, *optional*, defaults to 128):
+            Width of the semantic FPN head.
+        size_divisibility (`int`, *optional*, defaults to 32):
+            Inputs are zero-padded (after normalisation) to a multiple of this, as detectron2 does; outputs are
+            cropped back to the input size.
+        semantic_loss_ignore_index (`int`, *optional*, defaults to 255):
+            Label value ignored by the loss and the metrics.
+        use_point_rend (`bool`, *optional*, defaults to `False`):
+            Refine the coarse logits with a PointRend point head (the paper's Cityscapes models).
+        point_head_channels (`int`, *optional*, defaults to 256):
+            Width of the point head's hidden layers.
+        point_head_num_layers (`int`, *optional*, defaults to 3):
+            Number of hidden layers (1x1 `Conv1d` + ReLU) of the point head.
+        point_head_coarse_pred_each_layer (`bool`, *optional*, defaults to `False`):
+            Also append the coarse prediction to the input of every hidden point-head layer (detectron2's
+            `StandardPointHead` option). Off, the head is `D + K -> 256 -> 256 -> 256 -> K`, which reproduces the
+            paper's parameter counts.
+        point_rend_train_num_points (`int`, *optional*, defaults to 2048):
+            Points per image supervised during training.
+        point_rend_oversample_ratio (`float`, *optional*, defaults to 3.0):
+            Candidates drawn per training point before picking the most uncertain ones.
+        point_rend_importance_sample_ratio (`float`, *optional*, defaults to 0.75):
+            Share of training points picked by uncertainty; the rest are uniformly random.
+        point_rend_subdivision_steps (`int`, *optional*, defaults to 2):
+            Inference refinement steps, each upsampling the logits 2x.
+        point_rend_subdivision_num_points (`int`, *optional*, defaults to 8192):
+            Points re-predicted in each subdivision step.
+
+    Example:
+
+    ```python
+    >>> import fapn_hf
+    >>> from fapn_hf import FaPNConfig, FaPNForSemanticSegmentation
+    >>> config = FaPNConfig(backbone="resnet18", num_labels=19)
+    >>> model = FaPNForSemanticSegmentation(config)
+    ```
+    """
+
+    model_type = "fapn"
+    sub_configs_defaults = {
+        "backbone_config": SubConfigSpec(
+            config_class=AutoConfig,
+            model_type="timm_backbone",
+            init_kwargs={"backbone": "resnet50", "out_indices": [1, 2, 3, 4]},
+        ),
+    }
+
+    backbone_config: dict | PreTrainedConfig | None = None
+    use_pretrained_backbone: bool = False
+    use_fam: bool = True
+    use_fsm: bool = True
+    neck_channels: int = 256
+    deformable_groups: int = 8
+    neck_norm: str = ""
+    deform_conv_implementation: str = "auto"
+    head_channels: int = 128
+    size_divisibility: int = 32
+    semantic_loss_ignore_index: int = 255
+    use_point_rend: bool = False
+    point_head_channels: int = 256
+    point_head_num_layers: int = 3
+    point_head_coarse_pred_each_layer: bool = False
+    point_rend_train_num_points: int = 2048
+    point_rend_oversample_ratio: float | int = 3.0
+    point_rend_importance_sample_ratio: float | int = 0.75
+    point_rend_subdivision_steps: int = 2
+    point_rend_subdivision_num_points: int = 8192
+
+    def __post_init__(self, **kwargs):
+        backbone = kwargs.pop("backbone", None)
+        if backbone is not None:
+            if self.backbone_config is not None:
+                raise ValueError("Pass either `backbone` (a timm model name) or `backbone_config`, not both.")
+            if not isinstance(backbone, str):
+                raise ValueError(f"`backbone` must be a timm model name, got {type(backbone).__name__}")
+            self.backbone_config = timm_backbone_config(backbone)
+        super().__post_init__(**kwargs)
+        self._check_values()
+
+    @property
+    def is_timm_backbone(self) -> bool:
+        return getattr(self.backbone_config, "model_type", None) == "timm_backbone"
+
+    def _check_values(self) -> None:
+        """Raises `ValueError` naming the first inconsistent or out-of-range setting."""
+
+        def require(condition: bool, message: str) -> None:
+            if not condition:
+                raise ValueError(f"FaPNConfig: {message}")
+
+        backbone = self.backbone_config
+        outputs = getattr(backbone, "out_indices", None) or getattr(backbone, "out_features", None) or []
+        require(
+            len(outputs) == 4,
+            f"the backbone must return 4 feature maps (strides 4, 8, 16, 32), it is set to return {list(outputs)}",
+        )
+        require(self.neck_norm in NECK_NORMS, f"neck_norm must be one of {NECK_NORMS}, got {self.neck_norm!r}")
+        require(
+            self.deform_conv_implementation in DEFORM_CONV_IMPLEMENTATIONS,
+            f"deform_conv_implementation must be one of {DEFORM_CONV_IMPLEMENTATIONS}, "
+            f"got {self.deform_conv_implementation!r}",
+        )
+        require(self.neck_channels > 0, f"neck_channels must be positive, got {self.neck_channels}")
+        require(self.head_channels > 0, f"head_channels must be positive, got {self.head_channels}")
+        require(
+            self.head_channels % 32 == 0,
+            f"head_channels ({self.head_channels}) must be a multiple of 32 (the head uses GroupNorm(32))",
+        )
+        if self.neck_norm == "GN":
+            require(
+                self.neck_channels % 32 == 0,
+                f"neck_norm='GN' uses 32 groups, so neck_channels ({self.neck_channels}) must be a multiple of 32",
+            )
+        if self.use_fam:
+            require(self.deformable_groups > 0, f"deformable_groups must be positive, got {self.deformable_groups}")
+            require(
+                self.neck_channels % self.deformable_groups == 0,
+                f"neck_channels ({self.neck_channels}) must be divisible by deformable_groups "
+                f"({self.deformable_groups})",
+            )
+        require(self.size_divisibility >= 1, f"size_divisibility must be >= 1, got {self.size_divisibility}")
+        require(
+            self.num_labels >= 2, f"semantic segmentation needs at least 2 labels, got num_labels={self.num_labels}"
+        )
+        require(
+            not 0 <= self.semantic_loss_ignore_index < self.num_labels,
+            f"semantic_loss_ignore_index ({self.semantic_loss_ignore_index}) is a valid class id for "
+            f"num_labels={self.num_labels}; choose a value outside [0, {self.num_labels})",
+        )
+        if self.use_point_rend:
+            require(self.point_head_channels > 0, "point_head_channels must be positive")
+            require(self.point_head_num_layers >= 1, "point_head_num_layers must be >= 1")
+            require(self.point_rend_train_num_points >= 1, "point_rend_train_num_points must be >= 1")
+            require(
+                self.point_rend_oversample_ratio >= 1,
+                f"point_rend_oversample_ratio must be >= 1, got {self.point_rend_oversample_ratio}",
+            )
+            require(
+                0 <= self.point_rend_importance_sample_ratio <= 1,
+                f"point_rend_importance_sample_ratio must lie in [0, 1], got {self.point_rend_importance_sample_ratio}",
+            )
+            require(self.point_rend_subdivision_steps >= 0, "point_rend_subdivision_steps must be >= 0")
+            require(self.point_rend_subdivision_num_points >= 1, "point_rend_subdivision_num_points must be >= 1")
+        if self.use_pretrained_backbone:
+            require(
+                self.is_timm_backbone,
+                "use_pretrained_backbone loads timm weights and needs a timm backbone; for a transformers backbone "
+                "load it with `AutoBackbone.from_pretrained` and assign it to `model.fapn.backbone`",
+            )
+
+    def validate_fapn(self) -> None:
+        self._check_values()
+
+
+__all__ = ["FaPNConfig", "timm_backbone_config"]

@@ -1,0 +1,560 @@
+"""PyTorch FaPN: feature-aligned pyramid network (Huang et al., ICCV 2021) for semantic segmentation.
+
+Layout follows the official detectron2 implementation: a backbone from transformers' backbone API, the FaPN neck
+(feature selection + feature alignment over a modulated deformable convolution), the Panoptic-FPN semantic head
+and, optionally, PointRend refinement. `use_fam=False, use_fsm=False` turns the neck into the standard FPN.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.backbone_utils import load_backbone
+from transformers.modeling_outputs import SemanticSegmenterOutput
+from transformers.utils import ModelOutput
+
+from .configuration_fapn import FaPNConfig
+from .deform_conv import ModulatedDeformConv2d
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Layers
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def make_norm(norm: str, channels: int) -> nn.Module:
+    """`""` -> identity, `"GN"` -> GroupNorm(32), `"BN"` -> BatchNorm2d."""
+    if norm == "":
+        return nn.Identity()
+    if norm == "GN":
+        return nn.GroupNorm(32, channels)
+    if norm == "BN":
+        return nn.BatchNorm2d(channels)
+    raise ValueError(f"Unknown norm {norm!r}; expected '', 'GN' or 'BN'")
+
+
+def reset_norm(norm: nn.Module) -> None:
+    if getattr(norm, "weight", None) is not None:
+        nn.init.ones_(norm.weight)
+        nn.init.zeros_(norm.bias)
+    if getattr(norm, "running_mean", None) is not None:
+        nn.init.zeros_(norm.running_mean)
+        nn.init.ones_(norm.running_var)
+        nn.init.zeros_(norm.num_batches_tracked)
+
+
+def init_conv(conv: nn.Module, scheme: str) -> None:
+    """Initialises a conv like detectron2: `"xavier"` (c2_xavier_fill), `"msra"` (c2_msra_fill) or `"normal"`
+    (std 0.001, for predictors). Biases start at zero."""
+    if scheme == "xavier":
+        nn.init.kaiming_uniform_(conv.weight, a=1)
+    elif scheme == "msra":
+        nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    elif scheme == "normal":
+        nn.init.normal_(conv.weight, std=0.001)
+    else:
+        raise ValueError(f"Unknown init scheme {scheme!r}")
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+
+
+class ConvNormAct(nn.Module):
+    """Conv2d, optional norm, optional ReLU. Without a norm the conv has a bias unless told otherwise."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        padding: int = 0,
+        norm: str = "",
+        activation: bool = False,
+        bias: bool | None = None,
+        init: str = "xavier",
+    ) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(
+            in_channels, out_channels, kernel_size, padding=padding, bias=(norm == "") if bias is None else bias
+        )
+        self.norm = make_norm(norm, out_channels)
+        self.activation = nn.ReLU() if activation else nn.Identity()
+        self.init_scheme = init
+
+    def reset_parameters(self) -> None:
+        init_conv(self.conv, self.init_scheme)
+        reset_norm(self.norm)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.norm(self.conv(hidden_states)))
+
+
+def resize_to(hidden_states: torch.Tensor, size: Sequence[int], mode: str = "bilinear") -> torch.Tensor:
+    """Resizes `(N, C, h, w)` to `size`, bilinear with `align_corners=False` (or nearest); a no-op if it matches."""
+    if tuple(hidden_states.shape[-2:]) == tuple(size):
+        return hidden_states
+    if mode == "nearest":
+        return F.interpolate(hidden_states, size=tuple(size), mode="nearest")
+    return F.interpolate(hidden_states, size=tuple(size), mode=mode, align_corners=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# FaPN neck
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class FeatureSelectionModule(nn.Module):
+    """FSM: SE-like channel attention with a skip connection, then a 1x1 projection to the pyramid width.
+
+    `(N, C_in, H, W)` -> `(N, D, H, W)`:  `projection(x + x * sigmoid(attention(mean_hw(x))))`.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.attention = ConvNormAct(in_channels, in_channels, 1, bias=False)
+        self.projection = ConvNormAct(in_channels, out_channels, 1, bias=False)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        weights = torch.sigmoid(self.attention(features.mean(dim=(2, 3), keepdim=True)))
+        return self.projection(features + features * weights)
+
+
+class FeatureAlignmentModule(nn.Module):
+    """FAM: aligns the upsampled coarse map to the lateral map with a modulated deformable convolution.
+
+    The offsets and masks are predicted from `offset_conv(concat(lateral, 2 * upsampled))`, i.e. from the
+    difference between the two maps. Inputs `lateral` `(N, D, H, W)` and `coarse` `(N, D, h, w)`; output
+    `relu(dcn(upsampled)) + lateral`, `(N, D, H, W)`.
+    """
+
+    def __init__(self, channels: int, deformable_groups: int, norm: str, implementation: str) -> None:
+        super().__init__()
+        self.offset_conv = ConvNormAct(2 * channels, channels, 1, norm=norm, bias=False)
+        self.deform_conv = ModulatedDeformConv2d(
+            channels,
+            channels,
+            kernel_size=3,
+            padding=1,
+            deformable_groups=deformable_groups,
+            guide_channels=channels,
+            implementation=implementation,
+        )
+
+    def forward(self, lateral: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+        upsampled = resize_to(coarse, lateral.shape[-2:])
+        guide = self.offset_conv(torch.cat([lateral, 2 * upsampled], dim=1))
+        aligned = F.relu(self.deform_conv(upsampled, guide))
+        return aligned + lateral
+
+
+class FaPNNeck(nn.Module):
+    """The FaPN neck (SPEC 2.3), or the detectron2 FPN (SPEC 2.4) when `use_fam` and `use_fsm` are off.
+
+    Takes the backbone maps C2..C5 (strides 4..32) and returns the pyramid P2..P5, each `(N, D, H_i, W_i)`.
+    With FAM the top level has no output conv and the un-convolved map of each level feeds the next finer one.
+    """
+
+    def __init__(self, config: FaPNConfig, in_channels: Sequence[int]) -> None:
+        super().__init__()
+        width, norm = config.neck_channels, config.neck_norm
+
+        def lateral(channels: int) -> nn.Module:
+            if config.use_fsm:
+                return FeatureSelectionModule(channels, width)
+            return ConvNormAct(channels, width, 1, norm=norm)
+
+        # Index 0 is the finest level (C2); the top level (C5) has its own plain lateral conv.
+        self.lateral_convs = nn.ModuleList(lateral(c) for c in in_channels[:-1])
+        self.top_lateral_conv = ConvNormAct(in_channels[-1], width, 1, norm=norm)
+        self.alignments = (
+            nn.ModuleList(
+                FeatureAlignmentModule(width, config.deformable_groups, norm, config.deform_conv_implementation)
+                for _ in in_channels[:-1]
+            )
+            if config.use_fam
+            else None
+        )
+        self.output_convs = nn.ModuleList(ConvNormAct(width, width, 3, padding=1, norm=norm) for _ in in_channels[:-1])
+        self.top_output_conv = None if config.use_fam else ConvNormAct(width, width, 3, padding=1, norm=norm)
+
+    def forward(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        top_down = self.top_lateral_conv(features[-1])
+        pyramid = [top_down if self.top_output_conv is None else self.top_output_conv(top_down)]
+        for level in reversed(range(len(features) - 1)):
+            lateral = self.lateral_convs[level](features[level])
+            if self.alignments is not None:
+                top_down = self.alignments[level](lateral, top_down)
+            else:
+                top_down = lateral + resize_to(top_down, lateral.shape[-2:], mode="nearest")
+            pyramid.insert(0, self.output_convs[level](top_down))
+        return pyramid
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Heads
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class SemanticFPNHead(nn.Module):
+    """Panoptic-FPN semantic head: per-level conv/GN/ReLU (+2x upsample) towers summed at stride 4.
+
+    Input: the pyramid P2..P5. Output: coarse logits `(N, num_labels, H_2, W_2)` at the resolution of P2.
+    """
+
+    def __init__(self, config: FaPNConfig) -> None:
+        super().__init__()
+        self.scale_heads = nn.ModuleList()
+        for stride in (4, 8, 16, 32):
+            num_blocks = max(1, int(math.log2(stride)) - 2)
+            self.scale_heads.append(
+                nn.ModuleList(
+                    ConvNormAct(
+                        config.neck_channels if block == 0 else config.head_channels,
+                        config.head_channels,
+                        3,
+                        padding=1,
+                        norm="GN",
+                        activation=True,
+                        bias=False,
+                        init="msra",
+                    )
+                    for block in range(num_blocks)
+                )
+            )
+        self.predictor = ConvNormAct(config.head_channels, config.num_labels, 1, init="normal")
+
+    def forward(self, pyramid: Sequence[torch.Tensor]) -> torch.Tensor:
+        fused = None
+        for level, (features, blocks) in enumerate(zip(pyramid, self.scale_heads)):
+            for block_index, block in enumerate(blocks):
+                features = block(features)
+                if level > 0:
+                    # 2x bilinear upsample; targeting the next finer level's size keeps odd sizes aligned.
+                    features = resize_to(features, pyramid[level - block_index - 1].shape[-2:])
+            fused = features if fused is None else fused + features
+        return self.predictor(fused)
+
+
+def point_sample(features: torch.Tensor, coords: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+    """Samples `(N, C, H, W)` at `coords` `(N, P, 2)`, given as (x, y) in [0, 1]; returns `(N, C, P)`."""
+    grid = 2.0 * coords.unsqueeze(2) - 1.0
+    return F.grid_sample(features, grid.to(features.dtype), mode=mode, align_corners=False).squeeze(3)
+
+
+def uncertainty(logits: torch.Tensor) -> torch.Tensor:
+    """PointRend uncertainty, `(N, K, ...) -> (N, 1, ...)`: second-best minus best logit (higher = less sure)."""
+    top2 = torch.topk(logits, k=2, dim=1).values
+    return (top2[:, 1] - top2[:, 0]).unsqueeze(1)
+
+
+def sample_training_points(
+    coarse_logits: torch.Tensor, num_points: int, oversample_ratio: float, importance_sample_ratio: float
+) -> torch.Tensor:
+    """Training points, `(N, num_points, 2)` in [0, 1]: the most uncertain of `oversample_ratio * num_points`
+    random candidates for a share `importance_sample_ratio`, uniformly random points for the rest."""
+    batch = coarse_logits.shape[0]
+    num_candidates = int(num_points * oversample_ratio)
+    candidates = torch.rand(batch, num_candidates, 2, device=coarse_logits.device)
+    candidate_uncertainty = uncertainty(point_sample(coarse_logits, candidates))[:, 0]
+    num_uncertain = int(importance_sample_ratio * num_points)
+    chosen = torch.topk(candidate_uncertainty, k=num_uncertain, dim=1).indices
+    points = torch.gather(candidates, 1, chosen.unsqueeze(-1).expand(-1, -1, 2))
+    num_random = num_points - num_uncertain
+    if num_random > 0:
+        points = torch.cat([points, torch.rand(batch, num_random, 2, device=coarse_logits.device)], dim=1)
+    return points
+
+
+def most_uncertain_grid_points(uncertainty_map: torch.Tensor, num_points: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The `num_points` most uncertain cells of `(N, 1, H, W)`: flat indices `(N, P)` and cell centres `(N, P, 2)`."""
+    batch, _, height, width = uncertainty_map.shape
+    num_points = min(height * width, num_points)
+    indices = torch.topk(uncertainty_map.view(batch, height * width), k=num_points, dim=1).indices
+    coords = torch.stack(
+        (((indices % width).float() + 0.5) / width, ((indices // width).float() + 0.5) / height), dim=-1
+    )
+    return indices, coords
+
+
+class PointHead(nn.Module):
+    """PointRend's point head: 1x1 `Conv1d` + ReLU layers over point features, then a linear predictor.
+
+    Inputs: fine features `(N, D, P)` sampled from P2 and coarse logits `(N, K, P)` sampled at the same points.
+    Output: point logits `(N, K, P)`. With `coarse_pred_each_layer` the coarse logits are appended to the input of
+    every layer, as in detectron2's `StandardPointHead`.
+    """
+
+    def __init__(self, config: FaPNConfig) -> None:
+        super().__init__()
+        num_labels, channels = config.num_labels, config.point_head_channels
+        self.coarse_pred_each_layer = config.point_head_coarse_pred_each_layer
+        extra = num_labels if self.coarse_pred_each_layer else 0
+        in_channels = config.neck_channels + num_labels
+        self.layers = nn.ModuleList()
+        for _ in range(config.point_head_num_layers):
+            self.layers.append(nn.Conv1d(in_channels, channels, 1))
+            in_channels = channels + extra
+        self.predictor = nn.Conv1d(in_channels, num_labels, 1)
+
+    def reset_parameters(self) -> None:
+        for layer in self.layers:
+            init_conv(layer, "msra")
+        init_conv(self.predictor, "normal")
+
+    def forward(self, fine_features: torch.Tensor, coarse_logits: torch.Tensor) -> torch.Tensor:
+        hidden = torch.cat([fine_features, coarse_logits], dim=1)
+        for layer in self.layers:
+            hidden = F.relu(layer(hidden))
+            if self.coarse_pred_each_layer:
+                hidden = torch.cat([hidden, coarse_logits], dim=1)
+        return self.predictor(hidden)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FaPNModelOutput(ModelOutput):
+    """Output of [`FaPNModel`].
+
+    Args:
+        feature_maps (`tuple(torch.FloatTensor)`): the pyramid P2..P5, each `(N, D, H / s, W / s)` for
+            s = 4, 8, 16, 32 of the padded input.
+        backbone_feature_maps (`tuple(torch.FloatTensor)`): the backbone maps C2..C5 (NCHW).
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*): all backbone stages, when
+            `output_hidden_states=True`.
+    """
+
+    feature_maps: tuple[torch.FloatTensor, ...] | None = None
+    backbone_feature_maps: tuple[torch.FloatTensor, ...] | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+def padded_size(height: int, width: int, divisor: int) -> tuple[int, int]:
+    return (-(-height // divisor) * divisor, -(-width // divisor) * divisor)
+
+
+class FaPNPreTrainedModel(PreTrainedModel):
+    config_class = FaPNConfig
+    config: FaPNConfig
+    base_model_prefix = "fapn"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    # forward() takes no **kwargs: the Trainer must not rescale the loss for it under DDP.
+    accepts_loss_kwargs = False
+    _no_split_modules = []
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Saves like any transformers model and, for `trust_remote_code=True` users, ships the image processor code
+        with an `auto_map` entry for every FaPN Auto class (whichever head is saved)."""
+        processor_file = Path(__file__).with_name("image_processing_fapn.py")
+        if self._auto_class is not None:
+            auto_map = {
+                **(getattr(self.config, "auto_map", None) or {}),
+                "AutoModel": "modeling_fapn.FaPNModel",
+                "AutoModelForSemanticSegmentation": "modeling_fapn.FaPNForSemanticSegmentation",
+            }
+            if processor_file.exists():
+                # Declared here rather than in preprocessor_config.json: there, transformers' pipeline would also
+                # look for a remote video processor and prompt about remote code even with fapn_hf imported.
+                auto_map["AutoImageProcessor"] = "image_processing_fapn.FaPNImageProcessor"
+            self.config.auto_map = auto_map
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        if self._auto_class is not None and processor_file.exists():
+            shutil.copyfile(processor_file, Path(save_directory) / processor_file.name)
+        return result
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        # The layers own their (detectron2) initialisation; backbones initialise themselves.
+        if isinstance(module, (ConvNormAct, ModulatedDeformConv2d, PointHead)):
+            module.reset_parameters()
+
+
+class FaPNModel(FaPNPreTrainedModel):
+    """Backbone + FaPN neck. Returns the feature pyramid P2..P5."""
+
+    def __init__(self, config: FaPNConfig) -> None:
+        super().__init__(config)
+        self.backbone = load_backbone(config)
+        self.neck = FaPNNeck(config, self.backbone.channels)
+        # timm's transformer backbones (Swin) return NHWC maps.
+        self.backbone_channels_last = str(getattr(getattr(self.backbone, "_backbone", None), "output_fmt", "")) in (
+            "NHWC",
+            "Format.NHWC",
+        )
+        self.post_init()
+        # post_init() resets backbone norms, so pretrained weights go in afterwards. Under from_pretrained the
+        # model is built on the meta device and the checkpoint brings the backbone weights.
+        if config.use_pretrained_backbone and not next(self.backbone.parameters()).is_meta:
+            self.load_pretrained_backbone()
+
+    def load_pretrained_backbone(self, checkpoint_file: str | None = None) -> None:
+        """Loads timm's pretrained weights (all parameters and BatchNorm statistics) into the backbone.
+
+        Args:
+            checkpoint_file: a local `.safetensors`/`.pth` file of the timm model; by default timm fetches the
+                model's default pretrained weights (from the Hub cache, or the network).
+        """
+        import timm
+
+        backbone_config = self.config.backbone_config
+        if not self.config.is_timm_backbone:
+            raise ValueError("load_pretrained_backbone only supports timm backbones")
+        pretrained = timm.create_model(
+            backbone_config.backbone,
+            pretrained=True,
+            features_only=backbone_config.features_only,
+            out_indices=backbone_config.out_indices,
+            in_chans=backbone_config.num_channels,
+            output_stride=backbone_config.output_stride,
+            pretrained_cfg_overlay={"file": checkpoint_file} if checkpoint_file else None,
+        )
+        self.backbone._backbone.load_state_dict(pretrained.state_dict(), strict=True)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> FaPNModelOutput | tuple:
+        """
+        Args:
+            pixel_values: `(N, 3, H, W)` normalised images, any H and W (zero-padded to `size_divisibility`).
+        Returns:
+            [`FaPNModelOutput`] with the pyramid of the padded input.
+        """
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        output_hidden_states = (
+            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        )
+        if pixel_values.dim() != 4:
+            raise ValueError(f"pixel_values must be (batch, channels, height, width), got {tuple(pixel_values.shape)}")
+        height, width = pixel_values.shape[-2:]
+        target_h, target_w = padded_size(height, width, self.config.size_divisibility)
+        padded = F.pad(pixel_values, (0, target_w - width, 0, target_h - height))
+        backbone_outputs = self.backbone(padded, output_hidden_states=output_hidden_states, return_dict=True)
+        features = tuple(backbone_outputs.feature_maps)
+        if self.backbone_channels_last:
+            features = tuple(f.permute(0, 3, 1, 2).contiguous() for f in features)
+        output = FaPNModelOutput(
+            feature_maps=tuple(self.neck(features)),
+            backbone_feature_maps=features,
+            hidden_states=backbone_outputs.hidden_states if output_hidden_states else None,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class FaPNForSemanticSegmentation(FaPNPreTrainedModel):
+    """FaPN with the semantic FPN head (and optional PointRend refinement).
+
+    Forward: `pixel_values` `(N, 3, H, W)` -> [`SemanticSegmenterOutput`] with `logits` `(N, num_labels, H, W)` at
+    input resolution and, when `labels` `(N, H, W)` are given, the cross-entropy loss (ignoring
+    `semantic_loss_ignore_index`; plus the point loss for PointRend models in training mode).
+    """
+
+    def __init__(self, config: FaPNConfig) -> None:
+        super().__init__(config)
+        self.fapn = FaPNModel(config)
+        self.decode_head = SemanticFPNHead(config)
+        self.point_head = PointHead(config) if config.use_point_rend else None
+        self.post_init()
+
+    def check_labels(self, labels: torch.Tensor, pixel_values: torch.Tensor) -> None:
+        """Raises `ValueError` for labels of the wrong shape or type, or with values outside the label map."""
+        expected = (pixel_values.shape[0], *pixel_values.shape[-2:])
+        if tuple(labels.shape) != expected:
+            raise ValueError(f"labels must have shape (batch, height, width) = {expected}, got {tuple(labels.shape)}")
+        if labels.is_floating_point() or labels.dtype == torch.bool:
+            raise ValueError(f"labels must hold integer class ids, got dtype {labels.dtype}")
+        num_labels, ignore = self.config.num_labels, self.config.semantic_loss_ignore_index
+        invalid = (labels != ignore) & ((labels < 0) | (labels >= num_labels))
+        if invalid.any():
+            values = torch.unique(labels[invalid]).tolist()
+            shown = ", ".join(map(str, values[:10])) + (", ..." if len(values) > 10 else "")
+            raise ValueError(
+                f"labels contain values [{shown}] ({int(invalid.sum())} pixels) outside the label map: expected "
+                f"class ids in [0, {num_labels}) or the ignore index {ignore}. If the data set marks background "
+                "with 0 and the classes from 1, set `do_reduce_labels=True` in the image processor."
+            )
+
+    def point_rend_loss(self, coarse_logits: torch.Tensor, fine_features: torch.Tensor, labels: torch.Tensor):
+        """Cross-entropy of the point head at uncertainty-sampled points (labels padded like the input)."""
+        config = self.config
+        points = sample_training_points(
+            coarse_logits,
+            config.point_rend_train_num_points,
+            config.point_rend_oversample_ratio,
+            config.point_rend_importance_sample_ratio,
+        )
+        point_logits = self.point_head(point_sample(fine_features, points), point_sample(coarse_logits, points))
+        point_labels = point_sample(labels.unsqueeze(1).to(fine_features.dtype), points, mode="nearest")
+        return F.cross_entropy(point_logits, point_labels[:, 0].long(), ignore_index=config.semantic_loss_ignore_index)
+
+    def point_rend_inference(self, coarse_logits: torch.Tensor, fine_features: torch.Tensor) -> torch.Tensor:
+        """Subdivision inference: upsample 2x and re-predict the most uncertain points, `steps` times."""
+        logits = coarse_logits
+        for _ in range(self.config.point_rend_subdivision_steps):
+            logits = F.interpolate(logits, scale_factor=2, mode="bilinear", align_corners=False)
+            indices, points = most_uncertain_grid_points(
+                uncertainty(logits), self.config.point_rend_subdivision_num_points
+            )
+            point_logits = self.point_head(point_sample(fine_features, points), point_sample(logits, points))
+            batch, num_labels, height, width = logits.shape
+            logits = (
+                logits.reshape(batch, num_labels, height * width)
+                .scatter(2, indices.unsqueeze(1).expand(-1, num_labels, -1), point_logits.to(logits.dtype))
+                .view(batch, num_labels, height, width)
+            )
+        return logits
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> SemanticSegmenterOutput | tuple:
+        """
+        Args:
+            pixel_values: `(N, 3, H, W)` normalised images of any size.
+            labels: `(N, H, W)` class ids in `[0, num_labels)` or `semantic_loss_ignore_index`.
+        Returns:
+            [`SemanticSegmenterOutput`]: `logits` `(N, num_labels, H, W)`, `loss` when labels are given.
+        """
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        if labels is not None:
+            self.check_labels(labels, pixel_values)
+        outputs = self.fapn(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
+        fine_features = outputs.feature_maps[0]
+        coarse_logits = self.decode_head(outputs.feature_maps)
+
+        height, width = pixel_values.shape[-2:]
+        full_size = padded_size(height, width, self.config.size_divisibility)
+        if self.point_head is not None and not self.training:
+            logits = resize_to(self.point_rend_inference(coarse_logits, fine_features), full_size)
+        else:
+            logits = resize_to(coarse_logits, full_size)
+        logits = logits[:, :, :height, :width]
+
+        loss = None
+        if labels is not None:
+            ignore = self.config.semantic_loss_ignore_index
+            loss = F.cross_entropy(logits, labels.long(), ignore_index=ignore)
+            if self.point_head is not None and self.training:
+                padded_labels = F.pad(labels, (0, full_size[1] - width, 0, full_size[0] - height), value=ignore)
+                loss = loss + self.point_rend_loss(coarse_logits, fine_features, padded_labels)
+
+        output = SemanticSegmenterOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = ["FaPNModel", "FaPNForSemanticSegmentation", "FaPNPreTrainedModel", "FaPNModelOutput"]

@@ -1,0 +1,214 @@
+"""The pure-PyTorch modulated deformable convolution against torchvision's kernel."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision.ops
+
+from fapn_hf.deform_conv import ModulatedDeformConv2d, deform_conv2d
+
+CASES = [
+    # batch, in, out, height, width, kernel, stride, padding, dilation, deformable groups, weight groups
+    dict(n=2, c=8, o=6, h=9, w=11, k=3, s=1, p=1, d=1, g=2, wg=1),
+    dict(n=1, c=8, o=4, h=10, w=7, k=3, s=2, p=2, d=2, g=4, wg=2),
+    dict(n=1, c=6, o=6, h=8, w=8, k=1, s=1, p=0, d=1, g=3, wg=3),
+    dict(n=3, c=4, o=5, h=6, w=9, k=3, s=1, p=0, d=1, g=1, wg=1),
+    dict(n=1, c=16, o=8, h=5, w=13, k=(3, 2), s=(1, 2), p=(1, 0), d=(2, 1), g=8, wg=1),
+]
+NAMES = ("input", "offset", "weight", "bias", "mask")
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _random_inputs(case, dtype=torch.float64, offset_scale=3.0):
+    kh, kw = _pair(case["k"])
+    (sh, sw), (ph, pw), (dh, dw) = _pair(case["s"]), _pair(case["p"]), _pair(case["d"])
+    out_h = (case["h"] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    out_w = (case["w"] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    taps, groups = kh * kw, case["g"]
+    return dict(
+        input=torch.randn(case["n"], case["c"], case["h"], case["w"], dtype=dtype, requires_grad=True),
+        # Large offsets push many taps outside the image, so the zero-padding rules are exercised too.
+        offset=(torch.randn(case["n"], 2 * groups * taps, out_h, out_w, dtype=dtype) * offset_scale).requires_grad_(),
+        weight=torch.randn(case["o"], case["c"] // case["wg"], kh, kw, dtype=dtype, requires_grad=True),
+        bias=torch.randn(case["o"], dtype=dtype, requires_grad=True),
+        mask=torch.rand(case["n"], groups * taps, out_h, out_w, dtype=dtype, requires_grad=True),
+    )
+
+
+def _forward_backward(fn, inputs, case, grad_output=None):
+    out = fn(
+        inputs["input"],
+        inputs["offset"],
+        inputs["weight"],
+        inputs["bias"],
+        case["s"],
+        case["p"],
+        case["d"],
+        inputs["mask"],
+    )
+    if grad_output is None:
+        grad_output = torch.randn_like(out)
+    grads = torch.autograd.grad(out, [inputs[name] for name in NAMES], grad_output)
+    return out, grads, grad_output
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"case{i}" for i in range(len(CASES))])
+@pytest.mark.parametrize("max_column_elements", [10**9, 50], ids=["one-chunk", "many-chunks"])
+def test_matches_torchvision_values_and_gradients(case, max_column_elements):
+    inputs = _random_inputs(case)
+    expected, expected_grads, grad_output = _forward_backward(torchvision.ops.deform_conv2d, inputs, case)
+
+    def ours(*args):
+        return deform_conv2d(*args, implementation="torch", max_column_elements=max_column_elements)
+
+    actual, actual_grads, _ = _forward_backward(ours, inputs, case, grad_output)
+    torch.testing.assert_close(actual, expected, atol=1e-10, rtol=1e-9)
+    for name, a, e in zip(NAMES, actual_grads, expected_grads):
+        torch.testing.assert_close(a, e, atol=1e-9, rtol=1e-8, msg=lambda m, name=name: f"d/d{name}: {m}")
+
+
+def test_float32_within_1e4_at_fapn_like_size():
+    case = dict(n=2, c=64, o=64, h=24, w=40, k=3, s=1, p=1, d=1, g=8, wg=1)
+    inputs = _random_inputs(case, dtype=torch.float32, offset_scale=2.0)
+    with torch.no_grad():
+        inputs["weight"] /= (64 * 9) ** 0.5  # the scale of an initialised or trained layer
+        # Bilinear sampling is not differentiable at integer positions; float rounding may put the two kernels on
+        # different sides there, so keep the offsets a little away from integers.
+        offset = inputs["offset"]
+        fraction = offset - offset.floor()
+        offset += torch.where(fraction < 0.01, 0.02, 0.0) - torch.where(fraction > 0.99, 0.02, 0.0)
+    expected, expected_grads, grad_output = _forward_backward(torchvision.ops.deform_conv2d, inputs, case)
+    actual, actual_grads, _ = _forward_backward(deform_conv2d, inputs, case, grad_output)
+    torch.testing.assert_close(actual, expected, atol=1e-4, rtol=1e-4)
+    for name, a, e in zip(NAMES, actual_grads, expected_grads):
+        torch.testing.assert_close(a, e, atol=1e-4, rtol=1e-4, msg=lambda m, name=name: f"d/d{name}: {m}")
+
+
+def test_without_mask_is_dcn_v1():
+    case = CASES[0]
+    inputs = _random_inputs(case)
+    args = (inputs["input"], inputs["offset"], inputs["weight"], inputs["bias"], case["s"], case["p"], case["d"])
+    torch.testing.assert_close(deform_conv2d(*args), torchvision.ops.deform_conv2d(*args))
+
+
+def test_zero_offsets_and_unit_mask_equal_a_regular_convolution():
+    x, weight, bias = torch.randn(2, 8, 9, 10), torch.randn(5, 8, 3, 3), torch.randn(5)
+    offset, mask = torch.zeros(2, 2 * 9, 9, 10), torch.ones(2, 9, 9, 10)
+    torch.testing.assert_close(
+        deform_conv2d(x, offset, weight, bias, padding=1, mask=mask),
+        F.conv2d(x, weight, bias, padding=1),
+        atol=1e-5,
+        rtol=1e-5,
+    )
+
+
+def test_integer_offsets_shift_the_sampling_grid():
+    """An offset of (+1, -2) on every tap of a 1x1 kernel reads the pixel one row down and two columns left."""
+    x = torch.randn(1, 3, 6, 7)
+    weight = torch.eye(3).view(3, 3, 1, 1)
+    offset = torch.tensor([1.0, -2.0]).view(1, 2, 1, 1).expand(1, 2, 6, 7).contiguous()
+    out = deform_conv2d(x, offset, weight)
+    expected = torch.zeros_like(x)
+    expected[:, :, :5, 2:] = x[:, :, 1:, :5]
+    torch.testing.assert_close(out, expected)
+
+
+def test_module_offset_layout_is_the_original_dcn_v2_layout():
+    """SPEC 2.2: the offset/mask conv's first two thirds are fed, in order, as torchvision's offset; the last third
+    through a sigmoid as the mask. A different split or interleave would break converted weights."""
+    groups, channels = 4, 8
+    module = ModulatedDeformConv2d(channels, 6, 3, padding=1, deformable_groups=groups, guide_channels=5)
+    torch.nn.init.normal_(module.offset_mask_conv.weight, std=0.5)
+    torch.nn.init.normal_(module.offset_mask_conv.bias, std=0.5)
+    x, guide = torch.randn(2, channels, 7, 9), torch.randn(2, 5, 7, 9)
+    om = module.offset_mask_conv(guide)
+    taps = 9
+    dy_dx = torch.cat([om[:, : groups * taps], om[:, groups * taps : 2 * groups * taps]], dim=1)
+    mask = torch.sigmoid(om[:, 2 * groups * taps :])
+    expected = torchvision.ops.deform_conv2d(x, dy_dx, module.weight, module.bias, padding=1, mask=mask)
+    torch.testing.assert_close(module(x, guide), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_fresh_module_samples_the_regular_grid_with_mask_one_half():
+    module = ModulatedDeformConv2d(8, 6, 3, padding=1, deformable_groups=2)
+    x = torch.randn(1, 8, 6, 6)
+    offset, mask = module.offsets_and_mask(x)
+    assert torch.count_nonzero(offset) == 0
+    assert torch.all(mask == 0.5)
+    torch.testing.assert_close(
+        module(x), F.conv2d(x, 0.5 * module.weight, module.bias, padding=1), atol=1e-5, rtol=1e-5
+    )
+
+
+def test_implementation_switch_selects_torchvision():
+    case = CASES[1]
+    inputs = {k: v.detach() for k, v in _random_inputs(case).items()}
+    args = [
+        inputs["input"],
+        inputs["offset"],
+        inputs["weight"],
+        inputs["bias"],
+        case["s"],
+        case["p"],
+        case["d"],
+        inputs["mask"],
+    ]
+    expected = torchvision.ops.deform_conv2d(*args)
+    torch.testing.assert_close(deform_conv2d(*args, implementation="torchvision"), expected, atol=0, rtol=0)
+    torch.testing.assert_close(deform_conv2d(*args, implementation="auto"), expected)  # auto on CPU = pure PyTorch
+    with pytest.raises(ValueError, match="implementation must be one of"):
+        deform_conv2d(*args, implementation="cuda-magic")
+
+
+@pytest.mark.parametrize(
+    "offset_channels, mask_channels, message",
+    [(17, 9, "offset has 17 channels"), (18, 8, "mask has shape"), (36, 18, "cannot be split into 2 deformable")],
+)
+def test_bad_arguments_are_named(offset_channels, mask_channels, message):
+    x, weight = torch.randn(1, 3, 5, 5), torch.randn(4, 3, 3, 3)
+    with pytest.raises(ValueError, match=message):
+        deform_conv2d(
+            x, torch.zeros(1, offset_channels, 5, 5), weight, padding=1, mask=torch.ones(1, mask_channels, 5, 5)
+        )
+
+
+def test_chunked_inference_bounds_the_column_buffer(monkeypatch):
+    """With a small budget the kernel samples one band of rows at a time, never the whole column tensor."""
+    import fapn_hf.deform_conv as dc
+
+    sizes = []
+    original = dc._sample_columns
+
+    def spy(*args, **kwargs):
+        columns = original(*args, **kwargs)
+        sizes.append(columns.numel())
+        return columns
+
+    monkeypatch.setattr(dc, "_sample_columns", spy)
+    x, weight = torch.randn(1, 16, 40, 24), torch.randn(16, 16, 3, 3)
+    offset, mask = torch.randn(1, 18, 40, 24), torch.rand(1, 9, 40, 24)
+    budget = 16 * 9 * 24 * 5  # five output rows
+    out = deform_conv2d(x, offset, weight, padding=1, mask=mask, max_column_elements=budget)
+    assert len(sizes) == 8 and max(sizes) <= budget
+    torch.testing.assert_close(
+        out, torchvision.ops.deform_conv2d(x, offset, weight, padding=1, mask=mask), atol=1e-4, rtol=1e-4
+    )
+
+
+def test_exports_to_onnx_and_runs_in_onnxruntime(tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime", reason="ONNX export check needs the [test] extra")
+    module = ModulatedDeformConv2d(8, 8, 3, padding=1, deformable_groups=2, implementation="torch").eval()
+    torch.nn.init.normal_(module.offset_mask_conv.weight, std=0.3)
+    x = torch.randn(1, 8, 12, 16)
+    path = tmp_path / "dcn.onnx"
+    torch.onnx.export(module, (x,), str(path), dynamo=True, opset_version=18)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (onnx_out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        expected = module(x)
+    torch.testing.assert_close(torch.from_numpy(onnx_out), expected, atol=1e-4, rtol=1e-4)
