@@ -8,7 +8,9 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelFor
 from .configuration_fapn import FaPNConfig, timm_backbone_config
 from .deform_conv import ModulatedDeformConv2d, deform_conv2d
 from .image_processing_fapn import FaPNImageProcessor
+from .labels import ADE20K_LABELS, CITYSCAPES_LABELS, label_maps
 from .modeling_fapn import FaPNForSemanticSegmentation, FaPNModel, FaPNModelOutput, FaPNPreTrainedModel
+from .presets import PRESETS, preset_config, preset_image_processor
 
 __version__ = "0.1.0"
 
@@ -23,6 +25,9 @@ FaPNModel.register_for_auto_class("AutoModel")
 FaPNForSemanticSegmentation.register_for_auto_class("AutoModelForSemanticSegmentation")
 
 __all__ = [
+    "ADE20K_LABELS",
+    "CITYSCAPES_LABELS",
+    "PRESETS",
     "FaPNConfig",
     "FaPNForSemanticSegmentation",
     "FaPNImageProcessor",
@@ -31,5 +36,8 @@ __all__ = [
     "FaPNPreTrainedModel",
     "ModulatedDeformConv2d",
     "deform_conv2d",
+    "label_maps",
+    "preset_config",
+    "preset_image_processor",
     "timm_backbone_config",
 ]

@@ -1,0 +1,52 @@
+"""Named configurations of the models users look for: `fapn-r50`, `fapn-r50-pointrend`, their `fpn-*` baselines."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .configuration_fapn import FaPNConfig
+from .image_processing_fapn import FaPNImageProcessor
+from .labels import label_maps
+
+_BACKBONES = {"r18": "resnet18", "r34": "resnet34", "r50": "resnet50", "r101": "resnet101"}
+
+
+def _build_presets() -> dict[str, dict[str, Any]]:
+    presets: dict[str, dict[str, Any]] = {}
+    for neck, switches in (("fapn", {"use_fam": True, "use_fsm": True}), ("fpn", {"use_fam": False, "use_fsm": False})):
+        for short, backbone in _BACKBONES.items():
+            presets[f"{neck}-{short}"] = {"backbone": backbone, **switches}
+        # The paper's Cityscapes models: semantic FPN head refined by PointRend.
+        for short in ("r50", "r101"):
+            presets[f"{neck}-{short}-pointrend"] = {"backbone": _BACKBONES[short], "use_point_rend": True, **switches}
+    return presets
+
+
+PRESETS: dict[str, dict[str, Any]] = _build_presets()
+
+# Evaluation-time resizing that matches each data set's recipe.
+_PROCESSOR_SETTINGS: dict[str, dict[str, Any]] = {
+    "cityscapes": {"size": {"shortest_edge": 1024, "longest_edge": 2048}, "do_reduce_labels": False},
+    "ade20k": {"size": {"shortest_edge": 512, "longest_edge": 2048}, "do_reduce_labels": True},
+}
+
+
+def preset_config(name: str, labels: str | list[str] | tuple[str, ...] = "cityscapes", **overrides: Any) -> FaPNConfig:
+    """The `FaPNConfig` of preset `name` with the given label set (`"cityscapes"`, `"ade20k"` or class names).
+
+    `overrides` are passed on to `FaPNConfig`, e.g. `use_pretrained_backbone=True`.
+    """
+    if name not in PRESETS:
+        raise ValueError(f"Unknown preset {name!r}; available: {', '.join(PRESETS)}")
+    id2label, label2id = label_maps(labels)
+    settings = {**PRESETS[name], "id2label": id2label, "label2id": label2id, **overrides}
+    return FaPNConfig(**settings)
+
+
+def preset_image_processor(labels: str | list[str] | tuple[str, ...] = "cityscapes", **overrides: Any):
+    """The image processor for a label set: Cityscapes at full resolution, ADE20K at shorter side 512."""
+    settings = _PROCESSOR_SETTINGS.get(labels, {}) if isinstance(labels, str) else {}
+    return FaPNImageProcessor(**{**settings, **overrides})
+
+
+__all__ = ["PRESETS", "preset_config", "preset_image_processor"]

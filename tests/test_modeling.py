@@ -1,0 +1,280 @@
+"""Architecture fidelity (SPEC 2.1-2.6, 2.9), shapes, gradients, losses and label checks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import set_backbone_gammas_to_one, tiny_config
+from transformers import ResNetConfig, SwinConfig
+
+from fapn_hf import FaPNConfig, FaPNForSemanticSegmentation, FaPNModel
+from fapn_hf.modeling_fapn import (
+    FeatureAlignmentModule,
+    FeatureSelectionModule,
+    most_uncertain_grid_points,
+    point_sample,
+    sample_training_points,
+    uncertainty,
+)
+
+
+def _count_millions(**settings) -> float:
+    with torch.device("meta"):  # counting needs shapes only
+        model = FaPNForSemanticSegmentation(FaPNConfig(num_labels=19, **settings))
+    return sum(p.numel() for p in model.parameters()) / 1e6
+
+
+# The paper's Table 1 (PointRend semantic FPN, D = 256, 19 classes) and SPEC 2.9's finer figures.
+PARAMETER_TABLE = [
+    ("FPN R50", dict(backbone="resnet50", use_fam=False, use_fsm=False, use_point_rend=True), 28.6, 28.69),
+    ("FPN R101", dict(backbone="resnet101", use_fam=False, use_fsm=False, use_point_rend=True), 47.6, 47.68),
+    ("FPN + FAM R50", dict(backbone="resnet50", use_fam=True, use_fsm=False, use_point_rend=True), 31.7, None),
+    ("FaPN R50", dict(backbone="resnet50", use_point_rend=True), 33.1, 33.13),
+    ("FaPN R50, no point head", dict(backbone="resnet50"), 32.9, 32.92),
+    ("FPN R50, no point head", dict(backbone="resnet50", use_fam=False, use_fsm=False), 28.4, 28.48),
+    ("FaPN R18, no point head", dict(backbone="resnet18"), 18.5, 18.56),
+]
+
+
+@pytest.mark.parametrize("name, settings, truncated, rounded", PARAMETER_TABLE, ids=[r[0] for r in PARAMETER_TABLE])
+def test_parameter_counts_reproduce_the_paper(name, settings, truncated, rounded):
+    millions = _count_millions(**settings)
+    assert math.floor(millions * 10) / 10 == truncated, f"{name}: {millions:.4f} M"
+    if rounded is not None:
+        assert round(millions, 2) == rounded, f"{name}: {millions:.4f} M"
+
+
+def test_feature_selection_module_matches_its_formula():
+    fsm = FeatureSelectionModule(6, 4)
+    x = torch.randn(2, 6, 5, 7)
+    attention = torch.sigmoid(F.conv2d(x.mean(dim=(2, 3), keepdim=True), fsm.attention.conv.weight))
+    expected = F.conv2d(x + x * attention, fsm.projection.conv.weight)
+    torch.testing.assert_close(fsm(x), expected)
+    assert fsm.attention.conv.bias is None and fsm.projection.conv.bias is None
+
+
+def test_fresh_feature_alignment_module_equals_its_no_offset_computation():
+    """Zero-initialised offsets and masks: FAM = relu(0.5 * conv3x3(upsampled) + bias) + lateral."""
+    fam = FeatureAlignmentModule(channels=16, deformable_groups=4, norm="", implementation="torch")
+    lateral, coarse = torch.randn(2, 16, 10, 14), torch.randn(2, 16, 5, 7)
+    upsampled = F.interpolate(coarse, size=(10, 14), mode="bilinear", align_corners=False)
+    dcn = fam.deform_conv
+    expected = F.relu(F.conv2d(upsampled, 0.5 * dcn.weight, dcn.bias, padding=1)) + lateral
+    torch.testing.assert_close(fam(lateral, coarse), expected, atol=1e-5, rtol=1e-5)
+    assert torch.count_nonzero(dcn.offset_mask_conv.weight) == 0 and torch.count_nonzero(dcn.offset_mask_conv.bias) == 0
+
+
+def test_feature_alignment_guide_is_the_offset_conv_of_lateral_and_twice_upsampled():
+    fam = FeatureAlignmentModule(channels=8, deformable_groups=2, norm="", implementation="torch")
+    torch.nn.init.normal_(fam.deform_conv.offset_mask_conv.weight, std=0.2)
+    lateral, coarse = torch.randn(1, 8, 6, 6), torch.randn(1, 8, 6, 6)  # same size: no resize
+    captured = {}
+    fam.deform_conv.register_forward_hook(lambda module, inputs, output: captured.update(inputs=inputs))
+    fam(lateral, coarse)
+    upsampled, guide = captured["inputs"]
+    torch.testing.assert_close(upsampled, coarse)
+    torch.testing.assert_close(guide, F.conv2d(torch.cat([lateral, 2 * coarse], 1), fam.offset_conv.conv.weight))
+
+
+def test_fapn_and_fpn_necks_are_one_switch_apart():
+    fapn = FaPNForSemanticSegmentation(tiny_config()).fapn.neck
+    fpn = FaPNForSemanticSegmentation(tiny_config(use_fam=False, use_fsm=False)).fapn.neck
+    assert fapn.top_output_conv is None and len(fapn.alignments) == 3  # no output conv on P5 with FAM
+    assert fpn.alignments is None and fpn.top_output_conv is not None
+    assert all(isinstance(m, FeatureSelectionModule) for m in fapn.lateral_convs)
+    assert all(m.conv.bias is not None for m in fpn.lateral_convs)  # plain 1x1 laterals with bias
+
+
+def test_fpn_baseline_is_the_detectron2_top_down_path():
+    model = FaPNModel(tiny_config(use_fam=False, use_fsm=False)).eval()
+    neck = model.neck
+    c = [torch.randn(1, ch, 32 // s, 64 // s) for ch, s in zip(model.backbone.channels, (1, 2, 4, 8))]
+    p5 = neck.top_lateral_conv(c[3])
+    p4 = neck.lateral_convs[2](c[2]) + F.interpolate(p5, scale_factor=2.0, mode="nearest")
+    p3 = neck.lateral_convs[1](c[1]) + F.interpolate(p4, scale_factor=2.0, mode="nearest")
+    outputs = neck(c)
+    torch.testing.assert_close(outputs[3], neck.top_output_conv(p5))
+    torch.testing.assert_close(outputs[2], neck.output_convs[2](p4))
+    torch.testing.assert_close(outputs[1], neck.output_convs[1](p3))
+
+
+def test_semantic_head_has_the_panoptic_fpn_towers():
+    head = FaPNForSemanticSegmentation(tiny_config()).decode_head
+    assert [len(blocks) for blocks in head.scale_heads] == [1, 1, 2, 3]
+    for blocks in head.scale_heads:
+        for block in blocks:
+            assert isinstance(block.norm, torch.nn.GroupNorm) and block.norm.num_groups == 32
+            assert block.conv.bias is None and block.conv.kernel_size == (3, 3)
+    assert head.predictor.conv.kernel_size == (1, 1) and head.predictor.conv.bias is not None
+
+
+@pytest.mark.parametrize("size", [(64, 96), (45, 77), (33, 31), (1, 1), (100, 20)])
+def test_any_input_size_gives_logits_at_input_resolution(size):
+    model = FaPNForSemanticSegmentation(tiny_config()).eval()
+    with torch.no_grad():
+        logits = model(torch.randn(2, 3, *size)).logits
+    assert logits.shape == (2, 4, *size)
+    assert torch.isfinite(logits).all()
+
+
+def test_odd_sizes_are_padded_with_zeros_and_cropped():
+    model = FaPNForSemanticSegmentation(tiny_config()).eval()
+    x = torch.randn(1, 3, 45, 77)
+    padded = F.pad(x, (0, 96 - 77, 0, 64 - 45))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x).logits, model(padded).logits[:, :, :45, :77], atol=1e-5, rtol=1e-5)
+
+
+def test_pyramid_shapes_and_hidden_states():
+    model = FaPNModel(tiny_config()).eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 64, 128), output_hidden_states=True)
+    assert [tuple(p.shape) for p in out.feature_maps] == [(1, 32, 16, 32), (1, 32, 8, 16), (1, 32, 4, 8), (1, 32, 2, 4)]
+    assert [p.shape[1] for p in out.backbone_feature_maps] == [64, 128, 256, 512]
+    assert out.hidden_states is not None and len(out.hidden_states) >= 4
+    as_tuple = model(torch.randn(1, 3, 64, 64), return_dict=False)
+    assert isinstance(as_tuple, tuple) and len(as_tuple[0]) == 4
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"use_fam": False, "use_fsm": False},
+        {"use_fsm": False},
+        {"neck_norm": "GN"},
+        {"neck_norm": "BN"},
+        {"use_point_rend": True},
+    ],
+    ids=["fapn", "fpn", "fam-only", "gn", "bn", "pointrend"],
+)
+def test_gradients_reach_every_parameter(overrides):
+    model = FaPNForSemanticSegmentation(tiny_config(**overrides)).train()
+    set_backbone_gammas_to_one(model)
+    labels = torch.randint(0, 4, (2, 64, 64))
+    labels[:, :8] = 255
+    x = torch.randn(2, 3, 64, 64)
+    # The zero-initialised offset/mask convs pass no gradient to the FAM guide until their first update (as in the
+    # original), so take one step first.
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model(x, labels=labels).loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    model(x, labels=labels).loss.backward()
+    dead = [n for n, p in model.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
+    assert not dead, f"no gradient reaches: {dead}"
+
+
+def test_loss_is_cross_entropy_ignoring_255():
+    model = FaPNForSemanticSegmentation(tiny_config()).eval()
+    x, labels = torch.randn(2, 3, 40, 50), torch.randint(0, 4, (2, 40, 50))
+    labels[0, :20] = 255
+    with torch.no_grad():
+        out = model(x, labels=labels)
+    valid = labels != 255
+    manual = F.log_softmax(out.logits, dim=1).gather(1, labels.clamp(max=3).unsqueeze(1))[:, 0][valid].mean().neg()
+    torch.testing.assert_close(out.loss, manual, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "bad_value, message", [(7, r"\[7\].*\[0, 4\)"), (-1, r"\[-1\]"), (4, r"\[4\].*ignore index 255")]
+)
+def test_labels_outside_the_label_map_are_reported(bad_value, message):
+    model = FaPNForSemanticSegmentation(tiny_config())
+    labels = torch.randint(0, 4, (1, 32, 32))
+    labels[0, 3, 3] = bad_value
+    with pytest.raises(ValueError, match=message):
+        model(torch.randn(1, 3, 32, 32), labels=labels)
+
+
+def test_labels_of_the_wrong_shape_or_type_are_reported():
+    model = FaPNForSemanticSegmentation(tiny_config())
+    with pytest.raises(ValueError, match=r"labels must have shape .*\(1, 32, 32\), got \(1, 32, 30\)"):
+        model(torch.randn(1, 3, 32, 32), labels=torch.zeros(1, 32, 30, dtype=torch.long))
+    with pytest.raises(ValueError, match="integer class ids"):
+        model(torch.randn(1, 3, 32, 32), labels=torch.zeros(1, 32, 32))
+
+
+def test_point_rend_training_adds_the_point_loss_and_inference_refines():
+    model = FaPNForSemanticSegmentation(tiny_config(use_point_rend=True, point_rend_subdivision_num_points=50))
+    x, labels = torch.randn(1, 3, 64, 64), torch.randint(0, 4, (1, 64, 64))
+    model.train()
+    train_out = model(x, labels=labels)
+    assert train_out.loss > F.cross_entropy(train_out.logits, labels)  # coarse + point loss
+    model.eval()
+    with torch.no_grad():
+        refined = model(x).logits
+        pyramid = model.fapn(x).feature_maps
+        plain = model.decode_head(pyramid)
+        for _ in range(2):  # the two subdivision steps' upsampling, without re-predicting any point
+            plain = F.interpolate(plain, scale_factor=2, mode="bilinear", align_corners=False)
+    changed = (refined != plain).any(dim=1)
+    # Step 1 re-predicts 50 points, each then spread over a 4x4 window by step 2's upsample; step 2 re-predicts 50.
+    assert 0 < changed.sum() <= 50 * 16 + 50
+    assert refined.shape == plain.shape
+
+
+def test_point_sample_at_cell_centres_reads_the_cells():
+    features = torch.randn(2, 3, 5, 7)
+    indices, coords = most_uncertain_grid_points(torch.randn(2, 1, 5, 7), 12)
+    sampled = point_sample(features, coords)
+    expected = features.flatten(2).gather(2, indices.unsqueeze(1).expand(-1, 3, -1))
+    torch.testing.assert_close(sampled, expected)
+
+
+def test_uncertain_grid_points_are_the_top_uncertainty_cells():
+    logits = torch.randn(1, 4, 6, 6)
+    indices, _ = most_uncertain_grid_points(uncertainty(logits), 5)
+    brute = sorted(range(36), key=lambda i: -float(uncertainty(logits).flatten()[i]))[:5]
+    assert sorted(indices[0].tolist()) == sorted(brute)
+
+
+def test_training_points_mix_uncertain_and_random():
+    points = sample_training_points(
+        torch.randn(3, 4, 8, 8), num_points=40, oversample_ratio=3, importance_sample_ratio=0.75
+    )
+    assert points.shape == (3, 40, 2) and points.min() >= 0 and points.max() <= 1
+
+
+def test_transformers_resnet_backbone_msra_style():
+    backbone = ResNetConfig(
+        embedding_size=16,
+        hidden_sizes=[32, 64, 96, 128],
+        depths=[1, 1, 1, 1],
+        layer_type="bottleneck",
+        downsample_in_bottleneck=True,
+        out_features=["stage1", "stage2", "stage3", "stage4"],
+    )
+    model = FaPNForSemanticSegmentation(tiny_config(backbone=None, backbone_config=backbone)).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 50, 70)).logits.shape == (1, 4, 50, 70)
+
+
+def test_transformers_swin_backbone():
+    backbone = SwinConfig(
+        image_size=64,
+        embed_dim=32,
+        depths=[1, 1, 1, 1],
+        num_heads=[1, 1, 2, 2],
+        window_size=4,
+        out_features=["stage1", "stage2", "stage3", "stage4"],
+    )
+    model = FaPNForSemanticSegmentation(tiny_config(backbone=None, backbone_config=backbone)).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 96)).logits.shape == (1, 4, 64, 96)
+
+
+def test_timm_swin_channels_last_maps_become_nchw():
+    model = FaPNModel(tiny_config(backbone="swin_tiny_patch4_window7_224")).eval()
+    assert model.backbone_channels_last
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 224, 224))
+    assert [tuple(c.shape[1:]) for c in out.backbone_feature_maps] == [
+        (96, 56, 56),
+        (192, 28, 28),
+        (384, 14, 14),
+        (768, 7, 7),
+    ]
