@@ -10,44 +10,38 @@ import torch
 from transformers import SegformerImageProcessor
 
 
-def _as_rgb_image(image: Any) -> Any:
-    """Returns `image` with 3 channels: grayscale (2-D, or one channel) is repeated, an alpha channel dropped.
+def _as_rgb_tensor(image: Any) -> torch.Tensor:
+    """Returns `image` as a `(3, H, W)` tensor (dtype kept): grayscale is repeated, an alpha channel dropped.
 
-    PIL images are converted by PIL; arrays and tensors may be channels-last `(H, W[, C])` or, for tensors,
-    channels-first `(C, H, W)`.
+    PIL images are converted by PIL. NumPy arrays are `(H, W)` or channels-last `(H, W, C)`; tensors are `(H, W)` or
+    channels-first `(C, H, W)`, the conventions of PIL/OpenCV and torchvision. Being explicit here avoids
+    transformers' guess of the channel axis, which fails for tiny images such as 1x1 or 3x3.
     """
     if isinstance(image, PIL.Image.Image):
-        return image if image.mode == "RGB" else image.convert("RGB")
-    if isinstance(image, (np.ndarray, torch.Tensor)):
-        channels_first = isinstance(image, torch.Tensor) and image.ndim == 3 and image.shape[0] in (1, 2, 3, 4)
-        if image.ndim == 2:
-            image = image[..., None] if isinstance(image, np.ndarray) else image[None]
-            channels_first = isinstance(image, torch.Tensor)
-        if image.ndim != 3:
-            raise ValueError(f"an image must be 2-D (H, W) or 3-D with channels, got shape {tuple(image.shape)}")
-        axis = 0 if channels_first else 2
-        channels = image.shape[axis]
-        if channels in (1, 2):  # gray, gray + alpha
-            index = [slice(None)] * 3
-            index[axis] = slice(0, 1)
-            gray = image[tuple(index)]
-            repeats = [1, 1, 1]
-            repeats[axis] = 3
-            return np.tile(gray, repeats) if isinstance(image, np.ndarray) else gray.repeat(*repeats)
-        if channels == 4:  # RGBA
-            return image[:3] if channels_first else image[..., :3]
-        if channels != 3:
-            raise ValueError(f"an image must have 1, 3 or 4 channels, got shape {tuple(image.shape)}")
-    return image
+        return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)
+    if isinstance(image, np.ndarray):
+        if image.ndim == 3:
+            image = np.moveaxis(image, -1, 0)
+        image = torch.from_numpy(np.ascontiguousarray(image))
+    if not isinstance(image, torch.Tensor):
+        raise ValueError(f"expected a PIL image, a NumPy array or a torch tensor, got {type(image).__name__}")
+    if image.ndim == 2:
+        image = image.unsqueeze(0)
+    if image.ndim != 3:
+        raise ValueError(f"an image must be (H, W) or have a channel axis, got shape {tuple(image.shape)}")
+    channels = image.shape[0]
+    if channels in (1, 2):  # gray, gray + alpha
+        return image[:1].expand(3, -1, -1).contiguous()
+    if channels in (3, 4):  # RGB, RGBA
+        return image[:3].contiguous()
+    raise ValueError(f"an image must have 1, 3 or 4 channels, got shape {tuple(image.shape)}")
 
 
 def _size_of(image: Any) -> tuple[int, int]:
+    """(H, W) of a segmentation map (PIL, or a 2-D array/tensor)."""
     if isinstance(image, PIL.Image.Image):
         return image.height, image.width
-    shape = tuple(image.shape)
-    if isinstance(image, torch.Tensor) and len(shape) == 3 and shape[0] in (1, 3):
-        return shape[1], shape[2]
-    return shape[0], shape[1]
+    return tuple(image.shape[-2:])
 
 
 def _as_list(items: Any) -> list:
@@ -74,7 +68,7 @@ class FaPNImageProcessor(SegformerImageProcessor):
     def preprocess(self, images: Any, segmentation_maps: Any | None = None, **kwargs: Any):
         if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
             images = list(images)
-        images = [_as_rgb_image(image) for image in _as_list(images)]
+        images = [_as_rgb_tensor(image) for image in _as_list(images)]
         if segmentation_maps is not None:
             maps = _as_list(segmentation_maps)
             if len(maps) != len(images):
@@ -85,12 +79,13 @@ class FaPNImageProcessor(SegformerImageProcessor):
                         f"segmentation map {index} must be 2-D (height, width) class ids, got shape "
                         f"{np.asarray(segmentation_map).shape}"
                     )
-                if _size_of(image) != _size_of(segmentation_map):
+                if tuple(image.shape[-2:]) != _size_of(segmentation_map):
                     raise ValueError(
                         f"segmentation map {index} has size {_size_of(segmentation_map)} (H, W) but its image has "
-                        f"size {_size_of(image)}"
+                        f"size {tuple(image.shape[-2:])}"
                     )
             segmentation_maps = maps
+        kwargs["input_data_format"] = "channels_first"
         return super().preprocess(images, segmentation_maps, **kwargs)
 
     def to_dict(self) -> dict[str, Any]:

@@ -543,7 +543,7 @@ class FaPNForSemanticSegmentation(FaPNPreTrainedModel):
             logits = resize_to(self.point_rend_inference(coarse_logits, fine_features), full_size)
         else:
             logits = resize_to(coarse_logits, full_size)
-        logits = logits[:, :, :height, :width]
+        logits = logits[:, :, :height, :width].contiguous()  # crop the padding
 
         loss = None
         if labels is not None:

@@ -1,0 +1,251 @@
+"""The Hub format: safetensors round trips, Auto classes, remote code, the pipeline, pretrained backbones."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from conftest import tiny_config
+from PIL import Image
+from safetensors.torch import save_file
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForSemanticSegmentation,
+    pipeline,
+)
+
+from fapn_hf import FaPNConfig, FaPNForSemanticSegmentation, FaPNImageProcessor, FaPNModel, label_maps
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _offline_env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **extra}
+
+
+@pytest.fixture
+def saved_model(tmp_path):
+    id2label, label2id = label_maps(["sky", "road", "car", "person"])
+    config = tiny_config(id2label=id2label, label2id=label2id, use_point_rend=True)
+    model = FaPNForSemanticSegmentation(config).eval()
+    model.save_pretrained(tmp_path)
+    FaPNImageProcessor(size={"shortest_edge": 64, "longest_edge": 128}).save_pretrained(tmp_path)
+    return model, tmp_path
+
+
+def test_save_writes_safetensors_config_processor_and_code(saved_model):
+    _, folder = saved_model
+    names = {p.name for p in folder.iterdir()}
+    assert {"config.json", "model.safetensors", "preprocessor_config.json"} <= names
+    assert {"configuration_fapn.py", "modeling_fapn.py", "deform_conv.py", "image_processing_fapn.py"} <= names
+    assert not any(name.endswith((".bin", ".pt", ".pth", ".pkl")) for name in names)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == "fapn"
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_fapn.FaPNConfig",
+        "AutoModel": "modeling_fapn.FaPNModel",
+        "AutoModelForSemanticSegmentation": "modeling_fapn.FaPNForSemanticSegmentation",
+        "AutoImageProcessor": "image_processing_fapn.FaPNImageProcessor",
+    }
+    assert "backbone" not in config  # the shortcut is not stored; the backbone lives in backbone_config
+    assert config["backbone_config"]["model_type"] == "timm_backbone"
+    processor = json.loads((folder / "preprocessor_config.json").read_text())
+    assert "auto_map" not in processor and "image_processor_type" not in processor
+
+
+def test_round_trip_through_auto_classes(saved_model):
+    model, folder = saved_model
+    assert isinstance(AutoConfig.from_pretrained(folder), FaPNConfig)
+    assert isinstance(AutoImageProcessor.from_pretrained(folder), FaPNImageProcessor)
+    assert type(AutoModel.from_pretrained(folder)) is FaPNModel
+    reloaded = AutoModelForSemanticSegmentation.from_pretrained(folder).eval()
+    assert type(reloaded) is FaPNForSemanticSegmentation
+    for (name, a), (_, b) in zip(model.state_dict().items(), reloaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    x = torch.randn(1, 3, 50, 70)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(x).logits, model(x).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_remote_code_loads_without_fapn_hf(saved_model, tmp_path_factory):
+    model, folder = saved_model
+    work = tmp_path_factory.mktemp("remote")
+    x = torch.randn(1, 3, 50, 70)
+    save_file({"x": x}, str(work / "input.safetensors"))
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["fapn_hf"] = None  # `import fapn_hf` now raises: only the folder's code can be used
+        import torch
+        from safetensors.torch import load_file, save_file
+        from transformers import AutoImageProcessor, AutoModel, AutoModelForSemanticSegmentation
+        folder = {str(folder)!r}
+        model = AutoModelForSemanticSegmentation.from_pretrained(folder, trust_remote_code=True).eval()
+        processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
+        base = AutoModel.from_pretrained(folder, trust_remote_code=True)
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        assert type(processor).__name__ == "FaPNImageProcessor" and type(base).__name__ == "FaPNModel"
+        with torch.no_grad():
+            logits = model(load_file({str(work / "input.safetensors")!r})["x"]).logits
+        save_file({{"logits": logits}}, {str(work / "output.safetensors")!r})
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=work, env=_offline_env(), capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    from safetensors.torch import load_file
+
+    with torch.no_grad():
+        expected = model(x).logits
+    torch.testing.assert_close(load_file(str(work / "output.safetensors"))["logits"], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_pipeline_returns_named_masks(saved_model):
+    _, folder = saved_model
+    segmenter = pipeline("image-segmentation", model=str(folder))
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (45, 61, 3), dtype=np.uint8))
+    results = segmenter(image)
+    assert results, "the pipeline returned no segment"
+    assert {r["label"] for r in results} <= {"sky", "road", "car", "person"}
+    masks = [np.array(r["mask"]) > 0 for r in results]
+    assert all(mask.shape == (45, 61) for mask in masks)
+    # Semantic masks partition the image: every pixel belongs to exactly one label.
+    assert np.array_equal(np.sum(masks, axis=0), np.ones((45, 61)))
+
+
+def test_grayscale_and_rgba_images_through_the_pipeline(saved_model):
+    _, folder = saved_model
+    segmenter = pipeline("image-segmentation", model=str(folder))
+    rng = np.random.default_rng(1)
+    for image in (
+        Image.fromarray(rng.integers(0, 255, (30, 40), dtype=np.uint8)),
+        Image.fromarray(rng.integers(0, 255, (30, 40, 4), dtype=np.uint8)),
+    ):
+        assert all(r["mask"].size == (40, 30) for r in segmenter(image))
+
+
+def _perturbed_timm_resnet18() -> dict[str, torch.Tensor]:
+    """resnet18 weights with non-trivial BatchNorm statistics, standing in for a pretrained checkpoint."""
+    torch.manual_seed(1)
+    source = timm.create_model("resnet18", pretrained=False)
+    for module in source.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.normal_()
+            module.running_var.uniform_(0.5, 2.0)
+            torch.nn.init.normal_(module.weight)
+    return {k: v.contiguous() for k, v in source.state_dict().items()}
+
+
+def _assert_backbone_holds(model: FaPNForSemanticSegmentation, weights: dict[str, torch.Tensor]) -> None:
+    state = model.fapn.backbone._backbone.state_dict()
+    compared = [k for k in state if k in weights]
+    assert len(compared) >= 100  # convs, BN affine parameters and running statistics of every stage
+    assert any("running_var" in k for k in compared)
+    for key in compared:
+        assert torch.equal(state[key], weights[key]), key
+
+
+def test_pretrained_backbone_weights_survive_post_init(tmp_path):
+    """`use_pretrained_backbone=True` goes through timm's real `pretrained=True` download path; the test points it at a
+    Hugging Face cache it writes itself (offline), then checks every weight and BN statistic in the built model."""
+    weights = _perturbed_timm_resnet18()
+    cache = tmp_path / "hub"
+    commit = "0" * 40
+    snapshot = cache / "models--timm--resnet18.a1_in1k" / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (cache / "models--timm--resnet18.a1_in1k" / "refs").mkdir()
+    (cache / "models--timm--resnet18.a1_in1k" / "refs" / "main").write_text(commit)
+    save_file(weights, str(snapshot / "model.safetensors"))
+    save_file(weights, str(tmp_path / "expected.safetensors"))
+    script = textwrap.dedent(
+        f"""
+        import torch
+        from safetensors.torch import load_file
+        from fapn_hf import FaPNConfig, FaPNForSemanticSegmentation
+        model = FaPNForSemanticSegmentation(FaPNConfig(backbone="resnet18", num_labels=3, use_pretrained_backbone=True))
+        expected = load_file({str(tmp_path / "expected.safetensors")!r})
+        state = model.fapn.backbone._backbone.state_dict()
+        compared = [k for k in state if k in expected]
+        assert len(compared) >= 100, compared
+        bad = [k for k in compared if not torch.equal(state[k], expected[k])]
+        assert not bad, bad
+        print("OK", len(compared))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env=_offline_env(HF_HUB_CACHE=str(cache)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]
+
+
+def test_pretrained_backbone_from_a_local_file_and_not_refetched_on_reload(tmp_path):
+    weights = _perturbed_timm_resnet18()
+    save_file(weights, str(tmp_path / "resnet18.safetensors"))
+    config = tiny_config(use_pretrained_backbone=False)
+    model = FaPNForSemanticSegmentation(config)
+    model.fapn.load_pretrained_backbone(str(tmp_path / "resnet18.safetensors"))
+    _assert_backbone_holds(model, weights)
+    # A checkpoint saved with use_pretrained_backbone=True reloads from its own weights, with no download.
+    model.config.use_pretrained_backbone = True
+    model.save_pretrained(tmp_path / "saved")
+    script = textwrap.dedent(
+        f"""
+        import fapn_hf
+        from transformers import AutoModelForSemanticSegmentation
+        from safetensors.torch import load_file
+        import torch
+        model = AutoModelForSemanticSegmentation.from_pretrained({str(tmp_path / "saved")!r})
+        expected = load_file({str(tmp_path / "resnet18.safetensors")!r})
+        state = model.fapn.backbone._backbone.state_dict()
+        assert all(torch.equal(state[k], expected[k]) for k in state if k in expected)
+        print("OK")
+        """
+    )
+    empty_cache = tmp_path / "empty-cache"
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env=_offline_env(HF_HUB_CACHE=str(empty_cache)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]
+
+
+def test_create_model_script_writes_a_loadable_folder(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "scripts" / "create_model.py"),
+            "--preset",
+            "fapn-r18",
+            "--labels",
+            "background,road,car",
+            "--output-dir",
+            str(tmp_path / "out"),
+        ],
+        env=_offline_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "reload check" in result.stdout
+    config = AutoConfig.from_pretrained(tmp_path / "out")
+    assert config.id2label == {0: "background", 1: "road", 2: "car"}
+    assert config.backbone_config.backbone == "resnet18" and config.use_fam and config.use_fsm
