@@ -409,6 +409,8 @@ class FaPNModel(FaPNPreTrainedModel):
         backbone_config = self.config.backbone_config
         if not self.config.is_timm_backbone:
             raise ValueError("load_pretrained_backbone only supports timm backbones")
+        if checkpoint_file is not None and not Path(checkpoint_file).is_file():
+            raise FileNotFoundError(f"backbone checkpoint not found: {checkpoint_file}")
         pretrained = timm.create_model(
             backbone_config.backbone,
             pretrained=True,

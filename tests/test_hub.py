@@ -198,6 +198,8 @@ def test_pretrained_backbone_from_a_local_file_and_not_refetched_on_reload(tmp_p
     save_file(weights, str(tmp_path / "resnet18.safetensors"))
     config = tiny_config(use_pretrained_backbone=False)
     model = FaPNForSemanticSegmentation(config)
+    with pytest.raises(FileNotFoundError, match="backbone checkpoint not found: .*missing.safetensors"):
+        model.fapn.load_pretrained_backbone(str(tmp_path / "missing.safetensors"))
     model.fapn.load_pretrained_backbone(str(tmp_path / "resnet18.safetensors"))
     _assert_backbone_holds(model, weights)
     # A checkpoint saved with use_pretrained_backbone=True reloads from its own weights, with no download.
