@@ -40,17 +40,16 @@ def _random_inputs(case, dtype=torch.float64, offset_scale=3.0):
     )
 
 
-def _forward_backward(fn, inputs, case, grad_output=None):
-    out = fn(
-        inputs["input"],
-        inputs["offset"],
-        inputs["weight"],
-        inputs["bias"],
-        case["s"],
-        case["p"],
-        case["d"],
+def _positional(inputs, case):
+    """torchvision's positional argument order: input, offset, weight, bias, stride, padding, dilation, mask."""
+    return [
+        inputs["input"], inputs["offset"], inputs["weight"], inputs["bias"], case["s"], case["p"], case["d"],
         inputs["mask"],
-    )
+    ]  # fmt: skip
+
+
+def _forward_backward(fn, inputs, case, grad_output=None):
+    out = fn(*_positional(inputs, case))
     if grad_output is None:
         grad_output = torch.randn_like(out)
     grads = torch.autograd.grad(out, [inputs[name] for name in NAMES], grad_output)
@@ -148,16 +147,7 @@ def test_fresh_module_samples_the_regular_grid_with_mask_one_half():
 def test_implementation_switch_selects_torchvision():
     case = CASES[1]
     inputs = {k: v.detach() for k, v in _random_inputs(case).items()}
-    args = [
-        inputs["input"],
-        inputs["offset"],
-        inputs["weight"],
-        inputs["bias"],
-        case["s"],
-        case["p"],
-        case["d"],
-        inputs["mask"],
-    ]
+    args = _positional(inputs, case)
     expected = torchvision.ops.deform_conv2d(*args)
     torch.testing.assert_close(deform_conv2d(*args, implementation="torchvision"), expected, atol=0, rtol=0)
     torch.testing.assert_close(deform_conv2d(*args, implementation="auto"), expected)  # auto on CPU = pure PyTorch

@@ -29,8 +29,18 @@ from fapn_hf import FaPNConfig, FaPNForSemanticSegmentation, FaPNImageProcessor,
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _offline_env(**extra: str) -> dict[str, str]:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **extra}
+def _run_offline(args: list[str], cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess:
+    """Runs a Python process with the Hub switched off (plus `env`) and asserts that it succeeds."""
+    result = subprocess.run(
+        [sys.executable, *args],
+        cwd=cwd,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
 
 
 @pytest.fixture
@@ -100,10 +110,7 @@ def test_remote_code_loads_without_fapn_hf(saved_model, tmp_path_factory):
         save_file({{"logits": logits}}, {str(work / "output.safetensors")!r})
         """
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=work, env=_offline_env(), capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    _run_offline(["-c", script], cwd=work)
     from safetensors.torch import load_file
 
     with torch.no_grad():
@@ -183,14 +190,7 @@ def test_pretrained_backbone_weights_survive_post_init(tmp_path):
         print("OK", len(compared))
         """
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        env=_offline_env(HF_HUB_CACHE=str(cache)),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]
+    assert "OK" in _run_offline(["-c", script], HF_HUB_CACHE=str(cache)).stdout
 
 
 def test_pretrained_backbone_from_a_local_file_and_not_refetched_on_reload(tmp_path):
@@ -219,35 +219,16 @@ def test_pretrained_backbone_from_a_local_file_and_not_refetched_on_reload(tmp_p
         """
     )
     empty_cache = tmp_path / "empty-cache"
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        env=_offline_env(HF_HUB_CACHE=str(empty_cache)),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]
+    assert "OK" in _run_offline(["-c", script], HF_HUB_CACHE=str(empty_cache)).stdout
 
 
 def test_create_model_script_writes_a_loadable_folder(tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO_ROOT / "scripts" / "create_model.py"),
-            "--preset",
-            "fapn-r18",
-            "--labels",
-            "background,road,car",
-            "--output-dir",
-            str(tmp_path / "out"),
-        ],
-        env=_offline_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
+    script = str(REPO_ROOT / "scripts" / "create_model.py")
+    output = tmp_path / "out"
+    result = _run_offline(
+        [script, "--preset", "fapn-r18", "--labels", "background,road,car", "--output-dir", str(output)]
     )
-    assert result.returncode == 0, result.stderr[-3000:]
     assert "reload check" in result.stdout
-    config = AutoConfig.from_pretrained(tmp_path / "out")
+    config = AutoConfig.from_pretrained(output)
     assert config.id2label == {0: "background", 1: "road", 2: "car"}
     assert config.backbone_config.backbone == "resnet18" and config.use_fam and config.use_fsm
