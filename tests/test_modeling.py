@@ -278,3 +278,25 @@ def test_timm_swin_channels_last_maps_become_nchw():
         (384, 14, 14),
         (768, 7, 7),
     ]
+
+
+@pytest.mark.parametrize("point_rend", [False, True], ids=["semantic-fpn", "pointrend"])
+def test_whole_model_exports_to_onnx(tmp_path, point_rend):
+    onnxruntime = pytest.importorskip("onnxruntime", reason="ONNX export check needs the [test] extra")
+
+    class LogitsOnly(torch.nn.Module):
+        def __init__(self, model: torch.nn.Module) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+            return self.model(pixel_values).logits
+
+    model = FaPNForSemanticSegmentation(tiny_config(use_point_rend=point_rend)).eval()
+    x = torch.randn(1, 3, 64, 96)
+    path = tmp_path / "fapn.onnx"
+    torch.onnx.export(LogitsOnly(model), (x,), str(path), dynamo=True, opset_version=18)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(logits), model(x).logits, atol=1e-4, rtol=1e-4)
