@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 # Cityscapes' 19 evaluation classes, in train-id order (the 34 raw ids map onto these; the rest is ignored).
 CITYSCAPES_LABELS: tuple[str, ...] = (
     "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
@@ -29,6 +31,51 @@ ADE20K_LABELS: tuple[str, ...] = (
 
 LABEL_SETS: dict[str, tuple[str, ...]] = {"cityscapes": CITYSCAPES_LABELS, "ade20k": ADE20K_LABELS}
 
+# Cityscapes' raw label ids (gtFine_labelIds) -> the 19 train ids; every other id is ignored (255).
+CITYSCAPES_ID_TO_TRAIN_ID: dict[int, int] = {
+    7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12, 26: 13, 27: 14,
+    28: 15, 31: 16, 32: 17, 33: 18,
+}  # fmt: skip
+
+LABEL_MAPPINGS: dict[str, dict[int, int]] = {"cityscapes": CITYSCAPES_ID_TO_TRAIN_ID}
+
+# The Cityscapes colours of the 19 train ids, used for overlays of Cityscapes models.
+CITYSCAPES_PALETTE: tuple[tuple[int, int, int], ...] = (
+    (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153), (153, 153, 153),
+    (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60), (255, 0, 0),
+    (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32),
+)  # fmt: skip
+
+
+def lookup_table(mapping: dict[int, int], ignore_index: int = 255, size: int = 65536) -> np.ndarray:
+    """A lookup array turning raw label values into class ids: `table[raw]`; unmapped values become ignore."""
+    table = np.full(size, ignore_index, dtype=np.int64)
+    for raw, train_id in mapping.items():
+        table[raw] = train_id
+    return table
+
+
+def palette(num_labels: int, labels: tuple[str, ...] | list[str] | None = None) -> np.ndarray:
+    """`(num_labels, 3)` uint8 colours: Cityscapes' own for its 19 classes, else well-spread deterministic colours."""
+    if labels is not None and tuple(labels) == CITYSCAPES_LABELS:
+        return np.array(CITYSCAPES_PALETTE, dtype=np.uint8)
+    # Golden-ratio hue steps with alternating lightness keep neighbouring ids distinguishable.
+    hues = (np.arange(num_labels) * 0.618033988749895) % 1.0
+    lightness = np.where(np.arange(num_labels) % 2 == 0, 0.55, 0.4)
+    saturation = 0.75
+    chroma = (1 - np.abs(2 * lightness - 1)) * saturation
+    sector = hues * 6
+    second = chroma * (1 - np.abs(sector % 2 - 1))
+    zeros = np.zeros_like(hues)
+    choices = [
+        (chroma, second, zeros), (second, chroma, zeros), (zeros, chroma, second),
+        (zeros, second, chroma), (second, zeros, chroma), (chroma, zeros, second),
+    ]  # fmt: skip
+    index = np.minimum(sector.astype(int), 5)
+    rgb = np.stack([np.choose(index, [c[channel] for c in choices]) for channel in range(3)], axis=1)
+    rgb += (lightness - chroma / 2)[:, None]
+    return np.clip(np.round(rgb * 255), 0, 255).astype(np.uint8)
+
 
 def label_maps(labels: str | list[str] | tuple[str, ...]) -> tuple[dict[int, str], dict[str, int]]:
     """`(id2label, label2id)` for a known label set name (`"cityscapes"`, `"ade20k"`) or a list of class names."""
@@ -46,4 +93,14 @@ def label_maps(labels: str | list[str] | tuple[str, ...]) -> tuple[dict[int, str
     return id2label, {name: index for index, name in id2label.items()}
 
 
-__all__ = ["ADE20K_LABELS", "CITYSCAPES_LABELS", "LABEL_SETS", "label_maps"]
+__all__ = [
+    "ADE20K_LABELS",
+    "CITYSCAPES_ID_TO_TRAIN_ID",
+    "CITYSCAPES_LABELS",
+    "CITYSCAPES_PALETTE",
+    "LABEL_MAPPINGS",
+    "LABEL_SETS",
+    "label_maps",
+    "lookup_table",
+    "palette",
+]

@@ -372,6 +372,33 @@ class FaPNPreTrainedModel(PreTrainedModel):
             shutil.copyfile(processor_file, Path(save_directory) / processor_file.name)
         return result
 
+    # Activation checkpointing applies to the backbone, where nearly all activations live.
+    supports_gradient_checkpointing = True
+
+    def _set_backbone_checkpointing(self, enable: bool, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        backbone = self.base_model.backbone
+        timm_model = getattr(backbone, "_backbone", None)
+        if timm_model is not None and hasattr(timm_model, "set_grad_checkpointing"):
+            timm_model.set_grad_checkpointing(enable)
+        elif getattr(backbone, "supports_gradient_checkpointing", False):
+            if enable:
+                backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs)
+            else:
+                backbone.gradient_checkpointing_disable()
+        elif enable:
+            raise ValueError(f"the backbone {type(backbone).__name__} does not support gradient checkpointing")
+        self._backbone_checkpointing = enable
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, **kwargs) -> None:
+        self._set_backbone_checkpointing(True, gradient_checkpointing_kwargs)
+
+    def gradient_checkpointing_disable(self) -> None:
+        self._set_backbone_checkpointing(False)
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return getattr(self, "_backbone_checkpointing", False)
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         # The layers own their (detectron2) initialisation; backbones initialise themselves.

@@ -295,7 +295,7 @@ def test_whole_model_exports_to_onnx(tmp_path, point_rend):
     model = FaPNForSemanticSegmentation(tiny_config(use_point_rend=point_rend)).eval()
     x = torch.randn(1, 3, 64, 96)
     path = tmp_path / "fapn.onnx"
-    torch.onnx.export(LogitsOnly(model), (x,), str(path), dynamo=True, opset_version=18)
+    torch.onnx.export(LogitsOnly(model).eval(), (x,), str(path), dynamo=True, opset_version=18)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (logits,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     with torch.no_grad():

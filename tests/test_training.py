@@ -1,0 +1,338 @@
+"""Data loading and validation, the Trainer integration, resume and DDP, on the demo data with tiny models."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset, DatasetDict
+from huggingface_hub import ModelCard
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import AutoModelForSemanticSegmentation, EvalPrediction, TrainerCallback
+
+from fapn_hf.data import (
+    DataError,
+    LabelSpec,
+    SegmentationCollator,
+    SegmentationDataset,
+    check_samples,
+    load_segmentation_dataset,
+)
+from fapn_hf.demo_data import DEMO_LABELS
+from fapn_hf.metrics import SegmentationMetrics
+from fapn_hf.training import (
+    DataArguments,
+    FaPNTrainingArguments,
+    ModelArguments,
+    make_compute_metrics,
+    parameter_groups,
+    run_training,
+)
+from fapn_hf.transforms import TrainAugmentation
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# A FaPN-R18 with a 32-wide pyramid on 64x64 demo images: the real code path in about a second per run.
+TINY_MODEL = dict(preset="fapn-r18", neck_channels=32, head_channels=32, deformable_groups=4)
+TINY_DATA = dict(
+    demo_train_samples=16, demo_validation_samples=6, demo_size=64, crop_size="48x48", scale_range="0.75,1.25",
+    num_visualizations=2,
+)  # fmt: skip
+TINY_TRAINING = dict(
+    per_device_train_batch_size=4, per_device_eval_batch_size=4, learning_rate=1e-3, optim="adamw_torch",
+    lr_scheduler_type="polynomial", lr_scheduler_kwargs={"power": 0.9, "lr_end": 0.0}, warmup_steps=1,
+    logging_steps=1, dataloader_num_workers=0, seed=3, save_strategy="steps", dataloader_pin_memory=False,
+)  # fmt: skip
+
+
+def _arguments(output_dir: Path, model=None, data=None, **training):
+    return (
+        ModelArguments(**{**TINY_MODEL, **(model or {})}),
+        DataArguments(**{**TINY_DATA, **(data or {})}),
+        FaPNTrainingArguments(output_dir=str(output_dir), **{**TINY_TRAINING, **training}),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _write_imagefolder(folder: Path, samples: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    folder.mkdir(parents=True)
+    rows = ["file_name,annotation_file_name"]
+    for index, (image, label) in enumerate(samples):
+        Image.fromarray(image).save(folder / f"image_{index}.png")
+        Image.fromarray(label).save(folder / f"label_{index}.png")
+        rows.append(f"image_{index}.png,label_{index}.png")
+    (folder / "metadata.csv").write_text("\n".join(rows) + "\n")
+
+
+def _sample(height=20, width=30, labels=(0, 1, 2), seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 255, (height, width, 3), dtype=np.uint8), rng.choice(labels, (height, width)).astype(
+        np.uint8
+    )
+
+
+def test_demo_source_gives_undecoded_train_and_validation_splits():
+    splits = load_segmentation_dataset("demo", demo_options={"num_train": 4, "num_validation": 2, "size": (32, 32)})
+    assert set(splits) == {"train", "validation"} and (len(splits["train"]), len(splits["validation"])) == (4, 2)
+    row = splits["train"][0]
+    assert set(row) == {"image", "label"} and isinstance(row["image"]["bytes"], bytes)
+
+
+def test_imagefolder_and_saved_dataset_sources(tmp_path):
+    _write_imagefolder(tmp_path / "folder" / "train", [_sample(seed=i) for i in range(5)])
+    splits = load_segmentation_dataset(str(tmp_path / "folder"), validation_fraction=0.4)
+    assert (len(splits["train"]), len(splits["validation"])) == (3, 2)  # held out: no validation split
+    image, labels = SegmentationDataset(splits["train"], LabelSpec(3), None, (0, 0, 0), (1, 1, 1)).load(0)
+    assert image.shape == (20, 30, 3) and labels.shape == (20, 30) and set(np.unique(labels)) <= {0, 1, 2}
+
+    image, label = _sample()
+    saved = DatasetDict(
+        {
+            "train": Dataset.from_dict({"img": [Image.fromarray(image)], "seg": [Image.fromarray(label)]}),
+            "validation": Dataset.from_dict({"img": [Image.fromarray(image)], "seg": [Image.fromarray(label)]}),
+        }
+    )
+    from datasets import Features
+    from datasets import Image as ImageFeature
+
+    saved = saved.cast(Features({"img": ImageFeature(), "seg": ImageFeature()}))
+    saved.save_to_disk(str(tmp_path / "saved"))
+    loaded = load_segmentation_dataset(str(tmp_path / "saved"), image_column="img", label_column="seg")
+    decoded = SegmentationDataset(loaded["validation"], LabelSpec(3), None, (0, 0, 0), (1, 1, 1)).load(0)
+    np.testing.assert_array_equal(decoded[1], label)
+    with pytest.raises(ValueError, match=r"label_column='mask' is not a column.*\['img', 'seg'\]"):
+        load_segmentation_dataset(str(tmp_path / "saved"), image_column="img", label_column="mask")
+
+
+def test_label_mapping_and_reduction():
+    raw = np.array([[7, 26, 0], [33, 255, 24]])
+    np.testing.assert_array_equal(LabelSpec(19, mapping="cityscapes").apply(raw), [[0, 13, 255], [18, 255, 11]])
+    np.testing.assert_array_equal(
+        LabelSpec(150, reduce_labels=True).apply(np.array([0, 1, 150, 255])), [255, 0, 149, 255]
+    )
+
+
+def test_bad_samples_fail_with_index_and_file_or_are_skipped_and_counted(tmp_path):
+    good, wrong_size, out_of_range = _sample(), _sample(), _sample(labels=(0, 1, 9))
+    wrong_size = (wrong_size[0], wrong_size[1][:, :25])
+    _write_imagefolder(tmp_path / "data" / "train", [good, wrong_size, good, out_of_range, good])
+    _write_imagefolder(tmp_path / "data" / "validation", [good])
+    (tmp_path / "data" / "train" / "image_4.png").write_bytes(b"not a png")
+    train = load_segmentation_dataset(str(tmp_path / "data"))["train"]
+    with pytest.raises(DataError) as error:
+        check_samples(train, LabelSpec(3), "fail", "train")
+    message = str(error.value)
+    assert "3 of 5 train samples cannot be used" in message
+    assert "sample 1: image" in message and "is 20x30 but its label" in message and "is 20x25" in message
+    assert "sample 3: label" in message and "values [9]" in message and "[0, 3)" in message
+    assert "sample 4: cannot read the image" in message and "image_4.png" in message
+    kept, report = check_samples(train, LabelSpec(3), "skip", "train")
+    assert len(kept) == 2 and report.num_skipped == 3 and [i for i, _ in report.bad_samples] == [1, 3, 4]
+    with pytest.raises(ValueError, match="bad-sample policy must be one of"):
+        check_samples(train, LabelSpec(3), "ignore")
+
+
+def test_rgb_label_images_are_rejected(tmp_path):
+    image, label = _sample()
+    _write_imagefolder(tmp_path / "data" / "train", [(image, np.dstack([label] * 3))])
+    _write_imagefolder(tmp_path / "data" / "validation", [(image, label)])
+    with pytest.raises(DataError, match="is a RGB image; expected a single-channel map"):
+        check_samples(load_segmentation_dataset(str(tmp_path / "data"))["train"], LabelSpec(3))
+
+
+def test_augmentation_depends_only_on_seed_epoch_and_index():
+    splits = load_segmentation_dataset("demo", demo_options={"num_train": 3, "num_validation": 1, "size": (64, 64)})
+    augment = TrainAugmentation(crop_size=(48, 48), scale_range=(0.5, 2.0))
+
+    def dataset():
+        return SegmentationDataset(splits["train"], LabelSpec(len(DEMO_LABELS)), augment, (0.5,) * 3, (0.5,) * 3)
+
+    first, second = dataset(), dataset()
+    a = first[2]
+    _ = second[0], second[1]  # other samples drawn first: no effect
+    b = second[2]
+    assert torch.equal(a["pixel_values"], b["pixel_values"]) and torch.equal(a["labels"], b["labels"])
+    second.set_epoch(1)
+    assert not torch.equal(second[2]["pixel_values"], a["pixel_values"])
+    assert a["pixel_values"].shape == (3, 48, 48) and a["labels"].dtype == torch.int64
+
+
+def test_collator_pads_images_with_zero_and_labels_with_ignore():
+    samples = [
+        {"pixel_values": torch.ones(3, 4, 5), "labels": torch.zeros(4, 5, dtype=torch.long)},
+        {"pixel_values": torch.ones(3, 6, 3), "labels": torch.ones(6, 3, dtype=torch.long)},
+    ]
+    batch = SegmentationCollator(255)(samples)
+    assert batch["pixel_values"].shape == (2, 3, 6, 5) and batch["labels"].shape == (2, 6, 5)
+    assert batch["pixel_values"][0, :, 4:].abs().sum() == 0 and (batch["labels"][0, 4:] == 255).all()
+    assert (batch["labels"][1, :, 3:] == 255).all() and (batch["labels"][1, :, :3] == 1).all()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Trainer pieces
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_parameter_groups_split_learning_rate_and_weight_decay():
+    from conftest import tiny_config
+
+    from fapn_hf import FaPNForSemanticSegmentation
+
+    model = FaPNForSemanticSegmentation(tiny_config())
+    groups = parameter_groups(model, 0.01, 1e-4, backbone_lr_multiplier=0.1)
+    by_id = {id(p): g for g in groups for p in g["params"]}
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    for name, parameter in model.named_parameters():
+        group = by_id[id(parameter)]
+        assert group["lr"] == pytest.approx(0.001 if name.startswith("fapn.backbone.") else 0.01), name
+        assert group["weight_decay"] == (1e-4 if parameter.ndim > 1 else 0.0), name
+
+
+def test_compute_metrics_streams_and_treats_padding_as_ignored():
+    metrics = SegmentationMetrics(3, 255)
+    compute = make_compute_metrics(metrics)
+    labels = torch.tensor([[[0, 1], [2, -100]]])  # -100: the Trainer's padding across processes
+    predictions = torch.tensor([[[0, 1], [1, 2]]], dtype=torch.int32)
+    assert compute(EvalPrediction(predictions=predictions, label_ids=labels), compute_result=False) == {}
+    scores = compute(EvalPrediction(predictions=predictions, label_ids=labels), compute_result=True)
+    # Over both batches: class 0 and 1 right twice, class 2 predicted as 1 twice -> IoU 1, 0.5, 0.
+    assert scores["mean_iou"] == pytest.approx((1 + 0.5 + 0) / 3)
+    assert scores["pixel_accuracy"] == pytest.approx(4 / 6)
+    assert scores["iou_2"] == 0.0 and "boundary_mean_iou" in scores
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Whole runs
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("run")
+    model_args, data_args, training_args = _arguments(
+        output_dir, max_steps=4, eval_strategy="steps", eval_steps=2, save_steps=2
+    )
+    return run_training(model_args, data_args, training_args)
+
+
+def test_run_writes_a_hub_ready_folder_metrics_curves_and_overlays(trained_run):
+    folder = trained_run.output_dir
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+        "modeling_fapn.py",
+        "README.md",
+        "metrics.json",
+        "training_curves.png",
+    ):
+        assert (folder / name).is_file(), name
+    assert len(list((folder / "predictions").glob("*.png"))) == 2
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert 0 <= metrics["eval"]["eval_mean_iou"] <= 1 and "eval_boundary_iou_3px" in metrics["eval"]
+    assert metrics["data"]["train"]["num_skipped"] == 0
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.pipeline_tag == "image-segmentation" and card.data.library_name == "transformers"
+    result = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert result["mean_iou"] == pytest.approx(metrics["eval"]["eval_mean_iou"], abs=1e-4)
+    model = AutoModelForSemanticSegmentation.from_pretrained(folder)
+    assert model.config.id2label[3] == "wire"
+    eval_logs = [entry for entry in trained_run.trainer.state.log_history if "eval_mean_iou" in entry]
+    assert [entry["step"] for entry in eval_logs][:2] == [2, 4]
+
+
+class _StopAt(TrainerCallback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path):
+    settings = dict(max_steps=6, save_steps=3, eval_strategy="no")
+    straight = run_training(*_arguments(tmp_path / "straight", data={"num_visualizations": 0}, **settings))
+    run_training(
+        *_arguments(tmp_path / "interrupted", data={"num_visualizations": 0}, **settings), callbacks=[_StopAt(4)]
+    )
+    assert (tmp_path / "interrupted" / "checkpoint-3").is_dir()
+    resumed = run_training(
+        *_arguments(
+            tmp_path / "interrupted",
+            data={"num_visualizations": 0},
+            resume_from_checkpoint=str(tmp_path / "interrupted" / "checkpoint-3"),
+            **settings,
+        )
+    )
+    expected = load_file(str(straight.output_dir / "model.safetensors"))
+    actual = load_file(str(resumed.output_dir / "model.safetensors"))
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], atol=1e-6, rtol=1e-6, msg=key)
+
+
+def test_gradient_checkpointing_trains(tmp_path):
+    run = run_training(
+        *_arguments(
+            tmp_path,
+            data={"num_visualizations": 0},
+            max_steps=1,
+            warmup_steps=0,
+            gradient_checkpointing=True,
+            eval_strategy="no",
+            save_strategy="no",
+        )
+    )
+    assert run.trainer.model.is_gradient_checkpointing
+
+
+def _train_command(output_dir: Path, per_device_batch: int) -> list[str]:
+    return [
+        str(REPO_ROOT / "scripts" / "train.py"), str(REPO_ROOT / "recipes" / "demo.yaml"),
+        "--output_dir", str(output_dir), "--max_steps", "3", "--per_device_train_batch_size", str(per_device_batch),
+        "--per_device_eval_batch_size", "2", "--neck_channels", "32", "--head_channels", "32",
+        "--deformable_groups", "4", "--demo_train_samples", "12", "--demo_validation_samples", "5",
+        "--demo_size", "64", "--crop_size", "48x48", "--scale_range", "1.0,1.25", "--demo_ignore_region", "false",
+        "--warmup_steps", "0", "--eval_strategy", "no", "--save_strategy", "no", "--dataloader_num_workers", "0",
+        "--num_visualizations", "0", "--dataloader_pin_memory", "false", "--logging_steps", "1",
+    ]  # fmt: skip
+
+
+def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
+    """DDP over gloo on the CPU: 2 processes x 2 images must train like 1 process x 4 images. Frozen backbone BN, no
+    neck norm and crops without ignored pixels keep every loss term independent of how the batch is split."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    single = subprocess.run(
+        [sys.executable, *_train_command(tmp_path / "single", 4)], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+    ddp = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+         *_train_command(tmp_path / "ddp", 2)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    expected = load_file(str(tmp_path / "single" / "model.safetensors"))
+    actual = load_file(str(tmp_path / "ddp" / "model.safetensors"))
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], atol=2e-5, rtol=1e-4, msg=key)
+    single_metrics = json.loads((tmp_path / "single" / "metrics.json").read_text())
+    ddp_metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    # A loss scaled by the number of processes would show here (and in the weights above).
+    assert ddp_metrics["train"]["train_loss"] == pytest.approx(single_metrics["train"]["train_loss"], rel=1e-4)
+    metrics_single, metrics_ddp = single_metrics["eval"], ddp_metrics["eval"]
+    # The 5 validation images split 3/2 over the processes: duplicates from uneven sharding must not be counted.
+    assert metrics_ddp["eval_mean_iou"] == pytest.approx(metrics_single["eval_mean_iou"], abs=1e-4)
+    assert metrics_ddp["eval_pixel_accuracy"] == pytest.approx(metrics_single["eval_pixel_accuracy"], abs=1e-4)
