@@ -174,14 +174,17 @@ class FaPNConfig(PreTrainedConfig):
         )
         require(self.neck_channels > 0, f"neck_channels must be positive, got {self.neck_channels}")
         require(self.head_channels > 0, f"head_channels must be positive, got {self.head_channels}")
+        # GroupNorm(32) needs 2+ channels per group: with one, a single image's 1x1 top level cannot be normalised.
         require(
-            self.head_channels % 32 == 0,
-            f"head_channels ({self.head_channels}) must be a multiple of 32 (the head uses GroupNorm(32))",
+            self.head_channels % 32 == 0 and self.head_channels >= 64,
+            f"head_channels ({self.head_channels}) must be a multiple of 32 and at least 64 (the head uses "
+            "GroupNorm(32))",
         )
         if self.neck_norm == "GN":
             require(
-                self.neck_channels % 32 == 0,
-                f"neck_norm='GN' uses 32 groups, so neck_channels ({self.neck_channels}) must be a multiple of 32",
+                self.neck_channels % 32 == 0 and self.neck_channels >= 64,
+                f"neck_norm='GN' uses 32 groups, so neck_channels ({self.neck_channels}) must be a multiple of 32 "
+                "and at least 64",
             )
         if self.use_fam:
             require(self.deformable_groups > 0, f"deformable_groups must be positive, got {self.deformable_groups}")

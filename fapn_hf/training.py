@@ -39,7 +39,7 @@ from .labels import label_maps, palette
 from .metrics import SegmentationMetrics
 from .modeling_fapn import FaPNForSemanticSegmentation
 from .presets import PRESETS, preset_config
-from .transforms import EvalTransform, TrainAugmentation
+from .transforms import EvalTransform, TrainAugmentation, parse_size
 
 logger = logging.getLogger(__name__)
 
@@ -114,11 +114,7 @@ class DataArguments:
 
     @property
     def crop_hw(self) -> tuple[int, int]:
-        try:
-            height, width = (int(v) for v in self.crop_size.lower().split("x"))
-        except ValueError as error:
-            raise ValueError(f"crop_size must look like 512x1024, got {self.crop_size!r}") from error
-        return height, width
+        return parse_size(self.crop_size)
 
     @property
     def scale_bounds(self) -> tuple[float, float]:

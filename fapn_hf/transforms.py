@@ -38,6 +38,15 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------------------- checks
 
 
+def parse_size(text: str) -> tuple[int, int]:
+    """`"512x1024"` -> `(512, 1024)` (height, width); raises `ValueError` for anything else."""
+    try:
+        height, width = (int(part) for part in text.lower().split("x"))
+    except (ValueError, AttributeError) as error:
+        raise ValueError(f"expected a size HxW such as 512x1024, got {text!r}") from error
+    return _check_size((height, width))
+
+
 def _check_image(image: np.ndarray) -> None:
     if not isinstance(image, np.ndarray):
         raise ValueError(f"image must be a NumPy array, got {type(image).__name__}")

@@ -15,7 +15,7 @@ def tiny_config(**overrides) -> FaPNConfig:
         backbone="resnet18",
         num_labels=4,
         neck_channels=32,
-        head_channels=32,
+        head_channels=64,
         deformable_groups=4,
         point_rend_train_num_points=64,
         point_rend_subdivision_num_points=256,

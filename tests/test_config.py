@@ -35,6 +35,8 @@ def test_backbone_shortcut_picks_the_stride_4_to_32_maps(name, out_indices):
         ({"neck_norm": "LN"}, "neck_norm must be one of"),
         ({"deformable_groups": 7}, r"neck_channels \(256\) must be divisible by deformable_groups \(7\)"),
         ({"neck_channels": 48, "neck_norm": "GN"}, "multiple of 32"),
+        ({"neck_channels": 32, "neck_norm": "GN"}, "at least 64"),
+        ({"head_channels": 32}, r"head_channels \(32\) must be a multiple of 32 and at least 64"),
         ({"head_channels": 100}, r"head_channels \(100\) must be a multiple of 32"),
         ({"num_labels": 1}, "at least 2 labels"),
         ({"num_labels": 19, "semantic_loss_ignore_index": 3}, "is a valid class id"),
@@ -61,7 +63,9 @@ def test_fsm_without_fam_is_allowed():
 
 
 def test_json_round_trip(tmp_path):
-    config = tiny_config(use_point_rend=True, neck_norm="GN", use_fsm=False, id2label={i: f"c{i}" for i in range(4)})
+    config = tiny_config(
+        use_point_rend=True, neck_norm="GN", neck_channels=64, use_fsm=False, id2label={i: f"c{i}" for i in range(4)}
+    )
     config.save_pretrained(tmp_path)
     reloaded = AutoConfig.from_pretrained(tmp_path)
     assert isinstance(reloaded, FaPNConfig)

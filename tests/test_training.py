@@ -40,7 +40,7 @@ from fapn_hf.transforms import TrainAugmentation
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # A FaPN-R18 with a 32-wide pyramid on 64x64 demo images: the real code path in about a second per run.
-TINY_MODEL = dict(preset="fapn-r18", neck_channels=32, head_channels=32, deformable_groups=4)
+TINY_MODEL = dict(preset="fapn-r18", neck_channels=32, head_channels=64, deformable_groups=4)
 TINY_DATA = dict(
     demo_train_samples=16, demo_validation_samples=6, demo_size=64, crop_size="48x48", scale_range="0.75,1.25",
     num_visualizations=2,
@@ -302,7 +302,7 @@ def _train_command(output_dir: Path, per_device_batch: int) -> list[str]:
     return [
         str(REPO_ROOT / "scripts" / "train.py"), str(REPO_ROOT / "recipes" / "demo.yaml"),
         "--output_dir", str(output_dir), "--max_steps", "3", "--per_device_train_batch_size", str(per_device_batch),
-        "--per_device_eval_batch_size", "2", "--neck_channels", "32", "--head_channels", "32",
+        "--per_device_eval_batch_size", "2", "--neck_channels", "32", "--head_channels", "64",
         "--deformable_groups", "4", "--demo_train_samples", "12", "--demo_validation_samples", "5",
         "--demo_size", "64", "--crop_size", "48x48", "--scale_range", "1.0,1.25", "--demo_ignore_region", "false",
         "--warmup_steps", "0", "--eval_strategy", "no", "--save_strategy", "no", "--dataloader_num_workers", "0",

@@ -1,0 +1,132 @@
+"""Test-time augmentation, sliding windows, and the evaluate / predict scripts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import tiny_config
+from PIL import Image
+from transformers.modeling_outputs import SemanticSegmenterOutput
+
+from fapn_hf import FaPNForSemanticSegmentation, FaPNImageProcessor
+from fapn_hf.inference import SegmentationPredictor, TTAConfig, sliding_window_logits
+from fapn_hf.transforms import parse_size
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class PixelwiseModel(torch.nn.Module):
+    """A 1x1 convolution: its output at a pixel depends only on that pixel, so windows must stitch exactly."""
+
+    def __init__(self, num_labels: int = 3) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, num_labels, 1)
+        self.calls: list[tuple[int, int]] = []
+
+    def forward(self, pixel_values: torch.Tensor) -> SemanticSegmenterOutput:
+        self.calls.append(tuple(pixel_values.shape[-2:]))
+        return SemanticSegmenterOutput(logits=self.conv(pixel_values))
+
+
+@pytest.mark.parametrize("size, window", [((50, 70), (16, 24)), ((33, 20), (32, 32)), ((10, 10), (64, 64))])
+def test_sliding_windows_stitch_exactly_and_cover_the_image(size, window):
+    model = PixelwiseModel()
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        torch.testing.assert_close(sliding_window_logits(model, x, window, overlap=0.25), model(x).logits)
+    assert all(h <= window[0] and w <= window[1] for h, w in model.calls[:-1])
+
+
+def test_flip_and_multiscale_average_softmax_probabilities():
+    model = FaPNForSemanticSegmentation(tiny_config()).eval()
+    processor = FaPNImageProcessor(do_resize=False)
+    predictor = SegmentationPredictor(model, processor)
+    image = np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)
+    x = predictor.to_tensor(image)
+    expected = 0
+    with torch.no_grad():
+        for scale in (0.75, 1.0):
+            scaled = F.interpolate(x, size=(round(40 * scale), round(56 * scale)), mode="bilinear", align_corners=False)
+            for flipped in (False, True):
+                logits = model(scaled.flip(-1) if flipped else scaled).logits
+                logits = logits.flip(-1) if flipped else logits
+                logits = F.interpolate(logits, size=(40, 56), mode="bilinear", align_corners=False)
+                expected = expected + logits.softmax(1)[0] / 4
+    actual = predictor.predict_probabilities(image, TTAConfig(scales=(0.75, 1.0), flip=True))
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
+    assert predictor.predict(image).shape == (40, 56)
+
+
+def test_predictor_uses_the_processor_resize_and_returns_original_size():
+    model = PixelwiseModel(4)
+    model.config = type("Config", (), {"id2label": {i: str(i) for i in range(4)}})()
+    processor = FaPNImageProcessor(size={"shortest_edge": 32, "longest_edge": 64})
+    predictor = SegmentationPredictor(model, processor)
+    assert predictor.base_size(20, 100) == (13, 64)  # longest edge capped
+    labels = predictor.predict(np.zeros((20, 100, 3), dtype=np.uint8), TTAConfig(scales=(0.5, 1.0)))
+    assert labels.shape == (20, 100) and model.calls == [(6, 32), (13, 64)]
+
+
+def test_tta_arguments_are_checked():
+    with pytest.raises(ValueError, match="scales must be positive"):
+        TTAConfig(scales=(0.0,))
+    with pytest.raises(ValueError, match="window_overlap"):
+        TTAConfig(window=(8, 8), window_overlap=1.0)
+    with pytest.raises(ValueError, match="expected a size HxW"):
+        parse_size("512")
+
+
+def _run(args: list[str]) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, *args], env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def demo_model_folder(tmp_path_factory):
+    from fapn_hf.demo_data import DEMO_LABELS
+    from fapn_hf.labels import label_maps
+
+    folder = tmp_path_factory.mktemp("model")
+    id2label, label2id = label_maps(list(DEMO_LABELS))
+    FaPNForSemanticSegmentation(tiny_config(num_labels=6, id2label=id2label, label2id=label2id)).save_pretrained(folder)
+    FaPNImageProcessor(do_resize=False).save_pretrained(folder)
+    return folder
+
+
+def test_evaluate_script_reports_metrics_with_tta(demo_model_folder, tmp_path):
+    output = tmp_path / "metrics.json"
+    result = _run([
+        str(REPO_ROOT / "scripts" / "evaluate.py"), "--model", str(demo_model_folder), "--dataset", "demo",
+        "--max-samples", "3", "--scales", "0.75,1.0", "--flip", "--window", "48x48", "--output", str(output),
+    ])  # fmt: skip
+    assert "mean_iou" in result.stdout and "boundary_mean_iou" in result.stdout
+    metrics = json.loads(output.read_text())
+    assert metrics["num_images"] == 3 and 0 <= metrics["mean_iou"] <= 1
+    assert set(metrics["per_class_iou"]) == {"background", "blob", "box", "wire", "dot", "shard"}
+
+
+def test_predict_script_writes_label_maps_and_overlays(demo_model_folder, tmp_path):
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (30, 45, 3), dtype=np.uint8)).save(tmp_path / "photo.jpg")
+    Image.fromarray(rng.integers(0, 255, (25, 20), dtype=np.uint8)).save(tmp_path / "gray.png")
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    result = _run([
+        str(REPO_ROOT / "scripts" / "predict.py"), "--model", str(demo_model_folder), "--output-dir", str(out),
+        "--flip", str(tmp_path / "photo.jpg"), str(tmp_path / "gray.png"), str(tmp_path / "broken.png"),
+    ])  # fmt: skip
+    assert "skipped" in result.stderr and "broken.png" in result.stderr
+    labels = Image.open(out / "photo_labels.png")
+    assert labels.mode == "P" and labels.size == (45, 30) and np.array(labels).max() < 6
+    assert Image.open(out / "gray_overlay.png").size == (20, 25)
