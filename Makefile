@@ -1,11 +1,11 @@
-# `make demo` builds a Hub-ready FaPN-R50 folder; `make test` runs ruff and the test suite.
+# `make demo` trains FaPN on the built-in demo data (a few minutes on a CPU); `make test` runs ruff and the tests.
 # Both create (or reuse) the virtualenv in $(VENV) and install the package with its test extras.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fapn_hf-installed
 
-.PHONY: demo test lint benchmark clean
+.PHONY: demo test lint benchmark reproduce clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) scripts/create_model.py --preset fapn-r50 --labels cityscapes --output-dir outputs/fapn-r50-cityscapes
+	$(PY) scripts/train.py recipes/demo.yaml
 
 lint: $(STAMP)
 	$(PY) -m ruff check fapn_hf scripts tests
@@ -25,6 +25,9 @@ test: lint
 
 benchmark: $(STAMP)
 	$(PY) scripts/benchmark.py
+
+reproduce: $(STAMP)
+	$(PY) scripts/reproduce_fpn_vs_fapn.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .ruff_cache

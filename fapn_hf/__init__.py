@@ -8,7 +8,9 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelFor
 from .configuration_fapn import FaPNConfig, timm_backbone_config
 from .deform_conv import ModulatedDeformConv2d, deform_conv2d
 from .image_processing_fapn import FaPNImageProcessor
+from .inference import SegmentationPredictor, TTAConfig
 from .labels import ADE20K_LABELS, CITYSCAPES_LABELS, label_maps
+from .metrics import SegmentationMetrics
 from .modeling_fapn import FaPNForSemanticSegmentation, FaPNModel, FaPNModelOutput, FaPNPreTrainedModel
 from .presets import PRESETS, preset_config, preset_image_processor
 
@@ -35,6 +37,9 @@ __all__ = [
     "FaPNModelOutput",
     "FaPNPreTrainedModel",
     "ModulatedDeformConv2d",
+    "SegmentationMetrics",
+    "SegmentationPredictor",
+    "TTAConfig",
     "deform_conv2d",
     "label_maps",
     "preset_config",

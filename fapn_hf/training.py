@@ -12,7 +12,7 @@ import logging
 import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +153,44 @@ def _has_accelerator() -> bool:
         or (hasattr(torch, "xpu") and torch.xpu.is_available())
         or (torch.backends.mps.is_available())
     )
+
+
+ARGUMENT_CLASSES = (ModelArguments, DataArguments, FaPNTrainingArguments)
+
+
+def load_recipe(path: str | Path) -> dict[str, Any]:
+    """A YAML or JSON recipe as a flat dict of argument names; unknown names raise a `ValueError` listing them."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"recipe not found: {path}")
+    text = path.read_text()
+    recipe = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    if not isinstance(recipe, dict):
+        raise ValueError(f"{path}: a recipe is a mapping of argument names to values")
+    known = {f.name for cls in ARGUMENT_CLASSES for f in fields(cls)}
+    unknown = sorted(set(recipe) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown arguments {unknown}; see `python scripts/train.py --help`")
+    return recipe
+
+
+def parse_arguments(
+    argv: Sequence[str], recipe: str | Path | None = None, **overrides: Any
+) -> tuple[ModelArguments, DataArguments, FaPNTrainingArguments]:
+    """The three argument dataclasses from a recipe, then `overrides`, then command-line flags `argv` (last wins).
+
+    A first element of `argv` that is not a flag is taken as the recipe path.
+    """
+    from transformers import HfArgumentParser
+
+    argv = list(argv)
+    if recipe is None and argv and not argv[0].startswith("-"):
+        recipe, argv = argv[0], argv[1:]
+    parser = HfArgumentParser(ARGUMENT_CLASSES)
+    parser.set_defaults(**{**(load_recipe(recipe) if recipe is not None else {}), **overrides})
+    return parser.parse_args_into_dataclasses(args=argv)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -444,6 +482,7 @@ def write_run_outputs(
 
 
 __all__ = [
+    "ARGUMENT_CLASSES",
     "DataArguments",
     "EpochSetter",
     "FaPNTrainer",
@@ -452,8 +491,10 @@ __all__ = [
     "TrainingRun",
     "build_image_processor",
     "build_model",
+    "load_recipe",
     "make_compute_metrics",
     "parameter_groups",
+    "parse_arguments",
     "resolve_labels",
     "run_training",
 ]

@@ -32,14 +32,22 @@ def overlay(image: np.ndarray, labels: np.ndarray, colors: np.ndarray, alpha: fl
 
 
 def prediction_panel(
-    image: np.ndarray, prediction: np.ndarray, colors: np.ndarray, ground_truth: np.ndarray | None = None
+    image: np.ndarray,
+    prediction: np.ndarray,
+    colors: np.ndarray,
+    ground_truth: np.ndarray | None = None,
+    min_height: int = 256,
 ) -> PIL.Image.Image:
-    """Image | ground truth (if given) | prediction overlay, side by side."""
+    """Image | ground truth (if given) | prediction overlay, side by side, at least `min_height` pixels high."""
     tiles = [image]
     if ground_truth is not None:
         tiles.append(overlay(image, ground_truth, colors, alpha=0.6))
     tiles.append(overlay(image, prediction, colors, alpha=0.6))
-    return PIL.Image.fromarray(np.concatenate(tiles, axis=1))
+    panel = PIL.Image.fromarray(np.concatenate(tiles, axis=1))
+    if panel.height < min_height:  # small images are enlarged pixel for pixel, to stay readable
+        factor = -(-min_height // panel.height)
+        panel = panel.resize((panel.width * factor, panel.height * factor), PIL.Image.NEAREST)
+    return panel
 
 
 def plot_training_curves(log_history: Sequence[dict[str, Any]], path: str | Path) -> Path:

@@ -27,12 +27,15 @@ from fapn_hf.data import (
 )
 from fapn_hf.demo_data import DEMO_LABELS
 from fapn_hf.metrics import SegmentationMetrics
+from fapn_hf.presets import PRESETS
 from fapn_hf.training import (
     DataArguments,
     FaPNTrainingArguments,
     ModelArguments,
+    load_recipe,
     make_compute_metrics,
     parameter_groups,
+    parse_arguments,
     run_training,
 )
 from fapn_hf.transforms import TrainAugmentation
@@ -336,3 +339,20 @@ def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(tmp
     # The 5 validation images split 3/2 over the processes: duplicates from uneven sharding must not be counted.
     assert metrics_ddp["eval_mean_iou"] == pytest.approx(metrics_single["eval_mean_iou"], abs=1e-4)
     assert metrics_ddp["eval_pixel_accuracy"] == pytest.approx(metrics_single["eval_pixel_accuracy"], abs=1e-4)
+
+
+@pytest.mark.parametrize("recipe", sorted((REPO_ROOT / "recipes").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_recipe_parses_into_the_argument_classes(recipe, tmp_path):
+    # The GPU recipes train in bf16, which TrainingArguments refuses on a machine without a GPU.
+    argv = ["--output_dir", str(tmp_path), "--bf16", str(torch.cuda.is_available()).lower()]
+    model_args, data_args, training_args = parse_arguments(argv, recipe=recipe)
+    assert model_args.preset in PRESETS and data_args.crop_hw[0] > 0
+    assert training_args.max_steps > 0 and training_args.lr_scheduler_type == "polynomial"
+    assert training_args.output_dir == str(tmp_path)  # the command line wins over the recipe
+
+
+def test_unknown_recipe_keys_are_named(tmp_path):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("preset: fapn-r18\nlearning_rat: 0.01\n")
+    with pytest.raises(ValueError, match=r"unknown arguments \['learning_rat'\]"):
+        load_recipe(recipe)
