@@ -55,7 +55,8 @@ def load_segmentation_dataset(
     seed: int = 0,
     demo_options: dict[str, Any] | None = None,
 ) -> DatasetDict:
-    """Loads a segmentation data set as a `DatasetDict` with splits `"train"` and `"validation"` and columns
+    """Loads a segmentation data set as a `DatasetDict` with splits `"train"` (when the source has it) and
+    `"validation"`, and columns
     `"image"` and `"label"` (both `datasets.Image` features that are not decoded: rows hold the bytes and path).
 
     Args:
@@ -99,21 +100,25 @@ def _standardise(
     validation_fraction: float,
     seed: int,
 ) -> DatasetDict:
-    if train_split not in splits:
-        raise ValueError(f"the data set has no split {train_split!r}; it has {sorted(splits)}")
-    columns = splits[train_split].column_names
-    for column, role in ((image_column, "image_column"), (label_column, "label_column")):
-        if column not in columns:
-            raise ValueError(f"{role}={column!r} is not a column of the data set; its columns are {columns}")
     if validation_split in splits:
-        result = DatasetDict({"train": splits[train_split], "validation": splits[validation_split]})
-    else:
+        result = DatasetDict({"validation": splits[validation_split]})
+        if train_split in splits:
+            result["train"] = splits[train_split]
+    elif train_split in splits:
         if not 0 < validation_fraction < 1:
             raise ValueError(
                 f"no split {validation_split!r}, and validation_fraction={validation_fraction} is not in (0, 1)"
             )
         held_out = splits[train_split].train_test_split(test_size=validation_fraction, seed=seed, shuffle=True)
         result = DatasetDict({"train": held_out["train"], "validation": held_out["test"]})
+    else:
+        raise ValueError(
+            f"the data set has neither split {train_split!r} nor {validation_split!r}; it has {sorted(splits)}"
+        )
+    columns = next(iter(result.values())).column_names
+    for column, role in ((image_column, "image_column"), (label_column, "label_column")):
+        if column not in columns:
+            raise ValueError(f"{role}={column!r} is not a column of the data set; its columns are {columns}")
     for split, dataset in result.items():
         dataset = dataset.select_columns([image_column, label_column])
         if image_column != "image":

@@ -312,18 +312,22 @@ def resolve_labels(data_args: DataArguments) -> list[str]:
     return list(LABEL_SETS[data_args.labels])
 
 
-def build_model(model_args: ModelArguments, label_names: Sequence[str]) -> FaPNForSemanticSegmentation:
-    """A preset with overrides, or a saved FaPN re-headed for `label_names`."""
+def build_model(
+    model_args: ModelArguments, label_names: Sequence[str], ignore_index: int = 255
+) -> FaPNForSemanticSegmentation:
+    """A preset with overrides, or a saved FaPN re-headed for `label_names`; the loss ignores `ignore_index`."""
     id2label, label2id = label_maps(list(label_names))
     if model_args.model_name_or_path:
         return AutoModelForSemanticSegmentation.from_pretrained(
             model_args.model_name_or_path,
             id2label=id2label,
             label2id=label2id,
+            semantic_loss_ignore_index=ignore_index,
             ignore_mismatched_sizes=True,
             trust_remote_code=model_args.trust_remote_code,
         )
-    overrides = {
+    overrides: dict[str, Any] = {"semantic_loss_ignore_index": ignore_index}
+    overrides |= {
         key: value
         for key in ("use_fam", "use_fsm", "use_point_rend", "neck_channels", "head_channels", "deformable_groups")
         if (value := getattr(model_args, key)) is not None
@@ -383,6 +387,8 @@ def run_training(
             "ignore_region": data_args.demo_ignore_region,
         },
     )
+    if "train" not in splits:
+        raise ValueError(f"the data set {data_args.dataset!r} has no split {data_args.train_split!r} to train on")
     reports = {}
     for split, limit in (("train", data_args.max_train_samples), ("validation", data_args.max_eval_samples)):
         if limit is not None:
@@ -390,7 +396,7 @@ def run_training(
         if data_args.check_data:
             splits[split], reports[split] = check_samples(splits[split], spec, data_args.bad_sample_policy, split)
 
-    model = build_model(model_args, label_names)
+    model = build_model(model_args, label_names, data_args.ignore_index)
     processor = build_image_processor(data_args)
     train_dataset = SegmentationDataset(
         splits["train"],

@@ -356,3 +356,17 @@ def test_unknown_recipe_keys_are_named(tmp_path):
     recipe.write_text("preset: fapn-r18\nlearning_rat: 0.01\n")
     with pytest.raises(ValueError, match=r"unknown arguments \['learning_rat'\]"):
         load_recipe(recipe)
+
+
+def test_an_evaluation_only_source_loads_but_cannot_be_trained_on(tmp_path):
+    image, label = _sample()
+    _write_imagefolder(tmp_path / "data" / "validation", [(image, label)])
+    splits = load_segmentation_dataset(str(tmp_path / "data"))
+    assert list(splits) == ["validation"]
+    with pytest.raises(ValueError, match="neither split 'train' nor 'test'"):
+        load_segmentation_dataset(str(tmp_path / "data"), validation_split="test")
+    model_args, data_args, training_args = _arguments(
+        tmp_path / "out", data={"dataset": str(tmp_path / "data"), "labels": "a,b,c"}
+    )
+    with pytest.raises(ValueError, match="has no split 'train' to train on"):
+        run_training(model_args, data_args, training_args)
