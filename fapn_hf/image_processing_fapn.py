@@ -10,7 +10,7 @@ import torch
 from transformers import SegformerImageProcessor
 
 
-def _as_rgb_tensor(image: Any) -> torch.Tensor:
+def as_rgb_tensor(image: Any) -> torch.Tensor:
     """Returns `image` as a `(3, H, W)` tensor (dtype kept): grayscale is repeated, an alpha channel dropped.
 
     PIL images are converted by PIL. NumPy arrays are `(H, W)` or channels-last `(H, W, C)`; tensors are `(H, W)` or
@@ -68,7 +68,7 @@ class FaPNImageProcessor(SegformerImageProcessor):
     def preprocess(self, images: Any, segmentation_maps: Any | None = None, **kwargs: Any):
         if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
             images = list(images)
-        images = [_as_rgb_tensor(image) for image in _as_list(images)]
+        images = [as_rgb_tensor(image) for image in _as_list(images)]
         if segmentation_maps is not None:
             maps = _as_list(segmentation_maps)
             if len(maps) != len(images):
@@ -97,4 +97,4 @@ class FaPNImageProcessor(SegformerImageProcessor):
         return output
 
 
-__all__ = ["FaPNImageProcessor"]
+__all__ = ["FaPNImageProcessor", "as_rgb_tensor"]

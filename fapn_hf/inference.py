@@ -15,6 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .image_processing_fapn import as_rgb_tensor
+
 
 @dataclass
 class TTAConfig:
@@ -125,9 +127,7 @@ class SegmentationPredictor:
 
         Integer images are scaled by 1/255; floating-point ones are taken to be in [0, 1] already.
         """
-        from .image_processing_fapn import _as_rgb_tensor
-
-        rgb = _as_rgb_tensor(image)
+        rgb = as_rgb_tensor(image)
         pixels = rgb.unsqueeze(0).float()
         if not torch.is_floating_point(rgb):
             pixels = pixels / 255.0
