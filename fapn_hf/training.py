@@ -443,6 +443,8 @@ def run_training(
         "eval": eval_metrics,
         "data": {split: report.to_dict() for split, report in reports.items()},
         "model": {"preset": model_args.preset, "parameters": sum(p.numel() for p in model.parameters())},
+        "dataset": data_args.dataset,
+        "settings": {**asdict(model_args), "dataset": data_args.dataset, "crop_size": data_args.crop_size},
     }
     output_dir = Path(training_args.output_dir)
     if trainer.is_world_process_zero():
@@ -482,8 +484,8 @@ def write_run_outputs(
         output_dir,
         model.config,
         eval_metrics=results["eval"],
-        dataset_name=data_args.dataset,
-        training_summary={**asdict(model_args), "dataset": data_args.dataset, "crop_size": data_args.crop_size},
+        dataset_name=results["dataset"],
+        training_summary=results["settings"],
     )
 
 

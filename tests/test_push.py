@@ -1,0 +1,127 @@
+"""Model cards and Hub publishing: metadata parsed back with huggingface_hub, dry runs, clear failures."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import tiny_config
+from huggingface_hub import ModelCard
+
+from fapn_hf import FaPNForSemanticSegmentation, FaPNImageProcessor, preset_config
+from fapn_hf.hub import model_card, plan_upload, push_folder, reported_result
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+METRICS = {"eval_mean_iou": 0.6116, "eval_boundary_mean_iou": 0.5836, "eval_pixel_accuracy": 0.95, "eval_loss": 0.2}
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()
+    }
+
+
+@pytest.fixture
+def run_folder(tmp_path):
+    """A folder like train.py writes: model, processor, metrics.json, plus files that must not be uploaded."""
+    folder = tmp_path / "run"
+    FaPNForSemanticSegmentation(tiny_config()).save_pretrained(folder)
+    FaPNImageProcessor().save_pretrained(folder)
+    (folder / "metrics.json").write_text(json.dumps({"eval": METRICS, "dataset": "demo"}))
+    (folder / "training_args.bin").write_bytes(b"pickle")
+    (folder / "checkpoint-10").mkdir()
+    (folder / "checkpoint-10" / "optimizer.pt").write_bytes(b"state")
+    return folder
+
+
+def test_card_metadata_holds_measured_and_reported_results():
+    config = preset_config("fapn-r50-pointrend", "cityscapes")
+    assert reported_result(config) == ("cityscapes", "val", 80.0)
+    card = ModelCard(str(model_card(config, METRICS, dataset_name="cityscapes", model_name="org/fapn-r50")))
+    data = card.data
+    assert data.pipeline_tag == "image-segmentation" and data.library_name == "transformers"
+    assert data.license == "apache-2.0" and "fapn" in data.tags
+    measured = [r for r in data.eval_results if r.source_name is None]
+    reported = [r for r in data.eval_results if r.source_name is not None]
+    assert {(r.metric_type, r.metric_value) for r in measured} == {
+        ("mean_iou", 0.6116),
+        ("boundary_mean_iou", 0.5836),
+        ("accuracy", 0.95),
+    }
+    assert len(reported) == 1 and reported[0].metric_value == 80.0 and "reported" in reported[0].metric_name
+    assert reported[0].source_url == "https://arxiv.org/abs/2108.07058"
+    assert 'from_pretrained("org/fapn-r50", trust_remote_code=True)' in card.text and "import fapn_hf" in card.text
+    assert "@inproceedings{huang2021fapn" in card.text and "not measured with these weights" in card.text
+
+
+def test_no_reported_figure_for_models_the_authors_did_not_release():
+    assert reported_result(preset_config("fapn-r18", "cityscapes")) is None
+    assert reported_result(preset_config("fpn-r50-pointrend", "cityscapes")) is None
+    assert reported_result(preset_config("fapn-r50-pointrend", "ade20k")) is None
+
+
+def test_upload_plan_takes_the_model_files_and_leaves_pickles_and_checkpoints(run_folder):
+    plan = plan_upload(run_folder, repo_id="org/fapn-demo")
+    assert set(plan.files) == {
+        "config.json", "model.safetensors", "preprocessor_config.json", "metrics.json",
+        "configuration_fapn.py", "modeling_fapn.py", "deform_conv.py", "image_processing_fapn.py",
+    }  # fmt: skip
+    assert {r.metric_type for r in plan.card.data.eval_results} == {"mean_iou", "boundary_mean_iou", "accuracy"}
+    description = plan.describe()
+    assert "model.safetensors" in description and "README.md" in description and "model-index" in description
+
+
+def test_incomplete_folders_are_named(run_folder):
+    (run_folder / "deform_conv.py").unlink()
+    (run_folder / "preprocessor_config.json").unlink()
+    with pytest.raises(FileNotFoundError, match="missing: preprocessor_config.json"):
+        plan_upload(run_folder)
+
+
+def test_missing_token_fails_clearly_and_touches_nothing(run_folder, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "")
+    monkeypatch.setattr("huggingface_hub.get_token", lambda: None)
+    before = _snapshot(run_folder)
+    with pytest.raises(PermissionError, match="no Hugging Face token"):
+        push_folder(plan_upload(run_folder), "org/fapn-demo")
+    assert _snapshot(run_folder) == before
+
+
+def _push(args: list[str], home: Path, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "push_to_hub.py"), *args],
+        env={**os.environ, "HF_HOME": str(home), "HF_TOKEN": "", **env},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def test_dry_run_lists_files_sizes_and_metadata_offline(run_folder, tmp_path):
+    before = _snapshot(run_folder)
+    result = _push(["--model-dir", str(run_folder), "--repo-id", "org/fapn-demo", "--dry-run"], tmp_path / "home",
+                   HF_HUB_OFFLINE="1")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "would upload to org/fapn-demo" in result.stdout and "model.safetensors" in result.stdout
+    assert "training_args.bin" not in result.stdout and "checkpoint" not in result.stdout
+    assert "mean_iou" in result.stdout and "pipeline_tag: image-segmentation" in result.stdout
+    assert _snapshot(run_folder) == before
+
+
+def test_unreachable_hub_fails_clearly_and_touches_nothing(run_folder, tmp_path):
+    before = _snapshot(run_folder)
+    # Nothing listens on loopback port 9: the connection is refused at once.
+    result = _push(["--model-dir", str(run_folder), "--repo-id", "org/fapn-demo", "--token", "hf_test"],
+                   tmp_path / "home", HF_ENDPOINT="http://127.0.0.1:9")  # fmt: skip
+    assert result.returncode == 1
+    assert "cannot reach the Hugging Face Hub" in result.stderr and "Traceback" not in result.stderr
+    assert _snapshot(run_folder) == before
+
+
+def test_the_pushed_card_is_the_one_a_reload_would_parse(run_folder):
+    plan = plan_upload(run_folder, repo_id="org/fapn-demo")
+    reparsed = ModelCard(str(plan.card))
+    assert reparsed.data.to_dict() == plan.card.data.to_dict()
