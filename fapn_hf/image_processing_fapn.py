@@ -22,7 +22,7 @@ def as_rgb_tensor(image: Any) -> torch.Tensor:
     if isinstance(image, np.ndarray):
         if image.ndim == 3:
             image = np.moveaxis(image, -1, 0)
-        image = torch.from_numpy(np.ascontiguousarray(image))
+        image = torch.from_numpy(np.array(image))  # a copy: arrays from PIL are often read-only
     if not isinstance(image, torch.Tensor):
         raise ValueError(f"expected a PIL image, a NumPy array or a torch tensor, got {type(image).__name__}")
     if image.ndim == 2:
