@@ -52,16 +52,17 @@ def prediction_panel(
 
 def plot_training_curves(log_history: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """Writes a PNG with the training loss and, when evaluated, the validation loss, mIoU and boundary mIoU per step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A standalone Figure with its own canvas: no pyplot, so the caller's (e.g. a notebook's) backend is untouched.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     def series(key: str) -> tuple[list[int], list[float]]:
         points = [(entry["step"], entry[key]) for entry in log_history if key in entry and "step" in entry]
         return [p[0] for p in points], [p[1] for p in points]
 
-    figure, (loss_axis, score_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    figure = Figure(figsize=(11, 4))
+    FigureCanvasAgg(figure)
+    loss_axis, score_axis = figure.subplots(1, 2)
     for key, label in (("loss", "train loss"), ("eval_loss", "validation loss")):
         steps, values = series(key)
         if steps:
@@ -77,7 +78,6 @@ def plot_training_curves(log_history: Sequence[dict[str, Any]], path: str | Path
     figure.tight_layout()
     path = Path(path)
     figure.savefig(path, dpi=100)
-    plt.close(figure)
     return path
 
 

@@ -1,0 +1,91 @@
+"""The tutorial notebooks: committed without outputs, with a parameter cell, and running top to bottom offline.
+
+Executing them needs the `notebooks` extra (nbclient, nbformat, ipykernel), which the `test` extra includes; a
+missing runner or `python3` kernel is a failure that says what to install.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+EXPECTED = ("01_inference.ipynb", "02_finetune_with_trainer.ipynb", "03_share_on_the_hub.ipynb")
+KERNEL_NAME = "python3"
+CELL_TIMEOUT_S = 300
+
+
+def _cells(path: Path) -> list[dict]:
+    return json.loads(path.read_text())["cells"]
+
+
+def _kernel_problem() -> str | None:
+    """Why the `python3` kernel cannot run the notebooks with this interpreter, or None when it can.
+
+    ipykernel installed in this environment provides the `python3` kernel spec (under `sys.prefix`), whose command
+    `python` jupyter_client replaces with `sys.executable`: the kernel then sees the same packages as the tests.
+    """
+    try:
+        from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+    except ImportError:
+        return "jupyter_client is not installed"
+    try:
+        spec = KernelSpecManager().get_kernel_spec(KERNEL_NAME)
+    except NoSuchKernel:
+        return f"no Jupyter kernel named {KERNEL_NAME!r} (install ipykernel)"
+    interpreter = spec.argv[0]
+    if interpreter not in {"python", "python3", sys.executable}:
+        return f"the {KERNEL_NAME!r} kernel runs {interpreter}, not this interpreter ({sys.executable})"
+    return None
+
+
+def test_the_tutorial_notebooks_exist():
+    assert {path.name for path in NOTEBOOKS} >= set(EXPECTED)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.name)
+def test_notebook_is_committed_without_outputs(path):
+    for index, cell in enumerate(_cells(path)):
+        if cell["cell_type"] == "code":
+            assert cell["outputs"] == [], f"cell {index} of {path.name} has outputs: clear them before committing"
+            assert cell["execution_count"] is None, f"cell {index} of {path.name} has an execution count"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.name)
+def test_notebook_has_one_parameter_cell_near_the_top(path):
+    code_cells = [cell for cell in _cells(path) if cell["cell_type"] == "code"]
+    tagged = [i for i, cell in enumerate(code_cells) if "parameters" in cell.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1, f"{path.name} needs exactly one code cell tagged 'parameters', found {len(tagged)}"
+    assert tagged[0] <= 1, f"the parameter cell of {path.name} should be among its first two code cells"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.name)
+def test_notebook_runs_offline(path, monkeypatch):
+    import nbclient
+    import nbformat
+
+    problem = _kernel_problem()
+    assert problem is None, f"cannot run the notebooks: {problem}"
+    # The kernel inherits the environment: no Hub access, so the notebooks take their offline paths.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    notebook = nbformat.read(path, as_version=4)
+    client = nbclient.NotebookClient(
+        notebook,
+        timeout=CELL_TIMEOUT_S,
+        kernel_name=KERNEL_NAME,
+        resources={"metadata": {"path": str(NOTEBOOK_DIR)}},
+    )
+    start = time.perf_counter()
+    try:
+        client.execute()
+    except nbclient.exceptions.CellExecutionError as error:
+        pytest.fail(f"{path.name} failed:\n{str(error)[-4000:]}")
+    print(f"{path.name}: {time.perf_counter() - start:.0f} s")
+    errors = [o for cell in notebook.cells for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors, f"{path.name} produced errors: {[e['ename'] for e in errors]}"
