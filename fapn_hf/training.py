@@ -448,7 +448,7 @@ def run_training(
     }
     output_dir = Path(training_args.output_dir)
     if trainer.is_world_process_zero():
-        write_run_outputs(trainer, eval_dataset, results, data_args, model_args, output_dir)
+        write_run_outputs(trainer, eval_dataset, results, data_args, output_dir)
     return TrainingRun(output_dir, results, trainer)
 
 
@@ -457,7 +457,6 @@ def write_run_outputs(
     eval_dataset: SegmentationDataset,
     results: dict[str, Any],
     data_args: DataArguments,
-    model_args: ModelArguments,
     output_dir: Path,
 ) -> None:
     """metrics.json, training_curves.png, prediction overlays and the model card."""

@@ -502,7 +502,7 @@ def fmt_number(value: float | None, digits: int = 1, suffix: str = "") -> str:
     return "n/a" if value is None else f"{value:.{digits}f}{suffix}"
 
 
-def environment_info(args: argparse.Namespace, device: torch.device, meter: PeakMemoryMeter) -> dict[str, Any]:
+def environment_info(device: torch.device, meter: PeakMemoryMeter) -> dict[str, Any]:
     """Device, library versions, threads and memory method of this run."""
     return {
         "device": str(device),
@@ -591,7 +591,7 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     meter = select_memory_meter(device)
     settings = BenchmarkSettings(device, args.warmup, args.repeats, args.max_seconds_per_case, meter)
-    env = environment_info(args, device, meter)
+    env = environment_info(device, meter)
     print(format_header(env, args), flush=True)
 
     report: dict[str, Any] = {"environment": env, "config": {**vars(args), "json": str(args.json)}}
