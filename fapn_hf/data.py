@@ -26,6 +26,7 @@ import PIL.Image
 import torch
 from datasets import Dataset, DatasetDict, Image, load_dataset, load_from_disk
 
+from .image_processing_fapn import normalize
 from .labels import LABEL_MAPPINGS, lookup_table
 
 logger = logging.getLogger(__name__)
@@ -322,8 +323,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.random = random
         self.seed = seed
         self.epoch = 0
-        self.mean = torch.tensor(image_mean, dtype=torch.float32).view(3, 1, 1)
-        self.std = torch.tensor(image_std, dtype=torch.float32).view(3, 1, 1)
+        self.mean, self.std = tuple(image_mean), tuple(image_std)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -346,8 +346,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         return {"pixel_values": self.normalise(image), "labels": torch.from_numpy(np.ascontiguousarray(labels)).long()}
 
     def normalise(self, image: np.ndarray) -> torch.Tensor:
-        pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
-        return (pixels - self.mean) / self.std
+        return normalize(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), self.mean, self.std)
 
 
 @dataclass

@@ -70,6 +70,11 @@ def model_card(
     """A `ModelCard` whose metadata holds the measured metrics (keys with or without the `eval_` prefix)."""
     metrics = {key.removeprefix("eval_"): value for key, value in (eval_metrics or {}).items()}
     dataset = dataset_name or "unknown"
+    measured = [
+        (metric_type, display, float(metrics[key]))
+        for key, metric_type, display in CARD_METRICS
+        if isinstance(metrics.get(key), (int, float))
+    ]
     eval_results = [
         EvalResult(
             task_type="image-segmentation",
@@ -78,10 +83,9 @@ def model_card(
             dataset_name=dataset,
             metric_type=metric_type,
             metric_name=display,
-            metric_value=round(float(metrics[key]), 4),
+            metric_value=round(value, 4),
         )
-        for key, metric_type, display in CARD_METRICS
-        if isinstance(metrics.get(key), (int, float))
+        for metric_type, display, value in measured
     ]
     reported = reported_result(config)
     if reported is not None:
@@ -109,11 +113,7 @@ def model_card(
         datasets=[dataset] if dataset_name and "/" in dataset_name else None,
         eval_results=eval_results or None,
     )
-    rows = "\n".join(
-        f"| {display} | {float(metrics[key]):.4f} |"
-        for key, _, display in CARD_METRICS
-        if isinstance(metrics.get(key), (int, float))
-    )
+    rows = "\n".join(f"| {display} | {value:.4f} |" for _, display, value in measured)
     results = f"| metric | value |\n|---|---|\n{rows}" if rows else "No evaluation results yet."
     if reported is not None:
         results += (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,14 @@ def as_rgb_tensor(image: Any) -> torch.Tensor:
     if channels in (3, 4):  # RGB, RGBA
         return image[:3].contiguous()
     raise ValueError(f"an image must have 1, 3 or 4 channels, got shape {tuple(image.shape)}")
+
+
+def normalize(rgb: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """`(3, H, W)` RGB -> float `(x - mean) / std`, integer images scaled by 1/255 first (floats taken as [0, 1])."""
+    pixels = rgb.float() if torch.is_floating_point(rgb) else rgb.float().div_(255.0)
+    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=pixels.device).view(3, 1, 1)
+    std_t = torch.as_tensor(std, dtype=torch.float32, device=pixels.device).view(3, 1, 1)
+    return (pixels - mean_t) / std_t
 
 
 def _size_of(image: Any) -> tuple[int, int]:
@@ -97,4 +106,4 @@ class FaPNImageProcessor(SegformerImageProcessor):
         return output
 
 
-__all__ = ["FaPNImageProcessor", "as_rgb_tensor"]
+__all__ = ["FaPNImageProcessor", "as_rgb_tensor", "normalize"]

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .image_processing_fapn import as_rgb_tensor
+from .image_processing_fapn import as_rgb_tensor, normalize
+from .transforms import shortest_edge_size
 
 
 @dataclass
@@ -74,6 +75,14 @@ def sliding_window_logits(
     return logits / counts
 
 
+def parse_scales(text: str) -> tuple[float, ...]:
+    """`"0.75,1.0,1.25"` -> `(0.75, 1.0, 1.25)`; raises `ValueError` for anything else."""
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError as error:
+        raise ValueError(f"expected comma-separated scales such as 0.75,1.0,1.25, got {text!r}") from error
+
+
 class SegmentationPredictor:
     """Predicts class maps at an image's original resolution, optionally with multi-scale, flip and windows.
 
@@ -86,8 +95,7 @@ class SegmentationPredictor:
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model = model.to(self.device).eval()
         self.processor = image_processor
-        self.mean = torch.tensor(image_processor.image_mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self.std = torch.tensor(image_processor.image_std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.mean, self.std = image_processor.image_mean, image_processor.image_std
 
     @classmethod
     def from_pretrained(
@@ -117,21 +125,14 @@ class SegmentationPredictor:
             return size.height, size.width
         if shortest is None:
             return height, width
-        scale = shortest / min(height, width)
-        if longest is not None and max(height, width) * scale > longest:
-            scale = longest / max(height, width)
-        return max(1, round(height * scale)), max(1, round(width * scale))
+        return shortest_edge_size(height, width, shortest, longest)
 
     def to_tensor(self, image: Any) -> torch.Tensor:
         """Any image the processor accepts -> normalised `(1, 3, H, W)` float tensor at its original size.
 
         Integer images are scaled by 1/255; floating-point ones are taken to be in [0, 1] already.
         """
-        rgb = as_rgb_tensor(image)
-        pixels = rgb.unsqueeze(0).float()
-        if not torch.is_floating_point(rgb):
-            pixels = pixels / 255.0
-        return (pixels - self.mean) / self.std
+        return normalize(as_rgb_tensor(image), self.mean, self.std).unsqueeze(0)
 
     @torch.inference_mode()
     def predict_probabilities(self, image: Any, tta: TTAConfig | None = None) -> torch.Tensor:
@@ -162,4 +163,4 @@ class SegmentationPredictor:
         return self.predict_probabilities(image, tta).argmax(dim=0).cpu().numpy()
 
 
-__all__ = ["SegmentationPredictor", "TTAConfig", "sliding_window_logits"]
+__all__ = ["SegmentationPredictor", "TTAConfig", "parse_scales", "sliding_window_logits"]

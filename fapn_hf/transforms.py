@@ -177,7 +177,8 @@ def random_scale(
     return resize(image, label, _scaled_size(*image.shape[:2], factor))
 
 
-def _shortest_edge_size(height: int, width: int, shortest_edge: int, longest_edge: int | None) -> tuple[int, int]:
+def shortest_edge_size(height: int, width: int, shortest_edge: int, longest_edge: int | None) -> tuple[int, int]:
+    """The aspect-preserving size whose shorter side is `shortest_edge`, the longer capped at `longest_edge`."""
     scale = shortest_edge / min(height, width)
     if longest_edge is not None and max(height, width) * scale > longest_edge:
         scale = longest_edge / max(height, width)
@@ -197,7 +198,7 @@ def resize_shortest_edge(
     shortest_edge = _check_positive_int(shortest_edge, "shortest_edge")
     if longest_edge is not None:
         longest_edge = _check_positive_int(longest_edge, "longest_edge")
-    return resize(image, label, _shortest_edge_size(*image.shape[:2], shortest_edge, longest_edge))
+    return resize(image, label, shortest_edge_size(*image.shape[:2], shortest_edge, longest_edge))
 
 
 def pad_to(

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from fapn_hf.data import LabelSpec, SegmentationDataset, check_samples, load_segmentation_dataset
-from fapn_hf.inference import SegmentationPredictor, TTAConfig
+from fapn_hf.inference import SegmentationPredictor, TTAConfig, parse_scales
 from fapn_hf.metrics import SegmentationMetrics
 from fapn_hf.transforms import parse_size
 
@@ -34,7 +34,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reduce-labels", action="store_true", help="0 -> ignore, others minus 1 (ADE20K)")
     parser.add_argument("--max-samples", type=int, default=None)
     parser.add_argument("--bad-sample-policy", default="fail", choices=("fail", "skip"))
-    parser.add_argument("--scales", default="1.0", help="comma-separated TTA scales, e.g. 0.5,0.75,1.0,1.25,1.5,1.75")
+    parser.add_argument(
+        "--scales",
+        type=parse_scales,
+        default=(1.0,),
+        help="comma-separated TTA scales, e.g. 0.5,0.75,1.0,1.25,1.5,1.75",
+    )
     parser.add_argument("--flip", action="store_true", help="also average the horizontally flipped prediction")
     parser.add_argument("--window", type=parse_size, default=None, help="sliding-window size HxW for large images")
     parser.add_argument("--device", default=None)
@@ -61,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         split = split.select(range(min(args.max_samples, len(split))))
     split, report = check_samples(split, spec, args.bad_sample_policy, args.split)
     samples = SegmentationDataset(split, spec, None, predictor.processor.image_mean, predictor.processor.image_std)
-    tta = TTAConfig(scales=tuple(float(s) for s in args.scales.split(",")), flip=args.flip, window=args.window)
+    tta = TTAConfig(scales=args.scales, flip=args.flip, window=args.window)
     metrics = SegmentationMetrics(config.num_labels, spec.ignore_index, id2label=config.id2label)
     started = time.perf_counter()
     for index in range(len(samples)):

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
-from fapn_hf.inference import SegmentationPredictor, TTAConfig
+from fapn_hf.inference import SegmentationPredictor, TTAConfig, parse_scales
 from fapn_hf.labels import palette
 from fapn_hf.transforms import parse_size
 from fapn_hf.visualization import overlay
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("images", nargs="+", type=Path, help="image files")
     parser.add_argument("--model", required=True, help="model folder or Hub id")
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/predictions"))
-    parser.add_argument("--scales", default="1.0", help="comma-separated TTA scales")
+    parser.add_argument("--scales", type=parse_scales, default=(1.0,), help="comma-separated TTA scales")
     parser.add_argument("--flip", action="store_true", help="also average the horizontally flipped prediction")
     parser.add_argument("--window", type=parse_size, default=None, help="sliding-window size HxW")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     predictor = SegmentationPredictor.from_pretrained(args.model, args.device, args.trust_remote_code)
     names = [predictor.id2label[i] for i in range(len(predictor.id2label))]
     colors = palette(len(names), names)
-    tta = TTAConfig(scales=tuple(float(s) for s in args.scales.split(",")), flip=args.flip, window=args.window)
+    tta = TTAConfig(scales=args.scales, flip=args.flip, window=args.window)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     failures = 0
     for path in args.images:

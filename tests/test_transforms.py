@@ -222,7 +222,7 @@ def test_resize_shortest_edge_keeps_aspect_and_caps_longest():
         height, width = (int(side) for side in rng.integers(1, 3000, size=2))
         shortest = int(rng.integers(1, 1200))
         longest = int(rng.integers(shortest, 2500)) if rng.random() < 0.5 else None
-        new_height, new_width = T._shortest_edge_size(height, width, shortest, longest)
+        new_height, new_width = T.shortest_edge_size(height, width, shortest, longest)
         if longest is not None:
             assert max(new_height, new_width) <= longest
         capped = longest is not None and max(new_height, new_width) == longest
