@@ -276,8 +276,15 @@ def most_uncertain_grid_points(uncertainty_map: torch.Tensor, num_points: int) -
     batch, _, height, width = uncertainty_map.shape
     num_points = min(height * width, num_points)
     indices = torch.topk(uncertainty_map.view(batch, height * width), k=num_points, dim=1).indices
+    # detectron2's expression, kept operation for operation: other forms of the same centre round differently in
+    # float32 and sample a neighbouring value at cell borders.
+    step_x, step_y = 1.0 / float(width), 1.0 / float(height)
     coords = torch.stack(
-        (((indices % width).float() + 0.5) / width, ((indices // width).float() + 0.5) / height), dim=-1
+        (
+            step_x / 2.0 + (indices % width).to(torch.float) * step_x,
+            step_y / 2.0 + (indices // width).to(torch.float) * step_y,
+        ),
+        dim=-1,
     )
     return indices, coords
 
@@ -529,14 +536,16 @@ class FaPNForSemanticSegmentation(FaPNPreTrainedModel):
         return F.cross_entropy(point_logits, point_labels[:, 0].long(), ignore_index=config.semantic_loss_ignore_index)
 
     def point_rend_inference(self, coarse_logits: torch.Tensor, fine_features: torch.Tensor) -> torch.Tensor:
-        """Subdivision inference: upsample 2x and re-predict the most uncertain points, `steps` times."""
+        """Subdivision inference (SPEC 2.6): `steps` times, upsample the logits 2x and re-predict their most uncertain
+        cells. The point head reads the stride-4 `coarse_logits` at those cells, never the upsampled or already
+        refined map, as in detectron2 and as in training."""
         logits = coarse_logits
         for _ in range(self.config.point_rend_subdivision_steps):
             logits = F.interpolate(logits, scale_factor=2, mode="bilinear", align_corners=False)
             indices, points = most_uncertain_grid_points(
                 uncertainty(logits), self.config.point_rend_subdivision_num_points
             )
-            point_logits = self.point_head(point_sample(fine_features, points), point_sample(logits, points))
+            point_logits = self.point_head(point_sample(fine_features, points), point_sample(coarse_logits, points))
             batch, num_labels, height, width = logits.shape
             logits = (
                 logits.reshape(batch, num_labels, height * width)
