@@ -106,29 +106,40 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         raise CheckpointError(f"{self.path}: refusing a pickle with persistent references ({pid!r})")
 
 
-def _unsupported_global(message: str) -> str:
-    """The type named in torch's weights-only refusal ("Unsupported global: GLOBAL argparse.Namespace ...")."""
-    match = re.search(r"GLOBAL ([\w.]+)", message)
-    return match.group(1) if match else message.strip().splitlines()[0]
+def _reason(error: BaseException) -> str:
+    """The telling part of a torch.load failure (its messages run to paragraphs)."""
+    message = str(error)
+    refused = re.search(r"GLOBAL ([\w.]+)", message)
+    if refused:
+        return f"it holds {refused.group(1)}, which is neither a tensor nor a plain container"
+    unpickler = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", message, flags=re.DOTALL)
+    if unpickler:
+        return unpickler.group(1)
+    first_line = message.strip().splitlines()[0] if message.strip() else type(error).__name__
+    return first_line.split(". ")[0]
 
 
 def _load_pth(path: Path, trust_pickle: bool) -> Any:
+    unreadable = (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, OverflowError)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        offending = _unsupported_global(str(error))
         if not trust_pickle:
             raise CheckpointError(
-                f"{path}: torch.load(weights_only=True) refused it: it holds {offending}, which is neither a tensor "
-                "nor a plain container. Opening it would run code from the file; if you trust it, re-run with "
-                "--trust-pickle (or trust_pickle=True)"
+                f"{path}: torch.load(weights_only=True) refused it: {_reason(error)}. Opening it with full pickle "
+                "would run code from the file; if you trust it, re-run with --trust-pickle (or trust_pickle=True)"
             ) from None
         warnings.warn(
-            f"{path}: loading with full pickle (it holds {offending}) because trust_pickle is set: this runs code "
-            "from the file",
+            f"{path}: loading with full pickle because trust_pickle is set ({_reason(error)}): this runs code from "
+            "the file",
             stacklevel=3,
         )
-        return torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except unreadable as error:
+            raise CheckpointError(f"{path}: not a readable torch checkpoint ({_reason(error)})") from None
+    except unreadable as error:
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({_reason(error)})") from None
 
 
 def _load_pkl(path: Path) -> Any:

@@ -379,6 +379,15 @@ def test_pth_holding_code_is_refused_unless_trusted(tmp_path):
     assert checkpoint.keys == ["backbone.fan_align5.weight"] and isinstance(checkpoint.extras["cfg"], Namespace)
 
 
+def test_damaged_pth_is_named_even_when_trusted(tmp_path):
+    path = tmp_path / "model_final.pth"
+    torch.save({"model": {"w": torch.zeros(3)}}, path)
+    path.write_bytes(path.read_bytes()[:200])  # truncated download
+    for trust_pickle in (False, True):
+        with pytest.raises(CheckpointError, match="model_final.pth: not a readable torch checkpoint"):
+            read_checkpoint(path, trust_pickle=trust_pickle)
+
+
 class _RunsCode:
     def __init__(self, marker: Path) -> None:
         self.marker = marker
