@@ -23,7 +23,6 @@ transformations; reading, the strict check and the folder are shared. `SEMANTIC_
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import pickle
@@ -41,7 +40,7 @@ import numpy as np
 import torch
 
 from .configuration_fapn import FaPNConfig
-from .hub import CONVERSION_RECORD, weights_digest, write_model_card
+from .hub import CONVERSION_RECORD, file_sha256, weights_digest, write_model_card
 from .image_processing_fapn import FaPNImageProcessor
 from .labels import label_maps
 from .modeling_fapn import FaPNForSemanticSegmentation
@@ -166,14 +165,6 @@ class Checkpoint:
         return list(self.tensors)
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> Checkpoint:
     """Reads a detectron2 checkpoint: `{"model": state_dict, ...}` (or a bare state dict) in a `.pth` file
     (`torch.load(weights_only=True)`) or a `.pkl` file of numpy arrays (restricted unpickler).
@@ -219,7 +210,7 @@ _ARCHITECTURE_SIGNATURES: tuple[tuple[tuple[str, ...], str], ...] = (
     (("roi_heads.", "proposal_generator."), "a detectron2 R-CNN model (Faster/Mask R-CNN or Panoptic FPN)"),
     (("sem_seg_head.pixel_decoder.", "sem_seg_head.predictor.transformer"), "a MaskFormer model"),
     (("head.cls_subnet.", "head.bbox_subnet."), "a detectron2 RetinaNet detector"),
-    (("backbone.fpn_lateral",), "a semantic model with detectron2's plain FPN neck (no FaPN modules)"),
+    (("backbone.fpn_lateral",), "a model with detectron2's plain FPN neck (no FaPN modules)"),
     (("backbone.fan_align",), "a FaPN semantic segmentation model"),
     (("stem.conv1.", "res2.0."), "a backbone alone (an ImageNet-pretrained detectron2 ResNet)"),
     (("conv1.weight", "layer1.0."), "a torchvision-style ResNet classifier"),

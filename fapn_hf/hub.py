@@ -51,18 +51,20 @@ def describe_architecture(config: FaPNConfig) -> str:
     return f"{neck} on {backbone}, {head}, {config.num_labels} classes"
 
 
-def weights_digest(folder: str | Path) -> dict[str, str]:
-    """sha256 of each weights file (`model*.safetensors`) in `folder`, by file name."""
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file, read in 1 MiB blocks."""
     import hashlib
 
-    digests = {}
-    for path in sorted(Path(folder).glob("model*.safetensors")):
-        digest = hashlib.sha256()
-        with path.open("rb") as file:
-            for block in iter(lambda: file.read(1 << 20), b""):
-                digest.update(block)
-        digests[path.name] = digest.hexdigest()
-    return digests
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_digest(folder: str | Path) -> dict[str, str]:
+    """sha256 of each weights file (`model*.safetensors`) in `folder`, by file name."""
+    return {path.name: file_sha256(path) for path in sorted(Path(folder).glob("model*.safetensors"))}
 
 
 def read_conversion_record(folder: str | Path) -> dict[str, Any] | None:
@@ -356,6 +358,7 @@ __all__ = [
     "CONVERSION_RECORD",
     "UploadPlan",
     "describe_architecture",
+    "file_sha256",
     "model_card",
     "plan_upload",
     "push_folder",

@@ -41,6 +41,7 @@ from fapn_hf.convert_original import (
     SEMANTIC_FAPN,
     SEMANTIC_FAPN_RENAMES,
     CheckpointError,
+    RenameRule,
     convert_checkpoint,
     convert_state_dict,
     describe_checkpoint,
@@ -140,8 +141,8 @@ def r50(tmp_path_factory) -> Original:
 def _print_measured():
     yield
     _BUILT.clear()
-    for variant, difference in MEASURED.items():
-        print(f"\n  max |converted - original| {variant}: {difference:.3g}", end="")
+    lines = [f"  max |converted - original| {variant}: {difference:.3g}" for variant, difference in MEASURED.items()]
+    print("\n" + "\n".join(lines))
 
 
 def _reference_logits(reference: original.SemanticSegmentor, image: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
@@ -228,6 +229,14 @@ def test_rename_table_is_small_and_every_rule_is_used(originals):
         assert not unmatched
         used |= {rule for rule in SEMANTIC_FAPN_RENAMES.rules for name in mapping if rule.apply(name) is not None}
     assert used == set(SEMANTIC_FAPN_RENAMES.rules)
+
+
+def test_rename_rules_shift_and_halve_indices_exactly():
+    rule = RenameRule("head.p{level}.{layer}.{param}", "scale_heads.{level-2}.{layer/2}.{param}")
+    assert rule.apply("head.p3.4.weight") == "scale_heads.1.2.weight"
+    assert rule.apply("head.p3.1.weight") is None  # odd indices are parameter-free upsamples
+    assert rule.apply("head.p1.0.weight") is None  # no negative index
+    assert rule.apply("head.p3.4.running_mean") is None and rule.apply("x.head.p3.4.weight") is None
 
 
 def test_predictor_and_evaluation_path_equal_the_original(r50):
