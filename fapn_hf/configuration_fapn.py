@@ -97,6 +97,14 @@ class FaPNConfig(PreTrainedConfig):
             Inference refinement steps, each upsampling the logits 2x.
         point_rend_subdivision_num_points (`int`, *optional*, defaults to 8192):
             Points re-predicted in each subdivision step.
+        freeze_backbone_norm (`bool`, *optional*, defaults to `False`):
+            Keep the backbone's BatchNorm layers frozen in training: they normalise with their running statistics,
+            never update them, and their affine parameters get no gradient (detectron2's `FrozenBN`, the norm of
+            the authors' ResNets). Timm and transformers backbones alike.
+        freeze_backbone_stages (`int`, *optional*, defaults to 0):
+            detectron2's `FREEZE_AT`: 0 trains the whole backbone, 1 freezes the stem, 2 the stem and the stride-4
+            stage (res2), and so on up to 5 (everything). Frozen layers get no gradient and their BatchNorm layers
+            stay in inference mode.
 
     Example:
 
@@ -137,6 +145,10 @@ class FaPNConfig(PreTrainedConfig):
     point_rend_importance_sample_ratio: float | int = 0.75
     point_rend_subdivision_steps: int = 2
     point_rend_subdivision_num_points: int = 8192
+    # Stored in the config so that they travel with the weights: fine-tuning a converted model, by any training
+    # loop, keeps the backbone frozen the way the authors trained it.
+    freeze_backbone_norm: bool = False
+    freeze_backbone_stages: int = 0
 
     def __post_init__(self, **kwargs):
         backbone = kwargs.pop("backbone", None)
@@ -216,6 +228,10 @@ class FaPNConfig(PreTrainedConfig):
             )
             require(self.point_rend_subdivision_steps >= 0, "point_rend_subdivision_steps must be >= 0")
             require(self.point_rend_subdivision_num_points >= 1, "point_rend_subdivision_num_points must be >= 1")
+        require(
+            0 <= self.freeze_backbone_stages <= 5,
+            f"freeze_backbone_stages must lie in [0, 5] (detectron2's FREEZE_AT), got {self.freeze_backbone_stages}",
+        )
         if self.use_pretrained_backbone:
             require(
                 self.is_timm_backbone,

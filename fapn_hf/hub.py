@@ -19,11 +19,8 @@ CITATION = """@inproceedings{huang2021fapn,
 
 PAPER_URL = "https://arxiv.org/abs/2108.07058"
 
-# The authors' released semantic models (SPEC 3): (backbone, PointRend, label set) -> (data set, split, mIoU).
-REPORTED_RESULTS: dict[tuple[str, bool, str], tuple[str, str, float]] = {
-    ("resnet50", True, "cityscapes"): ("cityscapes", "val", 80.0),
-    ("resnet101", True, "cityscapes"): ("cityscapes", "val", 80.1),
-}
+# The provenance record the converter writes next to converted weights (see `read_conversion_record`).
+CONVERSION_RECORD = "conversion.json"
 
 # Metrics written to `model-index`: (key in the evaluation metrics, metric type, display name).
 CARD_METRICS = (
@@ -43,21 +40,55 @@ def describe_architecture(config: FaPNConfig) -> str:
         neck = "FPN + FSM"
     else:
         neck = "FPN"
-    backbone = getattr(config.backbone_config, "backbone", None) or config.backbone_config.model_type
+    backbone_config = config.backbone_config
+    backbone = getattr(backbone_config, "backbone", None) or backbone_config.model_type
+    if backbone_config.model_type == "resnet":  # a transformers ResNet, e.g. the MSRA trunk of converted models
+        bottleneck = backbone_config.layer_type == "bottleneck"
+        backbone = f"ResNet-{sum(backbone_config.depths) * (3 if bottleneck else 2) + 2}"
+        if bottleneck and backbone_config.downsample_in_bottleneck:
+            backbone += " (MSRA, stride in the 1x1 conv)"
     head = "semantic FPN head" + (" + PointRend" if config.use_point_rend else "")
     return f"{neck} on {backbone}, {head}, {config.num_labels} classes"
 
 
-def reported_result(config: FaPNConfig) -> tuple[str, str, float] | None:
-    """The authors' reported mIoU for a configuration that matches one of their released models, else None."""
-    from .labels import CITYSCAPES_LABELS
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file, read in 1 MiB blocks."""
+    import hashlib
 
-    if not (config.use_fam and config.use_fsm) or config.neck_channels != 256:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_digest(folder: str | Path) -> dict[str, str]:
+    """sha256 of each weights file (`model*.safetensors`) in `folder`, by file name."""
+    return {path.name: file_sha256(path) for path in sorted(Path(folder).glob("model*.safetensors"))}
+
+
+def read_conversion_record(folder: str | Path) -> dict[str, Any] | None:
+    """The converter's record of `folder` (`conversion.json`) when it still describes the folder's weights, else None.
+
+    The record names the converted weights by sha256: once they are fine-tuned or re-saved, the record no longer
+    matches and is ignored (with a warning), so the authors' reported figures never reach a card of other weights.
+    A config field would not do: `from_pretrained` -> train -> `save_pretrained` carries config fields along.
+    """
+    import json
+    import warnings
+
+    path = Path(folder) / CONVERSION_RECORD
+    if not path.is_file():
         return None
-    backbone = (getattr(config.backbone_config, "backbone", None) or "").split(".")[0]
-    names = tuple(config.id2label[i] for i in range(config.num_labels))
-    label_set = "cityscapes" if names == CITYSCAPES_LABELS else None
-    return REPORTED_RESULTS.get((backbone, bool(config.use_point_rend), label_set or ""))
+    record = json.loads(path.read_text())
+    if record.get("weights_sha256") != weights_digest(folder):
+        warnings.warn(
+            f"{path} describes other weights than {Path(folder)}'s (they were re-saved or fine-tuned after the "
+            "conversion): the card leaves out its provenance and reported figures",
+            stacklevel=2,
+        )
+        return None
+    return record
 
 
 def model_card(
@@ -66,8 +97,10 @@ def model_card(
     dataset_name: str | None = None,
     model_name: str = "fapn",
     training_summary: dict[str, Any] | None = None,
+    conversion: dict[str, Any] | None = None,
 ) -> ModelCard:
-    """A `ModelCard` whose metadata holds the measured metrics (keys with or without the `eval_` prefix)."""
+    """A `ModelCard` whose metadata holds the measured metrics (keys with or without the `eval_` prefix) and, for
+    weights converted from the authors' release (`conversion`, the converter's record), their reported figures."""
     metrics = {key.removeprefix("eval_"): value for key, value in (eval_metrics or {}).items()}
     dataset = dataset_name or "unknown"
     measured = [
@@ -87,21 +120,22 @@ def model_card(
         )
         for metric_type, display, value in measured
     ]
-    reported = reported_result(config)
-    if reported is not None:
-        reported_dataset, reported_split, reported_miou = reported
+    reported = conversion.get("reported", []) if conversion else []
+    display_names = {metric_type: display for _, metric_type, display in CARD_METRICS}
+    for result in reported:
         eval_results.append(
             EvalResult(
                 task_type="image-segmentation",
                 task_name="Semantic Segmentation",
-                dataset_type=reported_dataset,
-                dataset_name=f"{reported_dataset.capitalize()} ({reported_split}), reported by the authors",
-                dataset_split=reported_split,
-                metric_type="mean_iou",
-                metric_name="mIoU (reported by the FaPN authors, not measured here)",
-                metric_value=reported_miou,
-                source_name="FaPN paper (Huang et al., ICCV 2021)",
-                source_url=PAPER_URL,
+                dataset_type=result["dataset"],
+                dataset_name=f"{result['dataset'].capitalize()} ({result['split']}), reported by the authors",
+                dataset_split=result["split"],
+                metric_type=result["metric"],
+                metric_name=f"{display_names.get(result['metric'], result['metric'])} (reported by the FaPN authors, "
+                "not measured here)",
+                metric_value=result["value"],
+                source_name=result["source"],
+                source_url=result["source_url"],
             )
         )
     data = ModelCardData(
@@ -115,11 +149,14 @@ def model_card(
     )
     rows = "\n".join(f"| {display} | {value:.4f} |" for _, display, value in measured)
     results = f"| metric | value |\n|---|---|\n{rows}" if rows else "No evaluation results yet."
-    if reported is not None:
+    for result in reported:
+        metric = display_names.get(result["metric"], result["metric"])
         results += (
-            f"\n\nThe authors report **{reported[2]} mIoU** on {reported[0].capitalize()} {reported[1]} for this "
-            f"architecture ([paper]({PAPER_URL})); that figure is theirs, not measured with these weights."
+            f"\n\nThe authors report **{result['value']} {metric}** on {result['dataset'].capitalize()} "
+            f"{result['split']} for the released weights these were converted from ([source]({result['source_url']})); "
+            "that figure is theirs, not measured here."
         )
+    provenance = _provenance(conversion, model_name) if conversion else ""
     settings = "\n".join(f"- `{k}`: `{v}`" for k, v in (training_summary or {}).items() if v is not None)
     content = f"""---
 {data.to_yaml()}
@@ -129,8 +166,8 @@ def model_card(
 
 {describe_architecture(config)}. FaPN (Feature-aligned Pyramid Network, ICCV 2021) aligns upsampled features with
 a learnt deformable convolution (FAM) and re-weights lateral features (FSM) in the top-down path of an FPN.
-
-## Results on {dataset} (measured)
+{provenance}
+## Results{f" on {dataset_name}" if dataset_name else ""} (measured)
 
 {results}
 
@@ -155,7 +192,7 @@ processor = AutoImageProcessor.from_pretrained("{model_name}", trust_remote_code
 
 ## Training settings
 
-{settings or "Not recorded."}
+{settings or ("The authors' (see Provenance)." if reported else "Not recorded.")}
 
 ## Citation
 
@@ -166,9 +203,34 @@ processor = AutoImageProcessor.from_pretrained("{model_name}", trust_remote_code
     return ModelCard(content)
 
 
+def _provenance(record: dict[str, Any], model_name: str) -> str:
+    """The card's "Provenance" section for converted weights."""
+    source = record["source"]
+    if record.get("converted_from_release"):
+        origin = "Converted from the authors' release"
+        link = f" ([download page]({source['release_url']}))" if source.get("release_url") else ""
+    else:
+        origin = "Converted from a detectron2 checkpoint in the layout of the authors' code (not their released file)"
+        link = ""
+    converter = record["converter"]
+    return f"""
+## Provenance
+
+{origin}{link}: `{source["file"]}` (sha256 `{source["sha256"]}`), original config `{source["original_config"]}`.
+Converted by `{converter["package"]}` with {converter["rename_rules"]} rename rules, every one of the
+{converter["tensors"]} tensors accounted for. The model reproduces the original network, input normalisation included:
+it takes RGB, and the processor's mean and std equal detectron2's BGR `PIXEL_MEAN` and `PIXEL_STD`. To measure it on a
+local copy of the data with the original test-time settings (the processor's resize, no test-time augmentation):
+
+```bash
+python scripts/evaluate.py --model {model_name} {record["evaluate_arguments"]}
+```
+"""
+
+
 # What a Hub model repo gets from a run folder; checkpoints, pickles (training_args.bin) and overlays stay local.
 UPLOAD_PATTERNS = ("config.json", "model*.safetensors", "model.safetensors.index.json", "preprocessor_config.json",
-                   "*.py", "README.md", "metrics.json", "training_curves.png")  # fmt: skip
+                   "*.py", "README.md", "metrics.json", "training_curves.png", CONVERSION_RECORD)  # fmt: skip
 REQUIRED_FILES = ("config.json", "preprocessor_config.json")
 
 
@@ -227,6 +289,7 @@ def plan_upload(folder: str | Path, repo_id: str | None = None, keep_card: bool 
             dataset_name=metrics.get("dataset"),
             model_name=repo_id or folder.name,
             training_summary=metrics.get("settings"),
+            conversion=read_conversion_record(folder),
         )
     return UploadPlan(folder, files, card)
 
@@ -285,18 +348,21 @@ def write_model_card(folder: str | Path, config: FaPNConfig, **kwargs: Any) -> P
     """Writes `README.md` (the model card) into `folder`; see `model_card` for the arguments."""
     path = Path(folder) / "README.md"
     kwargs.setdefault("model_name", Path(folder).name)
+    kwargs.setdefault("conversion", read_conversion_record(folder))
     model_card(config, **kwargs).save(path)
     return path
 
 
 __all__ = [
     "CITATION",
-    "REPORTED_RESULTS",
+    "CONVERSION_RECORD",
     "UploadPlan",
     "describe_architecture",
+    "file_sha256",
     "model_card",
     "plan_upload",
     "push_folder",
-    "reported_result",
+    "read_conversion_record",
+    "weights_digest",
     "write_model_card",
 ]

@@ -39,10 +39,16 @@ def as_rgb_tensor(image: Any) -> torch.Tensor:
 
 
 def normalize(rgb: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """`(3, H, W)` RGB -> float `(x - mean) / std`, integer images scaled by 1/255 first (floats taken as [0, 1])."""
-    pixels = rgb.float() if torch.is_floating_point(rgb) else rgb.float().div_(255.0)
-    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=pixels.device).view(3, 1, 1)
-    std_t = torch.as_tensor(std, dtype=torch.float32, device=pixels.device).view(3, 1, 1)
+    """`(3, H, W)` RGB -> float `(x - mean) / std`, integer images scaled by 1/255 first (floats taken as [0, 1]).
+
+    For integer images the 1/255 is folded into the statistics, `(x - 255 mean) / (255 std)`, the arithmetic of
+    transformers' processors: both give the same float32 values, and for converted detectron2 models (mean
+    `PIXEL_MEAN / 255`, std `1 / 255`) exactly detectron2's `x - PIXEL_MEAN`.
+    """
+    scale = 1.0 if torch.is_floating_point(rgb) else 255.0
+    pixels = rgb.float()
+    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=pixels.device).view(3, 1, 1) * scale
+    std_t = torch.as_tensor(std, dtype=torch.float32, device=pixels.device).view(3, 1, 1) * scale
     return (pixels - mean_t) / std_t
 
 

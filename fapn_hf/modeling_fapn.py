@@ -21,6 +21,7 @@ from transformers.backbone_utils import load_backbone
 from transformers.modeling_outputs import SemanticSegmenterOutput
 from transformers.utils import ModelOutput
 
+from .backbone_freezing import freeze_backbone, keep_norms_frozen
 from .configuration_fapn import FaPNConfig
 from .deform_conv import ModulatedDeformConv2d
 
@@ -379,6 +380,16 @@ class FaPNPreTrainedModel(PreTrainedModel):
             shutil.copyfile(processor_file, Path(save_directory) / processor_file.name)
         return result
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """Loads like any transformers model, then freezes the backbone as the config says: loading replaces every
+        parameter with a fresh, trainable one."""
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        config = model.config
+        freeze_backbone(model.base_model.backbone, config.freeze_backbone_norm, config.freeze_backbone_stages)
+        return loaded
+
     # Activation checkpointing applies to the backbone, where nearly all activations live.
     supports_gradient_checkpointing = True
 
@@ -430,6 +441,14 @@ class FaPNModel(FaPNPreTrainedModel):
         # model is built on the meta device and the checkpoint brings the backbone weights.
         if config.use_pretrained_backbone and not next(self.backbone.parameters()).is_meta:
             self.load_pretrained_backbone()
+        freeze_backbone(self.backbone, config.freeze_backbone_norm, config.freeze_backbone_stages)
+
+    def train(self, mode: bool = True) -> FaPNModel:
+        """Sets training mode, except for the backbone norms that `freeze_backbone_norm`/`_stages` keep frozen."""
+        super().train(mode)
+        if mode:
+            keep_norms_frozen(self.backbone, self.config.freeze_backbone_norm, self.config.freeze_backbone_stages)
+        return self
 
     def load_pretrained_backbone(self, checkpoint_file: str | None = None) -> None:
         """Loads timm's pretrained weights (all parameters and BatchNorm statistics) into the backbone.

@@ -65,8 +65,12 @@ class ModelArguments:
     neck_channels: int | None = field(default=None, metadata={"help": "pyramid width D (paper: 256)"})
     head_channels: int | None = field(default=None, metadata={"help": "semantic head width (paper: 128)"})
     deformable_groups: int | None = field(default=None, metadata={"help": "FAM deformable groups (paper: 8)"})
-    freeze_backbone_batch_norm: bool = field(
+    freeze_backbone_norm: bool = field(
         default=True, metadata={"help": "freeze the backbone's BatchNorm statistics and affine terms, as detectron2"}
+    )
+    freeze_backbone_stages: int | None = field(
+        default=None,
+        metadata={"help": "detectron2's FREEZE_AT: 0 none, 1 stem, 2 stem + res2, ... 5 all (default: the model's)"},
     )
     trust_remote_code: bool = field(default=False, metadata={"help": "allow remote code for model_name_or_path"})
 
@@ -317,6 +321,10 @@ def build_model(
 ) -> FaPNForSemanticSegmentation:
     """A preset with overrides, or a saved FaPN re-headed for `label_names`; the loss ignores `ignore_index`."""
     id2label, label2id = label_maps(list(label_names))
+    # Backbone freezing lives in the config (it travels with the weights); these arguments override it.
+    freezing: dict[str, Any] = {"freeze_backbone_norm": model_args.freeze_backbone_norm}
+    if model_args.freeze_backbone_stages is not None:
+        freezing["freeze_backbone_stages"] = model_args.freeze_backbone_stages
     if model_args.model_name_or_path:
         return AutoModelForSemanticSegmentation.from_pretrained(
             model_args.model_name_or_path,
@@ -325,8 +333,9 @@ def build_model(
             semantic_loss_ignore_index=ignore_index,
             ignore_mismatched_sizes=True,
             trust_remote_code=model_args.trust_remote_code,
+            **freezing,
         )
-    overrides: dict[str, Any] = {"semantic_loss_ignore_index": ignore_index}
+    overrides: dict[str, Any] = {"semantic_loss_ignore_index": ignore_index, **freezing}
     overrides |= {
         key: value
         for key in ("use_fam", "use_fsm", "use_point_rend", "neck_channels", "head_channels", "deformable_groups")
@@ -335,7 +344,6 @@ def build_model(
     if model_args.backbone:
         overrides["backbone"] = model_args.backbone
     config = preset_config(model_args.preset, list(label_names), **overrides)
-    config.backbone_config.freeze_batch_norm_2d = model_args.freeze_backbone_batch_norm
     config.use_pretrained_backbone = model_args.pretrained_backbone
     return FaPNForSemanticSegmentation(config)
 

@@ -57,7 +57,8 @@ def test_save_writes_safetensors_config_processor_and_code(saved_model):
     _, folder = saved_model
     names = {p.name for p in folder.iterdir()}
     assert {"config.json", "model.safetensors", "preprocessor_config.json"} <= names
-    assert {"configuration_fapn.py", "modeling_fapn.py", "deform_conv.py", "image_processing_fapn.py"} <= names
+    assert {"configuration_fapn.py", "modeling_fapn.py", "deform_conv.py", "image_processing_fapn.py",
+            "backbone_freezing.py"} <= names  # fmt: skip
     assert not any(name.endswith((".bin", ".pt", ".pth", ".pkl")) for name in names)
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "fapn"
