@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
+from transformers import initialization as hf_init
 from transformers.backbone_utils import load_backbone
 from transformers.modeling_outputs import SemanticSegmenterOutput
 from transformers.utils import ModelOutput
@@ -40,33 +41,43 @@ def make_norm(norm: str, channels: int) -> nn.Module:
     raise ValueError(f"Unknown norm {norm!r}; expected '', 'GN' or 'BN'")
 
 
-def reset_norm(norm: nn.Module) -> None:
-    if getattr(norm, "weight", None) is not None:
-        nn.init.ones_(norm.weight)
-        nn.init.zeros_(norm.bias)
-    if getattr(norm, "running_mean", None) is not None:
-        nn.init.zeros_(norm.running_mean)
-        nn.init.ones_(norm.running_var)
-        nn.init.zeros_(norm.num_batches_tracked)
+# detectron2's initialisation of each kind of layer, keyed by the name a layer is tagged with where it is built.
+INIT_SCHEMES = ("xavier", "msra", "normal", "zeros")
+
+
+def tag_init(layer: nn.Module, scheme: str) -> nn.Module:
+    """Records on `layer` (a conv) the initialisation it gets from `FaPNPreTrainedModel._init_weights`:
+    `"xavier"` (detectron2's c2_xavier_fill: kaiming-uniform with a = 1, i.e. U(+-sqrt(3 / fan_in))), `"msra"`
+    (c2_msra_fill: kaiming-normal, fan_out, ReLU gain, i.e. N(0, 2 / fan_out)), `"normal"` (N(0, 0.001^2), the
+    point-head predictor) or `"zeros"` (offset/mask convs). Biases start at zero in every scheme."""
+    if scheme not in INIT_SCHEMES:
+        raise ValueError(f"Unknown init scheme {scheme!r}; expected one of {INIT_SCHEMES}")
+    layer.init_scheme = scheme
+    return layer
 
 
 def init_conv(conv: nn.Module, scheme: str) -> None:
-    """Initialises a conv like detectron2: `"xavier"` (c2_xavier_fill), `"msra"` (c2_msra_fill) or `"normal"`
-    (std 0.001, for predictors). Biases start at zero."""
+    """Initialises `conv` by `scheme` (see `tag_init`). transformers' guarded init functions leave tensors that
+    `from_pretrained` loaded untouched."""
     if scheme == "xavier":
-        nn.init.kaiming_uniform_(conv.weight, a=1)
+        hf_init.kaiming_uniform_(conv.weight, a=1)
     elif scheme == "msra":
-        nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+        hf_init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
     elif scheme == "normal":
-        nn.init.normal_(conv.weight, std=0.001)
+        hf_init.normal_(conv.weight, std=0.001)
+    elif scheme == "zeros":
+        hf_init.zeros_(conv.weight)
     else:
-        raise ValueError(f"Unknown init scheme {scheme!r}")
+        raise ValueError(f"Unknown init scheme {scheme!r}; expected one of {INIT_SCHEMES}")
     if conv.bias is not None:
-        nn.init.zeros_(conv.bias)
+        hf_init.zeros_(conv.bias)
 
 
 class ConvNormAct(nn.Module):
-    """Conv2d, optional norm, optional ReLU. Without a norm the conv has a bias unless told otherwise."""
+    """Conv2d, optional norm, optional ReLU. Without a norm the conv has a bias unless told otherwise.
+
+    `init` names the conv's detectron2 initialisation (see `tag_init`); norms start at weight 1, bias 0.
+    """
 
     def __init__(
         self,
@@ -85,11 +96,7 @@ class ConvNormAct(nn.Module):
         )
         self.norm = make_norm(norm, out_channels)
         self.activation = nn.ReLU() if activation else nn.Identity()
-        self.init_scheme = init
-
-    def reset_parameters(self) -> None:
-        init_conv(self.conv, self.init_scheme)
-        reset_norm(self.norm)
+        tag_init(self.conv, init)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.activation(self.norm(self.conv(hidden_states)))
@@ -145,6 +152,8 @@ class FeatureAlignmentModule(nn.Module):
             guide_channels=channels,
             implementation=implementation,
         )
+        # Zero offsets and masks at the start: a fresh FAM samples the regular grid with mask 0.5, as the original.
+        tag_init(self.deform_conv.offset_mask_conv, "zeros")
 
     def forward(self, lateral: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
         upsampled = resize_to(coarse, lateral.shape[-2:])
@@ -227,7 +236,8 @@ class SemanticFPNHead(nn.Module):
                     for block in range(num_blocks)
                 )
             )
-        self.predictor = ConvNormAct(config.head_channels, config.num_labels, 1, init="normal")
+        # detectron2's SemSegFPNHead gives its predictor c2_msra_fill too; only PointRend's predictor is N(0, 0.001^2).
+        self.predictor = ConvNormAct(config.head_channels, config.num_labels, 1, init="msra")
 
     def forward(self, pyramid: Sequence[torch.Tensor]) -> torch.Tensor:
         fused = None
@@ -305,14 +315,9 @@ class PointHead(nn.Module):
         in_channels = config.neck_channels + num_labels
         self.layers = nn.ModuleList()
         for _ in range(config.point_head_num_layers):
-            self.layers.append(nn.Conv1d(in_channels, channels, 1))
+            self.layers.append(tag_init(nn.Conv1d(in_channels, channels, 1), "msra"))
             in_channels = channels + extra
-        self.predictor = nn.Conv1d(in_channels, num_labels, 1)
-
-    def reset_parameters(self) -> None:
-        for layer in self.layers:
-            init_conv(layer, "msra")
-        init_conv(self.predictor, "normal")
+        self.predictor = tag_init(nn.Conv1d(in_channels, num_labels, 1), "normal")
 
     def forward(self, fine_features: torch.Tensor, coarse_logits: torch.Tensor) -> torch.Tensor:
         hidden = torch.cat([fine_features, coarse_logits], dim=1)
@@ -408,9 +413,72 @@ class FaPNPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        # The layers own their (detectron2) initialisation; backbones initialise themselves.
-        if isinstance(module, (ConvNormAct, ModulatedDeformConv2d, PointHead)):
+        """Initialises one leaf module of the neck or the heads.
+
+        transformers 5 calls this on leaves (a conv, a norm), not on the blocks that own them, and under
+        `from_pretrained` only on leaves holding tensors the checkpoint lacked. Convs carry their detectron2 scheme
+        from where they were built (`tag_init`); the deformable conv's weight keeps its own rule
+        (U(+-1 / sqrt(fan_in)), bias 0); norms start at weight 1, bias 0 (BatchNorm statistics at 0 and 1). Backbones
+        are initialised by their own `_init_weights` (see `initialize_weights` for timm).
+        """
+        scheme = getattr(module, "init_scheme", None)
+        if scheme is not None:
+            init_conv(module, scheme)
+        elif isinstance(module, ModulatedDeformConv2d):
             module.reset_parameters()
+        else:
+            super()._init_weights(module)
+
+    def initialize_weights(self) -> None:
+        """transformers' initialisation, plus the weights a timm backbone misses.
+
+        `TimmBackbone._init_weights` only resets BatchNorm statistics, leaving timm weights that a checkpoint lacks as
+        uninitialised memory. Those are filled from a freshly built timm model of the same architecture (timm's own
+        initialisation). A fresh backbone (its modules are marked initialised when it is built) and every loaded
+        tensor are left alone.
+        """
+        missing = self._uninitialised_timm_tensors()
+        super().initialize_weights()
+        if missing:
+            self._fill_from_fresh_timm_model(missing)
+
+    def _uninitialised_timm_tensors(self) -> dict[str, torch.Tensor]:
+        timm_model = getattr(getattr(self.base_model, "backbone", None), "_backbone", None)
+        if timm_model is None:
+            return {}
+        missing = {}
+        for module_name, module in timm_model.named_modules():
+            if getattr(module, "_is_hf_initialized", False):
+                continue
+            tensors = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+            for name, tensor in tensors:
+                if tensor is None or tensor.is_meta or getattr(tensor, "_is_hf_initialized", False):
+                    continue
+                missing[f"{module_name}.{name}" if module_name else name] = tensor
+        return missing
+
+    @torch.no_grad()
+    def _fill_from_fresh_timm_model(self, missing: dict[str, torch.Tensor]) -> None:
+        import timm
+
+        backbone_config = self.config.backbone_config
+        with torch.device("cpu"):
+            fresh = timm.create_model(
+                backbone_config.backbone,
+                pretrained=False,
+                features_only=backbone_config.features_only,
+                in_chans=backbone_config.num_channels,
+                out_indices=tuple(backbone_config.out_indices),
+                output_stride=backbone_config.output_stride,
+            )
+        fresh_state = fresh.state_dict()
+        unknown = sorted(set(missing) - set(fresh_state))
+        if unknown:
+            raise ValueError(
+                f"cannot initialise timm backbone tensors {unknown}: a fresh {backbone_config.backbone!r} lacks them"
+            )
+        for name, tensor in missing.items():
+            tensor.copy_(fresh_state[name])
 
 
 class FaPNModel(FaPNPreTrainedModel):
@@ -426,7 +494,7 @@ class FaPNModel(FaPNPreTrainedModel):
             "Format.NHWC",
         )
         self.post_init()
-        # post_init() resets backbone norms, so pretrained weights go in afterwards. Under from_pretrained the
+        # Pretrained weights go in after post_init(), which must never see them. Under from_pretrained the
         # model is built on the meta device and the checkpoint brings the backbone weights.
         if config.use_pretrained_backbone and not next(self.backbone.parameters()).is_meta:
             self.load_pretrained_backbone()
