@@ -335,16 +335,19 @@ class PointHead(nn.Module):
 
 @dataclass
 class FaPNModelOutput(ModelOutput):
-    """Output of [`FaPNModel`].
+    """Output of [`FaPNModel`]. Sizes are those of the input padded to `size_divisibility`.
 
     Args:
+        last_hidden_state (`torch.FloatTensor` of shape `(N, D, H / 4, W / 4)`): the finest pyramid level P2, the
+            map the semantic heads read (and what `pipeline("image-feature-extraction")` returns).
         feature_maps (`tuple(torch.FloatTensor)`): the pyramid P2..P5, each `(N, D, H / s, W / s)` for
-            s = 4, 8, 16, 32 of the padded input.
+            s = 4, 8, 16, 32.
         backbone_feature_maps (`tuple(torch.FloatTensor)`): the backbone maps C2..C5 (NCHW).
         hidden_states (`tuple(torch.FloatTensor)`, *optional*): all backbone stages, when
             `output_hidden_states=True`.
     """
 
+    last_hidden_state: torch.FloatTensor | None = None
     feature_maps: tuple[torch.FloatTensor, ...] | None = None
     backbone_feature_maps: tuple[torch.FloatTensor, ...] | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
@@ -482,7 +485,7 @@ class FaPNPreTrainedModel(PreTrainedModel):
 
 
 class FaPNModel(FaPNPreTrainedModel):
-    """Backbone + FaPN neck. Returns the feature pyramid P2..P5."""
+    """Backbone + FaPN neck: the feature pyramid P2..P5, with P2 as `last_hidden_state`."""
 
     def __init__(self, config: FaPNConfig) -> None:
         super().__init__(config)
@@ -534,7 +537,8 @@ class FaPNModel(FaPNPreTrainedModel):
         Args:
             pixel_values: `(N, 3, H, W)` normalised images, any H and W (zero-padded to `size_divisibility`).
         Returns:
-            [`FaPNModelOutput`] with the pyramid of the padded input.
+            [`FaPNModelOutput`]: `last_hidden_state` P2 `(N, D, H' / 4, W' / 4)` and the pyramid P2..P5, for the input
+            zero-padded to `(H', W')`, multiples of `size_divisibility`.
         """
         return_dict = self.config.return_dict if return_dict is None else return_dict
         output_hidden_states = (
@@ -549,8 +553,10 @@ class FaPNModel(FaPNPreTrainedModel):
         features = tuple(backbone_outputs.feature_maps)
         if self.backbone_channels_last:
             features = tuple(f.permute(0, 3, 1, 2).contiguous() for f in features)
+        pyramid = tuple(self.neck(features))
         output = FaPNModelOutput(
-            feature_maps=tuple(self.neck(features)),
+            last_hidden_state=pyramid[0],
+            feature_maps=pyramid,
             backbone_feature_maps=features,
             hidden_states=backbone_outputs.hidden_states if output_hidden_states else None,
         )

@@ -131,6 +131,20 @@ def test_pipeline_returns_named_masks(saved_model):
     assert np.array_equal(np.sum(masks, axis=0), np.ones((45, 61)))
 
 
+def test_image_feature_extraction_pipeline_returns_p2(saved_model):
+    model, folder = saved_model
+    extractor = pipeline("image-feature-extraction", model=str(folder))
+    assert type(extractor.model) is FaPNModel
+    image = Image.fromarray(np.random.default_rng(2).integers(0, 255, (45, 61, 3), dtype=np.uint8))
+    features = extractor(image, return_tensors=True)
+    # The processor resizes the shorter side to 64 (64 x 87), the model pads to 64 x 96: P2 is 16 x 24.
+    assert features.shape == (1, model.config.neck_channels, 16, 24)
+    inputs = extractor.image_processor(image, return_tensors="pt")
+    with torch.no_grad():
+        expected = model.fapn(inputs["pixel_values"]).last_hidden_state
+    torch.testing.assert_close(features, expected)
+
+
 def test_grayscale_and_rgba_images_through_the_pipeline(saved_model):
     _, folder = saved_model
     segmenter = pipeline("image-segmentation", model=str(folder))

@@ -134,10 +134,11 @@ def test_pyramid_shapes_and_hidden_states():
     with torch.no_grad():
         out = model(torch.randn(1, 3, 64, 128), output_hidden_states=True)
     assert [tuple(p.shape) for p in out.feature_maps] == [(1, 32, 16, 32), (1, 32, 8, 16), (1, 32, 4, 8), (1, 32, 2, 4)]
+    assert out.last_hidden_state is out.feature_maps[0]
     assert [p.shape[1] for p in out.backbone_feature_maps] == [64, 128, 256, 512]
     assert out.hidden_states is not None and len(out.hidden_states) >= 4
     as_tuple = model(torch.randn(1, 3, 64, 64), return_dict=False)
-    assert isinstance(as_tuple, tuple) and len(as_tuple[0]) == 4
+    assert isinstance(as_tuple, tuple) and as_tuple[0].shape == (1, 32, 16, 16) and len(as_tuple[1]) == 4
 
 
 @pytest.mark.parametrize(
