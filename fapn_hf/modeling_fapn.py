@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import math
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 from transformers import initialization as hf_init
 from transformers.backbone_utils import load_backbone
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import SemanticSegmenterOutput
+from transformers.models.resnet.modeling_resnet import ResNetBackbone, ResNetStage
 from transformers.utils import ModelOutput
 
 from .configuration_fapn import FaPNConfig
@@ -116,7 +119,7 @@ def resize_to(hidden_states: torch.Tensor, size: Sequence[int], mode: str = "bil
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-class FeatureSelectionModule(nn.Module):
+class FeatureSelectionModule(GradientCheckpointingLayer):
     """FSM: SE-like channel attention with a skip connection, then a 1x1 projection to the pyramid width.
 
     `(N, C_in, H, W)` -> `(N, D, H, W)`:  `projection(x + x * sigmoid(attention(mean_hw(x))))`.
@@ -132,7 +135,7 @@ class FeatureSelectionModule(nn.Module):
         return self.projection(features + features * weights)
 
 
-class FeatureAlignmentModule(nn.Module):
+class FeatureAlignmentModule(GradientCheckpointingLayer):
     """FAM: aligns the upsampled coarse map to the lateral map with a modulated deformable convolution.
 
     The offsets and masks are predicted from `offset_conv(concat(lateral, 2 * upsampled))`, i.e. from the
@@ -210,6 +213,19 @@ class FaPNNeck(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+class ScaleHead(GradientCheckpointingLayer, nn.ModuleList):
+    """One tower of the semantic FPN head: conv3x3/GN/ReLU blocks, each followed by a 2x bilinear upsample on the
+    coarser levels. Input `(N, C, h, w)` of one pyramid level; `output_sizes` gives the size after each block's
+    upsample (the next finer levels' sizes, so that odd sizes stay aligned) and is empty for P2."""
+
+    def forward(self, features: torch.Tensor, output_sizes: Sequence[Sequence[int]] = ()) -> torch.Tensor:
+        for index, block in enumerate(self):
+            features = block(features)
+            if index < len(output_sizes):
+                features = resize_to(features, output_sizes[index])
+        return features
+
+
 class SemanticFPNHead(nn.Module):
     """Panoptic-FPN semantic head: per-level conv/GN/ReLU (+2x upsample) towers summed at stride 4.
 
@@ -222,7 +238,7 @@ class SemanticFPNHead(nn.Module):
         for stride in (4, 8, 16, 32):
             num_blocks = max(1, int(math.log2(stride)) - 2)
             self.scale_heads.append(
-                nn.ModuleList(
+                ScaleHead(
                     ConvNormAct(
                         config.neck_channels if block == 0 else config.head_channels,
                         config.head_channels,
@@ -241,12 +257,9 @@ class SemanticFPNHead(nn.Module):
 
     def forward(self, pyramid: Sequence[torch.Tensor]) -> torch.Tensor:
         fused = None
-        for level, (features, blocks) in enumerate(zip(pyramid, self.scale_heads)):
-            for block_index, block in enumerate(blocks):
-                features = block(features)
-                if level > 0:
-                    # 2x bilinear upsample; targeting the next finer level's size keeps odd sizes aligned.
-                    features = resize_to(features, pyramid[level - block_index - 1].shape[-2:])
+        for level, (features, tower) in enumerate(zip(pyramid, self.scale_heads)):
+            output_sizes = tuple(tuple(pyramid[finer].shape[-2:]) for finer in reversed(range(level)))
+            features = tower(features, output_sizes=output_sizes)
             fused = features if fused is None else fused + features
         return self.predictor(fused)
 
@@ -353,6 +366,11 @@ class FaPNModelOutput(ModelOutput):
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
+class CheckpointedResNetStage(GradientCheckpointingLayer, ResNetStage):
+    """transformers' `ResNetStage` as a GradientCheckpointingLayer (ResNet has no checkpointing of its own); same
+    parameters and state-dict keys. `FaPNModel` gives its ResNet backbone's stages this class."""
+
+
 def padded_size(height: int, width: int, divisor: int) -> tuple[int, int]:
     return (-(-height // divisor) * divisor, -(-width // divisor) * divisor)
 
@@ -387,32 +405,21 @@ class FaPNPreTrainedModel(PreTrainedModel):
             shutil.copyfile(processor_file, Path(save_directory) / processor_file.name)
         return result
 
-    # Activation checkpointing applies to the backbone, where nearly all activations live.
+    # Activation checkpointing (transformers 5's contract: every module with a `gradient_checkpointing` flag): FaPN's
+    # GradientCheckpointingLayers (each FSM and FAM of the neck, each tower of the semantic head), transformers
+    # backbones that support it themselves (Swin, ...) and ResNet's stages; timm backbones through timm's own switch.
     supports_gradient_checkpointing = True
 
-    def _set_backbone_checkpointing(self, enable: bool, gradient_checkpointing_kwargs: dict | None = None) -> None:
-        backbone = self.base_model.backbone
-        timm_model = getattr(backbone, "_backbone", None)
-        if timm_model is not None and hasattr(timm_model, "set_grad_checkpointing"):
-            timm_model.set_grad_checkpointing(enable)
-        elif getattr(backbone, "supports_gradient_checkpointing", False):
-            if enable:
-                backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs)
-            else:
-                backbone.gradient_checkpointing_disable()
-        elif enable:
-            raise ValueError(f"the backbone {type(backbone).__name__} does not support gradient checkpointing")
-        self._backbone_checkpointing = enable
-
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, **kwargs) -> None:
-        self._set_backbone_checkpointing(True, gradient_checkpointing_kwargs)
-
-    def gradient_checkpointing_disable(self) -> None:
-        self._set_backbone_checkpointing(False)
-
-    @property
-    def is_gradient_checkpointing(self) -> bool:
-        return getattr(self, "_backbone_checkpointing", False)
+    def _set_gradient_checkpointing(
+        self, enable: bool = True, gradient_checkpointing_func: Callable = checkpoint, every_n_layers: int = 1
+    ) -> None:
+        super()._set_gradient_checkpointing(enable, gradient_checkpointing_func, every_n_layers)
+        timm_model = getattr(self.base_model.backbone, "_backbone", None)
+        if timm_model is not None:
+            # timm checkpoints with its own function (non-reentrant, the stages after the stem).
+            for module in timm_model.modules():
+                if hasattr(module, "set_grad_checkpointing"):
+                    module.set_grad_checkpointing(enable)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -490,6 +497,9 @@ class FaPNModel(FaPNPreTrainedModel):
     def __init__(self, config: FaPNConfig) -> None:
         super().__init__(config)
         self.backbone = load_backbone(config)
+        if isinstance(self.backbone, ResNetBackbone):
+            for stage in self.backbone.encoder.stages:
+                stage.__class__ = CheckpointedResNetStage
         self.neck = FaPNNeck(config, self.backbone.channels)
         # timm's transformer backbones (Swin) return NHWC maps.
         self.backbone_channels_last = str(getattr(getattr(self.backbone, "_backbone", None), "output_fmt", "")) in (
@@ -576,7 +586,11 @@ class FaPNForSemanticSegmentation(FaPNPreTrainedModel):
         self.fapn = FaPNModel(config)
         self.decode_head = SemanticFPNHead(config)
         self.point_head = PointHead(config) if config.use_point_rend else None
+        # A legacy `config.gradient_checkpointing` is consumed by the base model's post_init; extend it to the heads.
+        base_checkpointing = self.fapn.is_activation_checkpointing
         self.post_init()
+        if base_checkpointing:
+            self.activation_checkpointing_enable()
 
     def check_labels(self, labels: torch.Tensor, pixel_values: torch.Tensor) -> None:
         """Raises `ValueError` for labels of the wrong shape or type, or with values outside the label map."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import ResNetConfig
 
 import fapn_hf
 from fapn_hf import FaPNConfig
@@ -24,6 +25,18 @@ def tiny_config(**overrides) -> FaPNConfig:
     return FaPNConfig(**settings)
 
 
+def tiny_resnet_backbone_config() -> ResNetConfig:
+    """A tiny transformers ResNet in the MSRA layout of the original checkpoints (stride in the first 1x1 conv)."""
+    return ResNetConfig(
+        embedding_size=16,
+        hidden_sizes=[32, 64, 96, 128],
+        depths=[1, 1, 1, 1],
+        layer_type="bottleneck",
+        downsample_in_bottleneck=True,
+        out_features=["stage1", "stage2", "stage3", "stage4"],
+    )
+
+
 def set_backbone_gammas_to_one(model: torch.nn.Module) -> None:
     """timm zero-initialises the last BN of every residual block, which blocks gradients into the branch; trained
     trunks have non-zero gammas, so tests that follow gradients set them to one."""
@@ -37,4 +50,4 @@ def _seed():
     torch.manual_seed(0)
 
 
-__all__ = ["fapn_hf", "set_backbone_gammas_to_one", "tiny_config"]
+__all__ = ["fapn_hf", "set_backbone_gammas_to_one", "tiny_config", "tiny_resnet_backbone_config"]

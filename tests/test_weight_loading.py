@@ -12,9 +12,9 @@ import re
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import tiny_config, tiny_resnet_backbone_config
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForSemanticSegmentation, ResNetConfig, TrainerCallback
+from transformers import AutoModelForSemanticSegmentation, TrainerCallback
 
 from fapn_hf import FaPNForSemanticSegmentation, FaPNModel
 from fapn_hf.training import DataArguments, FaPNTrainingArguments, ModelArguments, build_model, run_training
@@ -269,15 +269,13 @@ def test_a_run_whose_loss_becomes_non_finite_stops_and_writes_no_model_card(tmp_
 # Backbones
 # ---------------------------------------------------------------------------------------------------------------------
 
-RESNET_BACKBONE = ResNetConfig(
-    embedding_size=16, hidden_sizes=[32, 64, 96, 128], depths=[1, 1, 1, 1], layer_type="bottleneck",
-    downsample_in_bottleneck=True, out_features=["stage1", "stage2", "stage3", "stage4"],
-)  # fmt: skip
-
 
 @pytest.mark.parametrize(
     "overrides, dropped",
-    [({}, "fapn.backbone._backbone.layer4."), ({"backbone": None, "backbone_config": RESNET_BACKBONE}, "stages.3.")],
+    [
+        ({}, "fapn.backbone._backbone.layer4."),
+        ({"backbone": None, "backbone_config": tiny_resnet_backbone_config()}, "stages.3."),
+    ],
     ids=["timm", "transformers"],
 )
 def test_backbone_weights_missing_from_a_checkpoint_are_initialised_like_a_fresh_backbone(tmp_path, overrides, dropped):
