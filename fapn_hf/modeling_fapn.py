@@ -27,6 +27,7 @@ from transformers.utils import ModelOutput
 
 from .configuration_fapn import FaPNConfig
 from .deform_conv import ModulatedDeformConv2d
+from .image_processing_fapn import defer_processor_class_to_model_config
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Layers
@@ -371,6 +372,23 @@ class CheckpointedResNetStage(GradientCheckpointingLayer, ResNetStage):
     parameters and state-dict keys. `FaPNModel` gives its ResNet backbone's stages this class."""
 
 
+@dataclass
+class FaPNSemanticSegmenterOutput(SemanticSegmenterOutput):
+    """[`SemanticSegmenterOutput`] plus the `pixel_mask` `(N, H, W)` the model was given (1 on image pixels), with
+    which `FaPNImageProcessor.post_process_semantic_segmentation` crops each image out of a padded batch."""
+
+    pixel_mask: torch.LongTensor | None = None
+
+
+def check_pixel_mask(pixel_mask: torch.Tensor | None, pixel_values: torch.Tensor) -> None:
+    """Raises `ValueError` unless `pixel_mask` is None or `(N, H, W)` for `pixel_values` `(N, C, H, W)`."""
+    if pixel_mask is not None and tuple(pixel_mask.shape) != (pixel_values.shape[0], *pixel_values.shape[-2:]):
+        raise ValueError(
+            f"pixel_mask must have shape (batch, height, width) = {(pixel_values.shape[0], *pixel_values.shape[-2:])}"
+            f", got {tuple(pixel_mask.shape)}"
+        )
+
+
 def padded_size(height: int, width: int, divisor: int) -> tuple[int, int]:
     return (-(-height // divisor) * divisor, -(-width // divisor) * divisor)
 
@@ -403,6 +421,7 @@ class FaPNPreTrainedModel(PreTrainedModel):
         result = super().save_pretrained(save_directory, *args, **kwargs)
         if self._auto_class is not None and processor_file.exists():
             shutil.copyfile(processor_file, Path(save_directory) / processor_file.name)
+            defer_processor_class_to_model_config(save_directory)  # a processor saved there first
         return result
 
     # Activation checkpointing (transformers 5's contract: every module with a `gradient_checkpointing` flag): FaPN's
@@ -540,12 +559,15 @@ class FaPNModel(FaPNPreTrainedModel):
     def forward(
         self,
         pixel_values: torch.Tensor,
+        pixel_mask: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
     ) -> FaPNModelOutput | tuple:
         """
         Args:
             pixel_values: `(N, 3, H, W)` normalised images, any H and W (zero-padded to `size_divisibility`).
+            pixel_mask: `(N, H, W)`, 1 on image pixels and 0 on the processor's padding. The features do not depend
+                on it: the model pads with zeros itself, as the processor does (and as detectron2 batches images).
         Returns:
             [`FaPNModelOutput`]: `last_hidden_state` P2 `(N, D, H' / 4, W' / 4)` and the pyramid P2..P5, for the input
             zero-padded to `(H', W')`, multiples of `size_divisibility`.
@@ -556,6 +578,7 @@ class FaPNModel(FaPNPreTrainedModel):
         )
         if pixel_values.dim() != 4:
             raise ValueError(f"pixel_values must be (batch, channels, height, width), got {tuple(pixel_values.shape)}")
+        check_pixel_mask(pixel_mask, pixel_values)
         height, width = pixel_values.shape[-2:]
         target_h, target_w = padded_size(height, width, self.config.size_divisibility)
         padded = F.pad(pixel_values, (0, target_w - width, 0, target_h - height))
@@ -646,19 +669,23 @@ class FaPNForSemanticSegmentation(FaPNPreTrainedModel):
         self,
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
+        pixel_mask: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-    ) -> SemanticSegmenterOutput | tuple:
+    ) -> FaPNSemanticSegmenterOutput | tuple:
         """
         Args:
             pixel_values: `(N, 3, H, W)` normalised images of any size.
             labels: `(N, H, W)` class ids in `[0, num_labels)` or `semantic_loss_ignore_index`.
+            pixel_mask: `(N, H, W)`, 1 on image pixels and 0 on the processor's padding of a batch of different
+                sizes. Returned with the logits, for `post_process_semantic_segmentation` to crop each image.
         Returns:
-            [`SemanticSegmenterOutput`]: `logits` `(N, num_labels, H, W)`, `loss` when labels are given.
+            [`FaPNSemanticSegmenterOutput`]: `logits` `(N, num_labels, H, W)`, `loss` when labels are given.
         """
         return_dict = self.config.return_dict if return_dict is None else return_dict
         if labels is not None:
             self.check_labels(labels, pixel_values)
+        check_pixel_mask(pixel_mask, pixel_values)
         outputs = self.fapn(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
         fine_features = outputs.feature_maps[0]
         coarse_logits = self.decode_head(outputs.feature_maps)
@@ -679,8 +706,16 @@ class FaPNForSemanticSegmentation(FaPNPreTrainedModel):
                 padded_labels = F.pad(labels, (0, full_size[1] - width, 0, full_size[0] - height), value=ignore)
                 loss = loss + self.point_rend_loss(coarse_logits, fine_features, padded_labels)
 
-        output = SemanticSegmenterOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        output = FaPNSemanticSegmenterOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, pixel_mask=pixel_mask
+        )
         return output if return_dict else output.to_tuple()
 
 
-__all__ = ["FaPNModel", "FaPNForSemanticSegmentation", "FaPNPreTrainedModel", "FaPNModelOutput"]
+__all__ = [
+    "FaPNForSemanticSegmentation",
+    "FaPNModel",
+    "FaPNModelOutput",
+    "FaPNPreTrainedModel",
+    "FaPNSemanticSegmenterOutput",
+]

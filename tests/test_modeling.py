@@ -200,6 +200,17 @@ def test_labels_of_the_wrong_shape_or_type_are_reported():
         model(torch.randn(1, 3, 32, 32), labels=torch.zeros(1, 32, 32))
 
 
+def test_pixel_mask_is_checked_and_returned_with_the_logits():
+    model = FaPNForSemanticSegmentation(tiny_config()).eval()
+    x, mask = torch.randn(2, 3, 40, 50), torch.ones(2, 40, 50, dtype=torch.long)
+    with torch.no_grad():
+        out = model(x, pixel_mask=mask)
+        torch.testing.assert_close(out.logits, model(x).logits)  # the mask does not change the computation
+    assert out.pixel_mask is mask
+    with pytest.raises(ValueError, match=r"pixel_mask must have shape .*\(2, 40, 50\), got \(2, 40, 49\)"):
+        model(x, pixel_mask=mask[..., :49])
+
+
 def test_point_rend_training_adds_the_point_loss_and_inference_refines():
     model = FaPNForSemanticSegmentation(tiny_config(use_point_rend=True, point_rend_subdivision_num_points=50))
     x, labels = torch.randn(1, 3, 64, 64), torch.randint(0, 4, (1, 64, 64))
