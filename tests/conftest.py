@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import ResNetConfig
@@ -45,9 +49,30 @@ def set_backbone_gammas_to_one(model: torch.nn.Module) -> None:
             torch.nn.init.ones_(module.weight)
 
 
+def load_transformers_common_tests() -> None:
+    """Makes the cached copy of transformers' common tests importable as `transformers_tests`.
+
+    Raises `FileNotFoundError` naming the command that fetches them (scripts/fetch_transformers_tests.py) when they
+    are not cached: the suite fails rather than silently skipping them.
+    """
+    script = Path(__file__).resolve().parents[1] / "scripts" / "fetch_transformers_tests.py"
+    spec = importlib.util.spec_from_file_location("fetch_transformers_tests", script)
+    fetcher = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fetcher)
+    root = str(fetcher.cached_tests_root())
+    if root not in sys.path:
+        sys.path.insert(0, root)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
 
 
-__all__ = ["fapn_hf", "set_backbone_gammas_to_one", "tiny_config", "tiny_resnet_backbone_config"]
+__all__ = [
+    "fapn_hf",
+    "load_transformers_common_tests",
+    "set_backbone_gammas_to_one",
+    "tiny_config",
+    "tiny_resnet_backbone_config",
+]
