@@ -367,11 +367,6 @@ class FaPNModelOutput(ModelOutput):
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
-class CheckpointedResNetStage(GradientCheckpointingLayer, ResNetStage):
-    """transformers' `ResNetStage` as a GradientCheckpointingLayer (ResNet has no checkpointing of its own); same
-    parameters and state-dict keys. `FaPNModel` gives its ResNet backbone's stages this class."""
-
-
 @dataclass
 class FaPNSemanticSegmenterOutput(SemanticSegmenterOutput):
     """[`SemanticSegmenterOutput`] plus the `pixel_mask` `(N, H, W)` the model was given (1 on image pixels), with
@@ -508,6 +503,11 @@ class FaPNPreTrainedModel(PreTrainedModel):
             )
         for name, tensor in missing.items():
             tensor.copy_(fresh_state[name])
+
+
+class CheckpointedResNetStage(GradientCheckpointingLayer, ResNetStage):
+    """transformers' `ResNetStage` as a GradientCheckpointingLayer (ResNet has no checkpointing of its own); same
+    parameters and state-dict keys. `FaPNModel` gives its ResNet backbone's stages this class."""
 
 
 class FaPNModel(FaPNPreTrainedModel):
