@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fapn_hf-installed
 
-.PHONY: demo test lint benchmark reproduce clean
+.PHONY: demo test lint transformers-tests benchmark reproduce clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,11 @@ lint: $(STAMP)
 	$(PY) -m ruff check fapn_hf scripts tests
 	$(PY) -m ruff format --check fapn_hf scripts tests
 
-test: lint
+# transformers' common model/processor tests come from its sdist (pinned to the installed version, cached).
+transformers-tests: $(STAMP)
+	$(PY) scripts/fetch_transformers_tests.py
+
+test: lint transformers-tests
 	$(PY) -m pytest -q
 
 benchmark: $(STAMP)

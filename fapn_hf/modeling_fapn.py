@@ -9,21 +9,26 @@ from __future__ import annotations
 
 import math
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
+from transformers import initialization as hf_init
 from transformers.backbone_utils import load_backbone
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import SemanticSegmenterOutput
+from transformers.models.resnet.modeling_resnet import ResNetBackbone, ResNetStage
 from transformers.utils import ModelOutput
 
 from .backbone_freezing import freeze_backbone, keep_norms_frozen
 from .configuration_fapn import FaPNConfig
 from .deform_conv import ModulatedDeformConv2d
+from .image_processing_fapn import defer_processor_class_to_model_config
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Layers
@@ -41,33 +46,43 @@ def make_norm(norm: str, channels: int) -> nn.Module:
     raise ValueError(f"Unknown norm {norm!r}; expected '', 'GN' or 'BN'")
 
 
-def reset_norm(norm: nn.Module) -> None:
-    if getattr(norm, "weight", None) is not None:
-        nn.init.ones_(norm.weight)
-        nn.init.zeros_(norm.bias)
-    if getattr(norm, "running_mean", None) is not None:
-        nn.init.zeros_(norm.running_mean)
-        nn.init.ones_(norm.running_var)
-        nn.init.zeros_(norm.num_batches_tracked)
+# detectron2's initialisation of each kind of layer, keyed by the name a layer is tagged with where it is built.
+INIT_SCHEMES = ("xavier", "msra", "normal", "zeros")
+
+
+def tag_init(layer: nn.Module, scheme: str) -> nn.Module:
+    """Records on `layer` (a conv) the initialisation it gets from `FaPNPreTrainedModel._init_weights`:
+    `"xavier"` (detectron2's c2_xavier_fill: kaiming-uniform with a = 1, i.e. U(+-sqrt(3 / fan_in))), `"msra"`
+    (c2_msra_fill: kaiming-normal, fan_out, ReLU gain, i.e. N(0, 2 / fan_out)), `"normal"` (N(0, 0.001^2), the
+    point-head predictor) or `"zeros"` (offset/mask convs). Biases start at zero in every scheme."""
+    if scheme not in INIT_SCHEMES:
+        raise ValueError(f"Unknown init scheme {scheme!r}; expected one of {INIT_SCHEMES}")
+    layer.init_scheme = scheme
+    return layer
 
 
 def init_conv(conv: nn.Module, scheme: str) -> None:
-    """Initialises a conv like detectron2: `"xavier"` (c2_xavier_fill), `"msra"` (c2_msra_fill) or `"normal"`
-    (std 0.001, for predictors). Biases start at zero."""
+    """Initialises `conv` by `scheme` (see `tag_init`). transformers' guarded init functions leave tensors that
+    `from_pretrained` loaded untouched."""
     if scheme == "xavier":
-        nn.init.kaiming_uniform_(conv.weight, a=1)
+        hf_init.kaiming_uniform_(conv.weight, a=1)
     elif scheme == "msra":
-        nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+        hf_init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
     elif scheme == "normal":
-        nn.init.normal_(conv.weight, std=0.001)
+        hf_init.normal_(conv.weight, std=0.001)
+    elif scheme == "zeros":
+        hf_init.zeros_(conv.weight)
     else:
-        raise ValueError(f"Unknown init scheme {scheme!r}")
+        raise ValueError(f"Unknown init scheme {scheme!r}; expected one of {INIT_SCHEMES}")
     if conv.bias is not None:
-        nn.init.zeros_(conv.bias)
+        hf_init.zeros_(conv.bias)
 
 
 class ConvNormAct(nn.Module):
-    """Conv2d, optional norm, optional ReLU. Without a norm the conv has a bias unless told otherwise."""
+    """Conv2d, optional norm, optional ReLU. Without a norm the conv has a bias unless told otherwise.
+
+    `init` names the conv's detectron2 initialisation (see `tag_init`); norms start at weight 1, bias 0.
+    """
 
     def __init__(
         self,
@@ -86,11 +101,7 @@ class ConvNormAct(nn.Module):
         )
         self.norm = make_norm(norm, out_channels)
         self.activation = nn.ReLU() if activation else nn.Identity()
-        self.init_scheme = init
-
-    def reset_parameters(self) -> None:
-        init_conv(self.conv, self.init_scheme)
-        reset_norm(self.norm)
+        tag_init(self.conv, init)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.activation(self.norm(self.conv(hidden_states)))
@@ -110,7 +121,7 @@ def resize_to(hidden_states: torch.Tensor, size: Sequence[int], mode: str = "bil
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-class FeatureSelectionModule(nn.Module):
+class FeatureSelectionModule(GradientCheckpointingLayer):
     """FSM: SE-like channel attention with a skip connection, then a 1x1 projection to the pyramid width.
 
     `(N, C_in, H, W)` -> `(N, D, H, W)`:  `projection(x + x * sigmoid(attention(mean_hw(x))))`.
@@ -126,7 +137,7 @@ class FeatureSelectionModule(nn.Module):
         return self.projection(features + features * weights)
 
 
-class FeatureAlignmentModule(nn.Module):
+class FeatureAlignmentModule(GradientCheckpointingLayer):
     """FAM: aligns the upsampled coarse map to the lateral map with a modulated deformable convolution.
 
     The offsets and masks are predicted from `offset_conv(concat(lateral, 2 * upsampled))`, i.e. from the
@@ -146,6 +157,8 @@ class FeatureAlignmentModule(nn.Module):
             guide_channels=channels,
             implementation=implementation,
         )
+        # Zero offsets and masks at the start: a fresh FAM samples the regular grid with mask 0.5, as the original.
+        tag_init(self.deform_conv.offset_mask_conv, "zeros")
 
     def forward(self, lateral: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
         upsampled = resize_to(coarse, lateral.shape[-2:])
@@ -202,6 +215,19 @@ class FaPNNeck(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+class ScaleHead(GradientCheckpointingLayer, nn.ModuleList):
+    """One tower of the semantic FPN head: conv3x3/GN/ReLU blocks, each followed by a 2x bilinear upsample on the
+    coarser levels. Input `(N, C, h, w)` of one pyramid level; `output_sizes` gives the size after each block's
+    upsample (the next finer levels' sizes, so that odd sizes stay aligned) and is empty for P2."""
+
+    def forward(self, features: torch.Tensor, output_sizes: Sequence[Sequence[int]] = ()) -> torch.Tensor:
+        for index, block in enumerate(self):
+            features = block(features)
+            if index < len(output_sizes):
+                features = resize_to(features, output_sizes[index])
+        return features
+
+
 class SemanticFPNHead(nn.Module):
     """Panoptic-FPN semantic head: per-level conv/GN/ReLU (+2x upsample) towers summed at stride 4.
 
@@ -214,7 +240,7 @@ class SemanticFPNHead(nn.Module):
         for stride in (4, 8, 16, 32):
             num_blocks = max(1, int(math.log2(stride)) - 2)
             self.scale_heads.append(
-                nn.ModuleList(
+                ScaleHead(
                     ConvNormAct(
                         config.neck_channels if block == 0 else config.head_channels,
                         config.head_channels,
@@ -228,16 +254,14 @@ class SemanticFPNHead(nn.Module):
                     for block in range(num_blocks)
                 )
             )
-        self.predictor = ConvNormAct(config.head_channels, config.num_labels, 1, init="normal")
+        # detectron2's SemSegFPNHead gives its predictor c2_msra_fill too; only PointRend's predictor is N(0, 0.001^2).
+        self.predictor = ConvNormAct(config.head_channels, config.num_labels, 1, init="msra")
 
     def forward(self, pyramid: Sequence[torch.Tensor]) -> torch.Tensor:
         fused = None
-        for level, (features, blocks) in enumerate(zip(pyramid, self.scale_heads)):
-            for block_index, block in enumerate(blocks):
-                features = block(features)
-                if level > 0:
-                    # 2x bilinear upsample; targeting the next finer level's size keeps odd sizes aligned.
-                    features = resize_to(features, pyramid[level - block_index - 1].shape[-2:])
+        for level, (features, tower) in enumerate(zip(pyramid, self.scale_heads)):
+            output_sizes = tuple(tuple(pyramid[finer].shape[-2:]) for finer in reversed(range(level)))
+            features = tower(features, output_sizes=output_sizes)
             fused = features if fused is None else fused + features
         return self.predictor(fused)
 
@@ -306,14 +330,9 @@ class PointHead(nn.Module):
         in_channels = config.neck_channels + num_labels
         self.layers = nn.ModuleList()
         for _ in range(config.point_head_num_layers):
-            self.layers.append(nn.Conv1d(in_channels, channels, 1))
+            self.layers.append(tag_init(nn.Conv1d(in_channels, channels, 1), "msra"))
             in_channels = channels + extra
-        self.predictor = nn.Conv1d(in_channels, num_labels, 1)
-
-    def reset_parameters(self) -> None:
-        for layer in self.layers:
-            init_conv(layer, "msra")
-        init_conv(self.predictor, "normal")
+        self.predictor = tag_init(nn.Conv1d(in_channels, num_labels, 1), "normal")
 
     def forward(self, fine_features: torch.Tensor, coarse_logits: torch.Tensor) -> torch.Tensor:
         hidden = torch.cat([fine_features, coarse_logits], dim=1)
@@ -331,19 +350,39 @@ class PointHead(nn.Module):
 
 @dataclass
 class FaPNModelOutput(ModelOutput):
-    """Output of [`FaPNModel`].
+    """Output of [`FaPNModel`]. Sizes are those of the input padded to `size_divisibility`.
 
     Args:
+        last_hidden_state (`torch.FloatTensor` of shape `(N, D, H / 4, W / 4)`): the finest pyramid level P2, the
+            map the semantic heads read (and what `pipeline("image-feature-extraction")` returns).
         feature_maps (`tuple(torch.FloatTensor)`): the pyramid P2..P5, each `(N, D, H / s, W / s)` for
-            s = 4, 8, 16, 32 of the padded input.
+            s = 4, 8, 16, 32.
         backbone_feature_maps (`tuple(torch.FloatTensor)`): the backbone maps C2..C5 (NCHW).
         hidden_states (`tuple(torch.FloatTensor)`, *optional*): all backbone stages, when
             `output_hidden_states=True`.
     """
 
+    last_hidden_state: torch.FloatTensor | None = None
     feature_maps: tuple[torch.FloatTensor, ...] | None = None
     backbone_feature_maps: tuple[torch.FloatTensor, ...] | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class FaPNSemanticSegmenterOutput(SemanticSegmenterOutput):
+    """[`SemanticSegmenterOutput`] plus the `pixel_mask` `(N, H, W)` the model was given (1 on image pixels), with
+    which `FaPNImageProcessor.post_process_semantic_segmentation` crops each image out of a padded batch."""
+
+    pixel_mask: torch.LongTensor | None = None
+
+
+def check_pixel_mask(pixel_mask: torch.Tensor | None, pixel_values: torch.Tensor) -> None:
+    """Raises `ValueError` unless `pixel_mask` is None or `(N, H, W)` for `pixel_values` `(N, C, H, W)`."""
+    if pixel_mask is not None and tuple(pixel_mask.shape) != (pixel_values.shape[0], *pixel_values.shape[-2:]):
+        raise ValueError(
+            f"pixel_mask must have shape (batch, height, width) = {(pixel_values.shape[0], *pixel_values.shape[-2:])}"
+            f", got {tuple(pixel_mask.shape)}"
+        )
 
 
 def padded_size(height: int, width: int, divisor: int) -> tuple[int, int]:
@@ -378,6 +417,7 @@ class FaPNPreTrainedModel(PreTrainedModel):
         result = super().save_pretrained(save_directory, *args, **kwargs)
         if self._auto_class is not None and processor_file.exists():
             shutil.copyfile(processor_file, Path(save_directory) / processor_file.name)
+            defer_processor_class_to_model_config(save_directory)  # a processor saved there first
         return result
 
     @classmethod
@@ -390,46 +430,106 @@ class FaPNPreTrainedModel(PreTrainedModel):
         freeze_backbone(model.base_model.backbone, config.freeze_backbone_norm, config.freeze_backbone_stages)
         return loaded
 
-    # Activation checkpointing applies to the backbone, where nearly all activations live.
+    # Activation checkpointing (transformers 5's contract: every module with a `gradient_checkpointing` flag): FaPN's
+    # GradientCheckpointingLayers (each FSM and FAM of the neck, each tower of the semantic head), transformers
+    # backbones that support it themselves (Swin, ...) and ResNet's stages; timm backbones through timm's own switch.
     supports_gradient_checkpointing = True
 
-    def _set_backbone_checkpointing(self, enable: bool, gradient_checkpointing_kwargs: dict | None = None) -> None:
-        backbone = self.base_model.backbone
-        timm_model = getattr(backbone, "_backbone", None)
-        if timm_model is not None and hasattr(timm_model, "set_grad_checkpointing"):
-            timm_model.set_grad_checkpointing(enable)
-        elif getattr(backbone, "supports_gradient_checkpointing", False):
-            if enable:
-                backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs)
-            else:
-                backbone.gradient_checkpointing_disable()
-        elif enable:
-            raise ValueError(f"the backbone {type(backbone).__name__} does not support gradient checkpointing")
-        self._backbone_checkpointing = enable
-
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, **kwargs) -> None:
-        self._set_backbone_checkpointing(True, gradient_checkpointing_kwargs)
-
-    def gradient_checkpointing_disable(self) -> None:
-        self._set_backbone_checkpointing(False)
-
-    @property
-    def is_gradient_checkpointing(self) -> bool:
-        return getattr(self, "_backbone_checkpointing", False)
+    def _set_gradient_checkpointing(
+        self, enable: bool = True, gradient_checkpointing_func: Callable = checkpoint, every_n_layers: int = 1
+    ) -> None:
+        super()._set_gradient_checkpointing(enable, gradient_checkpointing_func, every_n_layers)
+        timm_model = getattr(self.base_model.backbone, "_backbone", None)
+        if timm_model is not None:
+            # timm checkpoints with its own function (non-reentrant, the stages after the stem).
+            for module in timm_model.modules():
+                if hasattr(module, "set_grad_checkpointing"):
+                    module.set_grad_checkpointing(enable)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        # The layers own their (detectron2) initialisation; backbones initialise themselves.
-        if isinstance(module, (ConvNormAct, ModulatedDeformConv2d, PointHead)):
+        """Initialises one leaf module of the neck or the heads.
+
+        transformers 5 calls this on leaves (a conv, a norm), not on the blocks that own them, and under
+        `from_pretrained` only on leaves holding tensors the checkpoint lacked. Convs carry their detectron2 scheme
+        from where they were built (`tag_init`); the deformable conv's weight keeps its own rule
+        (U(+-1 / sqrt(fan_in)), bias 0); norms start at weight 1, bias 0 (BatchNorm statistics at 0 and 1). Backbones
+        are initialised by their own `_init_weights` (see `initialize_weights` for timm).
+        """
+        scheme = getattr(module, "init_scheme", None)
+        if scheme is not None:
+            init_conv(module, scheme)
+        elif isinstance(module, ModulatedDeformConv2d):
             module.reset_parameters()
+        else:
+            super()._init_weights(module)
+
+    def initialize_weights(self) -> None:
+        """transformers' initialisation, plus the weights a timm backbone misses.
+
+        `TimmBackbone._init_weights` only resets BatchNorm statistics, leaving timm weights that a checkpoint lacks as
+        uninitialised memory. Those are filled from a freshly built timm model of the same architecture (timm's own
+        initialisation). A fresh backbone (its modules are marked initialised when it is built) and every loaded
+        tensor are left alone.
+        """
+        missing = self._uninitialised_timm_tensors()
+        super().initialize_weights()
+        if missing:
+            self._fill_from_fresh_timm_model(missing)
+
+    def _uninitialised_timm_tensors(self) -> dict[str, torch.Tensor]:
+        timm_model = getattr(getattr(self.base_model, "backbone", None), "_backbone", None)
+        if timm_model is None:
+            return {}
+        missing = {}
+        for module_name, module in timm_model.named_modules():
+            if getattr(module, "_is_hf_initialized", False):
+                continue
+            tensors = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+            for name, tensor in tensors:
+                if tensor is None or tensor.is_meta or getattr(tensor, "_is_hf_initialized", False):
+                    continue
+                missing[f"{module_name}.{name}" if module_name else name] = tensor
+        return missing
+
+    @torch.no_grad()
+    def _fill_from_fresh_timm_model(self, missing: dict[str, torch.Tensor]) -> None:
+        import timm
+
+        backbone_config = self.config.backbone_config
+        with torch.device("cpu"):
+            fresh = timm.create_model(
+                backbone_config.backbone,
+                pretrained=False,
+                features_only=backbone_config.features_only,
+                in_chans=backbone_config.num_channels,
+                out_indices=tuple(backbone_config.out_indices),
+                output_stride=backbone_config.output_stride,
+            )
+        fresh_state = fresh.state_dict()
+        unknown = sorted(set(missing) - set(fresh_state))
+        if unknown:
+            raise ValueError(
+                f"cannot initialise timm backbone tensors {unknown}: a fresh {backbone_config.backbone!r} lacks them"
+            )
+        for name, tensor in missing.items():
+            tensor.copy_(fresh_state[name])
+
+
+class CheckpointedResNetStage(GradientCheckpointingLayer, ResNetStage):
+    """transformers' `ResNetStage` as a GradientCheckpointingLayer (ResNet has no checkpointing of its own); same
+    parameters and state-dict keys. `FaPNModel` gives its ResNet backbone's stages this class."""
 
 
 class FaPNModel(FaPNPreTrainedModel):
-    """Backbone + FaPN neck. Returns the feature pyramid P2..P5."""
+    """Backbone + FaPN neck: the feature pyramid P2..P5, with P2 as `last_hidden_state`."""
 
     def __init__(self, config: FaPNConfig) -> None:
         super().__init__(config)
         self.backbone = load_backbone(config)
+        if isinstance(self.backbone, ResNetBackbone):
+            for stage in self.backbone.encoder.stages:
+                stage.__class__ = CheckpointedResNetStage
         self.neck = FaPNNeck(config, self.backbone.channels)
         # timm's transformer backbones (Swin) return NHWC maps.
         self.backbone_channels_last = str(getattr(getattr(self.backbone, "_backbone", None), "output_fmt", "")) in (
@@ -437,7 +537,7 @@ class FaPNModel(FaPNPreTrainedModel):
             "Format.NHWC",
         )
         self.post_init()
-        # post_init() resets backbone norms, so pretrained weights go in afterwards. Under from_pretrained the
+        # Pretrained weights go in after post_init(), which must never see them. Under from_pretrained the
         # model is built on the meta device and the checkpoint brings the backbone weights.
         if config.use_pretrained_backbone and not next(self.backbone.parameters()).is_meta:
             self.load_pretrained_backbone()
@@ -478,14 +578,18 @@ class FaPNModel(FaPNPreTrainedModel):
     def forward(
         self,
         pixel_values: torch.Tensor,
+        pixel_mask: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
     ) -> FaPNModelOutput | tuple:
         """
         Args:
             pixel_values: `(N, 3, H, W)` normalised images, any H and W (zero-padded to `size_divisibility`).
+            pixel_mask: `(N, H, W)`, 1 on image pixels and 0 on the processor's padding. The features do not depend
+                on it: the model pads with zeros itself, as the processor does (and as detectron2 batches images).
         Returns:
-            [`FaPNModelOutput`] with the pyramid of the padded input.
+            [`FaPNModelOutput`]: `last_hidden_state` P2 `(N, D, H' / 4, W' / 4)` and the pyramid P2..P5, for the input
+            zero-padded to `(H', W')`, multiples of `size_divisibility`.
         """
         return_dict = self.config.return_dict if return_dict is None else return_dict
         output_hidden_states = (
@@ -493,6 +597,7 @@ class FaPNModel(FaPNPreTrainedModel):
         )
         if pixel_values.dim() != 4:
             raise ValueError(f"pixel_values must be (batch, channels, height, width), got {tuple(pixel_values.shape)}")
+        check_pixel_mask(pixel_mask, pixel_values)
         height, width = pixel_values.shape[-2:]
         target_h, target_w = padded_size(height, width, self.config.size_divisibility)
         padded = F.pad(pixel_values, (0, target_w - width, 0, target_h - height))
@@ -500,8 +605,10 @@ class FaPNModel(FaPNPreTrainedModel):
         features = tuple(backbone_outputs.feature_maps)
         if self.backbone_channels_last:
             features = tuple(f.permute(0, 3, 1, 2).contiguous() for f in features)
+        pyramid = tuple(self.neck(features))
         output = FaPNModelOutput(
-            feature_maps=tuple(self.neck(features)),
+            last_hidden_state=pyramid[0],
+            feature_maps=pyramid,
             backbone_feature_maps=features,
             hidden_states=backbone_outputs.hidden_states if output_hidden_states else None,
         )
@@ -521,7 +628,11 @@ class FaPNForSemanticSegmentation(FaPNPreTrainedModel):
         self.fapn = FaPNModel(config)
         self.decode_head = SemanticFPNHead(config)
         self.point_head = PointHead(config) if config.use_point_rend else None
+        # A legacy `config.gradient_checkpointing` is consumed by the base model's post_init; extend it to the heads.
+        base_checkpointing = self.fapn.is_activation_checkpointing
         self.post_init()
+        if base_checkpointing:
+            self.activation_checkpointing_enable()
 
     def check_labels(self, labels: torch.Tensor, pixel_values: torch.Tensor) -> None:
         """Raises `ValueError` for labels of the wrong shape or type, or with values outside the label map."""
@@ -577,19 +688,23 @@ class FaPNForSemanticSegmentation(FaPNPreTrainedModel):
         self,
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
+        pixel_mask: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-    ) -> SemanticSegmenterOutput | tuple:
+    ) -> FaPNSemanticSegmenterOutput | tuple:
         """
         Args:
             pixel_values: `(N, 3, H, W)` normalised images of any size.
             labels: `(N, H, W)` class ids in `[0, num_labels)` or `semantic_loss_ignore_index`.
+            pixel_mask: `(N, H, W)`, 1 on image pixels and 0 on the processor's padding of a batch of different
+                sizes. Returned with the logits, for `post_process_semantic_segmentation` to crop each image.
         Returns:
-            [`SemanticSegmenterOutput`]: `logits` `(N, num_labels, H, W)`, `loss` when labels are given.
+            [`FaPNSemanticSegmenterOutput`]: `logits` `(N, num_labels, H, W)`, `loss` when labels are given.
         """
         return_dict = self.config.return_dict if return_dict is None else return_dict
         if labels is not None:
             self.check_labels(labels, pixel_values)
+        check_pixel_mask(pixel_mask, pixel_values)
         outputs = self.fapn(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
         fine_features = outputs.feature_maps[0]
         coarse_logits = self.decode_head(outputs.feature_maps)
@@ -610,8 +725,16 @@ class FaPNForSemanticSegmentation(FaPNPreTrainedModel):
                 padded_labels = F.pad(labels, (0, full_size[1] - width, 0, full_size[0] - height), value=ignore)
                 loss = loss + self.point_rend_loss(coarse_logits, fine_features, padded_labels)
 
-        output = SemanticSegmenterOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        output = FaPNSemanticSegmenterOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, pixel_mask=pixel_mask
+        )
         return output if return_dict else output.to_tuple()
 
 
-__all__ = ["FaPNModel", "FaPNForSemanticSegmentation", "FaPNPreTrainedModel", "FaPNModelOutput"]
+__all__ = [
+    "FaPNForSemanticSegmentation",
+    "FaPNModel",
+    "FaPNModelOutput",
+    "FaPNPreTrainedModel",
+    "FaPNSemanticSegmenterOutput",
+]

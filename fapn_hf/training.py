@@ -262,7 +262,19 @@ def make_compute_metrics(metrics: SegmentationMetrics) -> Callable[..., dict[str
 
 
 class FaPNTrainer(Trainer):
-    """The HF `Trainer` with FaPN's optimiser groups and per-batch class-map predictions for streaming metrics."""
+    """The HF `Trainer` with FaPN's optimiser groups, per-batch class-map predictions for streaming metrics, and a
+    stop on a non-finite training loss."""
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        # The Trainer would log around a nan/inf loss and carry on; a diverged model must not be saved as a result.
+        if not torch.isfinite(loss).all():
+            raise FloatingPointError(
+                f"the training loss became {loss.item()} at step {self.state.global_step + 1} (epoch "
+                f"{self.state.epoch or 0:.2f}); training stopped before the final model and its card are written. "
+                "Lower the learning rate or check the data and labels."
+            )
+        return loss
 
     def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
         if self.optimizer is None:

@@ -22,7 +22,10 @@ def main(argv: list[str] | None = None) -> int:
         model_args, data_args, training_args = parse_arguments(sys.argv[1:] if argv is None else argv)
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"error: {error}") from error
-    run = run_training(model_args, data_args, training_args)
+    try:
+        run = run_training(model_args, data_args, training_args)
+    except FloatingPointError as error:  # a diverged run: the message names the step
+        raise SystemExit(f"error: {error}") from error
     if run.trainer.is_world_process_zero():
         scores = run.metrics["eval"]
         print(

@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import sys
+
+# One intra-op thread: the suite's convolutions are tiny, and two OpenMP threads on a busy 2-core machine run them
+# many times slower (set before torch is imported, so subprocesses started by the tests inherit it too).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+from pathlib import Path
+
 import pytest
 import torch
+from transformers import ResNetConfig
 
 import fapn_hf
 from fapn_hf import FaPNConfig
@@ -24,6 +34,18 @@ def tiny_config(**overrides) -> FaPNConfig:
     return FaPNConfig(**settings)
 
 
+def tiny_resnet_backbone_config() -> ResNetConfig:
+    """A tiny transformers ResNet in the MSRA layout of the original checkpoints (stride in the first 1x1 conv)."""
+    return ResNetConfig(
+        embedding_size=16,
+        hidden_sizes=[32, 64, 96, 128],
+        depths=[1, 1, 1, 1],
+        layer_type="bottleneck",
+        downsample_in_bottleneck=True,
+        out_features=["stage1", "stage2", "stage3", "stage4"],
+    )
+
+
 def set_backbone_gammas_to_one(model: torch.nn.Module) -> None:
     """timm zero-initialises the last BN of every residual block, which blocks gradients into the branch; trained
     trunks have non-zero gammas, so tests that follow gradients set them to one."""
@@ -32,9 +54,30 @@ def set_backbone_gammas_to_one(model: torch.nn.Module) -> None:
             torch.nn.init.ones_(module.weight)
 
 
+def load_transformers_common_tests() -> None:
+    """Makes the cached copy of transformers' common tests importable as `transformers_tests`.
+
+    Raises `FileNotFoundError` naming the command that fetches them (scripts/fetch_transformers_tests.py) when they
+    are not cached: the suite fails rather than silently skipping them.
+    """
+    script = Path(__file__).resolve().parents[1] / "scripts" / "fetch_transformers_tests.py"
+    spec = importlib.util.spec_from_file_location("fetch_transformers_tests", script)
+    fetcher = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fetcher)
+    root = str(fetcher.cached_tests_root())
+    if root not in sys.path:
+        sys.path.insert(0, root)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
 
 
-__all__ = ["fapn_hf", "set_backbone_gammas_to_one", "tiny_config"]
+__all__ = [
+    "fapn_hf",
+    "load_transformers_common_tests",
+    "set_backbone_gammas_to_one",
+    "tiny_config",
+    "tiny_resnet_backbone_config",
+]

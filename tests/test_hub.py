@@ -132,6 +132,65 @@ def test_pipeline_returns_named_masks(saved_model):
     assert np.array_equal(np.sum(masks, axis=0), np.ones((45, 61)))
 
 
+def test_pipeline_never_asks_about_remote_code_and_remote_code_still_loads(tmp_path):
+    """In fresh processes with `trust_remote_code` unset, whichever order a folder was written in."""
+    folders = []
+    for processor_first in (False, True):
+        folder = tmp_path / ("processor-then-model" if processor_first else "model-then-processor")
+        model = FaPNForSemanticSegmentation(tiny_config())
+        processor = FaPNImageProcessor(size={"shortest_edge": 32, "longest_edge": 64})
+        for component in (processor, model) if processor_first else (model, processor):
+            component.save_pretrained(folder)
+        saved = json.loads((folder / "preprocessor_config.json").read_text())
+        assert "image_processor_type" not in saved and "auto_map" not in saved
+        folders.append(str(folder))
+    local = textwrap.dedent(
+        f"""
+        import builtins
+        def refuse(*args):
+            raise AssertionError("transformers asked about remote code")
+        builtins.input = refuse
+        import numpy as np
+        from PIL import Image
+        from transformers import AutoImageProcessor, pipeline
+        import fapn_hf
+        for folder in {folders!r}:
+            segmenter = pipeline("image-segmentation", model=folder)
+            assert type(segmenter.image_processor) is fapn_hf.FaPNImageProcessor, type(segmenter.image_processor)
+            assert segmenter(Image.fromarray(np.zeros((20, 30, 3), np.uint8)))
+            assert type(AutoImageProcessor.from_pretrained(folder)) is fapn_hf.FaPNImageProcessor
+        print("OK")
+        """
+    )
+    assert "OK" in _run_offline(["-c", local]).stdout
+    remote = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["fapn_hf"] = None
+        from transformers import AutoImageProcessor
+        for folder in {folders!r}:
+            processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
+            assert type(processor).__module__.startswith("transformers_modules"), type(processor).__module__
+        print("OK")
+        """
+    )
+    assert "OK" in _run_offline(["-c", remote], cwd=tmp_path).stdout
+
+
+def test_image_feature_extraction_pipeline_returns_p2(saved_model):
+    model, folder = saved_model
+    extractor = pipeline("image-feature-extraction", model=str(folder))
+    assert type(extractor.model) is FaPNModel
+    image = Image.fromarray(np.random.default_rng(2).integers(0, 255, (45, 61, 3), dtype=np.uint8))
+    features = extractor(image, return_tensors=True)
+    # The processor resizes the shorter side to 64 (64 x 87), the model pads to 64 x 96: P2 is 16 x 24.
+    assert features.shape == (1, model.config.neck_channels, 16, 24)
+    inputs = extractor.image_processor(image, return_tensors="pt")
+    with torch.no_grad():
+        expected = model.fapn(inputs["pixel_values"]).last_hidden_state
+    torch.testing.assert_close(features, expected)
+
+
 def test_grayscale_and_rgba_images_through_the_pipeline(saved_model):
     _, folder = saved_model
     segmenter = pipeline("image-segmentation", model=str(folder))

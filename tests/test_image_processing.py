@@ -1,14 +1,22 @@
-"""FaPNImageProcessor: odd images, label reduction, post-processing and clear errors."""
+"""FaPNImageProcessor: odd images, channel layouts, batches of different sizes, label reduction, post-processing,
+serialisation and clear errors."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from conftest import tiny_config
 from PIL import Image
+from transformers import AutoImageProcessor
 from transformers.modeling_outputs import SemanticSegmenterOutput
 
-from fapn_hf import FaPNImageProcessor
+from fapn_hf import FaPNForSemanticSegmentation, FaPNImageProcessor
+from fapn_hf.image_processing_fapn import FaPNImageProcessorKwargs
+from fapn_hf.modeling_fapn import FaPNSemanticSegmenterOutput
 
 RNG = np.random.default_rng(0)
 
@@ -90,3 +98,149 @@ def test_post_process_returns_2d_maps_at_target_sizes():
     )
     assert [tuple(m.shape) for m in maps] == [(30, 40), (16, 16)]
     assert torch.equal(maps[1], logits[1].argmax(0))
+
+
+def test_images_of_different_sizes_are_padded_to_the_largest_with_a_mask():
+    processor = FaPNImageProcessor(do_resize=False)
+    images, maps = [_rgb(30, 40), _rgb(50, 20)], [RNG.integers(0, 5, (30, 40)), RNG.integers(0, 5, (50, 20))]
+    batch = processor(images, segmentation_maps=maps, return_tensors="pt")
+    assert batch["pixel_values"].shape == (2, 3, 50, 40)
+    assert batch["pixel_mask"].dtype == torch.int64 and batch["labels"].shape == (2, 50, 40)
+    for index, (image, segmentation_map) in enumerate(zip(images, maps)):
+        height, width = image.shape[:2]
+        alone = processor(image, segmentation_maps=segmentation_map, return_tensors="pt")
+        assert torch.equal(batch["pixel_values"][index, :, :height, :width], alone["pixel_values"][0])
+        assert torch.equal(batch["labels"][index, :height, :width], alone["labels"][0])
+        expected_mask = torch.zeros(50, 40, dtype=torch.int64)
+        expected_mask[:height, :width] = 1
+        assert torch.equal(batch["pixel_mask"][index], expected_mask)
+        padding = expected_mask == 0
+        assert torch.all(batch["pixel_values"][index][:, padding] == 0) and torch.all(
+            batch["labels"][index][padding] == 255
+        )
+        assert torch.all(alone["pixel_mask"] == 1)
+
+
+def test_resized_batches_are_padded_after_resizing():
+    processor = FaPNImageProcessor(size={"shortest_edge": 32, "longest_edge": 64})
+    batch = processor([_rgb(30, 40), _rgb(50, 20)], return_tensors="pt")
+    # 30x40 -> 32x42 and 50x20 -> 64x26 (the longer side capped at 64): padded to 64x42.
+    assert batch["pixel_values"].shape == (2, 3, 64, 42)
+    assert [tuple(m.nonzero().max(0).values + 1) for m in batch["pixel_mask"]] == [(32, 42), (64, 26)]
+
+
+def test_a_fixed_pad_size_and_unpadded_lists():
+    processor = FaPNImageProcessor(do_resize=False)
+    assert processor(_rgb(30, 40), pad_size={"height": 64, "width": 64}, return_tensors="pt")["pixel_values"].shape[
+        -2:
+    ] == (64, 64)
+    with pytest.raises(ValueError, match=r"larger than pad_size \(16, 16\)"):
+        processor(_rgb(30, 40), pad_size={"height": 16, "width": 16})
+    with pytest.raises(ValueError, match=r"cannot be stacked with do_pad=False"):
+        processor([_rgb(30, 40), _rgb(20, 40)], do_pad=False, return_tensors="pt")
+    unpadded = processor([_rgb(30, 40), _rgb(20, 40)], do_pad=False)["pixel_values"]
+    assert [tuple(image.shape) for image in unpadded] == [(3, 30, 40), (3, 20, 40)]
+
+
+def test_post_processing_crops_each_image_before_resizing():
+    logits = torch.randn(2, 4, 50, 40)
+    pixel_mask = torch.zeros(2, 50, 40, dtype=torch.int64)
+    pixel_mask[0, :30, :40] = 1
+    pixel_mask[1, :50, :20] = 1
+    processor = FaPNImageProcessor()
+    outputs = FaPNSemanticSegmenterOutput(logits=logits, pixel_mask=pixel_mask)
+    results = processor.post_process_semantic_segmentation(
+        outputs, target_sizes=[(60, 80), (100, 40)], return_segmentation_scores=True
+    )
+    for index, (result, region, size) in enumerate(zip(results, [(30, 40), (50, 20)], [(60, 80), (100, 40)])):
+        cropped = logits[index : index + 1, :, : region[0], : region[1]]
+        expected = F.interpolate(cropped, size=size, mode="bilinear", align_corners=False)[0]
+        torch.testing.assert_close(result.segmentation_scores, expected)
+        assert torch.equal(result.segmentation, expected.argmax(0))
+    # Without target sizes, each map has its image's (processed) size; the mask may also be given explicitly.
+    maps = processor.post_process_semantic_segmentation(SemanticSegmenterOutput(logits=logits), pixel_mask=pixel_mask)
+    assert [tuple(m.shape) for m in maps] == [(30, 40), (50, 20)]
+    with pytest.raises(ValueError, match="pixel_mask of shape"):
+        processor.post_process_semantic_segmentation(outputs, pixel_mask=pixel_mask[:, :10])
+    with pytest.raises(ValueError, match="3 target sizes for a batch of 2"):
+        processor.post_process_semantic_segmentation(outputs, target_sizes=[(1, 1)] * 3)
+
+
+def test_a_batch_through_the_model_comes_back_at_each_image_size():
+    model = FaPNForSemanticSegmentation(tiny_config()).eval()
+    processor = FaPNImageProcessor(size={"shortest_edge": 32, "longest_edge": 64})
+    images = [_rgb(30, 40), _rgb(50, 20)]
+    inputs = processor(images, return_tensors="pt")
+    with torch.no_grad():
+        outputs = model(**inputs)
+    assert torch.equal(outputs.pixel_mask, inputs["pixel_mask"])
+    maps = processor.post_process_semantic_segmentation(outputs, target_sizes=[image.shape[:2] for image in images])
+    assert [tuple(m.shape) for m in maps] == [(30, 40), (50, 20)]
+    scores = processor.post_process_semantic_segmentation(outputs, return_segmentation_scores=True)
+    # The second image (64 x 26 after resizing) is cropped out of the 64 x 42 batch before anything else.
+    torch.testing.assert_close(scores[1].segmentation_scores, outputs.logits[1, :, :64, :26])
+
+
+@pytest.mark.parametrize(
+    "layout", ["numpy-channels-first", "torch-channels-last", "numpy-explicit", "torch-explicit", "torch-2d-batch"]
+)
+def test_channel_layouts_are_inferred_when_unambiguous_and_taken_as_given_otherwise(layout):
+    processor = FaPNImageProcessor(do_resize=False)
+    image = _rgb(30, 40)
+    expected = processor(image, return_tensors="pt")["pixel_values"]
+    channels_first = np.ascontiguousarray(np.moveaxis(image, -1, 0))
+    if layout == "numpy-channels-first":
+        pixel_values = processor(channels_first, return_tensors="pt")["pixel_values"]
+    elif layout == "torch-channels-last":
+        pixel_values = processor(torch.from_numpy(image), return_tensors="pt")["pixel_values"]
+    elif layout == "numpy-explicit":
+        pixel_values = processor(channels_first, input_data_format="channels_first", return_tensors="pt")
+        pixel_values = pixel_values["pixel_values"]
+    elif layout == "torch-explicit":
+        tensor = torch.from_numpy(image)
+        pixel_values = processor(tensor, input_data_format="channels_last", return_tensors="pt")["pixel_values"]
+    else:  # a (N, C, H, W) tensor batch
+        pixel_values = processor(torch.from_numpy(channels_first).unsqueeze(0).repeat(2, 1, 1, 1), return_tensors="pt")
+        pixel_values = pixel_values["pixel_values"][1:]
+    assert torch.equal(pixel_values, expected)
+
+
+def test_ambiguous_shapes_follow_the_convention_unless_input_data_format_says_otherwise():
+    processor = FaPNImageProcessor(do_resize=False, do_normalize=False)
+    array = RNG.integers(0, 255, (3, 5, 4), dtype=np.uint8)  # 3 channels first, or 4 (RGBA) last?
+    assert processor(array, return_tensors="pt")["pixel_values"].shape == (1, 3, 3, 5)  # NumPy: channels last
+    as_first = processor(array, input_data_format="channels_first", return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(as_first[0], torch.from_numpy(array).float() / 255)
+    tensor = torch.from_numpy(array)
+    assert processor(tensor, return_tensors="pt")["pixel_values"].shape == (1, 3, 5, 4)  # torch: channels first
+    one_pixel = processor(np.array([[[10, 20, 30]]], np.uint8), return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(one_pixel.flatten(), torch.tensor([10.0, 20.0, 30.0]) / 255)
+
+
+def test_do_convert_rgb_false_passes_the_channels_through():
+    processor = FaPNImageProcessor(do_resize=False, do_normalize=False, do_convert_rgb=False)
+    rgb = _rgb()
+    torch.testing.assert_close(
+        processor(Image.fromarray(rgb), return_tensors="pt")["pixel_values"][0],
+        torch.from_numpy(rgb).permute(2, 0, 1).float() / 255,
+    )
+    gray = processor(rgb[..., 0], return_tensors="pt")["pixel_values"]
+    assert gray.shape == (1, 1, 30, 40)  # not repeated to RGB
+    with pytest.raises(ValueError, match=r"\[4\] channels cannot be normalised with the 3 values of image_mean"):
+        FaPNImageProcessor(do_convert_rgb=False)(np.dstack([rgb, rgb[..., :1]]))
+
+
+def test_a_processor_saved_on_its_own_reloads_with_auto_image_processor(tmp_path):
+    processor = FaPNImageProcessor(size={"shortest_edge": 64, "longest_edge": 128}, do_reduce_labels=True)
+    processor.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    assert saved["image_processor_type"] == "FaPNImageProcessor" and "auto_map" not in saved
+    reloaded = AutoImageProcessor.from_pretrained(tmp_path)
+    assert type(reloaded) is FaPNImageProcessor and reloaded.to_dict() == processor.to_dict()
+
+
+def test_the_kwargs_are_declared_like_transformers_processors():
+    assert FaPNImageProcessor.valid_kwargs is FaPNImageProcessorKwargs
+    assert {"do_reduce_labels", "do_pad", "pad_size", "input_data_format"} <= set(
+        FaPNImageProcessorKwargs.__annotations__
+    )

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import set_backbone_gammas_to_one, tiny_config
-from transformers import ResNetConfig, SwinConfig
+from conftest import set_backbone_gammas_to_one, tiny_config, tiny_resnet_backbone_config
+from transformers import SwinConfig
 
 from fapn_hf import FaPNConfig, FaPNForSemanticSegmentation, FaPNModel
 from fapn_hf.modeling_fapn import (
@@ -134,10 +134,11 @@ def test_pyramid_shapes_and_hidden_states():
     with torch.no_grad():
         out = model(torch.randn(1, 3, 64, 128), output_hidden_states=True)
     assert [tuple(p.shape) for p in out.feature_maps] == [(1, 32, 16, 32), (1, 32, 8, 16), (1, 32, 4, 8), (1, 32, 2, 4)]
+    assert out.last_hidden_state is out.feature_maps[0]
     assert [p.shape[1] for p in out.backbone_feature_maps] == [64, 128, 256, 512]
     assert out.hidden_states is not None and len(out.hidden_states) >= 4
     as_tuple = model(torch.randn(1, 3, 64, 64), return_dict=False)
-    assert isinstance(as_tuple, tuple) and len(as_tuple[0]) == 4
+    assert isinstance(as_tuple, tuple) and as_tuple[0].shape == (1, 32, 16, 16) and len(as_tuple[1]) == 4
 
 
 @pytest.mark.parametrize(
@@ -199,6 +200,17 @@ def test_labels_of_the_wrong_shape_or_type_are_reported():
         model(torch.randn(1, 3, 32, 32), labels=torch.zeros(1, 32, 32))
 
 
+def test_pixel_mask_is_checked_and_returned_with_the_logits():
+    model = FaPNForSemanticSegmentation(tiny_config()).eval()
+    x, mask = torch.randn(2, 3, 40, 50), torch.ones(2, 40, 50, dtype=torch.long)
+    with torch.no_grad():
+        out = model(x, pixel_mask=mask)
+        torch.testing.assert_close(out.logits, model(x).logits)  # the mask does not change the computation
+    assert out.pixel_mask is mask
+    with pytest.raises(ValueError, match=r"pixel_mask must have shape .*\(2, 40, 50\), got \(2, 40, 49\)"):
+        model(x, pixel_mask=mask[..., :49])
+
+
 def test_point_rend_training_adds_the_point_loss_and_inference_refines():
     model = FaPNForSemanticSegmentation(tiny_config(use_point_rend=True, point_rend_subdivision_num_points=50))
     x, labels = torch.randn(1, 3, 64, 64), torch.randint(0, 4, (1, 64, 64))
@@ -241,17 +253,48 @@ def test_training_points_mix_uncertain_and_random():
 
 
 def test_transformers_resnet_backbone_msra_style():
-    backbone = ResNetConfig(
-        embedding_size=16,
-        hidden_sizes=[32, 64, 96, 128],
-        depths=[1, 1, 1, 1],
-        layer_type="bottleneck",
-        downsample_in_bottleneck=True,
-        out_features=["stage1", "stage2", "stage3", "stage4"],
-    )
-    model = FaPNForSemanticSegmentation(tiny_config(backbone=None, backbone_config=backbone)).eval()
+    model = FaPNForSemanticSegmentation(
+        tiny_config(backbone=None, backbone_config=tiny_resnet_backbone_config())
+    ).eval()
     with torch.no_grad():
         assert model(torch.randn(1, 3, 50, 70)).logits.shape == (1, 4, 50, 70)
+
+
+@pytest.mark.parametrize("use_reentrant", [False, True], ids=["non-reentrant", "reentrant"])
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"backbone": None, "backbone_config": tiny_resnet_backbone_config()}],
+    ids=["timm", "transformers-resnet"],
+)
+def test_activation_checkpointing_covers_backbone_neck_and_head_and_keeps_the_gradients(overrides, use_reentrant):
+    model = FaPNForSemanticSegmentation(tiny_config(use_point_rend=True, **overrides)).train()
+    set_backbone_gammas_to_one(model)
+    x, labels = torch.randn(2, 3, 64, 64), torch.randint(0, 4, (2, 64, 64))
+    torch.manual_seed(1)
+    model(x, labels=labels).loss.backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": use_reentrant})
+    flagged = {name for name, m in model.named_modules() if getattr(m, "gradient_checkpointing", False)}
+    neck_and_head = {"fapn.neck.lateral_convs.0", "fapn.neck.alignments.2", "decode_head.scale_heads.3"}
+    assert neck_and_head <= flagged
+    if overrides:
+        assert {f"fapn.backbone.encoder.stages.{i}" for i in range(4)} <= flagged
+    else:
+        assert model.fapn.backbone._backbone.grad_checkpointing
+    recomputed = []
+    model.fapn.neck.alignments[0].offset_conv.register_forward_hook(lambda *args: recomputed.append(1))
+    torch.manual_seed(1)
+    model(x, labels=labels).loss.backward()
+    assert len(recomputed) == 2  # forward, and again in backward
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, expected[name], atol=1e-6, rtol=1e-4, msg=name)
+
+    model.activation_checkpointing_disable()
+    assert not model.is_activation_checkpointing
+    if not overrides:
+        assert not model.fapn.backbone._backbone.grad_checkpointing
 
 
 def test_transformers_swin_backbone():

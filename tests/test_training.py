@@ -298,7 +298,7 @@ def test_gradient_checkpointing_trains(tmp_path):
             save_strategy="no",
         )
     )
-    assert run.trainer.model.is_gradient_checkpointing
+    assert run.trainer.model.is_activation_checkpointing
 
 
 def _train_command(output_dir: Path, per_device_batch: int) -> list[str]:
