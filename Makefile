@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) scripts/train.py recipes/demo.yaml
+	$(PY) scripts/train.py recipes/demo.yaml --overwrite_output_dir true
 
 lint: $(STAMP)
 	$(PY) -m ruff check fapn_hf scripts tests
