@@ -164,6 +164,12 @@ class FaPNConfig(PreTrainedConfig):
         num_labels = kwargs.get("num_labels")
         if num_labels is not None and (not isinstance(num_labels, int) or isinstance(num_labels, bool)):
             raise ValueError(f"FaPNConfig: num_labels must be an int, got {num_labels!r} ({type(num_labels).__name__})")
+        if num_labels is not None and self.id2label is not None and len(self.id2label) != num_labels:
+            # transformers would replace id2label by LABEL_0..LABEL_{num_labels - 1}
+            raise ValueError(
+                f"FaPNConfig: num_labels={num_labels} but id2label names {len(self.id2label)} classes; pass id2label "
+                "alone (num_labels follows from it)"
+            )
         given_label2id = self.label2id
         self._warn_about_misspelt_keys(kwargs)
         super().__post_init__(**kwargs)

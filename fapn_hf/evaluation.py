@@ -1,12 +1,14 @@
 """One evaluation path for the Trainer, `scripts/evaluate.py` and the notebooks.
 
-Every image goes through the model's image processor (its resize rule), runs through the model alone (batch of one:
-padding inside a batch would change a FaPN's output, whose feature selection pools over the whole map), and its
-logits are resized bilinearly to the label's original resolution, where it is scored: the mmseg / detectron2
-convention, and what `pipeline("image-segmentation")` returns. `predict_at_label_size` is that step for a collated
-batch (the Trainer's evaluation); `evaluate_predictor` runs a `SegmentationPredictor`, with optional test-time
-augmentation, over decoded samples (the script and the notebooks). Without augmentation both give the same class
-maps, hence the same metrics.
+Every image goes through the model's image processor (its resize rule), through the model without padding (padding
+inside a batch would change a FaPN's output, whose feature selection pools over the whole map: images of one size run
+as a batch, the others alone), and its logits are resized bilinearly to the label's original resolution, where it is
+scored: the mmseg / detectron2 convention, and what `pipeline("image-segmentation")` returns.
+
+`predict_at_label_size` is that step for a collated batch (the Trainer's evaluation); `evaluate_predictor` runs a
+`SegmentationPredictor`, with optional test-time augmentation, over decoded samples (the script and the notebooks).
+Without augmentation both give the same class maps (up to the floating-point summation order of a batch), hence the
+same metrics.
 """
 
 from __future__ import annotations
@@ -39,17 +41,22 @@ def predict_at_label_size(
 
     Returns:
         The cross-entropy over every labelled pixel of the batch (None without labels; 0 when none is labelled), and
-        the predictions `(N, H, W)` int64, 0 outside each label's size. Every image runs through the model alone.
+        the predictions `(N, H, W)` int64, 0 outside each label's size. Images never see padding: those of one size
+        (with labels of one size) run together, the others alone.
     """
     height, width = label_sizes.max(dim=0).values.tolist()
     predictions = torch.zeros(len(pixel_values), height, width, dtype=torch.long, device=pixel_values.device)
     loss_sum, labelled = pixel_values.new_zeros((), dtype=torch.float32), 0
-    for index, ((image_h, image_w), (label_h, label_w)) in enumerate(zip(image_sizes.tolist(), label_sizes.tolist())):
-        image = pixel_values[index : index + 1, :, :image_h, :image_w]
-        logits = logits_at_size(model, image, (label_h, label_w))
-        predictions[index, :label_h, :label_w] = logits[0].argmax(dim=0)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, sizes in enumerate(torch.cat([image_sizes, label_sizes], dim=1).tolist()):
+        groups.setdefault(tuple(sizes), []).append(index)
+    for (image_h, image_w, label_h, label_w), indices in groups.items():
+        members = torch.tensor(indices, device=pixel_values.device)
+        images = pixel_values[members, :, :image_h, :image_w]
+        logits = logits_at_size(model, images, (label_h, label_w))
+        predictions[members, :label_h, :label_w] = logits.argmax(dim=1)
         if labels is not None:
-            target = labels[index : index + 1, :label_h, :label_w].long()
+            target = labels[members, :label_h, :label_w].long()
             loss_sum = loss_sum + F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="sum")
             labelled += int((target != ignore_index).sum())
     loss = None if labels is None else loss_sum / max(labelled, 1)
