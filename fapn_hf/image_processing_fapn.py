@@ -57,7 +57,7 @@ def _unit_range(values: np.ndarray, name: str) -> np.ndarray:
     """uint8 / uint16 / float values as float32 in [0, 1], by the range of their type."""
     if values.dtype == np.uint8:
         return values.astype(np.float32) / 255
-    if values.dtype == np.uint16:
+    if values.dtype.kind == "u" and values.dtype.itemsize == 2:  # either byte order (PIL's I;16B is big-endian)
         return values.astype(np.float32) / _UINT16_MAX
     if values.dtype.kind == "f":
         values = values.astype(np.float32)

@@ -478,6 +478,13 @@ CASES = [
     ),
     Case("PIL I;16", same(Image.fromarray(U16), gray3(np.rint(U16 / 257).astype(np.uint8))), "ok"),
     Case(
+        "PIL I;16B (big-endian 16-bit)",
+        same(
+            Image.frombytes("I;16B", (16, 12), U16.astype(">u2").tobytes()), gray3(np.rint(U16 / 257).astype(np.uint8))
+        ),
+        "ok",
+    ),
+    Case(
         "PIL I holding 16-bit values",
         same(Image.fromarray(U16.astype(np.int32)), gray3(np.rint(U16 / 257).astype(np.uint8))),
         "ok",
