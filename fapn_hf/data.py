@@ -123,16 +123,17 @@ def _imagefolder_label_column(metadata: Path, label_column: str) -> str:
     with metadata.open(newline="") as file:
         header = next(csv.reader(file), [])
     file_columns = [c[: -len("_file_name")] for c in header if c.endswith("_file_name") and c != "file_name"]
-    if label_column in file_columns or label_column in header:
+    plain = [c for c in header if c != "file_name" and not c.endswith("_file_name")]
+    if label_column in file_columns:
         return label_column
-    if len(file_columns) == 1:
+    if label_column not in plain and len(file_columns) == 1:
         return file_columns[0]
-    others = [c for c in header if c != "file_name"]
-    if not file_columns:
+    if label_column in plain or not file_columns:
+        column = label_column if label_column in plain else (plain[0] if plain else None)
+        rename = f"; rename {column!r} to {column}_file_name if it holds the label files" if column else ""
         raise ValueError(
-            f"{metadata} has the columns {header}: none names label files. imagefolder reads label images from a "
-            f"column whose name ends in _file_name, e.g. annotation_file_name"
-            + (f"; rename {others[0]!r} to {others[0]}_file_name if it holds the label files" if others else "")
+            f"{metadata} has the columns {header}: none names label files. imagefolder reads label images only from "
+            f"a column whose name ends in _file_name, e.g. annotation_file_name{rename}"
         )
     raise ValueError(
         f"{metadata} has several image columns {file_columns}; choose the labels with label_column (one of them)"
@@ -150,11 +151,10 @@ def _select_splits(
     if train_split is not None and train_split not in splits:
         raise ValueError(f"the data set has no split {train_split!r} to train on; it has {available}")
     if validation_fraction is not None:
-        if train_split is None or not 0 < validation_fraction < 1:
-            raise ValueError(
-                f"validation_fraction={validation_fraction} must lie in (0, 1) and needs a training split to hold "
-                "the validation set out of"
-            )
+        if train_split is None:
+            raise ValueError("validation_fraction holds a validation set out of the training split: name train_split")
+        if not 0 < validation_fraction < 1:
+            raise ValueError(f"validation_fraction must lie in (0, 1), got {validation_fraction}")
         if validation_split in splits:
             logger.warning(
                 "the source's split %r is not used: validation_fraction=%s holds out part of %r instead",

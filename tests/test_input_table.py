@@ -815,6 +815,12 @@ CASES = [
         "error",
         r"has the columns \['file_name', 'mask'\].*rename 'mask' to mask_file_name",
     ),
+    Case(
+        "metadata.csv naming label files in a plain 'label' column",
+        lambda c: load_segmentation_dataset(str(imagefolder(c, "label-column", [sample()], "label")), train_split=None),
+        "error",
+        r"none names label files.*rename 'label' to label_file_name",
+    ),
     Case("metadata.csv with a seg_file_name column", metadata_with_a_file_name_column, "ok"),
     Case(
         "raw Cityscapes ids without the mapping",
