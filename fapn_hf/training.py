@@ -301,8 +301,8 @@ class FaPNTrainer(Trainer):
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """Evaluation at each label's original resolution (`fapn_hf.evaluation.predict_at_label_size`): every image
-        at its processed size through the model alone, logits resized to its label's size; class maps instead of
-        logits are returned (num_labels times less to gather, and all the metrics need)."""
+        at its processed size through the model without padding, logits resized to its label's size; class maps
+        instead of logits are returned (num_labels times less to gather, and all the metrics need)."""
         if "image_sizes" not in inputs:
             return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
         inputs = self._prepare_inputs(inputs)
