@@ -126,7 +126,9 @@ def decode_image(image: Any, name: str | None = None) -> np.ndarray:
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
         if not path.is_file():
-            raise FileNotFoundError(f"image file not found: {path}")
+            raise FileNotFoundError(
+                f"{path} is a folder, not an image file" if path.is_dir() else f"image file not found: {path}"
+            )
         try:
             with PIL.Image.open(path) as opened:
                 opened.load()

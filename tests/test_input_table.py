@@ -577,6 +577,7 @@ CASES = [
         "error",
         r"image file not found: .*nowhere\.jpg",
     ),
+    Case("folder as an image", lambda c: decode_image(c.tmp), "error", r"is a folder, not an image file"),
     Case(
         "zero-byte file",
         lambda c: decode_image(bytes_file(c, "empty.jpg", b"")),
