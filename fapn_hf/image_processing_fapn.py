@@ -25,9 +25,9 @@ def upright(image: PIL.Image.Image) -> PIL.Image.Image:
     """`image` turned by its EXIF orientation tag (`ImageOps.exif_transpose`); the image itself when it has none."""
     try:
         orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
-    except Exception:  # unreadable EXIF data: the pixels as stored
+        return image if orientation in (None, 0, 1) else PIL.ImageOps.exif_transpose(image)
+    except Exception:  # malformed EXIF data: the pixels as stored
         return image
-    return image if orientation in (None, 0, 1) else PIL.ImageOps.exif_transpose(image)
 
 
 def _decode_pil(image: PIL.Image.Image, name: str) -> np.ndarray:
