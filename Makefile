@@ -1,4 +1,5 @@
-# `make demo` trains FaPN on the built-in demo data (a few minutes on a CPU); `make test` runs ruff and the tests.
+# `make demo` trains FaPN on the built-in demo data (a few minutes on a CPU), replacing an earlier outputs/demo;
+# `make test` runs ruff and the tests.
 # Both create (or reuse) the virtualenv in $(VENV) and install the package with its test extras.
 PYTHON ?= python3
 VENV ?= .venv
@@ -14,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) scripts/train.py recipes/demo.yaml
+	$(PY) scripts/train.py recipes/demo.yaml --overwrite_output_dir true
 
 lint: $(STAMP)
 	$(PY) -m ruff check fapn_hf scripts tests

@@ -7,7 +7,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelFor
 
 from .configuration_fapn import FaPNConfig, timm_backbone_config
 from .deform_conv import ModulatedDeformConv2d, deform_conv2d
-from .image_processing_fapn import FaPNImageProcessor
+from .image_processing_fapn import FaPNImageProcessor, decode_image, open_image
 from .inference import SegmentationPredictor, TTAConfig
 from .labels import ADE20K_LABELS, CITYSCAPES_LABELS, label_maps
 from .metrics import SegmentationMetrics
@@ -40,8 +40,10 @@ __all__ = [
     "SegmentationMetrics",
     "SegmentationPredictor",
     "TTAConfig",
+    "decode_image",
     "deform_conv2d",
     "label_maps",
+    "open_image",
     "preset_config",
     "preset_image_processor",
     "timm_backbone_config",

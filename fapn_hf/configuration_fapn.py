@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
+import os
+import sys
+import warnings
+from typing import Any
+
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig, TimmBackboneConfig
 from transformers.configuration_utils import SubConfigSpec
@@ -36,6 +42,16 @@ def timm_backbone_config(name: str, **kwargs) -> TimmBackboneConfig:
         )
     out_indices = [reductions.index(s) for s in PYRAMID_STRIDES]
     return TimmBackboneConfig(backbone=name, out_indices=out_indices, **kwargs)
+
+
+def _stacklevel_outside_configs() -> int:
+    """The `warnings.warn` stacklevel of the first caller outside this file, transformers, huggingface_hub and
+    generated dataclass code: the line that built the config."""
+    internal = (__file__, f"{os.sep}transformers{os.sep}", f"{os.sep}huggingface_hub{os.sep}", "<string>")
+    frame, level = sys._getframe(1), 1
+    while frame is not None and any(part in frame.f_code.co_filename for part in internal):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 @strict
@@ -158,8 +174,76 @@ class FaPNConfig(PreTrainedConfig):
             if not isinstance(backbone, str):
                 raise ValueError(f"`backbone` must be a timm model name, got {type(backbone).__name__}")
             self.backbone_config = timm_backbone_config(backbone)
+        num_labels = kwargs.get("num_labels")
+        if num_labels is not None and (not isinstance(num_labels, int) or isinstance(num_labels, bool)):
+            raise ValueError(f"FaPNConfig: num_labels must be an int, got {num_labels!r} ({type(num_labels).__name__})")
+        if num_labels is not None and self.id2label is not None and len(self.id2label) != num_labels:
+            # transformers would replace id2label by LABEL_0..LABEL_{num_labels - 1}
+            raise ValueError(
+                f"FaPNConfig: num_labels={num_labels} but id2label names {len(self.id2label)} classes; pass id2label "
+                "alone (num_labels follows from it)"
+            )
+        given_label2id = self.label2id
+        self._warn_about_misspelt_keys(kwargs)
         super().__post_init__(**kwargs)
+        if given_label2id is not None and self.id2label is not None:
+            inverse = {name: index for index, name in self.id2label.items()}
+            if {name: int(index) for name, index in given_label2id.items()} != inverse:
+                raise ValueError(
+                    f"FaPNConfig: label2id {given_label2id} is not the inverse of id2label {self.id2label}; pass "
+                    "id2label alone (label2id follows from it) or both consistently"
+                )
+        if self.id2label is not None and self.label2id is None:
+            self.label2id = {name: index for index, name in self.id2label.items()}
         self._check_values()
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> FaPNConfig:
+        """transformers' `from_dict`, where `num_labels` alone re-heads a saved config as it does for in-tree models
+        (`from_pretrained(folder, num_labels=150, ignore_mismatched_sizes=True)`): the saved class names, which no
+        longer fit, give way to LABEL_0..LABEL_{num_labels - 1}. A config built directly with a conflicting
+        `num_labels` and `id2label` is still refused."""
+        num_labels, saved_names = kwargs.get("num_labels"), config_dict.get("id2label")
+        if num_labels is not None and "id2label" not in kwargs and saved_names and len(saved_names) != num_labels:
+            config_dict = {key: value for key, value in config_dict.items() if key not in ("id2label", "label2id")}
+        return super().from_dict(config_dict, **kwargs)
+
+    def _warn_about_misspelt_keys(self, kwargs: dict) -> None:
+        """Keys the config does not know are kept as attributes (transformers' convention); one that is a near miss
+        of a FaPN setting is almost certainly a typo, and nothing would read it: warn with the closest key."""
+        settings = [*type(self).__annotations__, "num_labels", "id2label", "label2id"]
+        for key in kwargs:
+            if key in settings or key.startswith("_"):
+                continue
+            match = difflib.get_close_matches(key, settings, n=1, cutoff=0.8)
+            if match:
+                warnings.warn(
+                    f"FaPNConfig: unknown setting {key!r} (kept, but nothing reads it); did you mean {match[0]!r}?",
+                    stacklevel=_stacklevel_outside_configs(),
+                )
+
+    def _check_types(self) -> None:
+        """Raises `ValueError` for a setting of the wrong type, e.g. the string "256" or "false" from a hand-edited
+        config.json, which would otherwise fail deep inside the model or, for a bool, count as true."""
+        accepted = {"int": (int,), "bool": (bool,), "float | int": (float, int), "str": (str,)}
+        for name, annotation in type(self).__annotations__.items():
+            types = accepted.get(str(annotation))
+            value = getattr(self, name, None)
+            if types is None or value is None:
+                continue
+            if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+                expected = " or ".join(t.__name__ for t in types)
+                raise ValueError(f"FaPNConfig: {name} must be {expected}, got {value!r} ({type(value).__name__})")
+        names = self.id2label or {}
+        if sorted(names) != list(range(len(names))):
+            missing = sorted(set(range(len(names))) - set(names))
+            raise ValueError(
+                f"FaPNConfig: id2label must number the classes 0..{len(names) - 1} without gaps, got ids "
+                f"{sorted(names)}" + (f" (missing {missing})" if missing else "")
+            )
+        if len(set(names.values())) != len(names):
+            repeated = sorted({name for name in names.values() if list(names.values()).count(name) > 1})
+            raise ValueError(f"FaPNConfig: class names in id2label must be unique; repeated: {repeated}")
 
     @property
     def is_timm_backbone(self) -> bool:
@@ -172,6 +256,7 @@ class FaPNConfig(PreTrainedConfig):
             if not condition:
                 raise ValueError(f"FaPNConfig: {message}")
 
+        self._check_types()
         backbone = self.backbone_config
         outputs = getattr(backbone, "out_indices", None) or getattr(backbone, "out_features", None) or []
         require(

@@ -2,21 +2,25 @@
 
 `SegmentationPredictor.predict_probabilities` averages softmax probabilities over scales and horizontal flips, as
 the paper's multi-scale evaluation does; each forward pass may run on overlapping windows for images larger than
-`window`. Results are at the image's original resolution.
+`window`. Every view is made by the model's image processor from the decoded image (`decode_image`), and its
+logits are resized bilinearly to the image's original resolution, where results are given. With one view the class
+map is the argmax of those logits, exactly what `pipeline("image-segmentation")` returns.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import difflib
+import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .image_processing_fapn import as_rgb_tensor, normalize
-from .transforms import shortest_edge_size
+from .image_processing_fapn import decode_image
 
 
 @dataclass
@@ -36,12 +40,23 @@ class TTAConfig:
     window_overlap: float = 1 / 3
 
     def __post_init__(self) -> None:
-        if not self.scales or any(s <= 0 for s in self.scales):
-            raise ValueError(f"scales must be positive, got {tuple(self.scales)}")
-        if self.window is not None and (len(self.window) != 2 or min(self.window) < 1):
-            raise ValueError(f"window must be (height, width) with positive sides, got {self.window}")
+        try:
+            scales = tuple(float(s) for s in self.scales)
+        except (TypeError, ValueError):
+            raise ValueError(f"scales must be numbers, got {self.scales!r}") from None
+        if not scales or not all(math.isfinite(s) and s > 0 for s in scales):
+            raise ValueError(f"scales must be finite and positive, got {scales}")
+        self.scales = scales
+        if self.window is not None and (
+            len(self.window) != 2 or not all(isinstance(side, int) and side >= 1 for side in self.window)
+        ):
+            raise ValueError(f"window must be (height, width) with positive integer sides, got {self.window}")
         if not 0 <= self.window_overlap < 1:
             raise ValueError(f"window_overlap must lie in [0, 1), got {self.window_overlap}")
+
+    @property
+    def num_views(self) -> int:
+        return len(self.scales) * (2 if self.flip else 1)
 
 
 def _window_starts(size: int, window: int, stride: int) -> list[int]:
@@ -75,12 +90,91 @@ def sliding_window_logits(
     return logits / counts
 
 
+def logits_at_size(
+    model: torch.nn.Module,
+    pixel_values: torch.Tensor,
+    size: tuple[int, int],
+    window: tuple[int, int] | None = None,
+    window_overlap: float = 1 / 3,
+) -> torch.Tensor:
+    """The model's float32 logits for `pixel_values` `(N, 3, h, w)`, resized bilinearly (`align_corners=False`, as
+    the processor's post-processing) to `size` = (H, W) of the original image or label: `(N, K, H, W)`.
+
+    The one step from processor output to scores that the predictor and the Trainer's evaluation share."""
+    if window is not None:
+        logits = sliding_window_logits(model, pixel_values, window, window_overlap)
+    else:
+        logits = model(pixel_values=pixel_values).logits
+    return F.interpolate(logits.float(), size=tuple(size), mode="bilinear", align_corners=False)
+
+
 def parse_scales(text: str) -> tuple[float, ...]:
-    """`"0.75,1.0,1.25"` -> `(0.75, 1.0, 1.25)`; raises `ValueError` for anything else."""
+    """`"0.75,1.0,1.25"` -> `(0.75, 1.0, 1.25)`; raises `ValueError` for anything else (also NaN, inf, <= 0)."""
     try:
-        return tuple(float(part) for part in text.split(","))
+        scales = tuple(float(part) for part in text.split(","))
     except ValueError as error:
         raise ValueError(f"expected comma-separated scales such as 0.75,1.0,1.25, got {text!r}") from error
+    if not all(math.isfinite(s) and s > 0 for s in scales):
+        raise ValueError(f"scales must be finite and positive, got {text!r}")
+    return scales
+
+
+def check_model_source(name: str) -> None:
+    """Raises `FileNotFoundError` when `name` can be neither a saved model folder nor a Hub model id, with the
+    closest existing folder as a hint; a Hub id is left for the loader to find."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"model not found: {name} is a folder without config.json (not a saved model)")
+        return
+    if path.exists():
+        raise FileNotFoundError(f"model not found: {name} is a file; a model is a folder (save_pretrained) or Hub id")
+    try:
+        validate_repo_id(name)
+        local_path = name.startswith((".", "/", "~"))
+    except HFValidationError:
+        local_path = True
+    if local_path:
+        raise FileNotFoundError(f"model not found: there is no folder {name}{_closest_folder_hint(path)}")
+
+
+def _closest_folder_hint(path: Path) -> str:
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        return ""
+    folders = [p.name for p in parent.iterdir() if p.is_dir() and (p / "config.json").is_file()]
+    match = difflib.get_close_matches(path.name, folders, n=1, cutoff=0.6)
+    return f" (did you mean {parent / match[0]}?)" if match else ""
+
+
+def load_model_and_processor(model_name_or_path: str, trust_remote_code: bool = False) -> tuple[Any, Any]:
+    """A semantic segmentation model (eval mode) and its image processor from a folder or Hub id; a name that is
+    neither raises `FileNotFoundError` saying so (not transformers' "Repo id must be in the form ...")."""
+    from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
+
+    check_model_source(model_name_or_path)
+    try:
+        model = AutoModelForSemanticSegmentation.from_pretrained(
+            model_name_or_path, trust_remote_code=trust_remote_code
+        )
+        processor = AutoImageProcessor.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
+    except OSError as error:
+        if Path(model_name_or_path).expanduser().is_dir():
+            raise
+        raise model_not_found_error(model_name_or_path, error) from error
+    return model.eval(), processor
+
+
+def model_not_found_error(name: str, error: Exception) -> FileNotFoundError:
+    """The error for a model name that is no local folder and failed to load as a Hub id (`error`)."""
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return FileNotFoundError(
+        f"model not found: {name} is not a local folder{_closest_folder_hint(Path(name))}, and as a Hub id it "
+        f"failed to load ({first_line})"
+    )
 
 
 class SegmentationPredictor:
@@ -88,79 +182,74 @@ class SegmentationPredictor:
 
     Args:
         model: a FaPN (or any) semantic segmentation model returning `.logits` at input resolution.
-        image_processor: gives the base size (its resize rule) and the normalisation.
+        image_processor: makes every view's `pixel_values` (its resize rule is the base size of the TTA scales).
     """
 
     def __init__(self, model: torch.nn.Module, image_processor: Any, device: str | torch.device | None = None):
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model = model.to(self.device).eval()
         self.processor = image_processor
-        self.mean, self.std = image_processor.image_mean, image_processor.image_std
 
     @classmethod
     def from_pretrained(
         cls, model_name_or_path: str, device: str | torch.device | None = None, trust_remote_code: bool = False
     ) -> SegmentationPredictor:
         """Loads a model folder or Hub id with its image processor."""
-        from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
-
-        model = AutoModelForSemanticSegmentation.from_pretrained(
-            model_name_or_path, trust_remote_code=trust_remote_code
-        )
-        processor = AutoImageProcessor.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
+        model, processor = load_model_and_processor(model_name_or_path, trust_remote_code)
         return cls(model, processor, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
     @property
     def id2label(self) -> dict[int, str]:
         return dict(self.model.config.id2label)
 
-    def base_size(self, height: int, width: int) -> tuple[int, int]:
-        """The size the processor would resize an image of `height x width` to."""
-        if not getattr(self.processor, "do_resize", False):
-            return height, width
-        size = self.processor.size
-        shortest = getattr(size, "shortest_edge", None)
-        longest = getattr(size, "longest_edge", None)
-        if getattr(size, "height", None) and getattr(size, "width", None):
-            return size.height, size.width
-        if shortest is None:
-            return height, width
-        return shortest_edge_size(height, width, shortest, longest)
+    def pixel_values(self, image: Any, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """The processor's `(1, 3, h, w)` input for `image`, at its own size rule or resized to `size` = (h, w)."""
+        resize = {} if size is None else {"do_resize": True, "size": {"height": size[0], "width": size[1]}}
+        return self.processor(images=image, return_tensors="pt", **resize)["pixel_values"].to(self.device)
 
-    def to_tensor(self, image: Any) -> torch.Tensor:
-        """Any image the processor accepts -> normalised `(1, 3, H, W)` float tensor at its original size.
-
-        Integer images are scaled by 1/255; floating-point ones are taken to be in [0, 1] already.
-        """
-        return normalize(as_rgb_tensor(image), self.mean, self.std).unsqueeze(0)
+    def _view_logits(self, image: Any, tta: TTAConfig) -> Iterator[torch.Tensor]:
+        """Logits `(1, K, H, W)` at the original size of every TTA view of `image`."""
+        rgb = decode_image(image)
+        size = rgb.shape[:2]
+        base = self.pixel_values(rgb)
+        base_h, base_w = base.shape[-2:]
+        for scale in tta.scales:
+            if scale == 1.0:
+                scaled = base
+            else:
+                scaled = self.pixel_values(rgb, (max(1, round(base_h * scale)), max(1, round(base_w * scale))))
+            for flipped in (False, True) if tta.flip else (False,):
+                view = scaled.flip(-1) if flipped else scaled
+                logits = logits_at_size(self.model, view, size, tta.window, tta.window_overlap)
+                yield logits.flip(-1) if flipped else logits
 
     @torch.inference_mode()
     def predict_probabilities(self, image: Any, tta: TTAConfig | None = None) -> torch.Tensor:
         """Softmax probabilities `(K, H, W)` at the image's original resolution, averaged over the TTA views."""
         tta = tta or TTAConfig()
-        pixels = self.to_tensor(image).to(self.device)
-        height, width = pixels.shape[-2:]
-        base_h, base_w = self.base_size(height, width)
         total = None
-        for scale in tta.scales:
-            size = (max(1, round(base_h * scale)), max(1, round(base_w * scale)))
-            scaled = F.interpolate(pixels, size=size, mode="bilinear", align_corners=False)
-            for flipped in (False, True) if tta.flip else (False,):
-                view = scaled.flip(-1) if flipped else scaled
-                if tta.window is not None:
-                    logits = sliding_window_logits(self.model, view, tta.window, tta.window_overlap)
-                else:
-                    logits = self.model(pixel_values=view).logits
-                if flipped:
-                    logits = logits.flip(-1)
-                logits = F.interpolate(logits.float(), size=(height, width), mode="bilinear", align_corners=False)
-                probabilities = logits.softmax(dim=1)[0]
-                total = probabilities if total is None else total + probabilities
-        return total / (len(tta.scales) * (2 if tta.flip else 1))
+        for logits in self._view_logits(image, tta):
+            probabilities = logits.softmax(dim=1)[0]
+            total = probabilities if total is None else total + probabilities
+        return total / tta.num_views
 
+    @torch.inference_mode()
     def predict(self, image: Any, tta: TTAConfig | None = None) -> np.ndarray:
-        """Class ids `(H, W)` int64 at the image's original resolution."""
+        """Class ids `(H, W)` int64 at the image's original resolution: the argmax of the logits for one view, of
+        the averaged probabilities for several."""
+        tta = tta or TTAConfig()
+        if tta.num_views == 1:
+            return next(self._view_logits(image, tta))[0].argmax(dim=0).cpu().numpy()
         return self.predict_probabilities(image, tta).argmax(dim=0).cpu().numpy()
 
 
-__all__ = ["SegmentationPredictor", "TTAConfig", "parse_scales", "sliding_window_logits"]
+__all__ = [
+    "SegmentationPredictor",
+    "TTAConfig",
+    "check_model_source",
+    "load_model_and_processor",
+    "logits_at_size",
+    "model_not_found_error",
+    "parse_scales",
+    "sliding_window_logits",
+]

@@ -385,6 +385,26 @@ def check_pixel_mask(pixel_mask: torch.Tensor | None, pixel_values: torch.Tensor
         )
 
 
+def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """Cross-entropy averaged over the pixels (or points) whose label is not `ignore_index`; 0, with zero gradient,
+    when there is none (PyTorch's mean would be NaN). `logits` `(N, K, ...)`, `labels` `(N, ...)`."""
+    total = F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="sum")
+    return total / (labels != ignore_index).sum().clamp(min=1)
+
+
+def _batch_norm_error(error: ValueError, pixel_values: torch.Tensor) -> ValueError | None:
+    """PyTorch's "Expected more than 1 value per channel when training", explained with what to do about it; None
+    for any other error."""
+    if "more than 1 value per channel" not in str(error):
+        return None
+    batch, _, height, width = pixel_values.shape
+    return ValueError(
+        f"a BatchNorm layer saw one value per channel while training on a batch of {batch} image(s) of "
+        f"{height}x{width} (the stride-32 map is {height // 32}x{width // 32}): train with at least 2 images per "
+        "device or larger crops, or use neck_norm='GN' / a frozen backbone BatchNorm"
+    )
+
+
 def padded_size(height: int, width: int, divisor: int) -> tuple[int, int]:
     return (-(-height // divisor) * divisor, -(-width // divisor) * divisor)
 
@@ -575,6 +595,45 @@ class FaPNModel(FaPNPreTrainedModel):
         )
         self.backbone._backbone.load_state_dict(pretrained.state_dict(), strict=True)
 
+    def check_pixel_values(self, pixel_values: torch.Tensor) -> None:
+        """Raises `ValueError` for inputs the model cannot take: not a float `(N, C, H, W)` tensor with the
+        backbone's channel count, an empty batch or an empty image. Shapes only: no host synchronisation."""
+        if not isinstance(pixel_values, torch.Tensor):
+            raise ValueError(
+                f"pixel_values must be a torch.Tensor (batch, 3, height, width), got {type(pixel_values).__name__}; "
+                "FaPNImageProcessor makes it from images"
+            )
+        if pixel_values.dim() != 4:
+            raise ValueError(f"pixel_values must be (batch, channels, height, width), got {tuple(pixel_values.shape)}")
+        if not pixel_values.is_floating_point():
+            raise ValueError(
+                f"pixel_values must be normalised floats, got dtype {pixel_values.dtype}; FaPNImageProcessor rescales "
+                "and normalises images"
+            )
+        batch, channels, height, width = pixel_values.shape
+        expected = getattr(self.config.backbone_config, "num_channels", 3)
+        if channels != expected:
+            raise ValueError(f"pixel_values must have {expected} channels, got shape {tuple(pixel_values.shape)}")
+        if batch == 0 or height == 0 or width == 0:
+            raise ValueError(f"pixel_values is empty: shape {tuple(pixel_values.shape)} (batch, channels, H, W)")
+
+    def check_feature_strides(self, features: Sequence[torch.Tensor], input_size: tuple[int, int]) -> None:
+        """Raises `ValueError` unless the backbone's four maps are at strides 4, 8, 16 and 32 of `input_size` (sides
+        rounded either way). Shapes only: no host synchronisation."""
+        strides = (4, 8, 16, 32)
+        actual = [tuple(f.shape[-2:]) for f in features]
+        fits = len(actual) == len(strides) and all(
+            side // stride <= got <= -(-side // stride)
+            for size, stride in zip(actual, strides)
+            for got, side in zip(size, input_size)
+        )
+        if not fits:
+            expected = [(-(-input_size[0] // s), -(-input_size[1] // s)) for s in strides]
+            raise ValueError(
+                f"the backbone's feature maps are {actual} for a {input_size[0]}x{input_size[1]} input; FaPN needs "
+                f"4 maps at strides 4, 8, 16, 32 ({expected}): check the backbone config's out_indices / out_features"
+            )
+
     def forward(
         self,
         pixel_values: torch.Tensor,
@@ -595,17 +654,27 @@ class FaPNModel(FaPNPreTrainedModel):
         output_hidden_states = (
             self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         )
-        if pixel_values.dim() != 4:
-            raise ValueError(f"pixel_values must be (batch, channels, height, width), got {tuple(pixel_values.shape)}")
+        self.check_pixel_values(pixel_values)
         check_pixel_mask(pixel_mask, pixel_values)
         height, width = pixel_values.shape[-2:]
         target_h, target_w = padded_size(height, width, self.config.size_divisibility)
         padded = F.pad(pixel_values, (0, target_w - width, 0, target_h - height))
-        backbone_outputs = self.backbone(padded, output_hidden_states=output_hidden_states, return_dict=True)
+        try:
+            backbone_outputs = self.backbone(padded, output_hidden_states=output_hidden_states, return_dict=True)
+        except ValueError as error:
+            if (explained := _batch_norm_error(error, padded)) is None:
+                raise
+            raise explained from error
         features = tuple(backbone_outputs.feature_maps)
         if self.backbone_channels_last:
             features = tuple(f.permute(0, 3, 1, 2).contiguous() for f in features)
-        pyramid = tuple(self.neck(features))
+        self.check_feature_strides(features, (target_h, target_w))
+        try:
+            pyramid = tuple(self.neck(features))
+        except ValueError as error:
+            if (explained := _batch_norm_error(error, padded)) is None:
+                raise
+            raise explained from error
         output = FaPNModelOutput(
             last_hidden_state=pyramid[0],
             feature_maps=pyramid,
@@ -636,6 +705,11 @@ class FaPNForSemanticSegmentation(FaPNPreTrainedModel):
 
     def check_labels(self, labels: torch.Tensor, pixel_values: torch.Tensor) -> None:
         """Raises `ValueError` for labels of the wrong shape or type, or with values outside the label map."""
+        if not isinstance(labels, torch.Tensor):
+            raise ValueError(
+                f"labels must be a torch.Tensor of class ids (batch, height, width), got {type(labels).__name__}; "
+                "convert with torch.as_tensor(labels, dtype=torch.long)"
+            )
         expected = (pixel_values.shape[0], *pixel_values.shape[-2:])
         if tuple(labels.shape) != expected:
             raise ValueError(f"labels must have shape (batch, height, width) = {expected}, got {tuple(labels.shape)}")
@@ -663,7 +737,7 @@ class FaPNForSemanticSegmentation(FaPNPreTrainedModel):
         )
         point_logits = self.point_head(point_sample(fine_features, points), point_sample(coarse_logits, points))
         point_labels = point_sample(labels.unsqueeze(1).to(fine_features.dtype), points, mode="nearest")
-        return F.cross_entropy(point_logits, point_labels[:, 0].long(), ignore_index=config.semantic_loss_ignore_index)
+        return masked_cross_entropy(point_logits, point_labels[:, 0].long(), config.semantic_loss_ignore_index)
 
     def point_rend_inference(self, coarse_logits: torch.Tensor, fine_features: torch.Tensor) -> torch.Tensor:
         """Subdivision inference (SPEC 2.6): `steps` times, upsample the logits 2x and re-predict their most uncertain
@@ -720,7 +794,7 @@ class FaPNForSemanticSegmentation(FaPNPreTrainedModel):
         loss = None
         if labels is not None:
             ignore = self.config.semantic_loss_ignore_index
-            loss = F.cross_entropy(logits, labels.long(), ignore_index=ignore)
+            loss = masked_cross_entropy(logits, labels.long(), ignore)
             if self.point_head is not None and self.training:
                 padded_labels = F.pad(labels, (0, full_size[1] - width, 0, full_size[0] - height), value=ignore)
                 loss = loss + self.point_rend_loss(coarse_logits, fine_features, padded_labels)

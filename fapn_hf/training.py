@@ -7,17 +7,21 @@ processes under `torchrun`/`accelerate launch`.
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import math
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from transformers import (
+    AutoConfig,
     AutoModelForSemanticSegmentation,
     EvalPrediction,
     Trainer,
@@ -28,18 +32,22 @@ from transformers import (
 
 from .data import (
     BAD_SAMPLE_POLICIES,
+    SIZE_KEYS,
+    DataError,
     LabelSpec,
     SegmentationCollator,
     SegmentationDataset,
     check_samples,
     load_segmentation_dataset,
 )
+from .evaluation import predict_at_label_size
 from .image_processing_fapn import FaPNImageProcessor
+from .inference import check_model_source, model_not_found_error
 from .labels import label_maps, palette
 from .metrics import SegmentationMetrics
 from .modeling_fapn import FaPNForSemanticSegmentation
 from .presets import PRESETS, preset_config
-from .transforms import EvalTransform, TrainAugmentation, parse_size
+from .transforms import TrainAugmentation, parse_size
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +94,10 @@ class DataArguments:
     label_column: str = "label"
     train_split: str = "train"
     validation_split: str = "validation"
-    validation_fraction: float = field(default=0.1, metadata={"help": "held out when there is no validation split"})
+    validation_fraction: float | None = field(
+        default=None,
+        metadata={"help": "hold this fraction of train_split out as the validation set (only when set)"},
+    )
     labels: str | None = field(
         default=None, metadata={"help": "'cityscapes', 'ade20k' or comma-separated class names (demo: built in)"}
     )
@@ -98,7 +109,10 @@ class DataArguments:
     cat_max_ratio: float = field(default=0.75, metadata={"help": "max share of one class in a crop (1 = off)"})
     hflip_probability: float = 0.5
     photometric_distortion: bool = True
-    eval_shortest_edge: int | None = field(default=None, metadata={"help": "evaluation resize (None: keep size)"})
+    eval_shortest_edge: int | None = field(
+        default=None,
+        metadata={"help": "the processor's inference resize (None: keep the size); scores stay at label resolution"},
+    )
     eval_longest_edge: int | None = None
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
@@ -136,6 +150,9 @@ class FaPNTrainingArguments(TrainingArguments):
     backbone_lr_multiplier: float = field(default=1.0, metadata={"help": "backbone learning rate = lr * this"})
     weight_decay_norm_and_bias: bool = field(
         default=False, metadata={"help": "also decay norm weights and biases (off: they get no weight decay)"}
+    )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "train into a non-empty output_dir (files are replaced as they are written)"}
     )
     # The dataset yields exactly the model's inputs, and metrics stream per batch.
     remove_unused_columns: bool = False
@@ -176,7 +193,9 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     known = {f.name for cls in ARGUMENT_CLASSES for f in fields(cls)}
     unknown = sorted(set(recipe) - known)
     if unknown:
-        raise ValueError(f"{path}: unknown arguments {unknown}; see `python scripts/train.py --help`")
+        guesses = {name: difflib.get_close_matches(name, known, n=1) for name in unknown}
+        hints = "".join(f"; {name!r}: did you mean {match[0]!r}?" for name, match in guesses.items() if match)
+        raise ValueError(f"{path}: unknown arguments {unknown}{hints}; see `python scripts/train.py --help`")
     return recipe
 
 
@@ -291,15 +310,30 @@ class FaPNTrainer(Trainer):
             self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self.optimizer
 
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        # The collator's per-sample sizes serve evaluation; training batches are crops of one size.
+        inputs = {key: value for key, value in inputs.items() if key not in SIZE_KEYS}
+        return super().compute_loss(model, inputs, *args, **kwargs)
+
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        if self.compute_metrics is None or prediction_loss_only:
+        """Evaluation at each label's original resolution (`fapn_hf.evaluation.predict_at_label_size`): every image
+        at its processed size through the model without padding, logits resized to its label's size; class maps
+        instead of logits are returned (num_labels times less to gather, and all the metrics need)."""
+        if "image_sizes" not in inputs:
             return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
-        loss, logits, labels = super().prediction_step(model, inputs, False, ignore_keys)
-        # Class maps instead of logits: num_labels times less to gather, and all the metrics need.
-        predictions = logits.argmax(dim=1).to(torch.int32)
+        inputs = self._prepare_inputs(inputs)
+        labels = inputs.get("labels")
+        ignore = self.model.config.semantic_loss_ignore_index
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss, predictions = predict_at_label_size(
+                model, inputs["pixel_values"], inputs["image_sizes"], inputs["label_sizes"], labels, ignore
+            )
+        loss = None if loss is None else loss.detach()
+        if prediction_loss_only:
+            return loss, None, None
+        predictions = predictions.to(torch.int32)
         if self.accelerator.num_processes > 1 and labels is not None:
-            # Evaluation images may differ in size between processes; the Trainer can only gather equal shapes.
-            ignore = model.config.semantic_loss_ignore_index
+            # Label sizes may differ between processes; the Trainer can only gather equal shapes.
             for dim in (1, 2):
                 predictions = self.accelerator.pad_across_processes(predictions, dim=dim, pad_index=0)
                 labels = self.accelerator.pad_across_processes(labels, dim=dim, pad_index=ignore)
@@ -328,31 +362,26 @@ def resolve_labels(data_args: DataArguments) -> list[str]:
     return list(LABEL_SETS[data_args.labels])
 
 
+# Options that shape the network: they build a preset, and cannot reshape a saved model.
+ARCHITECTURE_OPTIONS = ("use_fam", "use_fsm", "use_point_rend", "neck_channels", "head_channels", "deformable_groups")
+
+
 def build_model(
     model_args: ModelArguments, label_names: Sequence[str], ignore_index: int = 255
 ) -> FaPNForSemanticSegmentation:
-    """A preset with overrides, or a saved FaPN re-headed for `label_names`; the loss ignores `ignore_index`."""
+    """A preset with overrides, or a saved FaPN re-headed for `label_names`; the loss ignores `ignore_index`.
+
+    A saved model keeps its architecture: architecture options that differ from it raise a `ValueError` (they are
+    never dropped silently); `freeze_backbone_norm` and `freeze_backbone_stages` apply to either."""
     id2label, label2id = label_maps(list(label_names))
     # Backbone freezing lives in the config (it travels with the weights); these arguments override it.
     freezing: dict[str, Any] = {"freeze_backbone_norm": model_args.freeze_backbone_norm}
     if model_args.freeze_backbone_stages is not None:
         freezing["freeze_backbone_stages"] = model_args.freeze_backbone_stages
     if model_args.model_name_or_path:
-        return AutoModelForSemanticSegmentation.from_pretrained(
-            model_args.model_name_or_path,
-            id2label=id2label,
-            label2id=label2id,
-            semantic_loss_ignore_index=ignore_index,
-            ignore_mismatched_sizes=True,
-            trust_remote_code=model_args.trust_remote_code,
-            **freezing,
-        )
+        return _load_model_to_fine_tune(model_args, id2label, label2id, ignore_index, freezing)
     overrides: dict[str, Any] = {"semantic_loss_ignore_index": ignore_index, **freezing}
-    overrides |= {
-        key: value
-        for key in ("use_fam", "use_fsm", "use_point_rend", "neck_channels", "head_channels", "deformable_groups")
-        if (value := getattr(model_args, key)) is not None
-    }
+    overrides |= {key: value for key in ARCHITECTURE_OPTIONS if (value := getattr(model_args, key)) is not None}
     if model_args.backbone:
         overrides["backbone"] = model_args.backbone
     config = preset_config(model_args.preset, list(label_names), **overrides)
@@ -360,13 +389,132 @@ def build_model(
     return FaPNForSemanticSegmentation(config)
 
 
+def _load_model_to_fine_tune(
+    model_args: ModelArguments,
+    id2label: dict[int, str],
+    label2id: dict[str, int],
+    ignore_index: int,
+    freezing: dict[str, Any],
+) -> FaPNForSemanticSegmentation:
+    source = model_args.model_name_or_path
+    check_model_source(source)
+    try:
+        config = AutoConfig.from_pretrained(
+            source,
+            id2label=id2label,
+            label2id=label2id,
+            semantic_loss_ignore_index=ignore_index,
+            trust_remote_code=model_args.trust_remote_code,
+        )
+    except OSError as error:
+        if Path(source).is_dir():
+            raise
+        raise model_not_found_error(source, error) from error
+    conflicts = [
+        f"{key}={value!r} (the model has {getattr(config, key, None)!r})"
+        for key in ARCHITECTURE_OPTIONS
+        if (value := getattr(model_args, key)) is not None and value != getattr(config, key, None)
+    ]
+    saved_backbone = getattr(config.backbone_config, "backbone", None)
+    if model_args.backbone and model_args.backbone != saved_backbone:
+        conflicts.append(f"backbone={model_args.backbone!r} (the model has {saved_backbone!r})")
+    if model_args.pretrained_backbone:
+        conflicts.append("pretrained_backbone=True (the saved weights already hold the backbone)")
+    if conflicts:
+        raise ValueError(
+            f"model_name_or_path={source!r} is fine-tuned with its own architecture, which these options would "
+            f"change: {'; '.join(conflicts)}. Drop them, or leave out model_name_or_path to build a preset with them."
+        )
+    for key, value in freezing.items():
+        setattr(config, key, value)
+    return AutoModelForSemanticSegmentation.from_pretrained(
+        source, config=config, ignore_mismatched_sizes=True, trust_remote_code=model_args.trust_remote_code
+    )
+
+
 def build_image_processor(data_args: DataArguments) -> FaPNImageProcessor:
-    """The processor saved with the model: it resizes like the evaluation transform and normalises."""
+    """The processor saved with the model, the one place images become `pixel_values`: it rescales and normalises
+    the training crops, and resizes (`eval_shortest_edge` / `eval_longest_edge`) the images of inference."""
     size = {"shortest_edge": data_args.eval_shortest_edge or 512}
     if data_args.eval_longest_edge:
         size["longest_edge"] = data_args.eval_longest_edge
     return FaPNImageProcessor(
         do_resize=data_args.eval_shortest_edge is not None, size=size, do_reduce_labels=data_args.reduce_labels
+    )
+
+
+_CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why `folder` is not a complete Trainer checkpoint (a run stopped while writing it), or None when it is."""
+    state = folder / "trainer_state.json"
+    if not state.is_file():
+        return "it has no trainer_state.json, the file the Trainer writes last"
+    try:
+        json.loads(state.read_text())["global_step"]
+    except (ValueError, KeyError, TypeError):
+        return "its trainer_state.json is cut short"
+    weights = sorted(folder.glob("model*.safetensors"))
+    if not weights:
+        return "it has no model weights (model.safetensors)"
+    for path in weights:
+        try:
+            with safe_open(str(path), "pt"):
+                pass
+        except Exception:  # safetensors' own errors for a truncated header or data
+            return f"{path.name} is cut short"
+    return None
+
+
+def resolve_resume_checkpoint(output_dir: str | Path, resume: str | bool | None) -> str | None:
+    """The checkpoint folder to resume from: `resume` itself, or with `"last"` (or True) the newest `checkpoint-N`
+    in `output_dir`. A checkpoint that a stopped run left incomplete raises a `ValueError` that names it and offers
+    the newest complete one; a missing one raises `FileNotFoundError`."""
+    if resume in (None, "", False):
+        return None
+    if resume is True or str(resume).lower() in ("last", "true"):
+        output_dir = Path(output_dir)
+        found = [p for p in output_dir.glob("checkpoint-*") if p.is_dir() and _CHECKPOINT_NAME.fullmatch(p.name)]
+        checkpoints = sorted(found, key=lambda p: int(_CHECKPOINT_NAME.fullmatch(p.name).group(1)))
+        if not checkpoints:
+            raise FileNotFoundError(f"resume_from_checkpoint=last: {output_dir} holds no checkpoint-* folder")
+        chosen = checkpoints[-1]
+    else:
+        chosen = Path(resume)
+        if not chosen.is_dir():
+            raise FileNotFoundError(f"resume_from_checkpoint: no checkpoint folder {chosen}")
+        checkpoints = [chosen]
+    problem = checkpoint_problem(chosen)
+    if problem is None:
+        return str(chosen)
+    previous = next((c for c in reversed(checkpoints[:-1]) if checkpoint_problem(c) is None), None)
+    offer = (
+        f"resume from the previous one with --resume_from_checkpoint {previous}"
+        if previous is not None
+        else "there is no earlier complete checkpoint to resume from"
+    )
+    raise ValueError(
+        f"checkpoint {chosen} is incomplete: {problem} (the run was probably stopped while writing it); {offer}, "
+        f"or delete {chosen}"
+    )
+
+
+def check_output_dir(training_args: FaPNTrainingArguments) -> None:
+    """Refuses to train into a non-empty `output_dir` unless resuming or `overwrite_output_dir` (the Trainer's
+    convention): a new run must not mix its files with an earlier one's."""
+    output_dir = Path(training_args.output_dir)
+    if training_args.overwrite_output_dir or training_args.resume_from_checkpoint or not output_dir.is_dir():
+        return
+    entries = sorted(path.name for path in output_dir.iterdir())
+    if not entries:
+        return
+    shown = ", ".join(entries[:6]) + (", ..." if len(entries) > 6 else "")
+    resume = any(_CHECKPOINT_NAME.fullmatch(name) for name in entries)
+    raise FileExistsError(
+        f"output_dir {output_dir} is not empty ({shown}): choose another folder"
+        + (", resume the run with --resume_from_checkpoint last" if resume else "")
+        + ", or pass --overwrite_output_dir true to write over it"
     )
 
 
@@ -386,7 +534,12 @@ def run_training(
     callbacks: Sequence[TrainerCallback] = (),
 ) -> TrainingRun:
     """Trains and evaluates, then writes a Hub-ready folder, `metrics.json`, `training_curves.png` and prediction
-    overlays to `training_args.output_dir`."""
+    overlays to `training_args.output_dir`.
+
+    Refuses a non-empty `output_dir` unless resuming or `overwrite_output_dir`, and an incomplete checkpoint to
+    resume from; evaluation scores every image at its label's original resolution (`fapn_hf.evaluation`)."""
+    resume = resolve_resume_checkpoint(training_args.output_dir, training_args.resume_from_checkpoint)
+    check_output_dir(training_args)
     set_seed(training_args.seed)
     label_names = resolve_labels(data_args)
     spec = LabelSpec(len(label_names), data_args.ignore_index, data_args.label_mapping, data_args.reduce_labels)
@@ -407,41 +560,28 @@ def run_training(
             "ignore_region": data_args.demo_ignore_region,
         },
     )
-    if "train" not in splits:
-        raise ValueError(f"the data set {data_args.dataset!r} has no split {data_args.train_split!r} to train on")
     reports = {}
     for split, limit in (("train", data_args.max_train_samples), ("validation", data_args.max_eval_samples)):
         if limit is not None:
             splits[split] = splits[split].select(range(min(limit, len(splits[split]))))
+        if len(splits[split]) == 0:
+            raise DataError(f"the {split} split of {data_args.dataset!r} is empty")
         if data_args.check_data:
             splits[split], reports[split] = check_samples(splits[split], spec, data_args.bad_sample_policy, split)
 
     model = build_model(model_args, label_names, data_args.ignore_index)
     processor = build_image_processor(data_args)
-    train_dataset = SegmentationDataset(
-        splits["train"],
-        spec,
-        TrainAugmentation(
-            crop_size=data_args.crop_hw,
-            scale_range=data_args.scale_bounds,
-            cat_max_ratio=data_args.cat_max_ratio,
-            hflip_probability=data_args.hflip_probability,
-            photometric=data_args.photometric_distortion,
-            ignore_index=data_args.ignore_index,
-        ),
-        processor.image_mean,
-        processor.image_std,
-        random=True,
-        seed=training_args.seed,
+    augmentation = TrainAugmentation(
+        crop_size=data_args.crop_hw,
+        scale_range=data_args.scale_bounds,
+        cat_max_ratio=data_args.cat_max_ratio,
+        hflip_probability=data_args.hflip_probability,
+        photometric=data_args.photometric_distortion,
+        ignore_index=data_args.ignore_index,
     )
-    eval_dataset = SegmentationDataset(
-        splits["validation"],
-        spec,
-        EvalTransform(data_args.eval_shortest_edge, data_args.eval_longest_edge),
-        processor.image_mean,
-        processor.image_std,
-        random=False,
-    )
+    train_dataset = SegmentationDataset(splits["train"], spec, augmentation, processor, seed=training_args.seed)
+    # No transform: the processor resizes the images, the labels keep their resolution, where they are scored.
+    eval_dataset = SegmentationDataset(splits["validation"], spec, None, processor, random=False)
     metrics = SegmentationMetrics(len(label_names), data_args.ignore_index, id2label=dict(enumerate(label_names)))
     trainer = FaPNTrainer(
         model=model,
@@ -453,18 +593,27 @@ def run_training(
         compute_metrics=make_compute_metrics(metrics),
         callbacks=[EpochSetter(train_dataset), *callbacks],
     )
-    resume = training_args.resume_from_checkpoint
-    train_result = trainer.train(resume_from_checkpoint=True if resume == "last" else resume)
+    train_result = trainer.train(resume_from_checkpoint=resume)
     eval_metrics = trainer.evaluate()
     trainer.save_model(training_args.output_dir)
 
+    if data_args.validation_fraction is not None:
+        fraction, seed = data_args.validation_fraction, training_args.seed
+        validation = f"{fraction:.0%} of the {data_args.train_split!r} split held out (seed {seed})"
+    else:
+        validation = f"the data set's {data_args.validation_split!r} split"
     results = {
         "train": train_result.metrics,
         "eval": eval_metrics,
         "data": {split: report.to_dict() for split, report in reports.items()},
         "model": {"preset": model_args.preset, "parameters": sum(p.numel() for p in model.parameters())},
         "dataset": data_args.dataset,
-        "settings": {**asdict(model_args), "dataset": data_args.dataset, "crop_size": data_args.crop_size},
+        "settings": {
+            **asdict(model_args),
+            "dataset": data_args.dataset,
+            "validation": validation,
+            "crop_size": data_args.crop_size,
+        },
     }
     output_dir = Path(training_args.output_dir)
     if trainer.is_world_process_zero():
@@ -518,10 +667,13 @@ __all__ = [
     "TrainingRun",
     "build_image_processor",
     "build_model",
+    "check_output_dir",
+    "checkpoint_problem",
     "load_recipe",
     "make_compute_metrics",
     "parameter_groups",
     "parse_arguments",
     "resolve_labels",
+    "resolve_resume_checkpoint",
     "run_training",
 ]

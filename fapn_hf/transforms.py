@@ -10,6 +10,9 @@ per sample, e.g. `np.random.default_rng((seed, epoch, index))`, gives identical 
 
 Inputs are never modified in place, but the functions' outputs may be views of them (a crop) or the inputs themselves
 (a transform with nothing to do); `TrainAugmentation` always returns new arrays.
+
+Evaluation has no transform here: the model's image processor resizes inference images, and labels are scored at
+their original resolution (`fapn_hf.evaluation`).
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ import numpy as np
 import PIL.Image
 
 __all__ = [
-    "EvalTransform",
     "TrainAugmentation",
     "pad_to",
     "photometric_distortion",
@@ -31,7 +33,6 @@ __all__ = [
     "random_horizontal_flip",
     "random_scale",
     "resize",
-    "resize_shortest_edge",
 ]
 
 
@@ -175,30 +176,6 @@ def random_scale(
     low, high = _check_range(scale_range, "scale_range", positive=True)
     factor = rng.uniform(low, high)
     return resize(image, label, _scaled_size(*image.shape[:2], factor))
-
-
-def shortest_edge_size(height: int, width: int, shortest_edge: int, longest_edge: int | None) -> tuple[int, int]:
-    """The aspect-preserving size whose shorter side is `shortest_edge`, the longer capped at `longest_edge`."""
-    scale = shortest_edge / min(height, width)
-    if longest_edge is not None and max(height, width) * scale > longest_edge:
-        scale = longest_edge / max(height, width)
-    return _scaled_size(height, width, scale)
-
-
-def resize_shortest_edge(
-    image: np.ndarray, label: np.ndarray | None, shortest_edge: int, longest_edge: int | None = None
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Resizes so that the shorter side is `shortest_edge`, keeping the aspect ratio; when that would make the longer
-    side exceed `longest_edge`, scales so that the longer side is `longest_edge` instead. Sides are rounded to the
-    nearest pixel (at least 1), so the longer side never exceeds `longest_edge`.
-
-    Shapes: image (H, W, 3) -> (H', W', 3); label (H, W) or None -> (H', W') or None.
-    """
-    _check_pair(image, label)
-    shortest_edge = _check_positive_int(shortest_edge, "shortest_edge")
-    if longest_edge is not None:
-        longest_edge = _check_positive_int(longest_edge, "longest_edge")
-    return resize(image, label, shortest_edge_size(*image.shape[:2], shortest_edge, longest_edge))
 
 
 def pad_to(
@@ -509,34 +486,4 @@ class TrainAugmentation:
             image = image.copy()
         if np.may_share_memory(label, source_label):
             label = label.copy()
-        return image, label
-
-
-@dataclass
-class EvalTransform:
-    """The evaluation resize: shorter side to `shortest_edge` with the longer capped at `longest_edge` (see
-    `resize_shortest_edge`). With `shortest_edge=None` the size is kept, except that a `longest_edge` still scales
-    larger images down to fit.
-
-    `transform(image, label=None)` maps image (H, W, 3) uint8 and label (H, W) or None to (H', W', 3) and (H', W')
-    or None. Metrics are usually computed at the original label resolution, so callers may leave the label out and
-    upsample predictions instead.
-    """
-
-    shortest_edge: int | None = None
-    longest_edge: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.shortest_edge is not None:
-            _check_positive_int(self.shortest_edge, "shortest_edge")
-        if self.longest_edge is not None:
-            _check_positive_int(self.longest_edge, "longest_edge")
-
-    def __call__(self, image: np.ndarray, label: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-        _check_pair(image, label)
-        if self.shortest_edge is not None:
-            return resize_shortest_edge(image, label, self.shortest_edge, self.longest_edge)
-        height, width = image.shape[:2]
-        if self.longest_edge is not None and max(height, width) > self.longest_edge:
-            return resize(image, label, _scaled_size(height, width, self.longest_edge / max(height, width)))
         return image, label

@@ -1,5 +1,5 @@
 """Evaluate a FaPN model (folder or Hub id) on a segmentation data set: mIoU, per-class IoU, pixel accuracy and
-boundary mIoU at 3/5/8/12 px, at each image's original resolution.
+boundary mIoU at 3/5/8/12 px, at each label's original resolution (the Trainer's evaluation scores the same way).
 
     python scripts/evaluate.py --model outputs/demo --dataset demo
     python scripts/evaluate.py --model outputs/demo --dataset demo --scales 0.75,1.0,1.25 --flip
@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 from fapn_hf.data import LabelSpec, SegmentationDataset, check_samples, load_segmentation_dataset
+from fapn_hf.evaluation import evaluate_predictor
 from fapn_hf.inference import SegmentationPredictor, TTAConfig, parse_scales
-from fapn_hf.metrics import SegmentationMetrics
 from fapn_hf.transforms import parse_size
 
 
@@ -27,7 +27,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dataset", default="demo", help="'demo', a local folder, or a Hub data set id")
     parser.add_argument("--dataset-config", default=None)
     parser.add_argument("--dataset-revision", default=None)
-    parser.add_argument("--split", default="validation", help="split of the source to evaluate")
+    parser.add_argument("--split", default="validation", help="split of the source to evaluate (it must exist)")
+    parser.add_argument(
+        "--validation-fraction",
+        type=float,
+        default=None,
+        help="evaluate this fraction held out of 'train' instead, as train.py's --validation_fraction does",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of --validation-fraction (train.py's --seed)")
     parser.add_argument("--image-column", default="image")
     parser.add_argument("--label-column", default="label")
     parser.add_argument("--label-mapping", default=None, help="raw id mapping, e.g. 'cityscapes'")
@@ -50,32 +57,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    predictor = SegmentationPredictor.from_pretrained(args.model, args.device, args.trust_remote_code)
-    config = predictor.model.config
-    spec = LabelSpec(config.num_labels, config.semantic_loss_ignore_index, args.label_mapping, args.reduce_labels)
-    splits = load_segmentation_dataset(
-        args.dataset,
-        config_name=args.dataset_config,
-        revision=args.dataset_revision,
-        image_column=args.image_column,
-        label_column=args.label_column,
-        validation_split=args.split,
-    )
-    split = splits["validation"]
-    if args.max_samples is not None:
-        split = split.select(range(min(args.max_samples, len(split))))
-    split, report = check_samples(split, spec, args.bad_sample_policy, args.split)
-    samples = SegmentationDataset(split, spec, None, predictor.processor.image_mean, predictor.processor.image_std)
-    tta = TTAConfig(scales=args.scales, flip=args.flip, window=args.window)
-    metrics = SegmentationMetrics(config.num_labels, spec.ignore_index, id2label=config.id2label)
-    started = time.perf_counter()
-    for index in range(len(samples)):
-        image, labels = samples.load(index)
-        metrics.update(predictor.predict(image, tta), labels)
+    try:
+        predictor = SegmentationPredictor.from_pretrained(args.model, args.device, args.trust_remote_code)
+        config = predictor.model.config
+        spec = LabelSpec(config.num_labels, config.semantic_loss_ignore_index, args.label_mapping, args.reduce_labels)
+        held_out = args.validation_fraction is not None
+        splits = load_segmentation_dataset(
+            args.dataset,
+            config_name=args.dataset_config,
+            revision=args.dataset_revision,
+            image_column=args.image_column,
+            label_column=args.label_column,
+            train_split="train" if held_out else None,
+            validation_split=args.split,
+            validation_fraction=args.validation_fraction,
+            seed=args.seed,
+        )
+        split_name = f"{args.validation_fraction:.0%} of train, seed {args.seed}" if held_out else args.split
+        split = splits["validation"]
+        if args.max_samples is not None:
+            split = split.select(range(min(args.max_samples, len(split))))
+        split, report = check_samples(split, spec, args.bad_sample_policy, split_name)
+        tta = TTAConfig(scales=args.scales, flip=args.flip, window=args.window)
+        started = time.perf_counter()
+        samples = SegmentationDataset(split, spec, None, predictor.processor, random=False)
+        scores = evaluate_predictor(predictor, samples.samples(), tta, spec.ignore_index)
+    except (ValueError, FileNotFoundError) as error:
+        raise SystemExit(f"error: {error}") from error
     elapsed = time.perf_counter() - started
-    scores = metrics.compute()
     per_class = scores.pop("per_class_iou")
-    print(f"{args.model} on {args.dataset} ({args.split}, {len(samples)} images, {elapsed:.1f} s)")
+    num_images = scores.pop("num_images")
+    print(f"{args.model} on {args.dataset} ({split_name}, {num_images} images, {elapsed:.1f} s)")
     print(f"TTA: scales {list(tta.scales)}, flip {tta.flip}, window {tta.window}")
     for key, value in scores.items():
         print(f"  {key:22s} {value:.4f}")
@@ -85,8 +97,14 @@ def main(argv: list[str] | None = None) -> int:
     if report.num_skipped:
         print(f"  skipped {report.num_skipped} unusable samples")
     if args.output is not None:
-        result = {**scores, "per_class_iou": per_class, "num_images": len(samples), "data": report.to_dict(),
-                  "tta": {"scales": list(tta.scales), "flip": tta.flip, "window": tta.window}}  # fmt: skip
+        result = {
+            **scores,
+            "per_class_iou": per_class,
+            "num_images": num_images,
+            "split": split_name,
+            "data": report.to_dict(),
+            "tta": {"scales": list(tta.scales), "flip": tta.flip, "window": tta.window},
+        }
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(result, indent=2) + "\n")
     return 0

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, switches in VARIANTS.items():
             overrides = {
                 **switches, "seed": seed, "output_dir": str(args.output_dir / f"{name.lower()}-seed{seed}"),
-                "eval_strategy": "no", "save_strategy": "no", "num_visualizations": 2,
+                "eval_strategy": "no", "save_strategy": "no", "num_visualizations": 2, "overwrite_output_dir": True,
             }  # fmt: skip
             if args.max_steps is not None:
                 overrides["max_steps"] = args.max_steps

@@ -4,9 +4,10 @@
     FAPN_MODEL=ORG/fapn-r50-cityscapes python space_app/app.py
     python space_app/app.py --model path/to/folder --port 7860
 
-Upload an image (any size, RGB, grayscale or RGBA) and get the class overlay with a legend in the model's
-palette, the area of each class and the inference time; flip and multi-scale test-time augmentation are
-switches. Large images are downscaled for inference and the result is mapped back to the original size.
+Upload an image (any size, RGB, grayscale, 16-bit or with transparency; phone photos upright by their EXIF tag) and
+get the class overlay with a legend in the model's palette, the area of each class and the inference time; flip and
+multi-scale test-time augmentation are switches. Large images run at a smaller scale of the model's processor and
+the result comes back at the uploaded size.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import argparse
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,13 +25,14 @@ import gradio as gr
 import numpy as np
 import PIL.Image
 
+from fapn_hf.image_processing_fapn import decode_image
 from fapn_hf.inference import SegmentationPredictor, TTAConfig
 from fapn_hf.labels import palette
 
 APP_DIR = Path(__file__).resolve().parent
 DEFAULT_MODEL = str(APP_DIR.parent / "outputs" / "demo")
 EXAMPLES_DIR = APP_DIR / "examples"
-MAX_PIXELS = 1024 * 1024  # larger images are downscaled for inference
+MAX_PIXELS = 1024 * 1024  # larger images are processed at a smaller scale
 MULTI_SCALES = (0.75, 1.0, 1.25)
 TABLE_HEADERS = ["class", "area (%)", "pixels"]
 
@@ -62,23 +65,23 @@ class Segmenter:
         return {name: f"#{r:02x}{g:02x}{b:02x}" for name, (r, g, b) in zip(names, colors.tolist())}
 
 
-def _open_image(path: str | None) -> PIL.Image.Image:
+def _open_image(path: str | None) -> tuple[np.ndarray, list[str]]:
+    """The upload decoded as every fapn_hf path decodes images (EXIF orientation, 16-bit, transparency, first frame
+    of an animation), and the notes (warnings) that came with it."""
     if path is None:
         raise ValueError("Upload an image first.")
-    try:
-        with PIL.Image.open(path) as opened:
-            opened.load()
-            return opened.convert("RGB")
-    except (OSError, SyntaxError, ValueError) as error:
-        raise ValueError(f"{Path(path).name} is not an image that can be read ({error}).") from error
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            image = decode_image(path, name=Path(path).name)
+        except (ValueError, FileNotFoundError) as error:
+            raise ValueError(f"{Path(path).name} is not an image that can be read ({error}).") from error
+    return image, [str(warning.message) for warning in caught]
 
 
-def _downscale(image: PIL.Image.Image, max_pixels: int) -> PIL.Image.Image:
-    pixels = image.width * image.height
-    if pixels <= max_pixels:
-        return image
-    scale = math.sqrt(max_pixels / pixels)
-    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), PIL.Image.BILINEAR)
+def inference_scale(height: int, width: int, max_pixels: int) -> float:
+    """The factor that brings an image of `height x width` down to at most `max_pixels` (1 when it fits)."""
+    return min(1.0, math.sqrt(max_pixels / (height * width)))
 
 
 def segment(
@@ -92,15 +95,17 @@ def segment(
     if segmenter.predictor is None:
         return None, [], f"**No model loaded** from `{segmenter.source}`: {segmenter.error}"
     try:
-        image = _open_image(image_path)
+        image, notes = _open_image(image_path)
     except ValueError as error:
         return None, [], f"**Error:** {error}"
     started = time.perf_counter()
-    work = _downscale(image, max_pixels)
-    tta = TTAConfig(scales=MULTI_SCALES if multi_scale else (1.0,), flip=flip)
-    labels = segmenter.predictor.predict(np.asarray(work), tta)
-    if work.size != image.size:  # back to the uploaded resolution
-        labels = np.asarray(PIL.Image.fromarray(labels.astype(np.int32)).resize(image.size, PIL.Image.NEAREST))
+    height, width = image.shape[:2]
+    # Large inputs run at a smaller scale of the processor's size; the logits come back at the uploaded size.
+    base_height, base_width = segmenter.predictor.pixel_values(image).shape[-2:]
+    scale = inference_scale(base_height, base_width, max_pixels)
+    scales = MULTI_SCALES if multi_scale else (1.0,)
+    tta = TTAConfig(scales=tuple(s * scale for s in scales), flip=flip)
+    labels = segmenter.predictor.predict(image, tta)
     elapsed = time.perf_counter() - started
 
     names = segmenter.label_names
@@ -108,10 +113,10 @@ def segment(
     order = np.argsort(-counts)
     annotations = [((labels == ids[i]).astype(np.float32), names[ids[i]]) for i in order]
     table = [[names[ids[i]], round(100 * counts[i] / labels.size, 2), int(counts[i])] for i in order]
-    resized = f", inferred at {work.width}x{work.height}" if work.size != image.size else ""
-    views = len(tta.scales) * (2 if flip else 1)
-    status = f"{image.width}x{image.height} image{resized}; {views} view(s); inference {elapsed * 1000:.0f} ms"
-    return (image, annotations), table, status
+    resized = f", inferred at {round(base_width * scale)}x{round(base_height * scale)}" if scale < 1 else ""
+    status = f"{width}x{height} image{resized}; {tta.num_views} view(s); inference {elapsed * 1000:.0f} ms"
+    status += "".join(f"\n\nNote: {note}" for note in notes)
+    return (PIL.Image.fromarray(image), annotations), table, status
 
 
 def build_app(segmenter: Segmenter) -> gr.Blocks:

@@ -45,17 +45,19 @@ def test_any_image_mode_becomes_normalised_rgb(image):
     assert pixel_values.shape == (1, 3, 30, 40) and pixel_values.dtype == torch.float32
 
 
-def test_grayscale_channels_are_equal_and_rgba_drops_alpha():
+def test_grayscale_channels_are_equal_and_rgba_is_composited_over_white():
     processor = FaPNImageProcessor(do_resize=False, do_normalize=False)
     gray = _rgb()[..., 0]
     values = processor(gray, return_tensors="pt")["pixel_values"][0]
     assert torch.equal(values[0], values[1]) and torch.equal(values[1], values[2])
     torch.testing.assert_close(values[0], torch.from_numpy(gray).float() / 255)
     rgb = _rgb()
-    rgba = np.dstack([rgb, np.zeros((30, 40), np.uint8)])
-    torch.testing.assert_close(
-        processor(rgba, return_tensors="pt")["pixel_values"], processor(rgb, return_tensors="pt")["pixel_values"]
-    )
+    alpha = np.tile(np.array([255, 0, 51], np.uint8), (30, 14))[:, :40]  # opaque, transparent, 20 % opaque columns
+    composited = processor(np.dstack([rgb, alpha]), return_tensors="pt")["pixel_values"][0].permute(1, 2, 0).numpy()
+    # An independent computation: straight alpha over white, rounded to 8 bits.
+    expected = np.rint(rgb * (alpha[..., None] / 255.0) + 255 * (1 - alpha[..., None] / 255.0)) / 255
+    np.testing.assert_allclose(composited, expected, atol=1e-6)
+    assert (composited[:, 1::3] == 1).all()  # hidden pixels are never revealed
 
 
 def test_resize_keeps_the_aspect_ratio_and_tiny_images_work():
@@ -87,7 +89,7 @@ def test_mismatched_or_malformed_segmentation_maps_are_reported():
         processor(_rgb(), segmentation_maps=np.zeros((30, 40, 3), np.uint8))
     with pytest.raises(ValueError, match="2 images but 1 segmentation maps"):
         processor([_rgb(), _rgb()], segmentation_maps=[np.zeros((30, 40), np.uint8)])
-    with pytest.raises(ValueError, match="1, 3 or 4 channels"):
+    with pytest.raises(ValueError, match=r"must have 1 \(gray\), 2 \(gray \+ alpha\), 3 \(RGB\) or 4 \(RGBA\)"):
         processor(np.zeros((30, 40, 5), np.uint8))
 
 

@@ -17,7 +17,7 @@ from PIL import Image
 from transformers.modeling_outputs import SemanticSegmenterOutput
 
 from fapn_hf import FaPNForSemanticSegmentation, FaPNImageProcessor
-from fapn_hf.inference import SegmentationPredictor, TTAConfig, sliding_window_logits
+from fapn_hf.inference import SegmentationPredictor, TTAConfig, parse_scales, sliding_window_logits
 from fapn_hf.transforms import parse_size
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -50,11 +50,13 @@ def test_flip_and_multiscale_average_softmax_probabilities():
     processor = FaPNImageProcessor(do_resize=False)
     predictor = SegmentationPredictor(model, processor)
     image = np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)
-    x = predictor.to_tensor(image)
     expected = 0
     with torch.no_grad():
         for scale in (0.75, 1.0):
-            scaled = F.interpolate(x, size=(round(40 * scale), round(56 * scale)), mode="bilinear", align_corners=False)
+            # Every view is the processor's resize of the original image (antialiased, on uint8), not a resize of
+            # normalised floats.
+            size = {"height": round(40 * scale), "width": round(56 * scale)}
+            scaled = processor(image, do_resize=True, size=size, return_tensors="pt")["pixel_values"]
             for flipped in (False, True):
                 logits = model(scaled.flip(-1) if flipped else scaled).logits
                 logits = logits.flip(-1) if flipped else logits
@@ -70,14 +72,24 @@ def test_predictor_uses_the_processor_resize_and_returns_original_size():
     model.config = type("Config", (), {"id2label": {i: str(i) for i in range(4)}})()
     processor = FaPNImageProcessor(size={"shortest_edge": 32, "longest_edge": 64})
     predictor = SegmentationPredictor(model, processor)
-    assert predictor.base_size(20, 100) == (13, 64)  # longest edge capped
-    labels = predictor.predict(np.zeros((20, 100, 3), dtype=np.uint8), TTAConfig(scales=(0.5, 1.0)))
+    image = np.random.default_rng(1).integers(0, 255, (20, 100, 3), dtype=np.uint8)
+    labels = predictor.predict(image, TTAConfig(scales=(0.5, 1.0)))
+    # The processor's rule (longest edge capped) sets the base size; scale 0.5 halves it.
     assert labels.shape == (20, 100) and model.calls == [(6, 32), (13, 64)]
+    model.calls.clear()
+    single = predictor.predict(image)
+    base = processor(image, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        expected = F.interpolate(model(base).logits, size=(20, 100), mode="bilinear", align_corners=False)
+    np.testing.assert_array_equal(single, expected[0].argmax(0).numpy())
 
 
 def test_tta_arguments_are_checked():
-    with pytest.raises(ValueError, match="scales must be positive"):
-        TTAConfig(scales=(0.0,))
+    for scales in ((0.0,), (float("nan"),), (1.0, float("inf")), ()):
+        with pytest.raises(ValueError, match="scales must be finite and positive"):
+            TTAConfig(scales=scales)
+    with pytest.raises(ValueError, match="finite and positive"):
+        parse_scales("1.0,nan")
     with pytest.raises(ValueError, match="window_overlap"):
         TTAConfig(window=(8, 8), window_overlap=1.0)
     with pytest.raises(ValueError, match="expected a size HxW"):

@@ -26,6 +26,7 @@ from fapn_hf.data import (
     load_segmentation_dataset,
 )
 from fapn_hf.demo_data import DEMO_LABELS
+from fapn_hf.image_processing_fapn import FaPNImageProcessor
 from fapn_hf.metrics import SegmentationMetrics
 from fapn_hf.presets import PRESETS
 from fapn_hf.training import (
@@ -96,7 +97,7 @@ def test_imagefolder_and_saved_dataset_sources(tmp_path):
     _write_imagefolder(tmp_path / "folder" / "train", [_sample(seed=i) for i in range(5)])
     splits = load_segmentation_dataset(str(tmp_path / "folder"), validation_fraction=0.4)
     assert (len(splits["train"]), len(splits["validation"])) == (3, 2)  # held out: no validation split
-    image, labels = SegmentationDataset(splits["train"], LabelSpec(3), None, (0, 0, 0), (1, 1, 1)).load(0)
+    image, labels = SegmentationDataset(splits["train"], LabelSpec(3), None, FaPNImageProcessor()).load(0)
     assert image.shape == (20, 30, 3) and labels.shape == (20, 30) and set(np.unique(labels)) <= {0, 1, 2}
 
     image, label = _sample()
@@ -112,7 +113,7 @@ def test_imagefolder_and_saved_dataset_sources(tmp_path):
     saved = saved.cast(Features({"img": ImageFeature(), "seg": ImageFeature()}))
     saved.save_to_disk(str(tmp_path / "saved"))
     loaded = load_segmentation_dataset(str(tmp_path / "saved"), image_column="img", label_column="seg")
-    decoded = SegmentationDataset(loaded["validation"], LabelSpec(3), None, (0, 0, 0), (1, 1, 1)).load(0)
+    decoded = SegmentationDataset(loaded["validation"], LabelSpec(3), None, FaPNImageProcessor()).load(0)
     np.testing.assert_array_equal(decoded[1], label)
     with pytest.raises(ValueError, match=r"label_column='mask' is not a column.*\['img', 'seg'\]"):
         load_segmentation_dataset(str(tmp_path / "saved"), image_column="img", label_column="mask")
@@ -159,7 +160,8 @@ def test_augmentation_depends_only_on_seed_epoch_and_index():
     augment = TrainAugmentation(crop_size=(48, 48), scale_range=(0.5, 2.0))
 
     def dataset():
-        return SegmentationDataset(splits["train"], LabelSpec(len(DEMO_LABELS)), augment, (0.5,) * 3, (0.5,) * 3)
+        processor = FaPNImageProcessor(image_mean=(0.5,) * 3, image_std=(0.5,) * 3)
+        return SegmentationDataset(splits["train"], LabelSpec(len(DEMO_LABELS)), augment, processor)
 
     first, second = dataset(), dataset()
     a = first[2]
@@ -178,6 +180,7 @@ def test_collator_pads_images_with_zero_and_labels_with_ignore():
     ]
     batch = SegmentationCollator(255)(samples)
     assert batch["pixel_values"].shape == (2, 3, 6, 5) and batch["labels"].shape == (2, 6, 5)
+    assert batch["image_sizes"].tolist() == [[4, 5], [6, 3]] and batch["label_sizes"].tolist() == [[4, 5], [6, 3]]
     assert batch["pixel_values"][0, :, 4:].abs().sum() == 0 and (batch["labels"][0, 4:] == 255).all()
     assert (batch["labels"][1, :, 3:] == 255).all() and (batch["labels"][1, :, :3] == 1).all()
 
@@ -361,12 +364,12 @@ def test_unknown_recipe_keys_are_named(tmp_path):
 def test_an_evaluation_only_source_loads_but_cannot_be_trained_on(tmp_path):
     image, label = _sample()
     _write_imagefolder(tmp_path / "data" / "validation", [(image, label)])
-    splits = load_segmentation_dataset(str(tmp_path / "data"))
+    splits = load_segmentation_dataset(str(tmp_path / "data"), train_split=None)
     assert list(splits) == ["validation"]
-    with pytest.raises(ValueError, match="neither split 'train' nor 'test'"):
-        load_segmentation_dataset(str(tmp_path / "data"), validation_split="test")
+    with pytest.raises(ValueError, match=r"no split 'test'; it has \['validation'\]"):
+        load_segmentation_dataset(str(tmp_path / "data"), train_split=None, validation_split="test")
     model_args, data_args, training_args = _arguments(
         tmp_path / "out", data={"dataset": str(tmp_path / "data"), "labels": "a,b,c"}
     )
-    with pytest.raises(ValueError, match="has no split 'train' to train on"):
+    with pytest.raises(ValueError, match=r"no split 'train' to train on; it has \['validation'\]"):
         run_training(model_args, data_args, training_args)

@@ -8,7 +8,6 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from fapn_hf import transforms as T
 from fapn_hf.transforms import (
-    EvalTransform,
     TrainAugmentation,
     pad_to,
     photometric_distortion,
@@ -16,7 +15,6 @@ from fapn_hf.transforms import (
     random_horizontal_flip,
     random_scale,
     resize,
-    resize_shortest_edge,
 )
 
 IGNORE = 255
@@ -190,54 +188,6 @@ def test_random_scale_range_alignment_and_minimum_size():
         assert_labels_subset(out_label, label)
         assert_aligned(out_image, out_label)
     assert [a.shape[:2] for a in random_scale(image, label, np.random.default_rng(0), (0.001, 0.001))] == [(1, 1)] * 2
-
-
-# ----------------------------------------------------------------------------------------- resize_shortest_edge
-
-
-@pytest.mark.parametrize(
-    ("shape", "shortest", "longest", "expected"),
-    [
-        ((480, 640), 240, None, (240, 320)),
-        ((480, 640), 240, 300, (225, 300)),
-        ((1024, 2048), 1024, 2048, (1024, 2048)),
-        ((640, 480), 512, 2048, (683, 512)),
-        ((1, 1), 5, None, (5, 5)),
-        ((1, 7), 3, None, (3, 21)),
-        ((1, 7), 3, 10, (1, 10)),
-        ((7, 3), 6, None, (14, 6)),
-        ((1, 1000), 512, 1024, (1, 1024)),
-    ],
-)
-def test_resize_shortest_edge_sizes(shape, shortest, longest, expected):
-    label = (np.arange(shape[0] * shape[1]) % 4).reshape(shape).astype(np.uint8)
-    out_image, out_label = resize_shortest_edge(np.zeros(shape + (3,), np.uint8), label, shortest, longest)
-    assert out_image.shape[:2] == expected and out_label.shape == expected
-    assert_labels_subset(out_label, label)
-
-
-def test_resize_shortest_edge_keeps_aspect_and_caps_longest():
-    rng = np.random.default_rng(0)
-    for _ in range(200):
-        height, width = (int(side) for side in rng.integers(1, 3000, size=2))
-        shortest = int(rng.integers(1, 1200))
-        longest = int(rng.integers(shortest, 2500)) if rng.random() < 0.5 else None
-        new_height, new_width = T.shortest_edge_size(height, width, shortest, longest)
-        if longest is not None:
-            assert max(new_height, new_width) <= longest
-        capped = longest is not None and max(new_height, new_width) == longest
-        assert min(new_height, new_width) == shortest or capped
-        # Each side is the exact scaled side rounded: aspect kept within half a pixel per side.
-        scale = max(new_height, new_width) / max(height, width) if capped else shortest / min(height, width)
-        assert abs(new_height - max(1, height * scale)) <= 0.5 + 1e-9
-        assert abs(new_width - max(1, width * scale)) <= 0.5 + 1e-9
-
-
-def test_resize_shortest_edge_alignment():
-    image, label = scene()
-    out_image, out_label = resize_shortest_edge(image, label, 200, 250)
-    assert out_label.shape == (188, 250)
-    assert_aligned(out_image, out_label)
 
 
 # --------------------------------------------------------------------------------------------------- pad / crop
@@ -459,18 +409,6 @@ def test_train_augmentation_is_deterministic_and_leaves_global_rng_alone():
     assert (np.random.get_state()[1] == state).all()
 
 
-def test_eval_transform():
-    image, label = scene()
-    same = EvalTransform()(image, label)
-    assert same[0] is image and same[1] is label
-    out_image, out_label = EvalTransform(shortest_edge=60, longest_edge=1000)(image, label)
-    assert out_image.shape == (60, 80, 3) and out_label.shape == (60, 80)
-    assert_aligned(out_image, out_label)
-    capped, none_label = EvalTransform(longest_edge=80)(image)
-    assert capped.shape == (60, 80, 3) and none_label is None
-    assert EvalTransform(longest_edge=500)(image)[0] is image
-
-
 # ---------------------------------------------------------------------------------------------------------- errors
 
 
@@ -501,13 +439,11 @@ def test_invalid_images_and_labels_name_the_shapes():
         lambda image, label, rng: random_crop(image, label, rng, (5, 5), cat_max_ratio=0.0),
         lambda image, label, rng: random_crop(image, label, rng, (5, 5), max_attempts=0),
         lambda image, label, rng: resize(image, label, (5, -1)),
-        lambda image, label, rng: resize_shortest_edge(image, label, 0),
         lambda image, label, rng: random_horizontal_flip(image, label, rng, probability=1.5),
         lambda image, label, rng: photometric_distortion(image, rng, contrast_range=(1.5, 0.5)),
         lambda image, label, rng: TrainAugmentation(crop_size=(0, 4)),
         lambda image, label, rng: TrainAugmentation(scale_range=(2.0, 1.0)),
         lambda image, label, rng: TrainAugmentation(cat_max_ratio=1.5),
-        lambda image, label, rng: EvalTransform(shortest_edge=0),
     ],
 )
 def test_invalid_arguments(call):
