@@ -496,10 +496,11 @@ class ModulatedDeformConv2d(nn.Module):
         """Returns `(offset, mask)` of shapes `(N, 2 * G * K, H_out, W_out)` and `(N, G * K, H_out, W_out)`."""
         prediction = self.offset_mask_conv(guide)
         split = 2 * prediction.shape[1] // 3
-        return prediction[:, :split], torch.sigmoid(prediction[:, split:])
+        # The sigmoid runs in place on the mask third: offset and mask are views of the one prediction tensor.
+        return prediction[:, :split], prediction[:, split:].sigmoid_()
 
-    def forward(self, input: torch.Tensor, guide: torch.Tensor | None = None) -> torch.Tensor:
-        offset, mask = self.offsets_and_mask(input if guide is None else guide)
+    def deform(self, input: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """The deformable convolution of `input` with given offsets and mask (see `offsets_and_mask`)."""
         return deform_conv2d(
             input,
             offset,
@@ -512,6 +513,9 @@ class ModulatedDeformConv2d(nn.Module):
             implementation=self.implementation,
             max_column_elements=self.max_column_elements,
         )
+
+    def forward(self, input: torch.Tensor, guide: torch.Tensor | None = None) -> torch.Tensor:
+        return self.deform(input, *self.offsets_and_mask(input if guide is None else guide))
 
     def extra_repr(self) -> str:
         return (

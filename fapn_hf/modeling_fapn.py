@@ -146,11 +146,21 @@ class FeatureAlignmentModule(nn.Module):
             implementation=implementation,
         )
 
+    def guide(self, lateral: torch.Tensor, upsampled: torch.Tensor) -> torch.Tensor:
+        """`offset_conv(concat(lateral, 2 * upsampled))`, computed as the sum of the 1x1 convolutions of the two
+        halves (doubling the weight is exact, like doubling the map), without the concatenated copy."""
+        conv, channels = self.offset_conv.conv, lateral.shape[1]
+        guide = F.conv2d(lateral, conv.weight[:, :channels], conv.bias)
+        guide += F.conv2d(upsampled, 2 * conv.weight[:, channels:])
+        return self.offset_conv.activation(self.offset_conv.norm(guide))
+
     def forward(self, lateral: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
         upsampled = resize_to(coarse, lateral.shape[-2:])
-        guide = self.offset_conv(torch.cat([lateral, 2 * upsampled], dim=1))
-        aligned = F.relu(self.deform_conv(upsampled, guide))
-        return aligned + lateral
+        # The guide is freed once the offsets are predicted, before the deformable convolution's own buffers.
+        offset, mask = self.deform_conv.offsets_and_mask(self.guide(lateral, upsampled))
+        aligned = F.relu(self.deform_conv.deform(upsampled, offset, mask), inplace=True)
+        # Without an autograd graph to keep intact, the sum goes into the convolution's output.
+        return aligned + lateral if aligned.requires_grad else aligned.add_(lateral)
 
 
 class FaPNNeck(nn.Module):

@@ -19,7 +19,9 @@ counts: on a shared machine this keeps the ratios of one run comparable.
 Peak memory: each case runs in a fresh subprocess: one warm-up call, then one measured call; the figure is the
 increase of peak memory over the level just before that call (activations and workspace, not weights and inputs).
 On CUDA: `torch.cuda.max_memory_allocated`. On CPU: the peak resident set size, read exactly from `VmHWM` after
-resetting it through `/proc/self/clear_refs` where Linux allows it, otherwise sampled every 5 ms from a thread.
+resetting it through `/proc/self/clear_refs` where Linux allows it, otherwise sampled every 5 ms from a thread;
+glibc returns freed memory at once in these processes (`MALLOC_TRIM_THRESHOLD_=0`), so the allocator's cache of
+freed memory (up to 64 MiB, depending on the order of allocations) does not blur the figure.
 
 Usage (from the repository root):
 
@@ -35,6 +37,7 @@ import ctypes
 import gc
 import importlib.util
 import json
+import os
 import platform
 import re
 import subprocess
@@ -492,9 +495,14 @@ def measure_memory_here(case: Case, args: argparse.Namespace, device: torch.devi
 
 
 def measure_memory_in_subprocess(case: Case, argv: list[str]) -> dict[str, Any]:
-    """Runs this script on `case` alone in a fresh Python process and returns its peak-memory figures."""
+    """Runs this script on `case` alone in a fresh Python process and returns its peak-memory figures.
+
+    glibc's malloc keeps up to 64 MiB of freed heap memory resident, more or less of it depending on the order of
+    allocations; the child returns freed memory at once (`MALLOC_TRIM_THRESHOLD_=0`), so that the peak measures
+    what the computation holds, not what the allocator caches."""
     command = [sys.executable, str(Path(__file__).resolve()), *argv, "--memory-case", json.dumps(asdict(case))]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    env = {**os.environ, "MALLOC_TRIM_THRESHOLD_": "0"}
+    result = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     if result.returncode != 0:
         raise RuntimeError(f"memory measurement of {case.label} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -730,7 +738,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     print(
         f"FaPN benchmark on {env['device']} ({env['device_name']}), {env['threads']} torch threads, torch "
         f"{env['torch']}, torchvision {env['torchvision']}; timing: Timer.blocked_autorange, >= {args.min_run_time:g}"
-        f" s per case, best of {args.rounds} round(s); peak memory: one call in a fresh process per case",
+        f" s per case, best of {args.rounds} round(s); peak memory: one call in a fresh process per case "
+        "(MALLOC_TRIM_THRESHOLD_=0)",
         flush=True,
     )
     cases = model_cases(args) + dcn_cases(args)
