@@ -121,8 +121,14 @@ class FeatureSelectionModule(nn.Module):
         self.projection = ConvNormAct(in_channels, out_channels, 1, bias=False)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        weights = torch.sigmoid(self.attention(features.mean(dim=(2, 3), keepdim=True)))
-        return self.projection(features + features * weights)
+        weights = torch.sigmoid(self.attention(features.mean(dim=(2, 3), keepdim=True)))  # (N, C_in, 1, 1)
+        # projection(x + x * w) = projection's weight scaled by (1 + w), per image and input channel, times x: one
+        # matrix product per image and no full-size temporaries (the projection has no bias).
+        batch, channels, height, width = features.shape
+        conv = self.projection.conv
+        scaled = conv.weight.view(1, -1, channels) * (1 + weights.view(batch, 1, channels))  # (N, D, C_in)
+        projected = torch.matmul(scaled, features.reshape(batch, channels, height * width))
+        return self.projection.activation(self.projection.norm(projected.view(batch, -1, height, width)))
 
 
 class FeatureAlignmentModule(nn.Module):

@@ -49,11 +49,22 @@ def test_parameter_counts_reproduce_the_paper(name, settings, truncated, rounded
 
 
 def test_feature_selection_module_matches_its_formula():
-    fsm = FeatureSelectionModule(6, 4)
-    x = torch.randn(2, 6, 5, 7)
-    attention = torch.sigmoid(F.conv2d(x.mean(dim=(2, 3), keepdim=True), fsm.attention.conv.weight))
-    expected = F.conv2d(x + x * attention, fsm.projection.conv.weight)
-    torch.testing.assert_close(fsm(x), expected)
+    """SPEC 2.1 in float64, values and gradients, with a different attention per image of the batch."""
+    fsm = FeatureSelectionModule(6, 4).double()
+    x = torch.randn(2, 6, 5, 7, dtype=torch.float64, requires_grad=True)
+
+    def formula(x):
+        attention = torch.sigmoid(F.conv2d(x.mean(dim=(2, 3), keepdim=True), fsm.attention.conv.weight))
+        return F.conv2d(x + x * attention, fsm.projection.conv.weight)
+
+    grad_output = torch.randn(2, 4, 5, 7, dtype=torch.float64)
+    inputs = [x, *fsm.parameters()]
+    actual, expected = fsm(x), formula(x)
+    torch.testing.assert_close(actual, expected, atol=1e-12, rtol=1e-12)
+    for a, e in zip(
+        torch.autograd.grad(actual, inputs, grad_output), torch.autograd.grad(expected, inputs, grad_output)
+    ):
+        torch.testing.assert_close(a, e, atol=1e-12, rtol=1e-12)
     assert fsm.attention.conv.bias is None and fsm.projection.conv.bias is None
 
 
