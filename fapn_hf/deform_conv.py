@@ -165,7 +165,8 @@ def _band_sampling(
     # Table row of the top-left corner, ((n * padded_h + y0 + 1) * padded_w + x0 + 1) * G + g, and of the others.
     top_left = y0.to(torch.int64).mul_(padded_w * groups)
     top_left.add_(x0.to(torch.int64).mul_(groups)).add_(grid.origin_row)
-    index = _by_corner(*(top_left + step for step in (0, groups, padded_w * groups, (padded_w + 1) * groups)))
+    corner_steps = torch.tensor([0, groups, padded_w * groups, (padded_w + 1) * groups], device=top_left.device)
+    index = (top_left.unsqueeze(-1) + corner_steps).view(-1, 4)
 
     modulation = None if mask is None else _pixel_major(mask).view(frac_y.shape)
     bottom = frac_y if modulation is None else frac_y * modulation
