@@ -104,16 +104,18 @@ def _padded_nhwc(input: torch.Tensor, deformable_groups: int) -> torch.Tensor:
     return padded.view(-1, channels // deformable_groups)
 
 
-def _pixel_major(band: torch.Tensor) -> torch.Tensor:
-    """`(N, X, rows, W_out)` -> contiguous `(N, rows, W_out, X)`."""
-    return band.permute(0, 2, 3, 1).contiguous()
+def _pixel_major(band: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`(N, X, rows, W_out)` -> contiguous `(N, rows, W_out, X)` of `dtype`."""
+    return band.permute(0, 2, 3, 1).to(dtype).contiguous()
 
 
 def _sampling_grid(input: torch.Tensor, offset: torch.Tensor, geometry: _Geometry) -> _SamplingGrid:
+    """The per-call constants. Positions are computed in float32 at least: in half precision, a pixel coordinate
+    above 256 (bfloat16) or 2048 (float16) has no fractional part left."""
     batch, _, height, width = input.shape
     out_height, out_width = offset.shape[2:]
     (kernel_h, kernel_w), groups = geometry.kernel_size, geometry.deformable_groups
-    dtype, device = offset.dtype, offset.device
+    dtype, device = torch.promote_types(offset.dtype, torch.float32), offset.device
     out_y = torch.arange(out_height, device=device, dtype=dtype) * geometry.stride[0] - geometry.padding[0]
     out_x = torch.arange(out_width, device=device, dtype=dtype) * geometry.stride[1] - geometry.padding[1]
     tap_y = torch.arange(kernel_h, device=device, dtype=dtype).repeat_interleave(kernel_w) * geometry.dilation[0]
@@ -149,7 +151,7 @@ def _band_sampling(
     batch, _, rows, out_width = offset.shape
     height, width = grid.input_size
     groups, padded_w = grid.deformable_groups, grid.padded_width
-    dy_dx = _pixel_major(offset).view(batch, rows, out_width, groups, -1, 2)
+    dy_dx = _pixel_major(offset, grid.base_x.dtype).view(batch, rows, out_width, groups, -1, 2)
     pos_y = dy_dx[..., 0] + grid.base_y[row_start : row_start + rows]
     pos_x = dy_dx[..., 1] + grid.base_x
     inside_y = inside_x = None
@@ -168,7 +170,7 @@ def _band_sampling(
     corner_steps = torch.tensor([0, groups, padded_w * groups, (padded_w + 1) * groups], device=top_left.device)
     index = (top_left.unsqueeze(-1) + corner_steps).view(-1, 4)
 
-    modulation = None if mask is None else _pixel_major(mask).view(frac_y.shape)
+    modulation = None if mask is None else _pixel_major(mask, frac_y.dtype).view(frac_y.shape)
     bottom = frac_y if modulation is None else frac_y * modulation
     top = 1 - frac_y if modulation is None else modulation - bottom
     left = 1 - frac_x

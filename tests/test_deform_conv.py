@@ -280,6 +280,26 @@ def test_strided_and_channels_last_inputs():
     torch.testing.assert_close(deform_conv2d(*_positional(strided, case)), expected, atol=1e-12, rtol=1e-12)
 
 
+@pytest.mark.parametrize("dtype, tolerance", [(torch.bfloat16, 0.03), (torch.float16, 0.005)])
+def test_half_precision_keeps_fractional_positions_on_wide_maps(dtype, tolerance):
+    """Sampling positions are computed in float32 whatever the input dtype: in bfloat16, x = 299.5 would round to an
+    integer and every sample on the right of a 300-wide map would land on the wrong pixel."""
+    x, weight = torch.randn(1, 16, 4, 300), torch.randn(8, 16, 3, 3) / 12
+    offset, mask = torch.rand(1, 36, 4, 300) - 0.5, torch.rand(1, 18, 4, 300)
+    inputs = [t.requires_grad_() for t in (x, offset, weight, mask)]
+    low = [t.detach().to(dtype).requires_grad_() for t in inputs]
+    expected = deform_conv2d(*inputs[:3], padding=1, mask=inputs[3])
+    actual = deform_conv2d(*low[:3], padding=1, mask=low[3])
+    assert actual.dtype == dtype
+    torch.testing.assert_close(actual.float(), expected, atol=tolerance, rtol=tolerance)
+    grad_output = torch.randn_like(expected)
+    expected_grads = torch.autograd.grad(expected, inputs, grad_output)
+    actual_grads = torch.autograd.grad(actual, low, grad_output.to(dtype))
+    for a, e in zip(actual_grads, expected_grads):
+        assert a.dtype == dtype
+        torch.testing.assert_close(a.float(), e, atol=10 * tolerance, rtol=10 * tolerance)
+
+
 def test_inference_and_training_compile_without_graph_breaks():
     """The kernel traces into one graph (no data-dependent Python control flow, no host synchronisation), in
     inference and through its autograd function; dynamo-only backend, so the test stays fast."""
