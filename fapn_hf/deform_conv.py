@@ -2,116 +2,332 @@
 
 `deform_conv2d` is a drop-in replacement for `torchvision.ops.deform_conv2d`: same signature, same offset
 layout (per deformable group, per kernel tap, an interleaved ``(dy, dx)`` pair), same zero-padding bilinear
-sampling. It is built on `torch.nn.functional.grid_sample`, so it runs on every device PyTorch supports,
-exports to ONNX and is differentiable with respect to every input.
+sampling, differentiable with respect to every input. It runs on every device PyTorch supports and exports to ONNX.
 
-The sampled "columns" tensor is ``kernel_size`` times larger than the input, so the computation is split into
-chunks of output rows, each wrapped in activation checkpointing: peak memory is bounded by one chunk in the
-forward pass and in the backward pass, whatever the image size.
+How it computes (the same in the forward pass, the backward pass, on any device):
+
+1. The input is copied once to channels-last (NHWC) with a zero border, so the ``C / G`` channels that one
+   deformable group reads at one pixel are contiguous, and every bilinear corner, even of a position far outside
+   the image (clamped onto the border), reads a real row: out-of-image corners read zeros, no validity masks.
+2. For a band of output rows, each (pixel, group, tap) gets its four corner rows and four weights (bilinear weight
+   times modulation). One `embedding_bag` call gathers the corner rows and sums them with those weights: the
+   sampled columns, ordered (group, tap, channel) per output pixel.
+3. One matrix product with the weight, rearranged into that column order, gives the band's output.
+
+Only one band of columns exists at a time, in the forward and in the backward pass (which re-samples them), so
+memory stays bounded whatever the image size, without activation checkpointing.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+from torch.autograd.function import once_differentiable
 
 DeformConvImplementation = Literal["auto", "torch", "torchvision"]
 DEFORM_CONV_IMPLEMENTATIONS = ("auto", "torch", "torchvision")
 
-# Elements of sampled columns per chunk (4M floats = 16 MiB). Measured on CPU at FaPN sizes: bands this small are
-# as fast as or faster than larger ones (they stay in cache) and keep forward+backward memory below torchvision's.
-DEFAULT_MAX_COLUMN_ELEMENTS = 4 * 1024 * 1024
+# Elements of sampled columns per band (2M floats = 8 MiB). Measured on CPU at FaPN sizes: bands this small stay in
+# cache and are faster than larger ones; fresh allocations above glibc's 32 MiB mmap threshold cost page faults.
+DEFAULT_MAX_COLUMN_ELEMENTS = 2 * 1024 * 1024
+
+# The zero border of the NHWC copy: one row/column before the image, two after. Sampling positions are clamped to
+# [-1, size], so the four corners of any position stay inside the padded image.
+_PAD_BEFORE, _PAD_AFTER = 1, 2
+_NHWC_COPY_CHANNELS = 8
 
 
 def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
 
-def _sample_columns(
-    input: torch.Tensor,
+class _Geometry(NamedTuple):
+    """Shape parameters of one deformable convolution."""
+
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    deformable_groups: int
+    rows_per_band: int
+
+
+class _SamplingGrid(NamedTuple):
+    """What every band of one call shares: the undeformed sampling positions and the table-row arithmetic."""
+
+    base_y: torch.Tensor  # (H_out, 1, 1, K): output row * stride - padding + tap row * dilation
+    base_x: torch.Tensor  # (W_out, 1, K): the same for columns
+    origin_row: torch.Tensor  # (N, 1, 1, G, 1) int64: table row of (image, input pixel (0, 0), group)
+    input_size: tuple[int, int]
+    padded_width: int
+    deformable_groups: int
+
+
+class _BandSampling(NamedTuple):
+    """Where and with which weights the samples of a band of output rows read the table.
+
+    `index` and `weight` are `(B, 4)` for the B = N * rows * W_out * G * K samples (pixel-major, then group, then
+    tap) and their four bilinear corners (y0x0, y0x1, y1x0, y1x1): table rows and bilinear weight times
+    modulation. The other fields, `(N, rows, W_out, G, K)`, serve the backward pass.
+    """
+
+    index: torch.Tensor
+    weight: torch.Tensor
+    frac_y: torch.Tensor
+    frac_x: torch.Tensor
+    modulation: torch.Tensor | None
+    inside_y: torch.Tensor | None
+    inside_x: torch.Tensor | None
+
+
+def _padded_nhwc(input: torch.Tensor, deformable_groups: int) -> torch.Tensor:
+    """`(N, C, H, W)` -> the table `(N * (H + 3) * (W + 3) * G, C / G)`: channels-last with a zero border, one row
+    per (image, padded pixel, deformable group)."""
+    batch, channels, height, width = input.shape
+    padded = input.new_empty(batch, height + _PAD_BEFORE + _PAD_AFTER, width + _PAD_BEFORE + _PAD_AFTER, channels)
+    padded[:, :_PAD_BEFORE].zero_()
+    padded[:, _PAD_BEFORE + height :].zero_()
+    padded[:, _PAD_BEFORE : _PAD_BEFORE + height, :_PAD_BEFORE].zero_()
+    padded[:, _PAD_BEFORE : _PAD_BEFORE + height, _PAD_BEFORE + width :].zero_()
+    interior = padded[:, _PAD_BEFORE : _PAD_BEFORE + height, _PAD_BEFORE : _PAD_BEFORE + width]
+    if input.is_contiguous():
+        # From NCHW, a few channels at a time: the reads stay sequential, several times faster than one strided copy.
+        for start in range(0, channels, _NHWC_COPY_CHANNELS):
+            stop = start + _NHWC_COPY_CHANNELS
+            interior[..., start:stop] = input[:, start:stop].permute(0, 2, 3, 1)
+    else:
+        interior.copy_(input.permute(0, 2, 3, 1))
+    return padded.view(-1, channels // deformable_groups)
+
+
+def _pixel_major(band: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`(N, X, rows, W_out)` -> contiguous `(N, rows, W_out, X)` of `dtype`."""
+    return band.permute(0, 2, 3, 1).to(dtype).contiguous()
+
+
+def _sampling_grid(input: torch.Tensor, offset: torch.Tensor, geometry: _Geometry) -> _SamplingGrid:
+    """The per-call constants. Positions are computed in float32 at least: in half precision, a pixel coordinate
+    above 256 (bfloat16) or 2048 (float16) has no fractional part left."""
+    batch, _, height, width = input.shape
+    out_height, out_width = offset.shape[2:]
+    (kernel_h, kernel_w), groups = geometry.kernel_size, geometry.deformable_groups
+    dtype, device = torch.promote_types(offset.dtype, torch.float32), offset.device
+    out_y = torch.arange(out_height, device=device, dtype=dtype) * geometry.stride[0] - geometry.padding[0]
+    out_x = torch.arange(out_width, device=device, dtype=dtype) * geometry.stride[1] - geometry.padding[1]
+    tap_y = torch.arange(kernel_h, device=device, dtype=dtype).repeat_interleave(kernel_w) * geometry.dilation[0]
+    tap_x = torch.arange(kernel_w, device=device, dtype=dtype).repeat(kernel_h) * geometry.dilation[1]
+    padded_h, padded_w = height + _PAD_BEFORE + _PAD_AFTER, width + _PAD_BEFORE + _PAD_AFTER
+    image_rows = torch.arange(batch, device=device).view(batch, 1, 1, 1, 1) * (padded_h * padded_w * groups)
+    origin_row = (
+        image_rows + torch.arange(groups, device=device).view(groups, 1) + (padded_w + 1) * _PAD_BEFORE * groups
+    )
+    return _SamplingGrid(
+        base_y=out_y.view(out_height, 1, 1, 1) + tap_y,
+        base_x=out_x.view(out_width, 1, 1) + tap_x,
+        origin_row=origin_row,
+        input_size=(height, width),
+        padded_width=padded_w,
+        deformable_groups=groups,
+    )
+
+
+def _band_sampling(
     offset: torch.Tensor,
     mask: torch.Tensor | None,
-    kernel_size: tuple[int, int],
-    stride: tuple[int, int],
-    padding: tuple[int, int],
-    dilation: tuple[int, int],
+    grid: _SamplingGrid,
     row_start: int,
-    out_width: int,
-) -> torch.Tensor:
-    """Bilinearly samples the deformed kernel taps for a band of output rows.
+    for_backward: bool = False,
+) -> _BandSampling:
+    """The sampling of the output rows `row_start : row_start + rows`.
 
     Args:
-        input: `(N, C, H, W)`.
-        offset: `(N, 2 * G * K, rows, W_out)`, the offsets of the band, torchvision's layout.
+        offset: `(N, 2 * G * K, rows, W_out)`, the band's offsets in torchvision's layout.
         mask: `(N, G * K, rows, W_out)` or `None`.
-        row_start: index of the first output row of the band.
-
-    Returns:
-        Columns of shape `(N, C * K, rows * W_out)`, ordered `(channel, tap)` like a flattened conv weight.
     """
-    batch, channels, height, width = input.shape
-    kernel_h, kernel_w = kernel_size
-    taps = kernel_h * kernel_w
-    rows = offset.shape[2]
-    groups = offset.shape[1] // (2 * taps)
-    dtype, device = offset.dtype, offset.device
+    batch, _, rows, out_width = offset.shape
+    height, width = grid.input_size
+    groups, padded_w = grid.deformable_groups, grid.padded_width
+    dy_dx = _pixel_major(offset, grid.base_x.dtype).view(batch, rows, out_width, groups, -1, 2)
+    pos_y = dy_dx[..., 0] + grid.base_y[row_start : row_start + rows]
+    pos_x = dy_dx[..., 1] + grid.base_x
+    inside_y = inside_x = None
+    if for_backward:
+        # As in torchvision, a coordinate outside [-1, size) gets no gradient (the clamp below moves it onto the
+        # border, where every corner reads zeros or has weight 0).
+        inside_y = (pos_y >= -1) & (pos_y < height)
+        inside_x = (pos_x >= -1) & (pos_x < width)
+    pos_y, pos_x = pos_y.clamp_(-1, height), pos_x.clamp_(-1, width)
+    y0, x0 = pos_y.floor(), pos_x.floor()
+    frac_y, frac_x = pos_y.sub_(y0), pos_x.sub_(x0)
 
-    # Undeformed sampling positions of every (tap, output pixel), in input pixel coordinates.
-    out_y = torch.arange(row_start, row_start + rows, device=device, dtype=dtype) * stride[0] - padding[0]
-    out_x = torch.arange(out_width, device=device, dtype=dtype) * stride[1] - padding[1]
-    tap_y = torch.arange(kernel_h, device=device, dtype=dtype).repeat_interleave(kernel_w) * dilation[0]
-    tap_x = torch.arange(kernel_w, device=device, dtype=dtype).repeat(kernel_h) * dilation[1]
-    base_y = tap_y.view(taps, 1, 1) + out_y.view(1, rows, 1)
-    base_x = tap_x.view(taps, 1, 1) + out_x.view(1, 1, out_width)
+    # Table row of the top-left corner, ((n * padded_h + y0 + 1) * padded_w + x0 + 1) * G + g, and of the others.
+    top_left = y0.to(torch.int64).mul_(padded_w * groups)
+    top_left.add_(x0.to(torch.int64).mul_(groups)).add_(grid.origin_row)
+    corner_steps = torch.tensor([0, groups, padded_w * groups, (padded_w + 1) * groups], device=top_left.device)
+    index = (top_left.unsqueeze(-1) + corner_steps).view(-1, 4)
 
-    offset = offset.view(batch, groups, taps, 2, rows, out_width)
-    pos_y = base_y + offset[:, :, :, 0]
-    pos_x = base_x + offset[:, :, :, 1]
-    # grid_sample with align_corners=False maps pixel coordinate p to (2p + 1) / size - 1; padding_mode="zeros"
-    # treats every out-of-image corner as 0, exactly like the DCN kernels.
-    grid = torch.stack(((2 * pos_x + 1) / width - 1, (2 * pos_y + 1) / height - 1), dim=-1)
-    grid = grid.view(batch * groups, taps * rows, out_width, 2)
-
-    sampled = F.grid_sample(
-        input.reshape(batch * groups, channels // groups, height, width),
-        grid.to(input.dtype),
-        mode="bilinear",
-        padding_mode="zeros",
-        align_corners=False,
-    )  # (N * G, C / G, K * rows, W_out)
-    sampled = sampled.view(batch, groups, channels // groups, taps, rows * out_width)
-    if mask is not None:
-        sampled = sampled * mask.reshape(batch, groups, 1, taps, rows * out_width).to(sampled.dtype)
-    return sampled.reshape(batch, channels * taps, rows * out_width)
+    modulation = None if mask is None else _pixel_major(mask, frac_y.dtype).view(frac_y.shape)
+    bottom = frac_y if modulation is None else frac_y * modulation
+    top = 1 - frac_y if modulation is None else modulation - bottom
+    left = 1 - frac_x
+    weight = _by_corner(top * left, top * frac_x, bottom * left, bottom * frac_x)
+    return _BandSampling(index, weight, frac_y, frac_x, modulation, inside_y, inside_x)
 
 
-def _deform_conv_band(
+def _by_corner(*corners: torch.Tensor) -> torch.Tensor:
+    """Four tensors of one shape, one per bilinear corner, interleaved into `(elements, 4)`."""
+    stacked = corners[0].new_empty(*corners[0].shape, 4)
+    for corner, values in enumerate(corners):
+        stacked[..., corner] = values  # slice assignment: faster than torch.stack for a last dimension of 4
+    return stacked.view(-1, 4)
+
+
+def _gather_columns(table: torch.Tensor, index: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """`(B, C / G)`: for each of the B samples, the sum of its four corner rows of `table` (`index` `(B, 4)`) times
+    their weights (`weight` `(B, 4)`)."""
+    weight = weight.to(table.dtype)
+    if torch.onnx.is_in_onnx_export():
+        # ONNX has no fused gather-and-sum; this exports as Gather, Mul and ReduceSum.
+        corners = table.index_select(0, index.view(-1)).view(*index.shape, -1)
+        return (corners * weight.unsqueeze(-1)).sum(dim=1)
+    return F.embedding_bag(index, table, per_sample_weights=weight, mode="sum")
+
+
+def _sampling_gradients(
+    table: torch.Tensor,
+    sampling: _BandSampling,
+    grad_columns: torch.Tensor,
+    grad_offset: torch.Tensor | None,
+    grad_mask: torch.Tensor | None,
+    rows: slice,
+) -> None:
+    """Writes the band's offset and mask gradients. The derivative of a sample's column entries with respect to its
+    fractional position or its modulation is another weighted sum of the same four corner rows, so each is one
+    `_gather_columns` call, dotted with the column gradient `grad_columns` `(B, C / G)`."""
+    frac_y, frac_x, modulation = sampling.frac_y, sampling.frac_x, sampling.modulation
+    top, left = 1 - frac_y, 1 - frac_x
+
+    def dot_derivative(*corner_weights: torch.Tensor) -> torch.Tensor:
+        derivative = _gather_columns(table, sampling.index, _by_corner(*corner_weights))
+        return torch.linalg.vecdot(derivative, grad_columns).view(frac_y.shape).to(frac_y.dtype)
+
+    if grad_mask is not None:
+        grad_m = dot_derivative(top * left, top * frac_x, frac_y * left, frac_y * frac_x)
+        grad_mask[:, :, rows] = grad_m.flatten(3).permute(0, 3, 1, 2)
+    if grad_offset is not None:
+        if modulation is not None:
+            top, frac_y, left, frac_x = top * modulation, frac_y * modulation, left * modulation, frac_x * modulation
+        grad_y = dot_derivative(-left, -frac_x, left, frac_x) * sampling.inside_y
+        grad_x = dot_derivative(-top, top, -frac_y, frac_y) * sampling.inside_x
+        grad_offset[:, :, rows] = torch.stack((grad_y, grad_x), dim=-1).flatten(3).permute(0, 3, 1, 2)
+
+
+def _band_starts(out_height: int, rows_per_band: int) -> range:
+    return range(0, out_height, rows_per_band)
+
+
+def _deform_conv_forward(
     input: torch.Tensor,
     offset: torch.Tensor,
     mask: torch.Tensor | None,
-    weight: torch.Tensor,
-    stride: tuple[int, int],
-    padding: tuple[int, int],
-    dilation: tuple[int, int],
-    row_start: int,
-    out_width: int,
+    weight_matrix: torch.Tensor,
+    bias: torch.Tensor | None,
+    geometry: _Geometry,
 ) -> torch.Tensor:
-    """Deformable convolution of one band of output rows, without bias: `(N, C_out, rows, W_out)`."""
+    """The deformable convolution, band by band. `weight_matrix` is `(C_out, G * K * C / G)` in column order."""
+    batch, _, height, width = input.shape
+    out_height, out_width = offset.shape[2:]
+    out_channels = weight_matrix.shape[0]
+    table = _padded_nhwc(input, geometry.deformable_groups)
+    grid = _sampling_grid(input, offset, geometry)
+    output = input.new_empty(batch, out_channels, out_height, out_width)
+    for start in _band_starts(out_height, geometry.rows_per_band):
+        stop = min(out_height, start + geometry.rows_per_band)
+        sampling = _band_sampling(
+            offset[:, :, start:stop], None if mask is None else mask[:, :, start:stop], grid, start
+        )
+        columns = _gather_columns(table, sampling.index, sampling.weight).view(batch, (stop - start) * out_width, -1)
+        band = torch.matmul(weight_matrix, columns.transpose(1, 2))  # (N, C_out, pixels)
+        if bias is not None:
+            band = band + bias.view(-1, 1)
+        output[:, :, start:stop] = band.view(batch, out_channels, stop - start, out_width)
+    return output
+
+
+class _DeformConv2dFunction(torch.autograd.Function):
+    """Autograd for `_deform_conv_forward`: saves only the inputs; the backward pass re-samples the columns band by
+    band, so no column tensor outlives its band."""
+
+    @staticmethod
+    def forward(ctx, input, offset, mask, weight_matrix, bias, geometry):
+        ctx.geometry = geometry
+        ctx.save_for_backward(input, offset, mask, weight_matrix)
+        ctx.has_bias = bias is not None
+        return _deform_conv_forward(input, offset, mask, weight_matrix, bias, geometry)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        input, offset, mask, weight_matrix = ctx.saved_tensors
+        geometry = ctx.geometry
+        need_input, need_offset, need_mask, need_weight, need_bias = ctx.needs_input_grad[:5]
+        need_mask = need_mask and mask is not None
+        grad_output = grad_output.contiguous()
+        batch, channels, height, width = input.shape
+        out_height, out_width = offset.shape[2:]
+        out_channels = weight_matrix.shape[0]
+        group_channels = channels // geometry.deformable_groups
+
+        table = _padded_nhwc(input, geometry.deformable_groups)
+        grid = _sampling_grid(input, offset, geometry)
+        grad_table = torch.zeros_like(table) if need_input else None
+        grad_offset = torch.empty_like(offset) if need_offset else None
+        grad_mask = torch.empty_like(mask) if need_mask else None
+        grad_weight = torch.zeros_like(weight_matrix) if need_weight else None
+        for start in _band_starts(out_height, geometry.rows_per_band):
+            stop = min(out_height, start + geometry.rows_per_band)
+            rows = slice(start, stop)
+            sampling = _band_sampling(offset[:, :, rows], None if mask is None else mask[:, :, rows], grid, start, True)
+            grad_band = grad_output[:, :, rows].reshape(batch, out_channels, -1)  # (N, C_out, pixels)
+            if need_weight:
+                columns = _gather_columns(table, sampling.index, sampling.weight).view(batch, grad_band.shape[2], -1)
+                grad_weight += torch.matmul(grad_band, columns).sum(dim=0)
+            # (B, C / G): the gradient of every sampled column entry.
+            grad_columns = torch.matmul(grad_band.transpose(1, 2), weight_matrix).view(-1, group_channels)
+            if need_input:
+                # Each corner row receives the column gradient times its weight, one corner at a time (temporaries
+                # the size of the band's columns).
+                weight = sampling.weight.to(table.dtype)
+                for corner in range(4):
+                    grad_table.index_add_(0, sampling.index[:, corner], grad_columns * weight[:, corner : corner + 1])
+            if need_offset or need_mask:
+                _sampling_gradients(table, sampling, grad_columns, grad_offset, grad_mask, rows)
+
+        grad_input = None
+        if need_input:
+            padded = grad_table.view(
+                batch, height + _PAD_BEFORE + _PAD_AFTER, width + _PAD_BEFORE + _PAD_AFTER, channels
+            )
+            interior = padded[:, _PAD_BEFORE : _PAD_BEFORE + height, _PAD_BEFORE : _PAD_BEFORE + width]
+            grad_input = interior.permute(0, 3, 1, 2).contiguous()
+        grad_bias = grad_output.sum(dim=(0, 2, 3)) if need_bias and ctx.has_bias else None
+        return grad_input, grad_offset, grad_mask, grad_weight, grad_bias, None
+
+
+def _weight_matrix(weight: torch.Tensor, channels: int, deformable_groups: int) -> torch.Tensor:
+    """`(C_out, C / groups, kh, kw)` -> `(C_out, G * kh * kw * C / G)`, the (group, tap, channel) order of the
+    sampled columns. Grouped convolutions become one block-diagonal matrix (FaPN's are not grouped)."""
     out_channels, channels_per_group, kernel_h, kernel_w = weight.shape
-    weight_groups = input.shape[1] // channels_per_group
-    columns = _sample_columns(
-        input, offset, mask, (kernel_h, kernel_w), stride, padding, dilation, row_start, out_width
-    )
-    batch, _, pixels = columns.shape
-    columns = columns.view(batch, weight_groups, -1, pixels)
-    weight = weight.reshape(weight_groups, out_channels // weight_groups, -1)
-    out = torch.matmul(weight, columns)  # (N, weight_groups, C_out / weight_groups, pixels)
-    return out.view(batch, out_channels, offset.shape[2], out_width)
+    weight_groups = channels // channels_per_group
+    if weight_groups > 1:
+        blocks = weight.reshape(weight_groups, out_channels // weight_groups, -1)
+        weight = torch.block_diag(*blocks.unbind(0)).view(out_channels, channels, kernel_h, kernel_w)
+    weight = weight.reshape(out_channels, deformable_groups, channels // deformable_groups, kernel_h * kernel_w)
+    return weight.transpose(2, 3).reshape(out_channels, -1)
 
 
 def _output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
@@ -161,40 +377,20 @@ def _deform_conv2d_torch(
     mask: torch.Tensor | None,
     max_column_elements: int,
 ) -> torch.Tensor:
-    out_h, out_w = offset.shape[2], offset.shape[3]
-    taps = weight.shape[2] * weight.shape[3]
-    columns_per_row = input.shape[0] * input.shape[1] * taps * out_w
+    kernel_size = (weight.shape[2], weight.shape[3])
+    taps = kernel_size[0] * kernel_size[1]
+    deformable_groups = offset.shape[1] // (2 * taps)
+    out_height, out_width = offset.shape[2], offset.shape[3]
+    columns_per_row = input.shape[0] * input.shape[1] * taps * out_width
     rows_per_band = max(1, max_column_elements // max(1, columns_per_row))
-    tracing = torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
-    if rows_per_band >= out_h or tracing:
-        out = _deform_conv_band(input, offset, mask, weight, stride, padding, dilation, 0, out_w)
-    else:
-        recompute = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (input, offset, mask, weight)
-        )
-        bands = []
-        for start in range(0, out_h, rows_per_band):
-            stop = min(out_h, start + rows_per_band)
-            band_args = (
-                input,
-                offset[:, :, start:stop],
-                None if mask is None else mask[:, :, start:stop],
-                weight,
-                stride,
-                padding,
-                dilation,
-                start,
-                out_w,
-            )
-            if recompute:
-                # Keep only the band's inputs for backward; the columns are re-sampled there.
-                bands.append(checkpoint(_deform_conv_band, *band_args, use_reentrant=False))
-            else:
-                bands.append(_deform_conv_band(*band_args))
-        out = torch.cat(bands, dim=2)
-    if bias is not None:
-        out = out + bias.view(1, -1, 1, 1)
-    return out
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        rows_per_band = max(1, out_height)  # one band: an exported graph stays small and shape-generic
+    geometry = _Geometry(kernel_size, stride, padding, dilation, deformable_groups, rows_per_band)
+    weight_matrix = _weight_matrix(weight, input.shape[1], deformable_groups)
+    tensors = (input, offset, mask, weight_matrix, bias)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return _DeformConv2dFunction.apply(input, offset, mask, weight_matrix, bias, geometry)
+    return _deform_conv_forward(input, offset, mask, weight_matrix, bias, geometry)
 
 
 def resolve_implementation(implementation: str, device: torch.device) -> str:
@@ -315,10 +511,11 @@ class ModulatedDeformConv2d(nn.Module):
         """Returns `(offset, mask)` of shapes `(N, 2 * G * K, H_out, W_out)` and `(N, G * K, H_out, W_out)`."""
         prediction = self.offset_mask_conv(guide)
         split = 2 * prediction.shape[1] // 3
-        return prediction[:, :split], torch.sigmoid(prediction[:, split:])
+        # The sigmoid runs in place on the mask third: offset and mask are views of the one prediction tensor.
+        return prediction[:, :split], prediction[:, split:].sigmoid_()
 
-    def forward(self, input: torch.Tensor, guide: torch.Tensor | None = None) -> torch.Tensor:
-        offset, mask = self.offsets_and_mask(input if guide is None else guide)
+    def deform(self, input: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """The deformable convolution of `input` with given offsets and mask (see `offsets_and_mask`)."""
         return deform_conv2d(
             input,
             offset,
@@ -331,6 +528,9 @@ class ModulatedDeformConv2d(nn.Module):
             implementation=self.implementation,
             max_column_elements=self.max_column_elements,
         )
+
+    def forward(self, input: torch.Tensor, guide: torch.Tensor | None = None) -> torch.Tensor:
+        return self.deform(input, *self.offsets_and_mask(input if guide is None else guide))
 
     def extra_repr(self) -> str:
         return (

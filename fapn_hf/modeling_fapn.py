@@ -133,8 +133,14 @@ class FeatureSelectionModule(GradientCheckpointingLayer):
         self.projection = ConvNormAct(in_channels, out_channels, 1, bias=False)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        weights = torch.sigmoid(self.attention(features.mean(dim=(2, 3), keepdim=True)))
-        return self.projection(features + features * weights)
+        weights = torch.sigmoid(self.attention(features.mean(dim=(2, 3), keepdim=True)))  # (N, C_in, 1, 1)
+        # projection(x + x * w) = projection's weight scaled by (1 + w), per image and input channel, times x: one
+        # matrix product per image and no full-size temporaries (the projection has no bias).
+        batch, channels, height, width = features.shape
+        conv = self.projection.conv
+        scaled = conv.weight.view(1, -1, channels) * (1 + weights.view(batch, 1, channels))  # (N, D, C_in)
+        projected = torch.matmul(scaled, features.reshape(batch, channels, height * width))
+        return self.projection.activation(self.projection.norm(projected.view(batch, -1, height, width)))
 
 
 class FeatureAlignmentModule(GradientCheckpointingLayer):
@@ -160,11 +166,21 @@ class FeatureAlignmentModule(GradientCheckpointingLayer):
         # Zero offsets and masks at the start: a fresh FAM samples the regular grid with mask 0.5, as the original.
         tag_init(self.deform_conv.offset_mask_conv, "zeros")
 
+    def guide(self, lateral: torch.Tensor, upsampled: torch.Tensor) -> torch.Tensor:
+        """`offset_conv(concat(lateral, 2 * upsampled))`, computed as the sum of the 1x1 convolutions of the two
+        halves (doubling the weight is exact, like doubling the map), without the concatenated copy."""
+        conv, channels = self.offset_conv.conv, lateral.shape[1]
+        guide = F.conv2d(lateral, conv.weight[:, :channels], conv.bias)
+        guide += F.conv2d(upsampled, 2 * conv.weight[:, channels:])
+        return self.offset_conv.activation(self.offset_conv.norm(guide))
+
     def forward(self, lateral: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
         upsampled = resize_to(coarse, lateral.shape[-2:])
-        guide = self.offset_conv(torch.cat([lateral, 2 * upsampled], dim=1))
-        aligned = F.relu(self.deform_conv(upsampled, guide))
-        return aligned + lateral
+        # The guide is freed once the offsets are predicted, before the deformable convolution's own buffers.
+        offset, mask = self.deform_conv.offsets_and_mask(self.guide(lateral, upsampled))
+        aligned = F.relu(self.deform_conv.deform(upsampled, offset, mask), inplace=True)
+        # Without an autograd graph to keep intact, the sum goes into the convolution's output.
+        return aligned + lateral if aligned.requires_grad else aligned.add_(lateral)
 
 
 class FaPNNeck(nn.Module):

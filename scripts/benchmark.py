@@ -1,31 +1,33 @@
-"""Benchmarks FaPN against its FPN baseline, and the pure-PyTorch deformable convolution against torchvision's.
+"""Benchmarks FaPN against its FPN baseline and the pure-PyTorch deformable convolution against torchvision's and
+against a dense convolution, and checks the figures against the speed targets of issue 13.
 
 Everything is measured in one run, on one device, so the printed ratios compare like with like:
 
-1. Model: forward latency (eval mode, `torch.inference_mode()`) and peak memory of FaPN
-   (`use_fam=True, use_fsm=True`) and of the FPN baseline on the same code path (`use_fam=False, use_fsm=False`),
-   same backbone, plus their parameter counts and the ratios FaPN / FPN.
-2. Deformable convolution at FaPN's sizes (256 -> 256 channels, 3x3 kernel, padding 1, 8 deformable groups, with
-   mask): forward (under `torch.inference_mode()`) and forward + backward latency and peak memory of
-   `fapn_hf.deform_conv2d(..., implementation="torch")` and of `torchvision.ops.deform_conv2d`, plus the speed-up
-   torchvision time / torch time (above 1: the pure-PyTorch kernel is faster).
+1. Model: forward latency (eval mode, `torch.inference_mode()`), peak memory, parameters and FLOPs of FaPN
+   (`use_fam=True, use_fsm=True`) and of the FPN baseline on the same code path (`use_fam=False, use_fsm=False`).
+2. Deformable convolution at FaPN's sizes (256 -> 256 channels, 3x3, padding 1, 8 deformable groups, with mask), per
+   size and batch: a dense 3x3 convolution of the same shape (the floor: the sampling is the only extra work), the
+   forward pass (inference mode) and forward + backward of `fapn_hf.deform_conv2d` and of
+   `torchvision.ops.deform_conv2d`.
+3. Targets: every ratio of the issue, next to its target, with a pass/miss mark.
 
-Latency: median and min of `--repeats` timed calls (`time.perf_counter`, CUDA synchronised) after `--warmup`
-untimed ones. A case whose timed calls would run past `--max-seconds-per-case` stops early (at least one call);
-the `runs` column says how many were timed.
+Latency: `torch.utils.benchmark.Timer.blocked_autorange` (at least `--min-run-time` seconds per case after a
+warm-up call, with `--threads` threads); the median is the figure, the minimum is kept in the JSON. With `--rounds`
+above 1 every case is timed that many times, interleaved with the others, and the round with the lowest median
+counts: on a shared machine this keeps the ratios of one run comparable.
 
-Peak memory: measured on one extra untimed call after the timed ones, as the increase above the level just before
-that call (so activations and workspace, not weights and inputs). On CUDA: `torch.cuda.max_memory_allocated`. On
-CPU: the peak resident set size, read exactly from `VmHWM` after resetting it through `/proc/self/clear_refs`
-where Linux allows it, otherwise sampled every 5 ms from a background thread (psutil, or `VmRSS`). Freed heap memory
-is handed back to the OS first (glibc `malloc_trim`), so memory kept by the allocator from earlier calls does not
-hide the peak. CPU figures are approximate.
+Peak memory: each case runs in a fresh subprocess: one warm-up call, then one measured call; the figure is the
+increase of peak memory over the level just before that call (activations and workspace, not weights and inputs).
+On CUDA: `torch.cuda.max_memory_allocated`. On CPU: the peak resident set size, read exactly from `VmHWM` after
+resetting it through `/proc/self/clear_refs` where Linux allows it, otherwise sampled every 5 ms from a thread;
+glibc returns freed memory at once in these processes (`MALLOC_TRIM_THRESHOLD_=0`), so the allocator's cache of
+freed memory (up to 64 MiB, depending on the order of allocations) does not blur the figure.
 
 Usage (from the repository root):
 
-    python scripts/benchmark.py                                      # defaults: R50, 1x3x512x1024, cuda if any
-    python scripts/benchmark.py --skip-model --dcn-sizes 32x64 --repeats 1   # quick check
-    python scripts/benchmark.py --device cpu --threads 2 --json outputs/benchmark.json
+    python scripts/benchmark.py                                   # everything: R50 at 1x3x512x1024, cuda if any
+    python scripts/benchmark.py --quick --output outputs/bench.json   # smoke test, under a minute on 2 cores
+    python scripts/benchmark.py --device cpu --threads 2 --rounds 3 --output outputs/benchmark.json
 """
 
 from __future__ import annotations
@@ -35,22 +37,23 @@ import ctypes
 import gc
 import importlib.util
 import json
+import os
 import platform
 import re
-import statistics
+import subprocess
+import sys
 import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 import torchvision
-from torchvision.ops import deform_conv2d as torchvision_deform_conv2d
-
-from fapn_hf import FaPNConfig, FaPNForSemanticSegmentation, deform_conv2d
-from fapn_hf.deform_conv import resolve_implementation
+from torch.utils import benchmark as torch_benchmark
+from torch.utils.flop_counter import FlopCounterMode
 
 MIB = 1024 * 1024
 PROC_STATUS = Path("/proc/self/status")
@@ -61,8 +64,39 @@ DCN_CHANNELS = 256
 DCN_KERNEL = 3
 DCN_PADDING = 1
 DCN_GROUPS = 8
-DCN_IMPLEMENTATIONS = ("torch", "torchvision")
-DCN_PASSES = ("forward", "forward+backward")
+# (operation, pass) of every deformable-convolution case, in table order.
+DCN_CASES = (
+    ("dense conv", "forward"),
+    ("torch", "forward"),
+    ("torchvision", "forward"),
+    ("torch", "forward+backward"),
+    ("torchvision", "forward+backward"),
+)
+
+# The targets of issue 13.
+DCN_FORWARD_OVER_DENSE_MAX = 2.0
+DCN_MEMORY_OVER_TORCHVISION_MAX = 1.0
+DCN_SPEEDUP_OVER_TORCHVISION_MIN = 3.0
+FAPN_OVER_FPN_TIME_MAX = 1.3
+FAPN_OVER_FPN_MEMORY_MAX = 1.3
+
+# Defaults of the size and timing arguments: the issue's configuration, and a small one for smoke tests (`--quick`).
+FULL_SETTINGS = {
+    "backbone": "resnet50",
+    "height": 512,
+    "width": 1024,
+    "dcn_sizes": [(64, 128), (128, 256)],
+    "dcn_batch_sizes": [1, 2],
+    "min_run_time": 2.0,
+}
+QUICK_SETTINGS = {
+    "backbone": "resnet18",
+    "height": 64,
+    "width": 128,
+    "dcn_sizes": [(16, 32)],
+    "dcn_batch_sizes": [1],
+    "min_run_time": 0.05,
+}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -70,27 +104,39 @@ DCN_PASSES = ("forward", "forward+backward")
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """Parses `HxW` (e.g. `64x128`) into `(H, W)`."""
-    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
-    if match is None:
-        raise argparse.ArgumentTypeError(f"expected a size like 64x128, got {text!r}")
-    return int(match.group(1)), int(match.group(2))
-
-
 def parse_sizes(text: str) -> list[tuple[int, int]]:
-    """Parses a comma-separated list of `HxW` sizes."""
-    return [parse_size(part) for part in text.split(",") if part.strip()]
+    """Parses a comma-separated list of `HxW` sizes (e.g. `64x128,128x256`)."""
+    sizes = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        match = re.fullmatch(r"(\d+)\s*[xX]\s*(\d+)", part)
+        if match is None:
+            raise argparse.ArgumentTypeError(f"expected sizes like 64x128,128x256, got {text!r}")
+        sizes.append((int(match.group(1)), int(match.group(2))))
+    return sizes
+
+
+def parse_ints(text: str) -> list[int]:
+    """Parses a comma-separated list of positive integers."""
+    try:
+        values = [int(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers like 1,2, got {text!r}")
+    return values
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parses the command line."""
+    """Parses the command line. Size and timing arguments left out take `FULL_SETTINGS`, or `QUICK_SETTINGS` with
+    `--quick`."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--backbone", default="resnet50", help="timm backbone of both models")
-    parser.add_argument("--height", type=int, default=512)
-    parser.add_argument("--width", type=int, default=1024)
-    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--quick", action="store_true", help="small sizes and short timing: a smoke test")
+    parser.add_argument("--backbone", help=f"timm backbone of both models ({FULL_SETTINGS['backbone']})")
+    parser.add_argument("--height", type=int, help=f"model input height ({FULL_SETTINGS['height']})")
+    parser.add_argument("--width", type=int, help=f"model input width ({FULL_SETTINGS['width']})")
+    parser.add_argument("--batch-size", type=int, default=1, help="model batch size")
     parser.add_argument("--num-labels", type=int, default=19)
     parser.add_argument(
         "--deform-conv-implementation",
@@ -98,29 +144,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=("auto", "torch", "torchvision"),
         help="deformable conv kernel inside the FaPN model (auto: torchvision on CUDA, pure PyTorch elsewhere)",
     )
-    parser.add_argument("--warmup", type=int, default=1, help="untimed calls before the timed ones")
-    parser.add_argument("--repeats", type=int, default=3, help="timed calls per case")
-    parser.add_argument(
-        "--max-seconds-per-case",
-        type=float,
-        default=30.0,
-        help="stop timing a case once its next call would exceed this (at least one call); 0 disables",
-    )
-    parser.add_argument("--dcn-sizes", type=parse_sizes, default=parse_sizes("64x128,128x256"), help="HxW list")
-    parser.add_argument("--dcn-batch-size", type=int, default=1)
+    parser.add_argument("--dcn-sizes", type=parse_sizes, help="DCN sizes, HxW list (64x128,128x256)")
+    parser.add_argument("--dcn-batch-sizes", type=parse_ints, help="DCN batch sizes (1,2)")
+    parser.add_argument("--min-run-time", type=float, help="seconds of timed calls per case (2)")
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved timing rounds; the best one counts")
     parser.add_argument("--skip-model", action="store_true")
     parser.add_argument("--skip-dcn", action="store_true")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write every figure as JSON")
+    parser.add_argument("--output", type=Path, default=None, metavar="PATH", help="also write every figure as JSON")
+    # Internal: measure the peak memory of one case (JSON) in this fresh process and print it as JSON.
+    parser.add_argument("--memory-case", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.repeats < 1 or args.warmup < 0:
-        parser.error("--repeats must be >= 1 and --warmup >= 0")
+    for name, value in (QUICK_SETTINGS if args.quick else FULL_SETTINGS).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.rounds < 1 or args.min_run_time <= 0:
+        parser.error("--rounds must be >= 1 and --min-run-time > 0")
     return args
 
 
-def cpu_model_name() -> str:
-    """The CPU model from /proc/cpuinfo, or what `platform` knows."""
+def device_name(device: torch.device) -> str:
+    """A human-readable name of the device."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -130,21 +176,181 @@ def cpu_model_name() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
-def device_name(device: torch.device) -> str:
-    """A human-readable name of the device."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return cpu_model_name()
-
-
 def synchronize(device: torch.device) -> None:
-    """Waits for queued kernels, so that wall-clock time covers them."""
+    """Waits for queued kernels, so that wall-clock time and memory figures cover them."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Peak memory
+# Cases
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    """One measured call: a model forward (`kind="model"`) or a convolution (`kind="dcn"`)."""
+
+    kind: str
+    name: str  # model: "FPN" or "FaPN"; dcn: "dense conv", "torch" or "torchvision"
+    pass_name: str = "forward"
+    size: tuple[int, int] = (0, 0)
+    batch: int = 1
+
+    @property
+    def label(self) -> str:
+        if self.kind == "model":
+            return self.name
+        return f"{self.size[0]}x{self.size[1]} batch {self.batch} {self.name} {self.pass_name}"
+
+
+def build_model(args: argparse.Namespace, device: torch.device, feature_aligned: bool) -> torch.nn.Module:
+    """FaPN (`feature_aligned=True`) or the FPN baseline on the same code path, in eval mode on `device`."""
+    from fapn_hf import FaPNConfig, FaPNForSemanticSegmentation
+
+    torch.manual_seed(args.seed)
+    config = FaPNConfig(
+        backbone=args.backbone,
+        num_labels=args.num_labels,
+        use_fam=feature_aligned,
+        use_fsm=feature_aligned,
+        deform_conv_implementation=args.deform_conv_implementation,
+    )
+    return FaPNForSemanticSegmentation(config).eval().to(device)
+
+
+def make_dcn_inputs(case: Case, device: torch.device, seed: int) -> dict[str, torch.Tensor]:
+    """Random input, offsets (a few pixels), mask, weight, bias and output gradient of a FaPN-sized DCN."""
+    height, width = case.size
+    taps = DCN_KERNEL * DCN_KERNEL
+    generator = torch.Generator().manual_seed(seed)
+
+    def rand(*shape: int, scale: float = 1.0) -> torch.Tensor:
+        return (torch.randn(*shape, generator=generator) * scale).to(device)
+
+    return {
+        "input": rand(case.batch, DCN_CHANNELS, height, width),
+        "offset": rand(case.batch, 2 * DCN_GROUPS * taps, height, width, scale=2.0),
+        "mask": rand(case.batch, DCN_GROUPS * taps, height, width).sigmoid(),
+        "weight": rand(DCN_CHANNELS, DCN_CHANNELS, DCN_KERNEL, DCN_KERNEL, scale=(DCN_CHANNELS * taps) ** -0.5),
+        "bias": rand(DCN_CHANNELS, scale=0.1),
+        "grad_output": rand(case.batch, DCN_CHANNELS, height, width),
+    }
+
+
+def convolution(name: str) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
+    """The convolution of a DCN case: the dense floor, the pure-PyTorch kernel or torchvision's."""
+    if name == "dense conv":
+        return lambda t: F.conv2d(t["input"], t["weight"], t["bias"], padding=DCN_PADDING)
+    if name == "torchvision":
+        return lambda t: torchvision.ops.deform_conv2d(
+            t["input"], t["offset"], t["weight"], t["bias"], padding=DCN_PADDING, mask=t["mask"]
+        )
+    from fapn_hf import deform_conv2d
+
+    return lambda t: deform_conv2d(
+        t["input"], t["offset"], t["weight"], t["bias"], padding=DCN_PADDING, mask=t["mask"], implementation="torch"
+    )
+
+
+def model_forward(model: torch.nn.Module, args: argparse.Namespace, device: torch.device) -> Callable[[], None]:
+    """One forward pass of `model` on a random batch, in inference mode."""
+    generator = torch.Generator().manual_seed(args.seed)
+    pixel_values = torch.randn(args.batch_size, 3, args.height, args.width, generator=generator).to(device)
+
+    def forward() -> None:
+        with torch.inference_mode():
+            model(pixel_values)
+
+    return forward
+
+
+def build_case(case: Case, args: argparse.Namespace, device: torch.device) -> Callable[[], None]:
+    """Builds what `case` needs (model or tensors) and returns the call to measure."""
+    if case.kind == "model":
+        return model_forward(build_model(args, device, feature_aligned=case.name == "FaPN"), args, device)
+
+    tensors = make_dcn_inputs(case, device, args.seed)
+    conv = convolution(case.name)
+    if case.pass_name == "forward":
+
+        def forward() -> None:
+            with torch.inference_mode():
+                conv(tensors)
+
+        return forward
+
+    leaves = [tensors[name].requires_grad_() for name in ("input", "offset", "mask", "weight", "bias")]
+
+    def forward_backward() -> None:
+        torch.autograd.grad(conv(tensors), leaves, tensors["grad_output"])
+
+    return forward_backward
+
+
+def model_cases(args: argparse.Namespace) -> list[Case]:
+    return [] if args.skip_model else [Case("model", "FPN"), Case("model", "FaPN")]
+
+
+def dcn_cases(args: argparse.Namespace) -> list[Case]:
+    if args.skip_dcn:
+        return []
+    return [
+        Case("dcn", name, pass_name, size, batch)
+        for size in args.dcn_sizes
+        for batch in args.dcn_batch_sizes
+        for name, pass_name in DCN_CASES
+    ]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Timing
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def time_call(fn: Callable[[], None], device: torch.device, min_run_time: float) -> dict[str, Any]:
+    """Median, interquartile range and minimum of `fn` in milliseconds (`Timer.blocked_autorange`)."""
+
+    def call() -> None:
+        fn()
+        synchronize(device)
+
+    timer = torch_benchmark.Timer(stmt="call()", globals={"call": call}, num_threads=torch.get_num_threads())
+    measurement = timer.blocked_autorange(min_run_time=min_run_time)
+    return {
+        "median_ms": measurement.median * 1e3,
+        "iqr_ms": measurement.iqr * 1e3,
+        "min_ms": min(measurement.times) * 1e3,
+        "runs": len(measurement.times) * measurement.number_per_run,
+    }
+
+
+def time_cases(cases: list[Case], args: argparse.Namespace, device: torch.device) -> dict[Case, dict[str, Any]]:
+    """Times every case, in `args.rounds` interleaved rounds; the round with the lowest median counts."""
+    calls = {case: build_case(case, args, device) for case in cases}
+    best: dict[Case, dict[str, Any]] = {}
+    for round_index in range(args.rounds):
+        for case in cases:
+            figures = time_call(calls[case], device, args.min_run_time)
+            if case not in best or figures["median_ms"] < best[case]["median_ms"]:
+                best[case] = figures
+            print(f"  timed {case.label} (round {round_index + 1}): {figures['median_ms']:.1f} ms", flush=True)
+    return best
+
+
+def count_flops(case: Case, args: argparse.Namespace, device: torch.device) -> tuple[int, int]:
+    """Parameters and FLOPs (matrix products and convolutions, as `FlopCounterMode` counts them) of a model; on the
+    meta device, so it costs no computation."""
+    with torch.device("meta"):
+        model = build_model(args, torch.device("meta"), feature_aligned=case.name == "FaPN")
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(torch.empty(args.batch_size, 3, args.height, args.width, device="meta"))
+    return sum(p.numel() for p in model.parameters()), counter.get_total_flops()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Peak memory (each case in a fresh process)
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -277,206 +483,132 @@ def select_memory_meter(device: torch.device) -> PeakMemoryMeter:
     return PeakMemoryMeter()
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Timing
-# ----------------------------------------------------------------------------------------------------------------
+def measure_memory_here(case: Case, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """Peak memory of one call of `case` in this process, after one warm-up call."""
+    call = build_case(case, args, device)
+    call()
+    meter = select_memory_meter(device)
+    meter.start()
+    call()
+    peak = meter.stop()
+    return {"peak_memory_mib": None if peak is None else peak / MIB, "memory_method": meter.description}
 
 
-@dataclass
-class Measurement:
-    """Timed calls and peak memory of one benchmark case."""
+def measure_memory_in_subprocess(case: Case, argv: list[str]) -> dict[str, Any]:
+    """Runs this script on `case` alone in a fresh Python process and returns its peak-memory figures.
 
-    times_s: list[float] = field(default_factory=list)
-    peak_memory_bytes: int | None = None
-
-    @property
-    def median_s(self) -> float:
-        return statistics.median(self.times_s)
-
-    @property
-    def min_s(self) -> float:
-        return min(self.times_s)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready figures, times in milliseconds and memory in MiB."""
-        memory = None if self.peak_memory_bytes is None else self.peak_memory_bytes / MIB
-        return {
-            "median_ms": self.median_s * 1e3,
-            "min_ms": self.min_s * 1e3,
-            "times_ms": [t * 1e3 for t in self.times_s],
-            "runs": len(self.times_s),
-            "peak_memory_mib": memory,
-        }
+    glibc's malloc keeps up to 64 MiB of freed heap memory resident, more or less of it depending on the order of
+    allocations; the child returns freed memory at once (`MALLOC_TRIM_THRESHOLD_=0`), so that the peak measures
+    what the computation holds, not what the allocator caches."""
+    command = [sys.executable, str(Path(__file__).resolve()), *argv, "--memory-case", json.dumps(asdict(case))]
+    env = {**os.environ, "MALLOC_TRIM_THRESHOLD_": "0"}
+    result = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
+    if result.returncode != 0:
+        raise RuntimeError(f"memory measurement of {case.label} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-@dataclass
-class BenchmarkSettings:
-    """How each case is run: device, warm-up and timed calls, time budget, memory meter."""
-
-    device: torch.device
-    warmup: int
-    repeats: int
-    max_seconds_per_case: float
-    meter: PeakMemoryMeter
-
-
-def measure(
-    fn: Callable[[], Any], settings: BenchmarkSettings, before: Callable[[], None] | None = None
-) -> Measurement:
-    """Times `fn` (after warm-up calls) and then measures its peak memory on one more call.
-
-    `before`, if given, runs ahead of every call outside the timed region (e.g. to clear gradients).
-    """
-    device = settings.device
-    result = Measurement()
-
-    def call() -> float:
-        if before is not None:
-            before()
-        synchronize(device)
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        return time.perf_counter() - start
-
-    for _ in range(settings.warmup):
-        call()
-    budget = settings.max_seconds_per_case
-    while len(result.times_s) < settings.repeats:
-        result.times_s.append(call())
-        if budget > 0 and sum(result.times_s) + statistics.median(result.times_s) > budget:
-            break
-
-    if before is not None:
-        before()
-    settings.meter.start()
-    fn()
-    result.peak_memory_bytes = settings.meter.stop()
-    return result
+def measure_memory(cases: list[Case], argv: list[str], device: torch.device) -> dict[Case, dict[str, Any]]:
+    """Peak memory of every case, each in its own process (a few at a time: only time is sensitive to sharing)."""
+    workers = 1 if device.type == "cuda" else max(1, min(4, torch.get_num_threads()))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        figures = list(pool.map(lambda case: measure_memory_in_subprocess(case, argv), cases))
+    return dict(zip(cases, figures))
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Model benchmark
+# Results and targets
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def build_model(args: argparse.Namespace, device: torch.device, feature_aligned: bool) -> torch.nn.Module:
-    """FaPN (`feature_aligned=True`) or the FPN baseline on the same code path, in eval mode on `device`."""
-    torch.manual_seed(args.seed)
-    config = FaPNConfig(
-        backbone=args.backbone,
-        num_labels=args.num_labels,
-        use_fam=feature_aligned,
-        use_fsm=feature_aligned,
-        deform_conv_implementation=args.deform_conv_implementation,
-    )
-    return FaPNForSemanticSegmentation(config).eval().to(device)
-
-
-def count_parameters(model: torch.nn.Module) -> int:
-    """Number of parameters of `model`."""
-    return sum(p.numel() for p in model.parameters())
-
-
-def benchmark_models(args: argparse.Namespace, settings: BenchmarkSettings) -> dict[str, Any]:
-    """Forward latency, peak memory and parameters of FPN and FaPN, and the ratios FaPN / FPN."""
-    device = settings.device
-    generator = torch.Generator().manual_seed(args.seed)
-    pixel_values = torch.randn(args.batch_size, 3, args.height, args.width, generator=generator).to(device)
-    results: dict[str, Any] = {}
-    for name, feature_aligned in (("FPN", False), ("FaPN", True)):
-        model = build_model(args, device, feature_aligned)
-        with torch.inference_mode():
-            measurement = measure(lambda model=model: model(pixel_values), settings)
-        results[name] = {"parameters": count_parameters(model), **measurement.to_dict()}
-        del model
-        release_freed_memory()
-    fpn, fapn = results["FPN"], results["FaPN"]
-    results["ratio"] = {key: safe_ratio(fapn[key], fpn[key]) for key in ("parameters", "median_ms", "min_ms")}
-    results["ratio"]["peak_memory_mib"] = safe_ratio(fapn["peak_memory_mib"], fpn["peak_memory_mib"])
-    results["deform_conv_implementation"] = resolve_implementation(args.deform_conv_implementation, device)
-    return results
-
-
-def safe_ratio(numerator: float | None, denominator: float | None) -> float | None:
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
     """`numerator / denominator`, or None when either is missing or the denominator is 0."""
     if numerator is None or not denominator:
         return None
     return numerator / denominator
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Deformable convolution benchmark
-# ----------------------------------------------------------------------------------------------------------------
+@dataclass
+class Target:
+    """One target of the issue: a measured ratio, its bound and whether the bound holds."""
+
+    name: str
+    measured: float | None
+    bound: float | None  # None: information without a target
+    at_most: bool = True
+
+    @property
+    def met(self) -> bool | None:
+        if self.bound is None or self.measured is None:
+            return None
+        return self.measured <= self.bound if self.at_most else self.measured >= self.bound
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "met": self.met}
 
 
-def make_dcn_inputs(
-    size: tuple[int, int], batch: int, device: torch.device, seed: int, requires_grad: bool
-) -> dict[str, torch.Tensor]:
-    """Random input, offsets (a few pixels), mask, weight, bias and output gradient of a FaPN-sized DCN."""
-    height, width = size
-    taps = DCN_KERNEL * DCN_KERNEL
-    generator = torch.Generator().manual_seed(seed)
-
-    def rand(*shape: int, scale: float = 1.0) -> torch.Tensor:
-        return (torch.randn(*shape, generator=generator) * scale).to(device)
-
-    tensors = {
-        "input": rand(batch, DCN_CHANNELS, height, width),
-        "offset": rand(batch, 2 * DCN_GROUPS * taps, height, width, scale=2.0),
-        "mask": rand(batch, DCN_GROUPS * taps, height, width).sigmoid(),
-        "weight": rand(DCN_CHANNELS, DCN_CHANNELS, DCN_KERNEL, DCN_KERNEL, scale=(DCN_CHANNELS * taps) ** -0.5),
-        "bias": rand(DCN_CHANNELS, scale=0.1),
-    }
-    for tensor in tensors.values():
-        tensor.requires_grad_(requires_grad)
-    tensors["grad_output"] = rand(batch, DCN_CHANNELS, height, width)
-    return tensors
-
-
-def dcn_forward(implementation: str, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
-    """One deformable convolution with `implementation` ("torch" or "torchvision")."""
-    args = (tensors["input"], tensors["offset"], tensors["weight"], tensors["bias"])
-    if implementation == "torchvision":
-        return torchvision_deform_conv2d(*args, padding=DCN_PADDING, mask=tensors["mask"])
-    return deform_conv2d(*args, padding=DCN_PADDING, mask=tensors["mask"], implementation="torch")
-
-
-def benchmark_dcn_case(
-    implementation: str, pass_name: str, size: tuple[int, int], args: argparse.Namespace, settings: BenchmarkSettings
-) -> Measurement:
-    """Forward (inference mode) or forward + backward of one implementation at one size."""
-    backward = pass_name == "forward+backward"
-    tensors = make_dcn_inputs(size, args.dcn_batch_size, settings.device, args.seed, requires_grad=backward)
-    if not backward:
-        with torch.inference_mode():
-            return measure(lambda: dcn_forward(implementation, tensors), settings)
-
-    leaves = [t for name, t in tensors.items() if name != "grad_output"]
-
-    def clear_gradients() -> None:
-        for tensor in leaves:
-            tensor.grad = None
-
-    def forward_backward() -> None:
-        dcn_forward(implementation, tensors).backward(tensors["grad_output"])
-
-    return measure(forward_backward, settings, before=clear_gradients)
+def dcn_targets(rows: list[dict[str, Any]]) -> list[Target]:
+    targets = []
+    for row in rows:
+        where = f"{row['size']}, batch {row['batch']}"
+        time = {key: figures["median_ms"] for key, figures in row["cases"].items()}
+        memory = {key: figures["peak_memory_mib"] for key, figures in row["cases"].items()}
+        targets += [
+            Target(
+                f"DCN forward / dense 3x3 conv time ({where})",
+                ratio(time["torch forward"], time["dense conv forward"]),
+                DCN_FORWARD_OVER_DENSE_MAX,
+            ),
+            Target(
+                f"torchvision / DCN time, forward ({where})",
+                ratio(time["torchvision forward"], time["torch forward"]),
+                DCN_SPEEDUP_OVER_TORCHVISION_MIN,
+                at_most=False,
+            ),
+            Target(
+                f"torchvision / DCN time, forward+backward ({where})",
+                ratio(time["torchvision forward+backward"], time["torch forward+backward"]),
+                DCN_SPEEDUP_OVER_TORCHVISION_MIN,
+                at_most=False,
+            ),
+            Target(
+                f"DCN / torchvision peak memory, forward+backward ({where})",
+                ratio(memory["torch forward+backward"], memory["torchvision forward+backward"]),
+                DCN_MEMORY_OVER_TORCHVISION_MAX,
+            ),
+        ]
+    return targets
 
 
-def benchmark_dcn(args: argparse.Namespace, settings: BenchmarkSettings) -> list[dict[str, Any]]:
-    """Every (size, pass, implementation) case, with the speed-up torchvision / torch per (size, pass)."""
-    rows = []
-    for size in args.dcn_sizes:
-        for pass_name in DCN_PASSES:
-            row: dict[str, Any] = {"size": f"{size[0]}x{size[1]}", "pass": pass_name}
-            for implementation in DCN_IMPLEMENTATIONS:
-                row[implementation] = benchmark_dcn_case(implementation, pass_name, size, args, settings).to_dict()
-                release_freed_memory()
-            row["speedup_median"] = safe_ratio(row["torchvision"]["median_ms"], row["torch"]["median_ms"])
-            row["speedup_min"] = safe_ratio(row["torchvision"]["min_ms"], row["torch"]["min_ms"])
-            rows.append(row)
-    return rows
+def model_targets(model: dict[str, Any], args: argparse.Namespace) -> list[Target]:
+    where = f"{args.batch_size}x3x{args.height}x{args.width}"
+    return [
+        Target(f"FaPN / FPN forward time ({where})", model["ratio"]["median_ms"], FAPN_OVER_FPN_TIME_MAX),
+        Target(f"FaPN / FPN peak memory ({where})", model["ratio"]["peak_memory_mib"], FAPN_OVER_FPN_MEMORY_MAX),
+        Target("FaPN / FPN FLOPs (the time ratio at equal FLOP rates)", model["ratio"]["flops"], None),
+    ]
+
+
+def collect_model_results(
+    timings: dict[Case, dict], memory: dict[Case, dict], counts: dict[Case, tuple[int, int]]
+) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for case, (parameters, flops) in counts.items():
+        results[case.name] = {"parameters": parameters, "flops": flops, **timings[case], **memory[case]}
+    fpn, fapn = results["FPN"], results["FaPN"]
+    keys = ("parameters", "flops", "median_ms", "min_ms", "peak_memory_mib")
+    results["ratio"] = {key: ratio(fapn[key], fpn[key]) for key in keys}
+    return results
+
+
+def collect_dcn_results(cases: list[Case], timings: dict[Case, dict], memory: dict[Case, dict]) -> list[dict]:
+    rows: dict[tuple, dict[str, Any]] = {}
+    for case in cases:
+        row = rows.setdefault(
+            (case.size, case.batch), {"size": f"{case.size[0]}x{case.size[1]}", "batch": case.batch, "cases": {}}
+        )
+        row["cases"][f"{case.name} {case.pass_name}"] = {**timings[case], **memory[case]}
+    return list(rows.values())
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -497,13 +629,87 @@ def format_table(headers: list[str], rows: list[list[str]], text_columns: int = 
     return "\n".join([line(headers), "  ".join("-" * w for w in widths)] + [line(row) for row in rows])
 
 
-def fmt_number(value: float | None, digits: int = 1, suffix: str = "") -> str:
+def fmt(value: float | None, digits: int = 1, suffix: str = "") -> str:
     """A number with fixed decimals, or "n/a"."""
     return "n/a" if value is None else f"{value:.{digits}f}{suffix}"
 
 
-def environment_info(device: torch.device, meter: PeakMemoryMeter) -> dict[str, Any]:
-    """Device, library versions, threads and memory method of this run."""
+def format_model_results(results: dict[str, Any], args: argparse.Namespace, implementation: str) -> str:
+    title = (
+        f"Model forward (eval, inference_mode): backbone {args.backbone}, input {args.batch_size}x3x{args.height}x"
+        f"{args.width}, {args.num_labels} labels, FaPN deform conv: {implementation}"
+    )
+    headers = ["model", "params (M)", "GFLOPs", "median (ms)", "IQR (ms)", "min (ms)", "runs", "peak mem (MiB)"]
+    rows = []
+    for name in ("FPN", "FaPN"):
+        r = results[name]
+        rows.append(
+            [
+                name,
+                fmt(r["parameters"] / 1e6, 2),
+                fmt(r["flops"] / 1e9),
+                fmt(r["median_ms"]),
+                fmt(r["iqr_ms"]),
+                fmt(r["min_ms"]),
+                str(r["runs"]),
+                fmt(r["peak_memory_mib"]),
+            ]
+        )
+    q = results["ratio"]
+    rows.append(
+        [
+            "FaPN / FPN",
+            fmt(q["parameters"], 3, "x"),
+            fmt(q["flops"], 3, "x"),
+            fmt(q["median_ms"], 3, "x"),
+            "",
+            fmt(q["min_ms"], 3, "x"),
+            "",
+            fmt(q["peak_memory_mib"], 3, "x"),
+        ]
+    )
+    return f"{title}\n{format_table(headers, rows)}"
+
+
+def format_dcn_results(rows: list[dict[str, Any]]) -> str:
+    title = (
+        f"Deformable convolution: {DCN_CHANNELS} -> {DCN_CHANNELS} channels, {DCN_KERNEL}x{DCN_KERNEL}, padding "
+        f"{DCN_PADDING}, {DCN_GROUPS} deformable groups, with mask; 'dense conv' is F.conv2d of the same shape "
+        "(the floor); 'torch' is fapn_hf.deform_conv2d"
+    )
+    headers = ["size", "batch", "operation", "pass", "median (ms)", "IQR (ms)", "min (ms)", "runs", "peak mem (MiB)"]
+    table = []
+    for row in rows:
+        for name, pass_name in DCN_CASES:
+            r = row["cases"][f"{name} {pass_name}"]
+            table.append(
+                [
+                    row["size"],
+                    str(row["batch"]),
+                    name,
+                    pass_name,
+                    fmt(r["median_ms"]),
+                    fmt(r["iqr_ms"]),
+                    fmt(r["min_ms"]),
+                    str(r["runs"]),
+                    fmt(r["peak_memory_mib"]),
+                ]
+            )
+    return f"{title}\n{format_table(headers, table, text_columns=4)}"
+
+
+def format_targets(targets: list[Target]) -> str:
+    headers = ["target (issue 13; times are medians)", "measured", "target", "result"]
+    rows = []
+    for target in targets:
+        bound = "" if target.bound is None else f"{'<=' if target.at_most else '>='} {target.bound:.2f}x"
+        result = {True: "pass", False: "MISS", None: "info" if target.bound is None else "n/a"}[target.met]
+        rows.append([target.name, fmt(target.measured, 2, "x"), bound, result])
+    return format_table(headers, rows)
+
+
+def environment_info(device: torch.device) -> dict[str, Any]:
+    """Device, library versions and threads of this run."""
     return {
         "device": str(device),
         "device_name": device_name(device),
@@ -512,101 +718,65 @@ def environment_info(device: torch.device, meter: PeakMemoryMeter) -> dict[str, 
         "python": platform.python_version(),
         "threads": torch.get_num_threads(),
         "dtype": "float32",
-        "memory_method": meter.description,
     }
 
 
-def format_header(env: dict[str, Any], args: argparse.Namespace) -> str:
-    """Environment and configuration lines."""
-    budget = f"{args.max_seconds_per_case:g} s" if args.max_seconds_per_case > 0 else "none"
-    lines = [
-        "FaPN benchmark",
-        f"  device       : {env['device']} ({env['device_name']}), {env['threads']} torch threads",
-        f"  versions     : torch {env['torch']}, torchvision {env['torchvision']}, python {env['python']}",
-        f"  timing       : {args.warmup} warm-up + up to {args.repeats} timed call(s) per case, median and min, "
-        f"time budget per case {budget}",
-        f"  inputs       : float32, random, seed {args.seed}",
-        f"  peak memory  : {env['memory_method']} on one extra untimed call",
-    ]
-    return "\n".join(lines)
-
-
-def format_model_results(results: dict[str, Any], args: argparse.Namespace) -> str:
-    """The FPN / FaPN table with the ratio row."""
-    title = (
-        f"Model forward (eval, inference_mode): backbone {args.backbone}, input {args.batch_size}x3x"
-        f"{args.height}x{args.width}, {args.num_labels} labels, FaPN deform conv: "
-        f"{results['deform_conv_implementation']}"
-    )
-    headers = ["model", "params (M)", "median (ms)", "min (ms)", "runs", "peak mem (MiB)"]
-    rows = []
-    for name in ("FPN", "FaPN"):
-        r = results[name]
-        figures = [fmt_number(r["median_ms"]), fmt_number(r["min_ms"]), str(r["runs"])]
-        rows.append([name, f"{r['parameters'] / 1e6:.2f}", *figures, fmt_number(r["peak_memory_mib"])])
-    ratio = results["ratio"]
-    rows.append(
-        [
-            "FaPN / FPN",
-            fmt_number(ratio["parameters"], 3, "x"),
-            fmt_number(ratio["median_ms"], 3, "x"),
-            fmt_number(ratio["min_ms"], 3, "x"),
-            "",
-            fmt_number(ratio["peak_memory_mib"], 3, "x"),
-        ]
-    )
-    return f"{title}\n{format_table(headers, rows)}"
-
-
-def format_dcn_results(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
-    """One line per (size, pass, implementation), then the speed-ups."""
-    title = (
-        f"Deformable convolution: {DCN_CHANNELS} -> {DCN_CHANNELS} channels, {DCN_KERNEL}x{DCN_KERNEL}, padding "
-        f"{DCN_PADDING}, {DCN_GROUPS} deformable groups, with mask, batch {args.dcn_batch_size}"
-    )
-    headers = ["size", "pass", "implementation", "median (ms)", "min (ms)", "runs", "peak mem (MiB)"]
-    table = []
-    for row in rows:
-        for implementation in DCN_IMPLEMENTATIONS:
-            r = row[implementation]
-            figures = [fmt_number(r["median_ms"]), fmt_number(r["min_ms"]), str(r["runs"])]
-            table.append([row["size"], row["pass"], implementation, *figures, fmt_number(r["peak_memory_mib"])])
-    speedup_headers = ["size", "pass", "speed-up (median)", "speed-up (min)"]
-    speedups = [
-        [row["size"], row["pass"], fmt_number(row["speedup_median"], 2, "x"), fmt_number(row["speedup_min"], 2, "x")]
-        for row in rows
-    ]
-    return (
-        f"{title}\n{format_table(headers, table, text_columns=3)}\n\n"
-        "Speed-up of the pure-PyTorch kernel = torchvision time / torch time (above 1: torch is faster)\n"
-        f"{format_table(speedup_headers, speedups, text_columns=2)}"
-    )
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Runs the requested benchmarks and prints (and optionally saves) the figures."""
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    """Runs the requested benchmarks, prints the tables and the targets, and returns (and optionally saves) them."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    meter = select_memory_meter(device)
-    settings = BenchmarkSettings(device, args.warmup, args.repeats, args.max_seconds_per_case, meter)
-    env = environment_info(device, meter)
-    print(format_header(env, args), flush=True)
+    if args.memory_case is not None:
+        case_fields = json.loads(args.memory_case)
+        case = Case(**{**case_fields, "size": tuple(case_fields["size"])})
+        print(json.dumps(measure_memory_here(case, args, device)))
+        return None
 
-    report: dict[str, Any] = {"environment": env, "config": {**vars(args), "json": str(args.json)}}
+    env = environment_info(device)
+    print(
+        f"FaPN benchmark on {env['device']} ({env['device_name']}), {env['threads']} torch threads, torch "
+        f"{env['torch']}, torchvision {env['torchvision']}; timing: Timer.blocked_autorange, >= {args.min_run_time:g}"
+        f" s per case, best of {args.rounds} round(s); peak memory: one call in a fresh process per case "
+        "(MALLOC_TRIM_THRESHOLD_=0)",
+        flush=True,
+    )
+    cases = model_cases(args) + dcn_cases(args)
+    timings = time_cases(cases, args, device)
+    # The child processes read the same command line (they return before writing any output), same threads. A quick
+    # run measures only what a target needs: a fresh process per case costs seconds of imports.
+    memory_cases = [c for c in cases if not args.quick or c.kind == "model" or c.pass_name == "forward+backward"]
+    memory = {case: {"peak_memory_mib": None} for case in cases}
+    memory.update(measure_memory(memory_cases, [*argv, "--threads", str(torch.get_num_threads())], device))
+
+    report: dict[str, Any] = {"environment": env, "config": {**vars(args), "output": str(args.output)}}
     report["config"]["dcn_sizes"] = [f"{h}x{w}" for h, w in args.dcn_sizes]
-    if not args.skip_model:
-        report["model"] = benchmark_models(args, settings)
-        print(f"\n{format_model_results(report['model'], args)}", flush=True)
-    if not args.skip_dcn:
-        report["deform_conv"] = benchmark_dcn(args, settings)
-        print(f"\n{format_dcn_results(report['deform_conv'], args)}", flush=True)
+    report["environment"]["memory_method"] = next(
+        (m["memory_method"] for m in memory.values() if m.get("memory_method")), None
+    )
+    targets: list[Target] = []
+    if model_cases(args):
+        from fapn_hf.deform_conv import resolve_implementation
 
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"\nWrote {args.json}")
+        counts = {case: count_flops(case, args, device) for case in model_cases(args)}
+        report["model"] = collect_model_results(timings, memory, counts)
+        implementation = resolve_implementation(args.deform_conv_implementation, device)
+        report["model"]["deform_conv_implementation"] = implementation
+        print(f"\n{format_model_results(report['model'], args, implementation)}")
+        targets += model_targets(report["model"], args)
+    if dcn_cases(args):
+        report["deform_conv"] = collect_dcn_results(dcn_cases(args), timings, memory)
+        print(f"\n{format_dcn_results(report['deform_conv'])}")
+        targets = dcn_targets(report["deform_conv"]) + targets
+    report["targets"] = [target.to_dict() for target in targets]
+    print(f"\n{format_targets(targets)}", flush=True)
+
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        print(f"\nWrote {args.output}")
+    return report
 
 
 if __name__ == "__main__":

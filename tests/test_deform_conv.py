@@ -56,14 +56,24 @@ def _forward_backward(fn, inputs, case, grad_output=None):
     return out, grads, grad_output
 
 
+def _budget(case, rows_per_band):
+    """`max_column_elements` that makes the kernel sample `rows_per_band` output rows per band (None: one band)."""
+    if rows_per_band is None:
+        return 10**9
+    kh, kw = _pair(case["k"])
+    (_, sw), (_, pw), (_, dw) = _pair(case["s"]), _pair(case["p"]), _pair(case["d"])
+    out_w = (case["w"] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    return rows_per_band * case["n"] * case["c"] * kh * kw * out_w
+
+
 @pytest.mark.parametrize("case", CASES, ids=[f"case{i}" for i in range(len(CASES))])
-@pytest.mark.parametrize("max_column_elements", [10**9, 50], ids=["one-chunk", "many-chunks"])
-def test_matches_torchvision_values_and_gradients(case, max_column_elements):
+@pytest.mark.parametrize("rows_per_band", [None, 1, 3], ids=["one-band", "1-row-bands", "3-row-bands"])
+def test_matches_torchvision_values_and_gradients(case, rows_per_band):
     inputs = _random_inputs(case)
     expected, expected_grads, grad_output = _forward_backward(torchvision.ops.deform_conv2d, inputs, case)
 
     def ours(*args):
-        return deform_conv2d(*args, implementation="torch", max_column_elements=max_column_elements)
+        return deform_conv2d(*args, implementation="torch", max_column_elements=_budget(case, rows_per_band))
 
     actual, actual_grads, _ = _forward_backward(ours, inputs, case, grad_output)
     torch.testing.assert_close(actual, expected, atol=1e-10, rtol=1e-9)
@@ -167,27 +177,142 @@ def test_bad_arguments_are_named(offset_channels, mask_channels, message):
         )
 
 
-def test_chunked_inference_bounds_the_column_buffer(monkeypatch):
-    """With a small budget the kernel samples one band of rows at a time, never the whole column tensor."""
+@pytest.mark.parametrize("batch", [1, 2])
+def test_bands_bound_the_column_buffer_forward_and_backward(monkeypatch, batch):
+    """With a small budget the kernel samples one band of rows at a time, in the forward and in the backward
+    pass: never the whole column tensor, and every band (including the shorter last one) once per gather."""
     import fapn_hf.deform_conv as dc
 
     sizes = []
-    original = dc._sample_columns
+    original = dc._gather_columns
 
-    def spy(*args, **kwargs):
-        columns = original(*args, **kwargs)
+    def spy(table, index, weight):
+        columns = original(table, index, weight)
         sizes.append(columns.numel())
         return columns
 
-    monkeypatch.setattr(dc, "_sample_columns", spy)
-    x, weight = torch.randn(1, 16, 40, 24), torch.randn(16, 16, 3, 3)
-    offset, mask = torch.randn(1, 18, 40, 24), torch.rand(1, 9, 40, 24)
-    budget = 16 * 9 * 24 * 5  # five output rows
+    monkeypatch.setattr(dc, "_gather_columns", spy)
+    x, weight = torch.randn(batch, 16, 40, 24, requires_grad=True), torch.randn(16, 16, 3, 3, requires_grad=True)
+    offset = (torch.randn(batch, 18, 40, 24) * 2).requires_grad_()
+    mask = torch.rand(batch, 9, 40, 24, requires_grad=True)
+    budget = batch * 16 * 9 * 24 * 6  # six output rows: bands of 6, 6, ..., 6, 4 rows
     out = deform_conv2d(x, offset, weight, padding=1, mask=mask, max_column_elements=budget)
-    assert len(sizes) == 8 and max(sizes) <= budget
-    torch.testing.assert_close(
-        out, torchvision.ops.deform_conv2d(x, offset, weight, padding=1, mask=mask), atol=1e-4, rtol=1e-4
+    assert len(sizes) == 7 and max(sizes) == budget and sum(sizes) == batch * 16 * 9 * 24 * 40
+    grad_output = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (x, offset, weight, mask), grad_output)
+    # Per band: the columns again (weight gradient) and their derivatives along y, x and the mask.
+    assert len(sizes) == 7 + 7 * 4 and max(sizes) == budget
+
+    inputs = [t.detach().double().requires_grad_() for t in (x, offset, weight, mask)]
+    expected = torchvision.ops.deform_conv2d(*inputs[:3], padding=1, mask=inputs[3])
+    expected_grads = torch.autograd.grad(expected, inputs, grad_output.double())
+    torch.testing.assert_close(out, expected.float(), atol=1e-4, rtol=1e-4)
+    for actual, wanted in zip(grads, expected_grads):
+        torch.testing.assert_close(actual, wanted.float(), atol=1e-3, rtol=1e-4)
+
+
+def test_inference_path_equals_training_path():
+    """Without gradients the kernel runs its forward directly; with them, through its autograd function. Both
+    compute the same thing (up to the matrix product's round-off, which may depend on buffer alignment)."""
+    case = dict(n=2, c=16, o=8, h=11, w=9, k=3, s=1, p=1, d=1, g=4, wg=1)
+    inputs = _random_inputs(case)
+    args = _positional(inputs, case)
+    training = deform_conv2d(*args, max_column_elements=_budget(case, 4))
+    assert training.grad_fn is not None
+    with torch.no_grad():
+        no_grad = deform_conv2d(*args, max_column_elements=_budget(case, 4))
+    with torch.inference_mode():
+        inference = deform_conv2d(*args, max_column_elements=_budget(case, 4))
+    assert no_grad.grad_fn is None
+    torch.testing.assert_close(training.detach(), no_grad, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(no_grad, inference, atol=1e-12, rtol=1e-12)
+    assert training.is_contiguous() and inference.is_contiguous()  # NCHW, as torchvision returns
+
+
+def test_offsets_far_outside_and_exactly_on_the_border():
+    """Positions far outside the image read zeros; positions exactly on -1, 0, size - 1 and size follow
+    torchvision's conventions for values and gradients (a coordinate outside (-1, size) gets no gradient)."""
+    case = dict(n=1, c=8, o=4, h=6, w=7, k=3, s=1, p=1, d=1, g=2, wg=1)
+    inputs = _random_inputs(case)
+    with torch.no_grad():
+        offset = inputs["offset"].view(1, 2, 9, 2, 6, 7)
+        offset[:, 0, :4] = torch.tensor([1e4, -1e4, 3e3, -7e3], dtype=torch.float64).view(4, 1, 1, 1)
+        # Tap (1, 1) of group 1 sits on the pixel itself: integer offsets land on exact positions, among them -1,
+        # 0, H - 1 and H (y) and -1, W (x).
+        rows = torch.arange(6, dtype=torch.float64).view(6, 1)
+        cols = torch.arange(7, dtype=torch.float64).view(1, 7)
+        offset[0, 1, 4, 0] = torch.tensor([-1.0, 0.0, 5.0, 6.0, 2.0, -3.0]).view(6, 1) - rows
+        offset[0, 1, 4, 1] = torch.tensor([-1.0, 0.0, 6.0, 7.0, 3.0, 2.0, -2.0]).view(1, 7) - cols
+    expected, expected_grads, grad_output = _forward_backward(torchvision.ops.deform_conv2d, inputs, case)
+    actual, actual_grads, _ = _forward_backward(deform_conv2d, inputs, case, grad_output)
+    torch.testing.assert_close(actual, expected, atol=1e-10, rtol=1e-9)
+    for name, a, e in zip(NAMES, actual_grads, expected_grads):
+        torch.testing.assert_close(a, e, atol=1e-9, rtol=1e-8, msg=lambda m, name=name: f"d/d{name}: {m}")
+
+
+def test_without_mask_gradients_match_torchvision():
+    case = CASES[1]
+    inputs = _random_inputs(case)
+    names = ("input", "offset", "weight", "bias")
+    args = [inputs[name] for name in names]
+    expected = torchvision.ops.deform_conv2d(*args, stride=case["s"], padding=case["p"], dilation=case["d"])
+    actual = deform_conv2d(*args, stride=case["s"], padding=case["p"], dilation=case["d"])
+    grad_output = torch.randn_like(expected)
+    expected_grads = torch.autograd.grad(expected, args, grad_output)
+    actual_grads = torch.autograd.grad(actual, args, grad_output)
+    torch.testing.assert_close(actual, expected, atol=1e-10, rtol=1e-9)
+    for name, a, e in zip(names, actual_grads, expected_grads):
+        torch.testing.assert_close(a, e, atol=1e-9, rtol=1e-8, msg=lambda m, name=name: f"d/d{name}: {m}")
+
+
+def test_strided_and_channels_last_inputs():
+    """Views and channels-last tensors (what a conv of a channels-last model returns) give the same result."""
+    case = dict(n=2, c=16, o=8, h=9, w=10, k=3, s=1, p=1, d=1, g=4, wg=1)
+    inputs = {k: v.detach() for k, v in _random_inputs(case).items()}
+    expected = deform_conv2d(*_positional(inputs, case))
+    offset_and_mask = torch.cat([inputs["offset"], inputs["mask"]], dim=1)  # like slices of one conv output
+    strided = dict(
+        inputs,
+        input=inputs["input"].contiguous(memory_format=torch.channels_last),
+        offset=offset_and_mask[:, : inputs["offset"].shape[1]],
+        mask=offset_and_mask[:, inputs["offset"].shape[1] :],
     )
+    torch.testing.assert_close(deform_conv2d(*_positional(strided, case)), expected, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.bfloat16, 0.03), (torch.float16, 0.005)])
+def test_half_precision_keeps_fractional_positions_on_wide_maps(dtype, tolerance):
+    """Sampling positions are computed in float32 whatever the input dtype: in bfloat16, x = 299.5 would round to an
+    integer and every sample on the right of a 300-wide map would land on the wrong pixel."""
+    x, weight = torch.randn(1, 16, 4, 300), torch.randn(8, 16, 3, 3) / 12
+    offset, mask = torch.rand(1, 36, 4, 300) - 0.5, torch.rand(1, 18, 4, 300)
+    inputs = [t.requires_grad_() for t in (x, offset, weight, mask)]
+    low = [t.detach().to(dtype).requires_grad_() for t in inputs]
+    expected = deform_conv2d(*inputs[:3], padding=1, mask=inputs[3])
+    actual = deform_conv2d(*low[:3], padding=1, mask=low[3])
+    assert actual.dtype == dtype
+    torch.testing.assert_close(actual.float(), expected, atol=tolerance, rtol=tolerance)
+    grad_output = torch.randn_like(expected)
+    expected_grads = torch.autograd.grad(expected, inputs, grad_output)
+    actual_grads = torch.autograd.grad(actual, low, grad_output.to(dtype))
+    for a, e in zip(actual_grads, expected_grads):
+        assert a.dtype == dtype
+        torch.testing.assert_close(a.float(), e, atol=10 * tolerance, rtol=10 * tolerance)
+
+
+def test_inference_and_training_compile_without_graph_breaks():
+    """The kernel traces into one graph (no data-dependent Python control flow, no host synchronisation), in
+    inference and through its autograd function; dynamo-only backend, so the test stays fast."""
+    module = ModulatedDeformConv2d(8, 8, 3, padding=1, deformable_groups=2, max_column_elements=8 * 9 * 12 * 4)
+    torch.nn.init.normal_(module.offset_mask_conv.weight, std=0.3)
+    x = torch.randn(1, 8, 10, 12, requires_grad=True)
+    compiled = torch.compile(module, fullgraph=True, backend="eager")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), module(x))
+    compiled(x).square().sum().backward()
+    compiled_grad, x.grad = x.grad, None
+    module(x).square().sum().backward()
+    torch.testing.assert_close(compiled_grad, x.grad)
 
 
 def test_exports_to_onnx_and_runs_in_onnxruntime(tmp_path):

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 from conftest import set_backbone_gammas_to_one, tiny_config, tiny_resnet_backbone_config
 from transformers import SwinConfig
 
@@ -48,11 +49,22 @@ def test_parameter_counts_reproduce_the_paper(name, settings, truncated, rounded
 
 
 def test_feature_selection_module_matches_its_formula():
-    fsm = FeatureSelectionModule(6, 4)
-    x = torch.randn(2, 6, 5, 7)
-    attention = torch.sigmoid(F.conv2d(x.mean(dim=(2, 3), keepdim=True), fsm.attention.conv.weight))
-    expected = F.conv2d(x + x * attention, fsm.projection.conv.weight)
-    torch.testing.assert_close(fsm(x), expected)
+    """SPEC 2.1 in float64, values and gradients, with a different attention per image of the batch."""
+    fsm = FeatureSelectionModule(6, 4).double()
+    x = torch.randn(2, 6, 5, 7, dtype=torch.float64, requires_grad=True)
+
+    def formula(x):
+        attention = torch.sigmoid(F.conv2d(x.mean(dim=(2, 3), keepdim=True), fsm.attention.conv.weight))
+        return F.conv2d(x + x * attention, fsm.projection.conv.weight)
+
+    grad_output = torch.randn(2, 4, 5, 7, dtype=torch.float64)
+    inputs = [x, *fsm.parameters()]
+    actual, expected = fsm(x), formula(x)
+    torch.testing.assert_close(actual, expected, atol=1e-12, rtol=1e-12)
+    for a, e in zip(
+        torch.autograd.grad(actual, inputs, grad_output), torch.autograd.grad(expected, inputs, grad_output)
+    ):
+        torch.testing.assert_close(a, e, atol=1e-12, rtol=1e-12)
     assert fsm.attention.conv.bias is None and fsm.projection.conv.bias is None
 
 
@@ -67,16 +79,56 @@ def test_fresh_feature_alignment_module_equals_its_no_offset_computation():
     assert torch.count_nonzero(dcn.offset_mask_conv.weight) == 0 and torch.count_nonzero(dcn.offset_mask_conv.bias) == 0
 
 
-def test_feature_alignment_guide_is_the_offset_conv_of_lateral_and_twice_upsampled():
-    fam = FeatureAlignmentModule(channels=8, deformable_groups=2, norm="", implementation="torch")
-    torch.nn.init.normal_(fam.deform_conv.offset_mask_conv.weight, std=0.2)
-    lateral, coarse = torch.randn(1, 8, 6, 6), torch.randn(1, 8, 6, 6)  # same size: no resize
-    captured = {}
-    fam.deform_conv.register_forward_hook(lambda module, inputs, output: captured.update(inputs=inputs))
-    fam(lateral, coarse)
-    upsampled, guide = captured["inputs"]
-    torch.testing.assert_close(upsampled, coarse)
-    torch.testing.assert_close(guide, F.conv2d(torch.cat([lateral, 2 * coarse], 1), fam.offset_conv.conv.weight))
+@pytest.mark.parametrize("norm", ["", "GN"])
+@pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
+def test_feature_alignment_module_is_spec_2_2_with_torchvision(norm, grad):
+    """SPEC 2.2 written out with torchvision's kernel, in float64: guide = offset_conv(concat(lateral, 2 * up)),
+    offsets = its first two thirds of offset_mask_conv(guide), mask = sigmoid of the last third, output
+    relu(dcn(up)) + lateral."""
+    fam = FeatureAlignmentModule(channels=32, deformable_groups=4, norm=norm, implementation="torch").double()
+    torch.nn.init.normal_(fam.deform_conv.offset_mask_conv.weight, std=0.05)
+    torch.nn.init.normal_(fam.deform_conv.offset_mask_conv.bias, std=0.5)
+    if norm:
+        torch.nn.init.normal_(fam.offset_conv.norm.weight)
+        torch.nn.init.normal_(fam.offset_conv.norm.bias)
+    lateral = torch.randn(2, 32, 10, 14, dtype=torch.float64)
+    coarse = torch.randn(2, 32, 5, 7, dtype=torch.float64)
+    dcn = fam.deform_conv
+    with torch.no_grad():
+        upsampled = F.interpolate(coarse, size=(10, 14), mode="bilinear", align_corners=False)
+        guide = fam.offset_conv.norm(F.conv2d(torch.cat([lateral, 2 * upsampled], 1), fam.offset_conv.conv.weight))
+        om = dcn.offset_mask_conv(guide)
+        aligned = torchvision.ops.deform_conv2d(
+            upsampled, om[:, :72], dcn.weight, dcn.bias, padding=1, mask=torch.sigmoid(om[:, 72:])
+        )
+        expected = F.relu(aligned) + lateral
+    with torch.set_grad_enabled(grad):
+        actual = fam(lateral, coarse)
+    assert actual.requires_grad == grad
+    torch.testing.assert_close(actual.detach(), expected, atol=1e-10, rtol=1e-10)
+
+
+def test_feature_alignment_gradients_match_the_spec_formula():
+    fam = FeatureAlignmentModule(channels=16, deformable_groups=2, norm="", implementation="torch").double()
+    torch.nn.init.normal_(fam.deform_conv.offset_mask_conv.weight, std=0.1)
+    lateral = torch.randn(1, 16, 8, 6, dtype=torch.float64, requires_grad=True)
+    coarse = torch.randn(1, 16, 4, 3, dtype=torch.float64, requires_grad=True)
+    dcn = fam.deform_conv
+
+    def spec(lateral, coarse):
+        upsampled = F.interpolate(coarse, size=(8, 6), mode="bilinear", align_corners=False)
+        om = dcn.offset_mask_conv(F.conv2d(torch.cat([lateral, 2 * upsampled], 1), fam.offset_conv.conv.weight))
+        mask = torch.sigmoid(om[:, 36:])
+        return (
+            F.relu(torchvision.ops.deform_conv2d(upsampled, om[:, :36], dcn.weight, dcn.bias, 1, 1, 1, mask)) + lateral
+        )
+
+    grad_output = torch.randn(1, 16, 8, 6, dtype=torch.float64)
+    parameters = [lateral, coarse, *fam.parameters()]
+    expected = torch.autograd.grad(spec(lateral, coarse), parameters, grad_output)
+    actual = torch.autograd.grad(fam(lateral, coarse), parameters, grad_output)
+    for a, e in zip(actual, expected):
+        torch.testing.assert_close(a, e, atol=1e-10, rtol=1e-9)
 
 
 def test_fapn_and_fpn_necks_are_one_switch_apart():
