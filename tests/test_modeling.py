@@ -336,7 +336,7 @@ def test_activation_checkpointing_covers_backbone_neck_and_head_and_keeps_the_gr
     else:
         assert model.fapn.backbone._backbone.grad_checkpointing
     recomputed = []
-    model.fapn.neck.alignments[0].offset_conv.register_forward_hook(lambda *args: recomputed.append(1))
+    model.fapn.neck.alignments[0].offset_conv.norm.register_forward_hook(lambda *args: recomputed.append(1))
     torch.manual_seed(1)
     model(x, labels=labels).loss.backward()
     assert len(recomputed) == 2  # forward, and again in backward
