@@ -46,8 +46,12 @@ FaPNForSemanticSegmentation.register_for_auto_class("AutoModelForSemanticSegment
 # models from; its processor makes semantic output the pipeline's default.
 AutoConfig.register(MaskFormerFaPNConfig.model_type, MaskFormerFaPNConfig, exist_ok=True)
 AutoModel.register(MaskFormerFaPNConfig, MaskFormerFaPNModel, exist_ok=True)
-for _auto_class in (AutoModelForInstanceSegmentation, AutoModelForUniversalSegmentation, AutoModelForSemanticSegmentation):
-    _auto_class.register(MaskFormerFaPNConfig, MaskFormerFaPNForInstanceSegmentation, exist_ok=True)
+for _segmentation_auto_class in (
+    AutoModelForInstanceSegmentation,
+    AutoModelForUniversalSegmentation,
+    AutoModelForSemanticSegmentation,
+):
+    _segmentation_auto_class.register(MaskFormerFaPNConfig, MaskFormerFaPNForInstanceSegmentation, exist_ok=True)
 AutoImageProcessor.register(
     MaskFormerFaPNConfig, image_processor_classes={"torchvision": MaskFormerFaPNImageProcessor}, exist_ok=True
 )

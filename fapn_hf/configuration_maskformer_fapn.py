@@ -52,8 +52,12 @@ class MaskFormerFaPNConfig(MaskFormerConfig):
     backbone_output_norms: bool = False
     size_divisibility: int = 32
 
-    def validate_architecture(self) -> None:
-        super().validate_architecture()
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self._check_values()  # a plain ValueError naming the setting, as FaPNConfig raises
+
+    def _check_values(self) -> None:
+        """Raises `ValueError` naming the first inconsistent or out-of-range setting."""
 
         def require(condition: bool, message: str) -> None:
             if not condition:

@@ -4,17 +4,19 @@ resize to the requested size) and semantic output as the `image-segmentation` pi
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
 from transformers.models.maskformer.image_processing_maskformer import (
     MaskFormerImageProcessor,
     MaskFormerImageProcessorKwargs,
 )
 from transformers.processing_utils import Unpack
 
-from .image_processing_fapn import valid_size
+from .image_processing_fapn import defer_processor_class_to_model_config, valid_size
 
 
 class MaskFormerFaPNImageProcessorKwargs(MaskFormerImageProcessorKwargs, total=False):
@@ -90,14 +92,23 @@ class MaskFormerFaPNImageProcessor(MaskFormerImageProcessor):
 
     def post_process_semantic_segmentation(
         self, outputs: Any, target_sizes: list[tuple[int, int]] | None = None, return_segmentation_scores: bool = False
-    ) -> list[torch.Tensor] | list[dict[str, torch.Tensor]]:
+    ) -> list[torch.Tensor] | list[SemanticSegmentationPostProcessorOutput]:
         """One `(H, W)` map of class ids per image (at `target_sizes[i]`, else at the unpadded input size); with
-        `return_segmentation_scores` a dict per image with `segmentation` and `segmentation_scores`."""
+        `return_segmentation_scores` a [`SemanticSegmentationPostProcessorOutput`] per image (`segmentation` and the
+        `(num_labels, H, W)` `segmentation_scores`)."""
         scores = self.semantic_scores(outputs, target_sizes)
         maps = [score.argmax(dim=0) for score in scores]
         if return_segmentation_scores:
-            return [{"segmentation": m, "segmentation_scores": s} for m, s in zip(maps, scores)]
+            return [
+                SemanticSegmentationPostProcessorOutput(data={"segmentation": m, "segmentation_scores": s})
+                for m, s in zip(maps, scores)
+            ]
         return maps
+
+    def save_pretrained(self, save_directory: str | Path, *args: Any, **kwargs: Any) -> list[str]:
+        saved = super().save_pretrained(save_directory, *args, **kwargs)
+        defer_processor_class_to_model_config(save_directory)  # a model saved there first ships the class
+        return saved
 
     def to_dict(self) -> dict[str, Any]:
         output = super().to_dict()

@@ -23,19 +23,19 @@ from transformers.models.maskformer.modeling_maskformer import (
     MaskFormerForInstanceSegmentationOutput,
     MaskFormerHungarianMatcher,
     MaskFormerLoss,
+    MaskformerMLPPredictionHead,
     MaskFormerModel,
     MaskFormerPixelDecoder,
     MaskFormerPixelDecoderOutput,
     MaskFormerPixelLevelModuleOutput,
     MaskFormerPreTrainedModel,
-    MaskformerMLPPredictionHead,
     MaskFormerTransformerModule,
 )
 
 from .configuration_maskformer_fapn import MaskFormerFaPNConfig
 from .deform_conv import ModulatedDeformConv2d
 from .image_processing_fapn import defer_processor_class_to_model_config
-from .modeling_fapn import ConvNormAct, FeatureAlignmentModule, init_conv, padded_size, resize_to
+from .modeling_fapn import ConvNormAct, FeatureAlignmentModule, init_conv, padded_size
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Pixel decoder
@@ -54,6 +54,10 @@ class MaskFormerFaPNPixelDecoder(nn.Module):
     the mask features `(N, mask_feature_size, H / 4, W / 4)` and whose `hidden_states` (when asked) are the four
     decoder outputs, coarsest first.
     """
+
+    # The shared GroupNorms, for save_pretrained (which reads `_tied_weights_keys` patterns of every submodule to
+    # store shared tensors once); `MaskFormerFaPNModel.get_expanded_tied_weights_keys` gives the same pairs for loading.
+    _tied_weights_keys = {r"alignments\.(\d+)\.offset_conv\.norm\.(weight|bias)": r"output_convs.\1.norm.\2"}
 
     def __init__(self, config: MaskFormerFaPNConfig, in_channels: Sequence[int]) -> None:
         super().__init__()
@@ -200,7 +204,9 @@ class MaskFormerFaPNPixelLevelModule(nn.Module):
         """C2..C5 as NCHW maps (after the per-stage output norms, when configured)."""
         features = tuple(self.encoder(pixel_values).feature_maps)
         if self.encoder_output_norms is None:
-            return tuple(f.permute(0, 3, 1, 2).contiguous() for f in features) if self.encoder_channels_last else features
+            if self.encoder_channels_last:
+                features = tuple(f.permute(0, 3, 1, 2).contiguous() for f in features)
+            return features
         normed = []
         for feature, norm in zip(features, self.encoder_output_norms):
             channels_last = feature if self.encoder_channels_last else feature.permute(0, 2, 3, 1)
@@ -404,6 +410,7 @@ class MaskFormerFaPNForInstanceSegmentation(MaskFormerFaPNPreTrainedModel, MaskF
                 )
             target_h, target_w = padded_size(height, width, self.config.size_divisibility)
             mask_labels = [F.pad(m, (0, target_w - m.shape[-1], 0, target_h - m.shape[-2])) for m in mask_labels]
+        wants_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         output = MaskFormerForInstanceSegmentation.forward(
             self,
             pixel_values,
@@ -411,11 +418,18 @@ class MaskFormerFaPNForInstanceSegmentation(MaskFormerFaPNPreTrainedModel, MaskF
             class_labels=class_labels,
             pixel_mask=pixel_mask,
             output_auxiliary_logits=output_auxiliary_logits,
-            output_hidden_states=output_hidden_states,
+            # transformers 5.23's MaskFormer drops the decoder's hidden states that deep supervision
+            # (use_auxiliary_loss) stacks unless they are asked for: ask, and drop them again below.
+            output_hidden_states=wants_hidden_states or self.config.use_auxiliary_loss,
             output_attentions=output_attentions,
             return_dict=True,
         )
-        output = MaskFormerFaPNForSegmentationOutput(**output, pixel_mask=pixel_mask)
+        fields = dict(output)
+        if not wants_hidden_states:
+            for name in ("encoder_hidden_states", "pixel_decoder_hidden_states", "transformer_decoder_hidden_states"):
+                fields.pop(name, None)
+            fields.pop("hidden_states", None)
+        output = MaskFormerFaPNForSegmentationOutput(**fields, pixel_mask=pixel_mask)
         return output if return_dict else output.to_tuple()
 
 
