@@ -244,6 +244,7 @@ PLACEHOLDER_PATTERNS: dict[str, str] = {
     "param": r"weight|bias",
     "stat": r"weight|bias|running_mean|running_var",
     "head": r"sem_seg_head|sem_seg_head\.coarse_sem_seg_head",
+    "fam_level": r"[1-3]",  # MaskFormer's BasePixelFANDecoder: adapter_k / align_k / layer_k below the top layer_4
 }
 _ORIGINAL_FIELD = re.compile(r"\{(\w+)\}")
 _CONVERTED_FIELD = re.compile(r"\{(\w+)(?:([-+/])(\d+))?\}")
@@ -622,6 +623,11 @@ ORIGINAL_MODELS: dict[str, OriginalModel] = {
     )
 }
 
+
+# MaskFormer + FaPN lives in its own module, built on the pieces above; its models join the command line's.
+from .convert_maskformer import MASKFORMER_ORIGINAL_MODELS  # noqa: E402
+
+ORIGINAL_MODELS.update(MASKFORMER_ORIGINAL_MODELS)
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Converting
