@@ -19,6 +19,7 @@ import torch
 
 from .configuration_maskformer_fapn import MaskFormerFaPNConfig
 from .convert_original import (
+    ORIGINAL_MODELS,
     Checkpoint,
     CheckpointError,
     ModelFamily,
@@ -315,5 +316,7 @@ MASKFORMER_ORIGINAL_MODELS: dict[str, OriginalModel] = {
         ),
     )
 }
+
+ORIGINAL_MODELS.update(MASKFORMER_ORIGINAL_MODELS)
 
 __all__ = ["MASKFORMER_FAPN", "MASKFORMER_FAPN_RENAMES", "MASKFORMER_ORIGINAL_MODELS"]

@@ -48,6 +48,26 @@ class MaskFormerFaPNImageProcessor(MaskFormerImageProcessor):
     def __init__(self, **kwargs: Unpack[MaskFormerFaPNImageProcessorKwargs]) -> None:
         super().__init__(**kwargs)
 
+    def _fuse_mean_std_and_rescale_factor(
+        self,
+        do_normalize: bool | None = None,
+        image_mean: float | list[float] | None = None,
+        image_std: float | list[float] | None = None,
+        do_rescale: bool | None = None,
+        rescale_factor: float | None = None,
+        device: torch.device | None = None,
+    ) -> tuple:
+        """Folds the rescale into the statistics in float64 before rounding to float32, so that a 0..255 image is
+        normalised with exactly the original's float32 PIXEL_MEAN / PIXEL_STD (`(x - 123.675) / 58.395`, not with
+        `float32(123.675 / 255) * 255`), as detectron2's `(x - pixel_mean) / pixel_std`."""
+        if do_rescale and do_normalize:
+            mean = torch.tensor(image_mean, dtype=torch.float64) / rescale_factor
+            std = torch.tensor(image_std, dtype=torch.float64) / rescale_factor
+            return mean.to(device=device, dtype=torch.float32), std.to(device=device, dtype=torch.float32), False
+        return super()._fuse_mean_std_and_rescale_factor(
+            do_normalize, image_mean, image_std, do_rescale, rescale_factor, device
+        )
+
     def _hidden_unless_universal(self, name: str) -> Any:
         if self.semantic_only:
             raise AttributeError(
