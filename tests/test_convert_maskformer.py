@@ -132,10 +132,10 @@ def test_r101_original_layout_is_the_real_one(r101):
     # detectron2 ResNet-101 (FrozenBN: no num_batches_tracked), BasePixelFANDecoder, MaskFormer's predictor.
     assert "backbone.stem.conv1.weight" in keys and "backbone.res4.22.conv3.norm.running_var" in keys
     assert "backbone.res2.0.shortcut.norm.weight" in keys and not [k for k in keys if "num_batches" in k]
+    decoder = "sem_seg_head.pixel_decoder"
     for k in (1, 2, 3):
-        assert {f"sem_seg_head.pixel_decoder.align_{k}.offset.norm.weight", f"sem_seg_head.pixel_decoder.layer_{k}.norm.weight",
-                f"sem_seg_head.pixel_decoder.align_{k}.dcpack_L2.conv_offset_mask.weight",
-                f"sem_seg_head.pixel_decoder.adapter_{k}.norm.bias"} <= keys  # fmt: skip
+        names = ("align_{}.offset.norm.weight", "layer_{}.norm.weight", "align_{}.dcpack_L2.conv_offset_mask.weight")
+        assert {f"{decoder}.{name.format(k)}" for name in (*names, "adapter_{}.norm.bias")} <= keys
     assert (
         "sem_seg_head.pixel_decoder.layer_4.norm.weight" in keys
         and "sem_seg_head.pixel_decoder.adapter_4.weight" not in keys
