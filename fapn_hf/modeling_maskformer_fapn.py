@@ -9,13 +9,14 @@ output conv share one GroupNorm, as in the original. `pixel_decoder="fpn"` gives
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 from transformers.backbone_utils import load_backbone
 from transformers.models.maskformer.modeling_maskformer import (
@@ -55,8 +56,9 @@ class MaskFormerFaPNPixelDecoder(nn.Module):
     decoder outputs, coarsest first.
     """
 
-    # The shared GroupNorms, for save_pretrained (which reads `_tied_weights_keys` patterns of every submodule to
-    # store shared tensors once); `MaskFormerFaPNModel.get_expanded_tied_weights_keys` gives the same pairs for loading.
+    # The shared GroupNorms (one module under two names): save_pretrained stores a shared tensor once, under the name
+    # these patterns do not match (`output_convs.k.norm.*`, the canonical one). On loading, the tensor fills the module
+    # both names refer to; `from_pretrained` treats the other name as loaded with it (transformers' module tying).
     _tied_weights_keys = {r"alignments\.(\d+)\.offset_conv\.norm\.(weight|bias)": r"output_convs.\1.norm.\2"}
 
     def __init__(self, config: MaskFormerFaPNConfig, in_channels: Sequence[int]) -> None:
@@ -65,26 +67,20 @@ class MaskFormerFaPNPixelDecoder(nn.Module):
         self.top_conv = ConvNormAct(in_channels[-1], width, 3, padding=1, norm="GN", activation=True)
         # Index 0 is the finest level (C2).
         self.lateral_convs = nn.ModuleList(ConvNormAct(c, width, 1, norm="GN") for c in in_channels[:-1])
+        # The output convs are registered before the alignments so that their GroupNorms, shared with the alignments'
+        # offset convs, are the parameters' canonical names (`named_parameters` lists a shared tensor once, by the
+        # first name) and the tie's source.
+        self.output_convs = nn.ModuleList(
+            ConvNormAct(width, width, 3, padding=1, norm="GN", activation=True) for _ in in_channels[:-1]
+        )
         self.alignments = nn.ModuleList(
             FeatureAlignmentModule(width, config.deformable_groups, "GN", config.deform_conv_implementation)
             for _ in in_channels[:-1]
         )
-        self.output_convs = nn.ModuleList(
-            ConvNormAct(width, width, 3, padding=1, norm="GN", activation=True) for _ in in_channels[:-1]
-        )
         for alignment, output_conv in zip(self.alignments, self.output_convs):
-            # One GroupNorm for the offset conv and the output conv of a level, as the original (declared as tied
-            # weights by MaskFormerFaPNModel so that save_pretrained stores it once).
+            # One GroupNorm for the offset conv and the output conv of a level, as the original.
             alignment.offset_conv.norm = output_conv.norm
         self.mask_projection = ConvNormAct(width, config.mask_feature_size, 3, padding=1)
-
-    def tied_norm_keys(self, prefix: str) -> dict[str, str]:
-        """`{offset-conv norm tensor: output-conv norm tensor}` names under `prefix` (the shared GroupNorms)."""
-        return {
-            f"{prefix}alignments.{level}.offset_conv.norm.{name}": f"{prefix}output_convs.{level}.norm.{name}"
-            for level in range(len(self.alignments))
-            for name in ("weight", "bias")
-        }
 
     def forward(
         self, features: Sequence[torch.Tensor], output_hidden_states: bool = False, return_dict: bool = True
@@ -186,6 +182,7 @@ class MaskFormerFaPNPixelLevelModule(nn.Module):
         adapt_timm_swin(self.encoder)
         channels = list(self.encoder.channels)
         timm_model = getattr(self.encoder, "_backbone", None)
+        self.encoder_is_timm = timm_model is not None
         self.encoder_channels_last = str(getattr(timm_model, "output_fmt", "")) in ("NHWC", "Format.NHWC")
         self.encoder_output_norms = (
             nn.ModuleList(nn.LayerNorm(c) for c in channels) if config.backbone_output_norms else None
@@ -202,7 +199,9 @@ class MaskFormerFaPNPixelLevelModule(nn.Module):
 
     def backbone_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """C2..C5 as NCHW maps (after the per-stage output norms, when configured)."""
-        features = tuple(self.encoder(pixel_values).feature_maps)
+        # Attention maps are the transformer decoder's; timm backbones refuse to be asked for theirs.
+        kwargs = {"output_attentions": False} if self.encoder_is_timm else {}
+        features = tuple(self.encoder(pixel_values, **kwargs).feature_maps)
         if self.encoder_output_norms is None:
             if self.encoder_channels_last:
                 features = tuple(f.permute(0, 3, 1, 2).contiguous() for f in features)
@@ -237,6 +236,20 @@ class MaskFormerFaPNPreTrainedModel(MaskFormerPreTrainedModel):
     config: MaskFormerFaPNConfig
     # forward() takes no loss kwargs: the Trainer must not rescale the loss under DDP.
     accepts_loss_kwargs = False
+
+    # Activation checkpointing: the transformer decoder's layers, the FAMs (GradientCheckpointingLayers), transformers
+    # backbones that support it, and timm backbones through timm's own switch.
+    supports_gradient_checkpointing = True
+
+    def _set_gradient_checkpointing(
+        self, enable: bool = True, gradient_checkpointing_func: Callable = checkpoint, every_n_layers: int = 1
+    ) -> None:
+        super()._set_gradient_checkpointing(enable, gradient_checkpointing_func, every_n_layers)
+        timm_model = getattr(self.base_model.pixel_level_module.encoder, "_backbone", None)
+        if timm_model is not None:
+            for module in timm_model.modules():
+                if hasattr(module, "set_grad_checkpointing"):
+                    module.set_grad_checkpointing(enable)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -297,17 +310,6 @@ class MaskFormerFaPNModel(MaskFormerFaPNPreTrainedModel, MaskFormerModel):
             in_features=self.pixel_level_module.encoder.channels[-1], config=config
         )
         self.post_init()
-
-    def get_expanded_tied_weights_keys(self, all_submodels: bool = False) -> dict:
-        """The shared GroupNorms of the FaPN pixel decoder (offset conv -> output conv of the same level): stored
-        once by `save_pretrained`, tied again by `from_pretrained`. transformers only reads `_tied_weights_keys` when
-        a config ties word embeddings, so the mapping is given here."""
-        if all_submodels:
-            return super().get_expanded_tied_weights_keys(all_submodels=True)
-        decoder = self.pixel_level_module.decoder
-        if not isinstance(decoder, MaskFormerFaPNPixelDecoder):
-            return {}
-        return decoder.tied_norm_keys("pixel_level_module.decoder.")
 
     def forward(
         self,
