@@ -160,6 +160,7 @@ def adapt_timm_swin(backbone: nn.Module) -> bool:
         block.dynamic_mask = True  # no fixed-size mask buffer: the mask follows each input's padded size
         block.__class__ = original_class
         block.set_input_size(block.input_resolution, window, always_partition=True)
+        block.register_buffer("attn_mask", None, persistent=False)  # timm's 384 x 384 mask, unused here
     for module in backbone.modules():
         if hasattr(module, "strict_img_size") and hasattr(module, "dynamic_img_pad"):
             module.strict_img_size = False

@@ -263,6 +263,18 @@ def test_swin_any_input_size_and_odd_shapes(swin):
     _compare("swin-61x97", model, processor, reference, output_size=(61, 97), image=image)
 
 
+def test_swin_model_saves_and_reloads_with_the_original_windows(swin, tmp_path):
+    """from_pretrained builds on the meta device: the timm Swin comes back with its window semantics and indices."""
+    _, _, model, _, _ = swin
+    model.save_pretrained(tmp_path)
+    reloaded = MaskFormerFaPNForInstanceSegmentation.from_pretrained(tmp_path).eval()
+    block = reloaded.model.pixel_level_module.encoder._backbone.layers_3.blocks[1]
+    assert type(block).__name__ == "OriginalWindowSwinBlock" and tuple(block.shift_size) == (6, 6)
+    x = torch.randn(1, 3, 61, 97)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(x).masks_queries_logits, model(x).masks_queries_logits, atol=0, rtol=0)
+
+
 # ------------------------------------------------------------------------------------------------------ refusals
 
 

@@ -177,6 +177,24 @@ def test_fpn_switch_gives_maskformers_pixel_decoder():
         assert model(torch.randn(1, 3, 64, 64)).masks_queries_logits.shape == (1, 10, 16, 16)
 
 
+def test_transformers_maskformer_swin_backbone():
+    """transformers' MaskFormerSwin (its own per-stage norms; NCHW maps) works as the backbone at any input size."""
+    from transformers import MaskFormerSwinConfig
+
+    swin = MaskFormerSwinConfig(
+        embed_dim=32, depths=[1, 1, 1, 1], num_heads=[1, 2, 4, 8], window_size=12,
+        out_features=["stage1", "stage2", "stage3", "stage4"],
+    )  # fmt: skip
+    model = MaskFormerFaPNForInstanceSegmentation(tiny_maskformer_config(backbone_config=swin)).eval()
+    assert model.model.pixel_level_module.encoder_output_norms is None
+    with torch.no_grad():
+        outputs = model(torch.randn(1, 3, 61, 97), output_hidden_states=True)
+    assert outputs.masks_queries_logits.shape == (1, 10, 16, 32)
+    assert [tuple(f.shape[1:]) for f in outputs.encoder_hidden_states] == [
+        (32, 16, 32), (64, 8, 16), (128, 4, 8), (256, 2, 4)
+    ]  # fmt: skip
+
+
 def test_loss_trains_every_parameter_and_pads_the_targets():
     torch.manual_seed(0)
     model = MaskFormerFaPNForInstanceSegmentation(tiny_maskformer_config()).train()
