@@ -43,6 +43,7 @@ class MaskFormerFaPNImageProcessor(MaskFormerImageProcessor):
 
     valid_kwargs = MaskFormerFaPNImageProcessorKwargs
     size_divisor = 0
+    do_convert_rgb = True  # grayscale and RGBA images as users have them (MaskFormer's processor would refuse them)
     semantic_only = True
 
     def __init__(self, **kwargs: Unpack[MaskFormerFaPNImageProcessorKwargs]) -> None:

@@ -344,6 +344,16 @@ def test_pipeline_gives_semantic_output_by_default(saved_maskformer):
     processor.semantic_only = True
 
 
+def test_processor_takes_grayscale_and_rgba_images():
+    processor = MaskFormerFaPNImageProcessor(size={"shortest_edge": 32, "longest_edge": 64})
+    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8))
+    expected = processor(rgb.convert("L").convert("RGB"), return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(processor(rgb.convert("L"), return_tensors="pt")["pixel_values"], expected)
+    rgba = processor(rgb.convert("RGBA"), return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(rgba, processor(rgb, return_tensors="pt")["pixel_values"])
+    assert expected.shape == (1, 3, 32, 40)
+
+
 def test_semantic_post_processing_follows_the_original_order():
     """Upsample the mask logits to the padded input, crop the image, combine, resize: checked against a direct
     computation on a batch padded by the processor (the second image is smaller)."""
