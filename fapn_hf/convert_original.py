@@ -244,6 +244,7 @@ PLACEHOLDER_PATTERNS: dict[str, str] = {
     "param": r"weight|bias",
     "stat": r"weight|bias|running_mean|running_var",
     "head": r"sem_seg_head|sem_seg_head\.coarse_sem_seg_head",
+    "fam_level": r"[1-3]",  # MaskFormer's BasePixelFANDecoder: adapter_k / align_k / layer_k below the top layer_4
 }
 _ORIGINAL_FIELD = re.compile(r"\{(\w+)\}")
 _CONVERTED_FIELD = re.compile(r"\{(\w+)(?:([-+/])(\d+))?\}")
@@ -754,20 +755,17 @@ def convert_checkpoint(
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
-    _check_saved_folder(output_dir, state)
+    _check_saved_folder(output_dir, state, type(model))
     record = conversion_record(model_spec, checkpoint, output_dir, len(state), from_release)
     (output_dir / CONVERSION_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     write_model_card(output_dir, config, model_name=model_spec.name)
     return ConversionResult(output_dir, model_name, len(family.renames), len(state), checkpoint.sha256, record)
 
 
-def _check_saved_folder(folder: Path, state: Mapping[str, torch.Tensor]) -> None:
-    """Reloads the written weights and checks that every tensor came back bit for bit."""
-    from safetensors.torch import load_file
-
-    saved: dict[str, torch.Tensor] = {}
-    for path in sorted(folder.glob("model*.safetensors")):
-        saved.update(load_file(str(path)))
+def _check_saved_folder(folder: Path, state: Mapping[str, torch.Tensor], model_class: type) -> None:
+    """Reloads the written folder with `model_class.from_pretrained` and checks that every tensor came back bit for
+    bit (through transformers' loading: tied tensors are stored once and some models rename keys on saving)."""
+    saved = model_class.from_pretrained(folder).state_dict()
     differing = [name for name, tensor in state.items() if name not in saved or not torch.equal(saved[name], tensor)]
     if differing:
         raise RuntimeError(f"the weights written to {folder} differ from the converted ones: {differing[:10]}")
@@ -840,3 +838,7 @@ __all__ = [
     "main",
     "read_checkpoint",
 ]
+
+# MaskFormer + FaPN lives in its own module, built on the pieces above; importing it adds its models to
+# ORIGINAL_MODELS (and so to the command line). Last, so that the module is complete whichever is imported first.
+from . import convert_maskformer  # noqa: E402, F401

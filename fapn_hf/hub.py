@@ -32,6 +32,10 @@ CARD_METRICS = (
 
 def describe_architecture(config: FaPNConfig) -> str:
     """One line such as 'FaPN (FAM + FSM) on resnet50, semantic FPN head + PointRend, 19 classes'."""
+    if getattr(config, "model_type", None) == "maskformer_fapn":
+        decoder = "the FaPN pixel decoder (FAM)" if config.pixel_decoder == "fapn" else "its FPN pixel decoder"
+        backbone = getattr(config.backbone_config, "backbone", None) or config.backbone_config.model_type
+        return f"MaskFormer with {decoder} on {backbone}, {config.num_labels} classes"
     if config.use_fam and config.use_fsm:
         neck = "FaPN (FAM + FSM)"
     elif config.use_fam:

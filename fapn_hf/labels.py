@@ -29,7 +29,34 @@ ADE20K_LABELS: tuple[str, ...] = (
     "bulletin board", "shower", "radiator", "glass", "clock", "flag",
 )  # fmt: skip
 
-LABEL_SETS: dict[str, tuple[str, ...]] = {"cityscapes": CITYSCAPES_LABELS, "ade20k": ADE20K_LABELS}
+# COCO-Stuff's 171 classes (80 things, then 91 stuff), in detectron2's / MaskFormer's contiguous id order (the
+# COCO category ids 1..182 without the 11 unused ones). The MaskFormer + FaPN COCO-Stuff-10K model predicts these.
+COCO_STUFF_LABELS: tuple[str, ...] = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
+    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
+    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee", "skis",
+    "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket",
+    "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange",
+    "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant", "bed",
+    "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone", "microwave", "oven",
+    "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
+    "banner", "blanket", "branch", "bridge", "building-other", "bush", "cabinet", "cage", "cardboard", "carpet",
+    "ceiling-other", "ceiling-tile", "cloth", "clothes", "clouds", "counter", "cupboard", "curtain", "desk-stuff",
+    "dirt", "door-stuff", "fence", "floor-marble", "floor-other", "floor-stone", "floor-tile", "floor-wood",
+    "flower", "fog", "food-other", "fruit", "furniture-other", "grass", "gravel", "ground-other", "hill", "house",
+    "leaves", "light", "mat", "metal", "mirror-stuff", "moss", "mountain", "mud", "napkin", "net", "paper",
+    "pavement", "pillow", "plant-other", "plastic", "platform", "playingfield", "railing", "railroad", "river",
+    "road", "rock", "roof", "rug", "salad", "sand", "sea", "shelf", "sky-other", "skyscraper", "snow",
+    "solid-other", "stairs", "stone", "straw", "structural-other", "table", "tent", "textile-other", "towel", "tree",
+    "vegetable", "wall-brick", "wall-concrete", "wall-other", "wall-panel", "wall-stone", "wall-tile", "wall-wood",
+    "water-other", "waterdrops", "window-blind", "window-other", "wood",
+)  # fmt: skip
+
+LABEL_SETS: dict[str, tuple[str, ...]] = {
+    "cityscapes": CITYSCAPES_LABELS,
+    "ade20k": ADE20K_LABELS,
+    "cocostuff": COCO_STUFF_LABELS,
+}
 
 # Cityscapes' raw label ids (gtFine_labelIds) -> the 19 train ids; every other id is ignored (255).
 CITYSCAPES_ID_TO_TRAIN_ID: dict[int, int] = {
@@ -78,7 +105,8 @@ def palette(num_labels: int, labels: tuple[str, ...] | list[str] | None = None) 
 
 
 def label_maps(labels: str | list[str] | tuple[str, ...]) -> tuple[dict[int, str], dict[str, int]]:
-    """`(id2label, label2id)` for a known label set name (`"cityscapes"`, `"ade20k"`) or a list of class names."""
+    """`(id2label, label2id)` for a known label set name (`"cityscapes"`, `"ade20k"`, `"cocostuff"`) or a list of
+    class names."""
     if isinstance(labels, str):
         if labels not in LABEL_SETS:
             raise ValueError(f"Unknown label set {labels!r}; known sets: {', '.join(LABEL_SETS)} (or pass a list)")
@@ -98,6 +126,7 @@ __all__ = [
     "CITYSCAPES_ID_TO_TRAIN_ID",
     "CITYSCAPES_LABELS",
     "CITYSCAPES_PALETTE",
+    "COCO_STUFF_LABELS",
     "LABEL_MAPPINGS",
     "LABEL_SETS",
     "label_maps",

@@ -1,4 +1,6 @@
-"""Named configurations of the models users look for: `fapn-r50`, `fapn-r50-pointrend`, their `fpn-*` baselines."""
+"""Named configurations of the models users look for: `fapn-r50`, `fapn-r50-pointrend`, their `fpn-*` baselines, and
+the MaskFormer + FaPN models of the paper (`maskformer-fapn-swin-l-ade20k`, `maskformer-fapn-r101-cocostuff`) with
+their `maskformer-fpn-*` baselines (`MASKFORMER_PRESETS`)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from typing import Any
 from .configuration_fapn import FaPNConfig
 from .image_processing_fapn import FaPNImageProcessor
 from .labels import label_maps
+from .presets_maskformer import MASKFORMER_PRESETS, maskformer_preset_config, maskformer_preset_image_processor
 
 _BACKBONES = {"r18": "resnet18", "r34": "resnet34", "r50": "resnet50", "r101": "resnet101"}
 
@@ -31,22 +34,32 @@ _PROCESSOR_SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
-def preset_config(name: str, labels: str | list[str] | tuple[str, ...] = "cityscapes", **overrides: Any) -> FaPNConfig:
-    """The `FaPNConfig` of preset `name` with the given label set (`"cityscapes"`, `"ade20k"` or class names).
+def preset_config(name: str, labels: str | list[str] | tuple[str, ...] | None = None, **overrides: Any) -> FaPNConfig:
+    """The config of preset `name` with the given label set (`"cityscapes"`, `"ade20k"`, `"cocostuff"` or class
+    names; by default the preset's own: Cityscapes for the semantic FPN presets).
 
-    `overrides` are passed on to `FaPNConfig`, e.g. `use_pretrained_backbone=True`.
+    `overrides` are passed on to the config class, e.g. `use_pretrained_backbone=True`. MaskFormer presets give a
+    `MaskFormerFaPNConfig`.
     """
+    if name in MASKFORMER_PRESETS:
+        return maskformer_preset_config(name, labels, **overrides)
     if name not in PRESETS:
-        raise ValueError(f"Unknown preset {name!r}; available: {', '.join(PRESETS)}")
+        raise ValueError(f"Unknown preset {name!r}; available: {', '.join([*PRESETS, *MASKFORMER_PRESETS])}")
+    labels = "cityscapes" if labels is None else labels
     id2label, label2id = label_maps(labels)
     settings = {**PRESETS[name], "id2label": id2label, "label2id": label2id, **overrides}
     return FaPNConfig(**settings)
 
 
-def preset_image_processor(labels: str | list[str] | tuple[str, ...] = "cityscapes", **overrides: Any):
-    """The image processor for a label set: Cityscapes at full resolution, ADE20K at shorter side 512."""
+def preset_image_processor(
+    labels: str | list[str] | tuple[str, ...] = "cityscapes", preset: str | None = None, **overrides: Any
+):
+    """The image processor for a label set: Cityscapes at full resolution, ADE20K at shorter side 512; for a
+    MaskFormer `preset`, that model's processor (its test size, label reduction)."""
+    if preset in MASKFORMER_PRESETS:
+        return maskformer_preset_image_processor(preset, **overrides)
     settings = _PROCESSOR_SETTINGS.get(labels, {}) if isinstance(labels, str) else {}
     return FaPNImageProcessor(**{**settings, **overrides})
 
 
-__all__ = ["PRESETS", "preset_config", "preset_image_processor"]
+__all__ = ["MASKFORMER_PRESETS", "PRESETS", "preset_config", "preset_image_processor"]

@@ -1,8 +1,10 @@
 """Build a FaPN preset and write a Hub-ready folder (config, safetensors weights, processor config, remote code).
 
     python scripts/create_model.py --preset fapn-r50 --labels cityscapes --output-dir outputs/fapn-r50-cityscapes
+    python scripts/create_model.py --preset maskformer-fapn-r101-cocostuff --output-dir outputs/maskformer-fapn-r101
 
-The folder loads with `AutoModelForSemanticSegmentation.from_pretrained(folder)` after `import fapn_hf`, or with
+The folder loads with `AutoModelForSemanticSegmentation.from_pretrained(folder)` (MaskFormer presets: also
+`AutoModelForUniversalSegmentation`) after `import fapn_hf`, or with
 `trust_remote_code=True` without it, and with `pipeline("image-segmentation", model=folder)`. The script reloads
 what it wrote and checks that the reloaded model reproduces the original's logits.
 """
@@ -15,19 +17,28 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForSemanticSegmentation
 
 import fapn_hf
-from fapn_hf import PRESETS, FaPNForSemanticSegmentation, preset_config, preset_image_processor
+from fapn_hf import (
+    MASKFORMER_PRESETS,
+    PRESETS,
+    FaPNForSemanticSegmentation,
+    MaskFormerFaPNForInstanceSegmentation,
+    preset_config,
+    preset_image_processor,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="fapn-r50", choices=sorted(PRESETS), help="model preset")
+    parser.add_argument(
+        "--preset", default="fapn-r50", choices=sorted([*PRESETS, *MASKFORMER_PRESETS]), help="model preset"
+    )
     parser.add_argument(
         "--labels",
-        default="cityscapes",
-        help="label set: 'cityscapes', 'ade20k', or comma-separated class names (e.g. 'background,road,car')",
+        default=None,
+        help="label set: 'cityscapes', 'ade20k', 'cocostuff', or comma-separated class names (e.g. "
+        "'background,road,car'); default: the preset's own (cityscapes for the semantic FPN presets)",
     )
     parser.add_argument("--output-dir", required=True, type=Path, help="folder to write (created if missing)")
     parser.add_argument(
@@ -47,26 +58,30 @@ def parse_labels(value: str) -> str | list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
-    labels = parse_labels(args.labels)
+    maskformer = args.preset in MASKFORMER_PRESETS
+    labels = parse_labels(args.labels) if args.labels else (None if maskformer else "cityscapes")
     started = time.perf_counter()
-
-    config = preset_config(args.preset, labels, use_pretrained_backbone=args.pretrained_backbone)
-    model = FaPNForSemanticSegmentation(config).eval()
+    if maskformer and (args.pretrained_backbone or args.backbone_weights):
+        raise SystemExit("--pretrained-backbone/--backbone-weights are not supported for MaskFormer presets yet")
+    overrides = {} if maskformer else {"use_pretrained_backbone": args.pretrained_backbone}
+    config = preset_config(args.preset, labels, **overrides)
+    model_class = MaskFormerFaPNForInstanceSegmentation if maskformer else FaPNForSemanticSegmentation
+    model = model_class(config).eval()
     if args.backbone_weights is not None:
         if not args.backbone_weights.is_file():
             raise SystemExit(f"--backbone-weights: no such file: {args.backbone_weights}")
         model.fapn.load_pretrained_backbone(str(args.backbone_weights))
-    processor = preset_image_processor(labels)
+    processor = preset_image_processor(labels, preset=args.preset)
 
     args.output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(args.output_dir)
     processor.save_pretrained(args.output_dir)
 
     # Reload through the Auto class and check that the folder reproduces the model.
-    reloaded = AutoModelForSemanticSegmentation.from_pretrained(args.output_dir).eval()
+    reloaded = model_class.from_pretrained(args.output_dir).eval()
     probe = torch.randn(1, 3, 96, 160)
     with torch.inference_mode():
-        difference = (model(probe).logits - reloaded(probe).logits).abs().max().item()
+        difference = (model(probe)[0] - reloaded(probe)[0]).abs().max().item()
     if difference > 1e-4:
         raise SystemExit(f"the reloaded model differs from the original (max |logit diff| = {difference:.3g})")
 
@@ -78,9 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     for path in sorted(args.output_dir.iterdir()):
         if path.is_file():
             print(f"  {path.name:28s} {path.stat().st_size / 1e6:9.2f} MB")
-    print(f"reload check: max |logit difference| {difference:.1e}")
+    print(f"reload check: max |output difference| {difference:.1e}")
     print(
-        f'load it with: AutoModelForSemanticSegmentation.from_pretrained("{args.output_dir}", trust_remote_code=True)'
+        f"load it with: {'AutoModelForUniversalSegmentation' if maskformer else 'AutoModelForSemanticSegmentation'}"
+        f'.from_pretrained("{args.output_dir}", trust_remote_code=True)'
     )
     return 0
 

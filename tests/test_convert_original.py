@@ -494,11 +494,16 @@ def test_console_script_is_declared():
 
 def test_model_table_names_sizes_and_reported_figures():
     assert set(ORIGINAL_MODELS) == {
-        "fapn-r50-pointrend-cityscapes", "fapn-r101-pointrend-cityscapes", "fapn-r50-cityscapes", "fapn-r101-cityscapes"
+        "fapn-r50-pointrend-cityscapes", "fapn-r101-pointrend-cityscapes", "fapn-r50-cityscapes",
+        "fapn-r101-cityscapes", "maskformer-fapn-swin-l-ade20k", "maskformer-fapn-r101-cocostuff",
     }  # fmt: skip
     reported = {name: [r.value for r in m.reported] for name, m in ORIGINAL_MODELS.items()}
     assert reported == {
         "fapn-r50-pointrend-cityscapes": [80.0], "fapn-r101-pointrend-cityscapes": [80.1],
         "fapn-r50-cityscapes": [], "fapn-r101-cityscapes": [],
+        "maskformer-fapn-swin-l-ade20k": [55.2], "maskformer-fapn-r101-cocostuff": [39.6],
     }  # fmt: skip
-    assert all((m.test_shortest_edge, m.test_longest_edge) == (1024, 2048) for m in ORIGINAL_MODELS.values())
+    test_sizes = {name: (m.test_shortest_edge, m.test_longest_edge) for name, m in ORIGINAL_MODELS.items()}
+    assert all(
+        size == ((640, 2560) if name.startswith("maskformer") else (1024, 2048)) for name, size in test_sizes.items()
+    )

@@ -1,0 +1,446 @@
+"""PyTorch MaskFormer + FaPN: transformers' MaskFormer (transformer decoder, queries, Hungarian matcher, mask
+classification loss) with the FaPN pixel decoder of the paper's ADE20K and COCO-Stuff models (SPEC 2.7).
+
+The pixel decoder reuses FaPN's feature alignment module (`FeatureAlignmentModule`, over the package's
+`ModulatedDeformConv2d`) with plain 1x1 + GroupNorm laterals in place of FSM; each level's offset conv and 3x3
+output conv share one GroupNorm, as in the original. `pixel_decoder="fpn"` gives MaskFormer's own FPN decoder.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+from transformers import PreTrainedModel
+from transformers.backbone_utils import load_backbone
+from transformers.models.maskformer.modeling_maskformer import (
+    MaskFormerForInstanceSegmentation,
+    MaskFormerForInstanceSegmentationOutput,
+    MaskFormerHungarianMatcher,
+    MaskFormerLoss,
+    MaskformerMLPPredictionHead,
+    MaskFormerModel,
+    MaskFormerPixelDecoder,
+    MaskFormerPixelDecoderOutput,
+    MaskFormerPixelLevelModuleOutput,
+    MaskFormerPreTrainedModel,
+    MaskFormerTransformerModule,
+)
+
+from .configuration_maskformer_fapn import MaskFormerFaPNConfig
+from .deform_conv import ModulatedDeformConv2d
+from .image_processing_fapn import defer_processor_class_to_model_config
+from .modeling_fapn import ConvNormAct, FeatureAlignmentModule, init_conv, padded_size
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Pixel decoder
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class MaskFormerFaPNPixelDecoder(nn.Module):
+    """FaPN's MaskFormer pixel decoder (the original `BasePixelFANDecoder`), D = `fpn_feature_size`:
+
+    - top: `relu(GN(conv3x3(C5)))`;
+    - levels C4, C3, C2: `lateral = GN(conv1x1(C_i))`, `P_i = FAM(lateral, P_{i+1})` whose offset conv is
+      `GN_i(conv1x1(concat(lateral, 2 * up)))`, then `relu(GN_i(conv3x3(P_i)))` with the **same** `GN_i`;
+    - `mask_features = conv3x3(finest output)` (bias, no norm), at stride 4.
+
+    Input: the backbone maps C2..C5 (NCHW). Output: [`MaskFormerPixelDecoderOutput`] whose `last_hidden_state` is
+    the mask features `(N, mask_feature_size, H / 4, W / 4)` and whose `hidden_states` (when asked) are the four
+    decoder outputs, coarsest first.
+    """
+
+    # The shared GroupNorms (one module under two names): save_pretrained stores a shared tensor once, under the name
+    # these patterns do not match (`output_convs.k.norm.*`, the canonical one). On loading, the tensor fills the module
+    # both names refer to; `from_pretrained` treats the other name as loaded with it (transformers' module tying).
+    _tied_weights_keys = {r"alignments\.(\d+)\.offset_conv\.norm\.(weight|bias)": r"output_convs.\1.norm.\2"}
+
+    def __init__(self, config: MaskFormerFaPNConfig, in_channels: Sequence[int]) -> None:
+        super().__init__()
+        width = config.fpn_feature_size
+        self.top_conv = ConvNormAct(in_channels[-1], width, 3, padding=1, norm="GN", activation=True)
+        # Index 0 is the finest level (C2).
+        self.lateral_convs = nn.ModuleList(ConvNormAct(c, width, 1, norm="GN") for c in in_channels[:-1])
+        # The output convs are registered before the alignments so that their GroupNorms, shared with the alignments'
+        # offset convs, are the parameters' canonical names (`named_parameters` lists a shared tensor once, by the
+        # first name) and the tie's source.
+        self.output_convs = nn.ModuleList(
+            ConvNormAct(width, width, 3, padding=1, norm="GN", activation=True) for _ in in_channels[:-1]
+        )
+        self.alignments = nn.ModuleList(
+            FeatureAlignmentModule(width, config.deformable_groups, "GN", config.deform_conv_implementation)
+            for _ in in_channels[:-1]
+        )
+        for alignment, output_conv in zip(self.alignments, self.output_convs):
+            # One GroupNorm for the offset conv and the output conv of a level, as the original.
+            alignment.offset_conv.norm = output_conv.norm
+        self.mask_projection = ConvNormAct(width, config.mask_feature_size, 3, padding=1)
+
+    def forward(
+        self, features: Sequence[torch.Tensor], output_hidden_states: bool = False, return_dict: bool = True
+    ) -> MaskFormerPixelDecoderOutput | tuple:
+        top_down = self.top_conv(features[-1])
+        outputs = [top_down]
+        for level in reversed(range(len(features) - 1)):
+            lateral = self.lateral_convs[level](features[level])
+            top_down = self.output_convs[level](self.alignments[level](lateral, top_down))
+            outputs.append(top_down)
+        mask_features = self.mask_projection(top_down)
+        hidden_states = tuple(outputs) if output_hidden_states else ()
+        if not return_dict:
+            return (mask_features, hidden_states) if output_hidden_states else (mask_features,)
+        return MaskFormerPixelDecoderOutput(last_hidden_state=mask_features, hidden_states=hidden_states)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Backbone adaptation: timm's Swin with the original (detectron2) window semantics
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _timm_swin_block_class() -> type | None:
+    try:
+        from timm.models.swin_transformer import SwinTransformerBlock
+    except ImportError:  # timm absent: no timm Swin to adapt
+        return None
+    return SwinTransformerBlock
+
+
+def make_original_swin_block_class(base: type) -> type:
+    """A subclass of timm's `SwinTransformerBlock` whose window attention follows the original Swin (and
+    detectron2's `D2SwinTransformer`): pad the map to a multiple of the window first, then shift, with the shift
+    mask computed for the padded size; the window never shrinks and odd blocks always shift by half a window.
+    timm shifts before padding and drops the shift when a stage's map is no larger than a window, which changes
+    the output for inputs other than 384 x 384. Same parameters and state-dict keys as timm's block."""
+    from timm.models.swin_transformer import window_partition, window_reverse
+
+    class OriginalWindowSwinBlock(base):
+        def _attn(self, x: torch.Tensor) -> torch.Tensor:
+            _, height, width, channels = x.shape
+            window_h, window_w = self.window_size
+            pad_h, pad_w = (window_h - height % window_h) % window_h, (window_w - width % window_w) % window_w
+            x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+            padded_h, padded_w = height + pad_h, width + pad_w
+            shift = tuple(self.shift_size)
+            if any(shift):
+                x = torch.roll(x, shifts=(-shift[0], -shift[1]), dims=(1, 2))
+                mask = self.get_attn_mask(x)
+            else:
+                mask = None
+            windows = window_partition(x, self.window_size).view(-1, window_h * window_w, channels)
+            windows = self.attn(windows, mask=mask).view(-1, window_h, window_w, channels)
+            x = window_reverse(windows, self.window_size, padded_h, padded_w)
+            if any(shift):
+                x = torch.roll(x, shifts=shift, dims=(1, 2))
+            return x[:, :height, :width, :].contiguous()
+
+    OriginalWindowSwinBlock.__name__ = OriginalWindowSwinBlock.__qualname__ = "OriginalWindowSwinBlock"
+    return OriginalWindowSwinBlock
+
+
+def adapt_timm_swin(backbone: nn.Module) -> bool:
+    """Makes a timm Swin (v1) inside `backbone` take any input size with the original window semantics: the patch
+    embedding pads to the patch size instead of asserting 384 x 384, every block gets the model's window (12) and
+    its original shift (half a window on odd blocks, whatever the stage's resolution). Returns whether it found one.
+    """
+    block_class = _timm_swin_block_class()
+    if block_class is None:
+        return False
+    blocks = [m for m in backbone.modules() if type(m) is block_class]
+    if not blocks:
+        return False
+    original_class = make_original_swin_block_class(block_class)
+    window = max((tuple(b.attn.window_size) for b in blocks), key=lambda size: size[0] * size[1])
+    for block in blocks:
+        block.dynamic_mask = True  # no fixed-size mask buffer: the mask follows each input's padded size
+        block.__class__ = original_class
+        block.set_input_size(block.input_resolution, window, always_partition=True)
+        block.register_buffer("attn_mask", None, persistent=False)  # timm's 384 x 384 mask, unused here
+    for module in backbone.modules():
+        if hasattr(module, "strict_img_size") and hasattr(module, "dynamic_img_pad"):
+            module.strict_img_size = False
+            module.dynamic_img_pad = True
+    return True
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class MaskFormerFaPNPixelLevelModule(nn.Module):
+    """Backbone (transformers' backbone API) + pixel decoder. Backbone maps are NCHW (timm Swin's NHWC maps are
+    permuted) and, with `backbone_output_norms`, layer-normalised per stage like detectron2's Swin."""
+
+    def __init__(self, config: MaskFormerFaPNConfig) -> None:
+        super().__init__()
+        self.encoder = load_backbone(config)
+        adapt_timm_swin(self.encoder)
+        channels = list(self.encoder.channels)
+        timm_model = getattr(self.encoder, "_backbone", None)
+        self.encoder_is_timm = timm_model is not None
+        self.encoder_channels_last = str(getattr(timm_model, "output_fmt", "")) in ("NHWC", "Format.NHWC")
+        self.encoder_output_norms = (
+            nn.ModuleList(nn.LayerNorm(c) for c in channels) if config.backbone_output_norms else None
+        )
+        if config.pixel_decoder == "fapn":
+            self.decoder = MaskFormerFaPNPixelDecoder(config, channels)
+        else:
+            self.decoder = MaskFormerPixelDecoder(
+                in_features=channels[-1],
+                feature_size=config.fpn_feature_size,
+                mask_feature_size=config.mask_feature_size,
+                lateral_widths=channels[:-1],
+            )
+
+    def backbone_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """C2..C5 as NCHW maps (after the per-stage output norms, when configured)."""
+        # Attention maps are the transformer decoder's; timm backbones refuse to be asked for theirs.
+        kwargs = {"output_attentions": False} if self.encoder_is_timm else {}
+        features = tuple(self.encoder(pixel_values, **kwargs).feature_maps)
+        if self.encoder_output_norms is None:
+            if self.encoder_channels_last:
+                features = tuple(f.permute(0, 3, 1, 2).contiguous() for f in features)
+            return features
+        normed = []
+        for feature, norm in zip(features, self.encoder_output_norms):
+            channels_last = feature if self.encoder_channels_last else feature.permute(0, 2, 3, 1)
+            normed.append(norm(channels_last).permute(0, 3, 1, 2).contiguous())
+        return tuple(normed)
+
+    def forward(
+        self, pixel_values: torch.Tensor, output_hidden_states: bool = False, return_dict: bool = True
+    ) -> MaskFormerPixelLevelModuleOutput | tuple:
+        features = self.backbone_features(pixel_values)
+        decoder_output = self.decoder(features, output_hidden_states, return_dict=True)
+        output = MaskFormerPixelLevelModuleOutput(
+            encoder_last_hidden_state=features[-1],
+            decoder_last_hidden_state=decoder_output.last_hidden_state,
+            encoder_hidden_states=features if output_hidden_states else (),
+            decoder_hidden_states=decoder_output.hidden_states if output_hidden_states else (),
+        )
+        if return_dict:
+            return output
+        outputs = (features[-1], decoder_output.last_hidden_state)
+        if output_hidden_states:
+            outputs += (features, decoder_output.hidden_states)
+        return outputs
+
+
+class MaskFormerFaPNPreTrainedModel(MaskFormerPreTrainedModel):
+    config_class = MaskFormerFaPNConfig
+    config: MaskFormerFaPNConfig
+    # forward() takes no loss kwargs: the Trainer must not rescale the loss under DDP.
+    accepts_loss_kwargs = False
+
+    # Activation checkpointing: the transformer decoder's layers, the FAMs (GradientCheckpointingLayers), transformers
+    # backbones that support it, and timm backbones through timm's own switch.
+    supports_gradient_checkpointing = True
+
+    def _set_gradient_checkpointing(
+        self, enable: bool = True, gradient_checkpointing_func: Callable = checkpoint, every_n_layers: int = 1
+    ) -> None:
+        super()._set_gradient_checkpointing(enable, gradient_checkpointing_func, every_n_layers)
+        timm_model = getattr(self.base_model.pixel_level_module.encoder, "_backbone", None)
+        if timm_model is not None:
+            for module in timm_model.modules():
+                if hasattr(module, "set_grad_checkpointing"):
+                    module.set_grad_checkpointing(enable)
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """The pixel decoder as the original (c2_xavier_fill convs, zero offset/mask convs, the deformable conv's
+        U(+-1 / sqrt(fan_in))); BatchNorm at weight 1, bias 0; the rest as transformers' MaskFormer."""
+        scheme = getattr(module, "init_scheme", None)
+        if scheme is not None:
+            init_conv(module, scheme)
+        elif isinstance(module, ModulatedDeformConv2d):
+            module.reset_parameters()
+        elif isinstance(module, nn.BatchNorm2d):
+            PreTrainedModel._init_weights(self, module)
+        else:
+            super()._init_weights(module)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Saves like any transformers model and, for `trust_remote_code=True` users, ships the processor code with
+        an `auto_map` entry for every Auto class these models are registered with."""
+        processor_file = Path(__file__).with_name("image_processing_maskformer_fapn.py")
+        if self._auto_class is not None:
+            segmentation = "modeling_maskformer_fapn.MaskFormerFaPNForInstanceSegmentation"
+            auto_map = {
+                **(getattr(self.config, "auto_map", None) or {}),
+                "AutoModel": "modeling_maskformer_fapn.MaskFormerFaPNModel",
+                "AutoModelForInstanceSegmentation": segmentation,
+                "AutoModelForUniversalSegmentation": segmentation,
+                "AutoModelForSemanticSegmentation": segmentation,
+            }
+            if processor_file.exists():
+                auto_map["AutoImageProcessor"] = "image_processing_maskformer_fapn.MaskFormerFaPNImageProcessor"
+            self.config.auto_map = auto_map
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        if self._auto_class is not None and processor_file.exists():
+            shutil.copyfile(processor_file, Path(save_directory) / processor_file.name)
+            defer_processor_class_to_model_config(save_directory)
+        return result
+
+
+def pad_to_multiple(pixel_values: torch.Tensor, divisor: int) -> torch.Tensor:
+    """Zero-pads `(N, C, H, W)` at the bottom and right to multiples of `divisor` (detectron2's `ImageList`)."""
+    height, width = pixel_values.shape[-2:]
+    target_h, target_w = padded_size(height, width, divisor)
+    return F.pad(pixel_values, (0, target_w - width, 0, target_h - height))
+
+
+class MaskFormerFaPNModel(MaskFormerFaPNPreTrainedModel, MaskFormerModel):
+    """MaskFormer's backbone + pixel decoder + transformer decoder with the FaPN pixel decoder.
+
+    Forward: `pixel_values` `(N, 3, H, W)`, zero-padded to `size_divisibility` -> [`MaskFormerModelOutput`]:
+    `encoder_last_hidden_state` C5, `pixel_decoder_last_hidden_state` the mask features `(N, mask_feature_size,
+    H' / 4, W' / 4)` of the padded input `(H', W')`, `transformer_decoder_last_hidden_state` `(N, num_queries, D)`.
+    """
+
+    def __init__(self, config: MaskFormerFaPNConfig) -> None:
+        MaskFormerFaPNPreTrainedModel.__init__(self, config)
+        self.pixel_level_module = MaskFormerFaPNPixelLevelModule(config)
+        self.transformer_module = MaskFormerTransformerModule(
+            in_features=self.pixel_level_module.encoder.channels[-1], config=config
+        )
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        pixel_mask: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ):
+        """
+        Args:
+            pixel_values: `(N, 3, H, W)` normalised images of any size (zero-padded to `size_divisibility` here).
+            pixel_mask: `(N, H, W)`; MaskFormer's decoder does not use it (padding is zeros, as in the original).
+        """
+        if pixel_values is None or pixel_values.dim() != 4:
+            shape = None if pixel_values is None else tuple(pixel_values.shape)
+            raise ValueError(f"pixel_values must be (batch, channels, height, width), got {shape}")
+        padded = pad_to_multiple(pixel_values, self.config.size_divisibility)
+        return MaskFormerModel.forward(
+            self,
+            padded,
+            None,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            return_dict=return_dict,
+        )
+
+
+@dataclass
+class MaskFormerFaPNForSegmentationOutput(MaskFormerForInstanceSegmentationOutput):
+    """[`MaskFormerForInstanceSegmentationOutput`] (`class_queries_logits` `(N, Q, num_labels + 1)`,
+    `masks_queries_logits` `(N, Q, H' / 4, W' / 4)` for the input zero-padded to `(H', W')`, the loss with labels)
+    plus `pixel_mask` `(N, H, W)`: the mask the model was given, or ones for the unpadded input. With it
+    `MaskFormerFaPNImageProcessor.post_process_semantic_segmentation` crops the padding as the original does."""
+
+    pixel_mask: torch.LongTensor | None = None
+
+
+class MaskFormerFaPNForInstanceSegmentation(MaskFormerFaPNPreTrainedModel, MaskFormerForInstanceSegmentation):
+    """MaskFormer + FaPN with the class and mask heads: semantic (and instance / panoptic) segmentation by mask
+    classification. `mask_labels` / `class_labels` as transformers' MaskFormer takes them (the processor makes them
+    from semantic maps); the masks are zero-padded with the input, as the original pads its targets."""
+
+    def __init__(self, config: MaskFormerFaPNConfig) -> None:
+        MaskFormerFaPNPreTrainedModel.__init__(self, config)
+        self.model = MaskFormerFaPNModel(config)
+        hidden_size = config.decoder_config.hidden_size
+        self.class_predictor = nn.Linear(hidden_size, config.num_labels + 1)  # + the "no object" class
+        self.mask_embedder = MaskformerMLPPredictionHead(hidden_size, hidden_size, config.mask_feature_size)
+        self.matcher = MaskFormerHungarianMatcher(
+            cost_class=1.0, cost_dice=config.dice_weight, cost_mask=config.mask_weight
+        )
+        self.weight_dict: dict[str, float] = {
+            "loss_cross_entropy": config.cross_entropy_weight,
+            "loss_mask": config.mask_weight,
+            "loss_dice": config.dice_weight,
+        }
+        self.criterion = MaskFormerLoss(
+            config.num_labels, matcher=self.matcher, weight_dict=self.weight_dict, eos_coef=config.no_object_weight
+        )
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        mask_labels: list[torch.Tensor] | None = None,
+        class_labels: list[torch.Tensor] | None = None,
+        pixel_mask: torch.Tensor | None = None,
+        output_auxiliary_logits: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> MaskFormerFaPNForSegmentationOutput | tuple:
+        """
+        Args:
+            pixel_values: `(N, 3, H, W)` normalised images of any size.
+            mask_labels: per image a `(num_targets, H, W)` float tensor of binary masks.
+            class_labels: per image a `(num_targets,)` long tensor of class ids in `[0, num_labels)`.
+            pixel_mask: `(N, H, W)`, 1 on image pixels and 0 on the processor's padding; returned with the logits.
+        Returns:
+            [`MaskFormerFaPNForSegmentationOutput`].
+        """
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        batch, _, height, width = pixel_values.shape
+        if pixel_mask is None:
+            pixel_mask = torch.ones((batch, height, width), dtype=torch.long, device=pixel_values.device)
+        elif tuple(pixel_mask.shape) != (batch, height, width):
+            raise ValueError(
+                f"pixel_mask must have shape (batch, height, width) = {(batch, height, width)}, "
+                f"got {tuple(pixel_mask.shape)}"
+            )
+        if mask_labels is not None:
+            if class_labels is None or len(mask_labels) != batch or len(class_labels) != batch:
+                raise ValueError(
+                    f"mask_labels and class_labels must both be given, one entry per image ({batch}); got "
+                    f"{None if mask_labels is None else len(mask_labels)} and "
+                    f"{None if class_labels is None else len(class_labels)}"
+                )
+            target_h, target_w = padded_size(height, width, self.config.size_divisibility)
+            mask_labels = [F.pad(m, (0, target_w - m.shape[-1], 0, target_h - m.shape[-2])) for m in mask_labels]
+        wants_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        output = MaskFormerForInstanceSegmentation.forward(
+            self,
+            pixel_values,
+            mask_labels=mask_labels,
+            class_labels=class_labels,
+            pixel_mask=pixel_mask,
+            output_auxiliary_logits=output_auxiliary_logits,
+            # transformers 5.23's MaskFormer drops the decoder's hidden states that deep supervision
+            # (use_auxiliary_loss) stacks unless they are asked for: ask, and drop them again below.
+            output_hidden_states=wants_hidden_states or self.config.use_auxiliary_loss,
+            output_attentions=output_attentions,
+            return_dict=True,
+        )
+        fields = dict(output)
+        if not wants_hidden_states:
+            for name in ("encoder_hidden_states", "pixel_decoder_hidden_states", "transformer_decoder_hidden_states"):
+                fields.pop(name, None)
+            fields.pop("hidden_states", None)
+        output = MaskFormerFaPNForSegmentationOutput(**fields, pixel_mask=pixel_mask)
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = [
+    "MaskFormerFaPNForInstanceSegmentation",
+    "MaskFormerFaPNForSegmentationOutput",
+    "MaskFormerFaPNModel",
+    "MaskFormerFaPNPixelDecoder",
+    "MaskFormerFaPNPreTrainedModel",
+    "adapt_timm_swin",
+]

@@ -1,0 +1,396 @@
+"""MaskFormer + FaPN (issue 11): parameter counts against SPEC 2.7 and an independent count, shapes, padding, the
+shared GroupNorm through save/load, the Auto classes, remote code without the package, the pipeline's semantic
+output, presets and the loss."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForInstanceSegmentation,
+    AutoModelForSemanticSegmentation,
+    AutoModelForUniversalSegmentation,
+    MaskFormerDetrConfig,
+    pipeline,
+)
+
+import fapn_hf  # noqa: F401  (registers the Auto classes)
+from fapn_hf import (
+    COCO_STUFF_LABELS,
+    MASKFORMER_PRESETS,
+    MaskFormerFaPNConfig,
+    MaskFormerFaPNForInstanceSegmentation,
+    MaskFormerFaPNImageProcessor,
+    MaskFormerFaPNModel,
+    label_maps,
+    preset_config,
+    preset_image_processor,
+    timm_backbone_config,
+)
+
+LABELS = ["sky", "road", "car", "person", "tree"]
+
+
+def tiny_maskformer_config(**overrides) -> MaskFormerFaPNConfig:
+    """timm resnet18, a 64-wide decoder with 4 deformable groups, 2 transformer layers, 10 queries."""
+    id2label, label2id = label_maps(LABELS)
+    settings = dict(
+        backbone_config=timm_backbone_config("resnet18"),
+        decoder_config=MaskFormerDetrConfig(
+            decoder_layers=2, d_model=64, decoder_ffn_dim=64, decoder_attention_heads=2, num_queries=10
+        ),
+        fpn_feature_size=64,
+        mask_feature_size=64,
+        deformable_groups=4,
+        id2label=id2label,
+        label2id=label2id,
+    )
+    settings.update(overrides)
+    return MaskFormerFaPNConfig(**settings)
+
+
+def randomise_offsets(model: torch.nn.Module, std: float = 0.05) -> None:
+    """Non-zero offset/mask convs, so that the deformable sampling is exercised (a fresh FAM samples the grid)."""
+    for module in model.modules():
+        if hasattr(module, "offset_mask_conv"):
+            torch.nn.init.normal_(module.offset_mask_conv.weight, std=std)
+            torch.nn.init.normal_(module.offset_mask_conv.bias, std=std)
+
+
+def count(module: torch.nn.Module | None) -> int:
+    return 0 if module is None else sum(p.numel() for p in module.parameters())
+
+
+# --------------------------------------------------------------------------------------------- parameter counts
+
+# SPEC 2.7's table (BatchNorm weights counted as parameters; detectron2's Swin-L with its four output LayerNorms).
+SPEC_COUNTS = {
+    "swin-l-ade20k": {"fapn": 9_903_240, "fpn": 6_246_144, "backbone": 195_201_204, "whole": 215_232_723},
+    "r101-cocostuff": {"fapn": 11_197_576, "fpn": 7_540_480, "whole": 63_962_484},
+}
+CHANNELS = {"swin-l-ade20k": (192, 384, 768, 1536), "r101-cocostuff": (256, 512, 1024, 2048)}
+
+
+def formula_fapn_decoder(channels, width=256, mask_dim=256, groups=8) -> int:
+    """The FaPN pixel decoder counted from its description (GN = 2 * width; the shared GN counted once)."""
+    gn = 2 * width
+    total = 9 * channels[-1] * width + gn  # top: conv3x3 (no bias) + GN
+    for c in channels[:-1]:
+        total += c * width + gn  # lateral conv1x1 + GN
+        total += 2 * width * width  # FAM offset conv1x1 (its GN is the output conv's)
+        total += 9 * width * width + width  # DCN weight + bias
+        total += 9 * width * 27 * groups + 27 * groups  # conv_offset_mask: 3 * G * 9 channels, bias
+        total += 9 * width * width + gn  # output conv3x3 + GN
+    return total + 9 * width * mask_dim + mask_dim  # mask_features conv3x3 with bias
+
+
+def formula_fpn_decoder(channels, width=256, mask_dim=256) -> int:
+    """MaskFormer's plain FPN decoder: top conv3x3 + GN, per level lateral 1x1 + GN and output 3x3 + GN, mask conv."""
+    gn = 2 * width
+    total = 9 * channels[-1] * width + gn
+    for c in channels[:-1]:
+        total += c * width + gn + 9 * width * width + gn
+    return total + 9 * width * mask_dim + mask_dim
+
+
+@pytest.mark.parametrize("short", ["swin-l-ade20k", "r101-cocostuff"])
+def test_parameter_counts_match_spec_and_an_independent_count(short):
+    expected = SPEC_COUNTS[short]
+    assert formula_fapn_decoder(CHANNELS[short]) == expected["fapn"]
+    assert formula_fpn_decoder(CHANNELS[short]) == expected["fpn"]
+    for decoder in ("fapn", "fpn"):
+        with torch.device("meta"):
+            model = MaskFormerFaPNForInstanceSegmentation(preset_config(f"maskformer-{decoder}-{short}"))
+        pixel_level = model.model.pixel_level_module
+        assert count(pixel_level.decoder) == expected[decoder], decoder
+        if "backbone" in expected:
+            assert count(pixel_level.encoder) + count(pixel_level.encoder_output_norms) == expected["backbone"]
+        if decoder == "fapn":
+            assert count(model) == expected["whole"]
+        else:
+            assert count(model) == expected["whole"] - expected["fapn"] + expected["fpn"]
+
+
+def test_presets_build_with_their_label_sets_and_processors():
+    assert {
+        "maskformer-fapn-swin-l-ade20k",
+        "maskformer-fapn-r101-cocostuff",
+        "maskformer-fpn-swin-l-ade20k",
+        "maskformer-fpn-r101-cocostuff",
+    } <= set(MASKFORMER_PRESETS)
+    ade = preset_config("maskformer-fapn-swin-l-ade20k")
+    assert ade.num_labels == 150 and ade.backbone_output_norms and ade.pixel_decoder == "fapn"
+    assert ade.backbone_config.backbone == "swin_large_patch4_window12_384"
+    coco = preset_config("maskformer-fapn-r101-cocostuff")
+    assert coco.num_labels == 171 and coco.id2label[0] == "person" and coco.id2label[170] == "wood"
+    assert len(COCO_STUFF_LABELS) == len(set(COCO_STUFF_LABELS)) == 171
+    assert preset_config("maskformer-fpn-r101-cocostuff").pixel_decoder == "fpn"
+    assert preset_config("maskformer-fapn-r101-cocostuff", ["a", "b"]).num_labels == 2
+    processor = preset_image_processor(preset="maskformer-fapn-swin-l-ade20k")
+    assert isinstance(processor, MaskFormerFaPNImageProcessor)
+    assert processor.size.shortest_edge == 640 and processor.size.longest_edge == 2560 and processor.do_reduce_labels
+    assert list(processor.image_mean) == [0.485, 0.456, 0.406] and list(processor.image_std) == [0.229, 0.224, 0.225]
+    assert processor.size_divisor == 0  # the model pads to 32, as the original; the resize is not rounded
+    with pytest.raises(ValueError, match="pixel_decoder must be one of"):
+        tiny_maskformer_config(pixel_decoder="upernet")
+    with pytest.raises(ValueError, match="Unknown preset"):
+        preset_config("maskformer-fapn-r42")
+
+
+# ---------------------------------------------------------------------------------------------------- the model
+
+
+def test_shapes_padding_and_pixel_mask():
+    model = MaskFormerFaPNForInstanceSegmentation(tiny_maskformer_config()).eval()
+    x = torch.randn(2, 3, 70, 90)  # padded to 96 x 96 inside
+    with torch.no_grad():
+        out = model(x)
+        padded = model(torch.nn.functional.pad(x, (0, 6, 0, 26)))
+    assert out.class_queries_logits.shape == (2, 10, len(LABELS) + 1)
+    assert out.masks_queries_logits.shape == (2, 10, 24, 24)
+    assert out.pixel_mask.shape == (2, 70, 90) and bool(out.pixel_mask.all())
+    # Padding inside the model is zero padding after normalisation: the same as padding the input by hand.
+    torch.testing.assert_close(out.masks_queries_logits, padded.masks_queries_logits, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="pixel_mask must have shape"):
+        model(x, pixel_mask=torch.ones(2, 70, 91, dtype=torch.long))
+
+
+def test_fpn_switch_gives_maskformers_pixel_decoder():
+    from transformers.models.maskformer.modeling_maskformer import MaskFormerPixelDecoder
+
+    model = MaskFormerFaPNForInstanceSegmentation(tiny_maskformer_config(pixel_decoder="fpn")).eval()
+    assert type(model.model.pixel_level_module.decoder) is MaskFormerPixelDecoder
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 64)).masks_queries_logits.shape == (1, 10, 16, 16)
+
+
+def test_transformers_maskformer_swin_backbone():
+    """transformers' MaskFormerSwin (its own per-stage norms; NCHW maps) works as the backbone at any input size."""
+    from transformers import MaskFormerSwinConfig
+
+    swin = MaskFormerSwinConfig(
+        embed_dim=32, depths=[1, 1, 1, 1], num_heads=[1, 2, 4, 8], window_size=12,
+        out_features=["stage1", "stage2", "stage3", "stage4"],
+    )  # fmt: skip
+    model = MaskFormerFaPNForInstanceSegmentation(tiny_maskformer_config(backbone_config=swin)).eval()
+    assert model.model.pixel_level_module.encoder_output_norms is None
+    with torch.no_grad():
+        outputs = model(torch.randn(1, 3, 61, 97), output_hidden_states=True)
+    assert outputs.masks_queries_logits.shape == (1, 10, 16, 32)
+    assert [tuple(f.shape[1:]) for f in outputs.encoder_hidden_states] == [
+        (32, 16, 32), (64, 8, 16), (128, 4, 8), (256, 2, 4)
+    ]  # fmt: skip
+
+
+def test_loss_trains_every_parameter_and_pads_the_targets():
+    torch.manual_seed(0)
+    model = MaskFormerFaPNForInstanceSegmentation(tiny_maskformer_config()).train()
+    randomise_offsets(model)
+    x = torch.randn(2, 3, 70, 90)
+    masks = [torch.randint(0, 2, (3, 70, 90)).float(), torch.randint(0, 2, (1, 70, 90)).float()]
+    classes = [torch.tensor([0, 2, 4]), torch.tensor([1])]
+    loss = model(x, mask_labels=masks, class_labels=classes).loss
+    assert torch.isfinite(loss)
+    loss.backward()
+    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not no_grad, no_grad
+    with pytest.raises(ValueError, match="mask_labels and class_labels"):
+        model(x, mask_labels=masks)
+
+
+def test_shared_norm_is_one_module_saved_once_and_tied_after_loading(tmp_path):
+    model = MaskFormerFaPNForInstanceSegmentation(tiny_maskformer_config()).eval()
+    randomise_offsets(model)
+    decoder = model.model.pixel_level_module.decoder
+    for alignment, output_conv in zip(decoder.alignments, decoder.output_convs):
+        assert alignment.offset_conv.norm is output_conv.norm
+        torch.nn.init.normal_(output_conv.norm.weight)  # not the initial 1s: a tie lost on reload would show
+    model.save_pretrained(tmp_path)
+    saved = load_file(str(tmp_path / "model.safetensors"))
+    assert not [k for k in saved if ".offset_conv.norm." in k]
+    assert len([k for k in saved if ".output_convs." in k and ".norm." in k]) == 2 * len(decoder.output_convs)
+    reloaded = AutoModelForInstanceSegmentation.from_pretrained(tmp_path).eval()
+    reloaded_decoder = reloaded.model.pixel_level_module.decoder
+    for level, (alignment, output_conv) in enumerate(zip(reloaded_decoder.alignments, reloaded_decoder.output_convs)):
+        assert alignment.offset_conv.norm is output_conv.norm
+        torch.testing.assert_close(output_conv.norm.weight, decoder.output_convs[level].norm.weight)
+    x = torch.randn(1, 3, 64, 80)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(x).masks_queries_logits, model(x).masks_queries_logits)
+
+
+@pytest.fixture
+def saved_maskformer(tmp_path):
+    torch.manual_seed(0)
+    model = MaskFormerFaPNForInstanceSegmentation(tiny_maskformer_config()).eval()
+    randomise_offsets(model)
+    model.save_pretrained(tmp_path)
+    MaskFormerFaPNImageProcessor(size={"shortest_edge": 64, "longest_edge": 128}).save_pretrained(tmp_path)
+    return model, tmp_path
+
+
+def test_folder_and_auto_classes(saved_maskformer):
+    model, folder = saved_maskformer
+    names = {p.name for p in folder.iterdir()}
+    assert {
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+        "configuration_maskformer_fapn.py",
+        "modeling_maskformer_fapn.py",
+        "image_processing_maskformer_fapn.py",
+        "deform_conv.py",
+    } <= names  # noqa: E501 fmt: skip
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == "maskformer_fapn"
+    assert config["auto_map"]["AutoModelForSemanticSegmentation"].endswith("MaskFormerFaPNForInstanceSegmentation")
+    assert isinstance(AutoConfig.from_pretrained(folder), MaskFormerFaPNConfig)
+    assert isinstance(AutoImageProcessor.from_pretrained(folder), MaskFormerFaPNImageProcessor)
+    assert type(AutoModel.from_pretrained(folder)) is MaskFormerFaPNModel
+    for auto_class in (AutoModelForInstanceSegmentation, AutoModelForUniversalSegmentation):
+        assert type(auto_class.from_pretrained(folder)) is MaskFormerFaPNForInstanceSegmentation
+    reloaded = AutoModelForSemanticSegmentation.from_pretrained(folder).eval()
+    x = torch.randn(1, 3, 50, 70)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(x).class_queries_logits, model(x).class_queries_logits)
+
+
+def _run_offline(script: str, cwd: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=cwd,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_remote_code_loads_without_fapn_hf(saved_maskformer, tmp_path_factory):
+    model, folder = saved_maskformer
+    work = tmp_path_factory.mktemp("remote")
+    image = np.random.default_rng(0).integers(0, 255, (45, 61, 3), dtype=np.uint8)
+    np.save(work / "image.npy", image)
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["fapn_hf"] = None  # `import fapn_hf` now raises: only the folder's code can be used
+        import numpy as np, torch
+        from safetensors.torch import save_file
+        from transformers import AutoImageProcessor, AutoModel, AutoModelForInstanceSegmentation
+        folder = {str(folder)!r}
+        model = AutoModelForInstanceSegmentation.from_pretrained(folder, trust_remote_code=True).eval()
+        processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
+        base = AutoModel.from_pretrained(folder, trust_remote_code=True)
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        assert type(processor).__name__ == "MaskFormerFaPNImageProcessor", type(processor)
+        assert type(base).__name__ == "MaskFormerFaPNModel"
+        inputs = processor(np.load({str(work / "image.npy")!r}), return_tensors="pt")
+        with torch.no_grad():
+            outputs = model(**inputs)
+        semantic = processor.post_process_semantic_segmentation(outputs, target_sizes=[(45, 61)])[0]
+        save_file({{"masks": outputs.masks_queries_logits, "semantic": semantic}}, {str(work / "out.safetensors")!r})
+        """
+    )
+    _run_offline(script, work)
+    processor = MaskFormerFaPNImageProcessor.from_pretrained(folder)
+    inputs = processor(image, return_tensors="pt")
+    with torch.no_grad():
+        outputs = model(**inputs)
+    remote = load_file(str(work / "out.safetensors"))
+    torch.testing.assert_close(remote["masks"], outputs.masks_queries_logits, atol=1e-5, rtol=1e-5)
+    assert torch.equal(
+        remote["semantic"], processor.post_process_semantic_segmentation(outputs, target_sizes=[(45, 61)])[0]
+    )
+
+
+def test_pipeline_gives_semantic_output_by_default(saved_maskformer):
+    model, folder = saved_maskformer
+    segmenter = pipeline("image-segmentation", model=str(folder))
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (45, 61, 3), dtype=np.uint8))
+    results = segmenter(image)
+    assert results and all(r["score"] is None for r in results)  # semantic segments carry no score
+    assert {r["label"] for r in results} <= set(LABELS)
+    masks = np.stack([np.array(r["mask"]) > 0 for r in results])
+    assert masks.shape[1:] == (45, 61)
+    assert np.array_equal(masks.sum(axis=0), np.ones((45, 61)))  # a partition of the image
+    # The same map as the processor's semantic post-processing.
+    processor = segmenter.image_processor
+    with torch.no_grad():
+        outputs = model(**processor(image, return_tensors="pt"))
+    expected = processor.post_process_semantic_segmentation(outputs, target_sizes=[(45, 61)])[0].numpy()
+    label_ids = {name: index for index, name in enumerate(LABELS)}
+    for result, mask in zip(results, masks):
+        assert np.array_equal(mask, expected == label_ids[result["label"]])
+    # MaskFormer's panoptic/instance post-processing stays available on request.
+    with pytest.raises(AttributeError, match="semantic_only"):
+        processor.post_process_panoptic_segmentation  # noqa: B018
+    processor.semantic_only = False
+    assert callable(processor.post_process_panoptic_segmentation)
+    processor.semantic_only = True
+
+
+def test_processor_takes_grayscale_and_rgba_images():
+    processor = MaskFormerFaPNImageProcessor(size={"shortest_edge": 32, "longest_edge": 64})
+    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8))
+    expected = processor(rgb.convert("L").convert("RGB"), return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(processor(rgb.convert("L"), return_tensors="pt")["pixel_values"], expected)
+    rgba = processor(rgb.convert("RGBA"), return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(rgba, processor(rgb, return_tensors="pt")["pixel_values"])
+    assert expected.shape == (1, 3, 32, 40)
+
+
+def test_semantic_post_processing_follows_the_original_order():
+    """Upsample the mask logits to the padded input, crop the image, combine, resize: checked against a direct
+    computation on a batch padded by the processor (the second image is smaller)."""
+    torch.manual_seed(0)
+    model = MaskFormerFaPNForInstanceSegmentation(tiny_maskformer_config()).eval()
+    processor = MaskFormerFaPNImageProcessor(do_resize=False)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (50, 70, 3), dtype=np.uint8), rng.integers(0, 255, (37, 45, 3), dtype=np.uint8)]
+    inputs = processor(images, return_tensors="pt")
+    assert inputs["pixel_values"].shape[-2:] == (50, 70)
+    with torch.no_grad():
+        outputs = model(**inputs)
+    results = processor.post_process_semantic_segmentation(
+        outputs, target_sizes=[(25, 35), (74, 90)], return_segmentation_scores=True
+    )
+    for index, (height, width), target in ((0, (50, 70), (25, 35)), (1, (37, 45), (74, 90))):
+        masks = torch.nn.functional.interpolate(
+            outputs.masks_queries_logits[index : index + 1], size=(64, 96), mode="bilinear", align_corners=False
+        )[0, :, :height, :width]
+        classes = outputs.class_queries_logits[index].softmax(-1)[:, :-1]
+        scores = (classes[:, :, None, None] * masks.sigmoid()[:, None]).sum(0)
+        scores = torch.nn.functional.interpolate(scores[None], size=target, mode="bilinear", align_corners=False)[0]
+        torch.testing.assert_close(results[index]["segmentation_scores"], scores, atol=1e-6, rtol=1e-5)
+        assert torch.equal(results[index]["segmentation"], scores.argmax(0))
+
+
+def test_deep_supervision_with_and_without_hidden_states():
+    """use_auxiliary_loss (the original's DEEP_SUPERVISION) works whether or not hidden states are asked for."""
+    model = MaskFormerFaPNForInstanceSegmentation(tiny_maskformer_config(use_auxiliary_loss=True)).eval()
+    x = torch.randn(1, 3, 64, 64)
+    masks, classes = [torch.randint(0, 2, (2, 64, 64)).float()], [torch.tensor([0, 3])]
+    with torch.no_grad():
+        plain = model(x, mask_labels=masks, class_labels=classes, output_auxiliary_logits=True)
+        hidden = model(x, output_hidden_states=True)
+    assert plain.transformer_decoder_hidden_states is None and plain.encoder_hidden_states is None
+    # transformers' MaskFormer takes the auxiliary predictions from every decoder hidden state but the last, the query
+    # input included (the original: the normed output of every layer but the last).
+    assert len(plain.auxiliary_logits) == model.config.decoder_config.decoder_layers and torch.isfinite(plain.loss)
+    assert len(hidden.transformer_decoder_hidden_states) == model.config.decoder_config.decoder_layers + 1
+    torch.testing.assert_close(plain.masks_queries_logits, hidden.masks_queries_logits)
