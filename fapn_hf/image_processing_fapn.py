@@ -245,7 +245,48 @@ class FaPNImageProcessorKwargs(ImagesKwargs, total=False):
     do_reduce_labels: bool
 
 
-class FaPNImageProcessor(SegformerImageProcessor):
+class DecodedImagesMixin:
+    """Image decoding of every FaPN processor (mixed into transformers' torchvision-backend processors): local files,
+    PIL images, arrays and tensors go through `decode_image` (EXIF orientation, 16-bit depth, transparency) when
+    `do_convert_rgb` is on; URLs are left to transformers' reader. With `do_convert_rgb=False` arrays and tensors keep
+    their channels and dtype."""
+
+    def _prepare_images_structure(self, images: Any, expected_ndims: int = 3) -> list:
+        # Local files are read by `decode_image` (in `process_image`), which keeps 16-bit depth and transparency;
+        # transformers' own reader is left the URLs.
+        images = [image if _is_local_file(image) else self.fetch_images(image) for image in _flat_list(images)]
+        if not images:
+            raise ValueError("no images to process (an empty batch)")
+        return images
+
+    def process_image(
+        self,
+        image: Any,
+        do_convert_rgb: bool | None = None,
+        input_data_format: str | ChannelDimension | None = None,
+        device: str | torch.device | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """One image as a `(C, H, W)` tensor of its dtype: RGB with `do_convert_rgb`, its own channels otherwise."""
+        if _is_local_file(image):
+            image = as_rgb_tensor(image)
+        elif isinstance(image, PIL.Image.Image):
+            image = (
+                as_rgb_tensor(image) if do_convert_rgb else to_channels_first(np.array(upright(image)), "channels_last")
+            )
+        elif isinstance(image, (np.ndarray, torch.Tensor)):
+            image = to_channels_first(image, input_data_format)
+            if do_convert_rgb:
+                image = as_rgb_tensor(image)
+        else:
+            raise ValueError(
+                f"expected an image file path, a PIL image, a NumPy array or a torch tensor, got {type(image).__name__}"
+            )
+        image = image.contiguous()
+        return image if device is None else image.to(device)
+
+
+class FaPNImageProcessor(DecodedImagesMixin, SegformerImageProcessor):
     r"""
     Prepares images (and segmentation maps) for FaPN: optional aspect-preserving resize, rescale to [0, 1] and
     normalisation; labels can be reduced by one (`do_reduce_labels`, 0 -> 255). Grayscale and RGBA images,
@@ -295,40 +336,6 @@ class FaPNImageProcessor(SegformerImageProcessor):
             padding) and, with segmentation maps, `labels` `(N, H, W)` (int64, padding 255).
         """
         return super().preprocess(images, segmentation_maps, **kwargs)
-
-    def _prepare_images_structure(self, images: Any, expected_ndims: int = 3) -> list:
-        # Local files are read by `decode_image` (in `process_image`), which keeps 16-bit depth and transparency;
-        # transformers' own reader is left the URLs.
-        images = [image if _is_local_file(image) else self.fetch_images(image) for image in _flat_list(images)]
-        if not images:
-            raise ValueError("no images to process (an empty batch)")
-        return images
-
-    def process_image(
-        self,
-        image: Any,
-        do_convert_rgb: bool | None = None,
-        input_data_format: str | ChannelDimension | None = None,
-        device: str | torch.device | None = None,
-        **kwargs: Any,
-    ) -> torch.Tensor:
-        """One image as a `(C, H, W)` tensor of its dtype: RGB with `do_convert_rgb`, its own channels otherwise."""
-        if _is_local_file(image):
-            image = as_rgb_tensor(image)
-        elif isinstance(image, PIL.Image.Image):
-            image = (
-                as_rgb_tensor(image) if do_convert_rgb else to_channels_first(np.array(upright(image)), "channels_last")
-            )
-        elif isinstance(image, (np.ndarray, torch.Tensor)):
-            image = to_channels_first(image, input_data_format)
-            if do_convert_rgb:
-                image = as_rgb_tensor(image)
-        else:
-            raise ValueError(
-                f"expected an image file path, a PIL image, a NumPy array or a torch tensor, got {type(image).__name__}"
-            )
-        image = image.contiguous()
-        return image if device is None else image.to(device)
 
     def _prepare_segmentation_maps(self, segmentation_maps: Any, images: list[torch.Tensor]) -> list[torch.Tensor]:
         """Checks the maps against their images and returns them as `(1, H, W)` tensors."""
@@ -491,6 +498,7 @@ def defer_processor_class_to_model_config(folder: str | Path) -> None:
 
 __all__ = [
     "TRANSPARENT_BACKGROUND",
+    "DecodedImagesMixin",
     "FaPNImageProcessor",
     "FaPNImageProcessorKwargs",
     "as_rgb_tensor",

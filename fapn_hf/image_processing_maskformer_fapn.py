@@ -16,7 +16,7 @@ from transformers.models.maskformer.image_processing_maskformer import (
 )
 from transformers.processing_utils import Unpack
 
-from .image_processing_fapn import defer_processor_class_to_model_config, valid_size
+from .image_processing_fapn import DecodedImagesMixin, defer_processor_class_to_model_config, valid_size
 
 
 class MaskFormerFaPNImageProcessorKwargs(MaskFormerImageProcessorKwargs, total=False):
@@ -29,7 +29,7 @@ class MaskFormerFaPNImageProcessorKwargs(MaskFormerImageProcessorKwargs, total=F
     semantic_only: bool
 
 
-class MaskFormerFaPNImageProcessor(MaskFormerImageProcessor):
+class MaskFormerFaPNImageProcessor(DecodedImagesMixin, MaskFormerImageProcessor):
     r"""
     [`MaskFormerImageProcessor`] for MaskFormer + FaPN: resize (shorter side, longer side capped), rescale, ImageNet
     normalisation, batches padded at the bottom and right with a `pixel_mask`; `size_divisor` defaults to 0 (no
@@ -43,7 +43,7 @@ class MaskFormerFaPNImageProcessor(MaskFormerImageProcessor):
 
     valid_kwargs = MaskFormerFaPNImageProcessorKwargs
     size_divisor = 0
-    do_convert_rgb = True  # grayscale and RGBA images as users have them (MaskFormer's processor would refuse them)
+    do_convert_rgb = True  # images decoded by FaPN's one rule (`decode_image`): gray, RGBA, 16-bit, EXIF-rotated
     semantic_only = True
 
     def __init__(self, **kwargs: Unpack[MaskFormerFaPNImageProcessorKwargs]) -> None:

@@ -23,7 +23,7 @@ from image_kinds import KINDS, ImageKind
 from PIL import Image
 from transformers import pipeline
 
-from fapn_hf import FaPNForSemanticSegmentation, FaPNImageProcessor, SegmentationPredictor
+from fapn_hf import FaPNForSemanticSegmentation, FaPNImageProcessor, MaskFormerFaPNImageProcessor, SegmentationPredictor
 from fapn_hf.data import LabelSpec, SegmentationCollator, SegmentationDataset, decode_sample, load_segmentation_dataset
 from fapn_hf.image_processing_fapn import decode_image, open_image
 from fapn_hf.labels import label_maps
@@ -84,13 +84,15 @@ def test_every_path_decodes_each_kind_of_file_the_same(kind: ImageKind, kind_fil
     image, labels = decode_sample(_row(path, label), 0, LabelSpec(4))
     np.testing.assert_array_equal(image, expected)
     assert labels.shape == expected.shape[:2]
-    # The processor: a path, a PIL image (upright by EXIF) and the decoded array give the same pixel_values.
-    processor = FaPNImageProcessor(**PROCESSOR)
-    reference = processor(expected, return_tensors="pt")["pixel_values"]
-    torch.testing.assert_close(processor(str(path), return_tensors="pt")["pixel_values"], reference, atol=0, rtol=0)
-    with Image.open(path) as opened:
-        torch.testing.assert_close(processor(opened, return_tensors="pt")["pixel_values"], reference, atol=0, rtol=0)
-    torch.testing.assert_close(processor(open_image(path), return_tensors="pt")["pixel_values"], reference)
+    # Each family's processor: a path, a PIL image (upright by EXIF) and the decoded array give the same pixel_values.
+    for processor in (FaPNImageProcessor(**PROCESSOR), MaskFormerFaPNImageProcessor(**PROCESSOR)):
+        reference = processor(expected, return_tensors="pt")["pixel_values"]
+        from_path = processor(str(path), return_tensors="pt")["pixel_values"]
+        torch.testing.assert_close(from_path, reference, atol=0, rtol=0)
+        with Image.open(path) as opened:
+            from_pil = processor(opened, return_tensors="pt")["pixel_values"]
+        torch.testing.assert_close(from_pil, reference, atol=0, rtol=0)
+        torch.testing.assert_close(processor(open_image(path), return_tensors="pt")["pixel_values"], reference)
 
 
 def test_pipeline_predictor_and_predict_script_give_identical_label_maps(model_folder, kind_files, tmp_path):
