@@ -285,15 +285,22 @@ def build_app(segmenter: Segmenter) -> gr.Blocks:
         gr.Markdown(describe_model(segmenter), elem_id="model-description")
         with gr.Row():
             with gr.Column():
-                upload = image_upload(label="Image", sources=["upload", "clipboard"])
+                upload = image_upload(label="Image", sources=["upload", "clipboard"], height=360)
                 flip = gr.Checkbox(label="Flip test-time augmentation", value=False)
                 multiscale = gr.Checkbox(label=f"Multi-scale test-time augmentation {MULTI_SCALES}", value=False)
                 submit = gr.Button("Segment", variant="primary")
                 if examples:
                     gr.Examples(examples=examples, inputs=upload, cache_examples=False)
             with gr.Column():
-                overlay_image = gr.Image(label="Segmentation", type="filepath", format="png", interactive=False)
-                opacity = gr.Slider(0, 1, value=DEFAULT_OPACITY, step=0.05, label="Overlay opacity")
+                overlay_image = gr.Image(
+                    label="Segmentation",
+                    type="filepath",
+                    format="png",
+                    interactive=False,
+                    elem_id="overlay",
+                    height=360,
+                )
+                opacity = gr.Slider(0, 1, value=DEFAULT_OPACITY, step=0.05, label="Overlay opacity", elem_id="opacity")
                 hide_background = gr.Checkbox(
                     label="Hide background (show the photo where the model sees background)",
                     value=has_background,
@@ -302,7 +309,7 @@ def build_app(segmenter: Segmenter) -> gr.Blocks:
                 )
                 legend = gr.HTML(label="Legend")
                 status = gr.Markdown(elem_id="status")
-                table = gr.Dataframe(headers=TABLE_HEADERS, label="Area per class", interactive=False)
+                table = gr.Dataframe(headers=TABLE_HEADERS, label="Area per class", interactive=False, elem_id="areas")
         result = gr.State(None)
         cache_dir = overlay_image.GRADIO_CACHE
 

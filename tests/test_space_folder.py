@@ -44,7 +44,7 @@ CHROMIUM_FLAGS = [
 def save_demo_model(folder: Path) -> Path:
     """A tiny FaPN with the demo data's classes and a card marking it as trained on the synthetic demo data."""
     id2label, label2id = label_maps(list(DEMO_LABELS))
-    config = tiny_config(id2label=id2label, label2id=label2id)
+    config = tiny_config(id2label=id2label, label2id=label2id, num_labels=len(DEMO_LABELS))
     FaPNForSemanticSegmentation(config).save_pretrained(folder)
     FaPNImageProcessor(do_resize=False).save_pretrained(folder)
     write_model_card(folder, config, dataset_name="demo", model_name=MODEL_ID)
@@ -85,10 +85,59 @@ def _wait_for(url: str, process: subprocess.Popen, log: Path, timeout: float = 3
     raise AssertionError(f"the app did not answer within {timeout} s:\n{log.read_text()[-3000:]}")
 
 
-@pytest.mark.slow
-def test_built_space_starts_from_a_fresh_virtualenv_and_works_in_a_browser(tmp_path):
+def drive_in_browser(url: str, tmp_path: Path) -> Path:
+    """Uses the page as a visitor would (model description, upload, result, legend, table, opacity, a bad file's
+    message) and returns a screenshot of the result."""
     from playwright.sync_api import expect, sync_playwright
 
+    image = tmp_path / "upload.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 255, (64, 96, 3), dtype=np.uint8)).save(image)
+    not_an_image = tmp_path / "notes.jpg"
+    not_an_image.write_text("a text file named like a photo")
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(url, wait_until="domcontentloaded")
+        description = page.locator("#model-description")
+        expect(description).to_contain_text(MODEL_ID, timeout=60_000)
+        expect(description).to_contain_text("Trained on synthetic shapes")
+        expect(description).to_contain_text("recognises 6 classes: background, blob, box, wire, dot, shard")
+
+        page.locator("input[type=file]").first.set_input_files(str(image))
+        page.get_by_role("button", name="Segment").click()
+        status = page.locator("#status")
+        expect(status).to_contain_text("96x64 image; 1 view(s)", timeout=120_000)
+        expect(status).to_contain_text("in all")
+        legend = page.locator(".fapn-legend")
+        expect(legend).to_be_visible()
+        legend_text = legend.inner_text()
+        assert any(name in legend_text for name in DEMO_LABELS), legend_text
+        areas = page.locator("#areas")
+        expect(areas).to_contain_text("area (%)")
+        expect(areas).to_contain_text(legend_text.split()[0])  # the largest class, first in the legend too
+        overlay = page.locator("#overlay img")
+        before = overlay.get_attribute("src")
+
+        opacity = page.locator("#opacity input[type=number]")  # the number box next to the slider
+        opacity.fill("1")
+        opacity.press("Enter")
+        expect(overlay).not_to_have_attribute("src", before, timeout=60_000)  # re-drawn, model not re-run
+        screenshot = tmp_path / "space.png"
+        page.screenshot(path=str(screenshot), full_page=True)
+
+        page.reload(wait_until="domcontentloaded")  # a visitor who uploads a text file named like a photo
+        page.locator("input[type=file]").first.set_input_files(str(not_an_image))
+        page.get_by_role("button", name="Segment").click()
+        expect(page.get_by_text("notes.jpg could not be read").first).to_be_visible(timeout=60_000)
+        page.wait_for_timeout(1000)  # the message slides in
+        page.screenshot(path=str(tmp_path / "space_error.png"))
+        browser.close()
+    return screenshot
+
+
+@pytest.mark.slow
+def test_built_space_starts_from_a_fresh_virtualenv_and_works_in_a_browser(tmp_path):
     assert Path(CHROMIUM).exists(), "Debian's chromium is needed (.ci/run installs it)"
     model = save_demo_model(tmp_path / "model")
     hf_home = tmp_path / "hf_home"
@@ -133,48 +182,11 @@ def test_built_space_starts_from_a_fresh_virtualenv_and_works_in_a_browser(tmp_p
     try:
         url = f"http://127.0.0.1:{port}/"
         _wait_for(url, process, log)
-        image = tmp_path / "upload.png"
-        Image.fromarray(np.random.default_rng(3).integers(0, 255, (64, 96, 3), dtype=np.uint8)).save(image)
-        not_an_image = tmp_path / "notes.jpg"
-        not_an_image.write_text("a text file named like a photo")
-
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-            page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            page.goto(url, wait_until="domcontentloaded")
-            description = page.locator("#model-description")
-            expect(description).to_contain_text(MODEL_ID, timeout=60_000)
-            expect(description).to_contain_text("Trained on synthetic shapes")
-            expect(description).to_contain_text("recognises 6 classes: background, blob, box, wire, dot, shard")
-
-            page.locator("input[type=file]").first.set_input_files(str(image))
-            page.get_by_role("button", name="Segment").click()
-            status = page.locator("#status")
-            expect(status).to_contain_text("96x64 image; 1 view(s)", timeout=120_000)
-            expect(status).to_contain_text("in all")
-            legend = page.locator(".fapn-legend")
-            expect(legend).to_be_visible()
-            legend_text = legend.inner_text()
-            assert any(name in legend_text for name in DEMO_LABELS), legend_text
-            table_text = page.locator("table").first.inner_text()
-            assert "area (%)" in table_text and any(name in table_text for name in DEMO_LABELS), table_text
-            overlay = page.get_by_label("Segmentation").locator("img")
-            before = overlay.get_attribute("src")
-
-            page.get_by_label("Overlay opacity").first.fill("1")  # the number box of the slider
-            page.get_by_label("Overlay opacity").first.press("Enter")
-            expect(overlay).not_to_have_attribute("src", before, timeout=60_000)  # re-drawn, model not re-run
-            screenshot = tmp_path / "space.png"
-            page.screenshot(path=str(screenshot), full_page=True)
-
-            page.get_by_role("button", name="Clear").first.click()
-            page.locator("input[type=file]").first.set_input_files(str(not_an_image))
-            page.get_by_role("button", name="Segment").click()
-            expect(page.get_by_text("notes.jpg could not be read").first).to_be_visible(timeout=60_000)
-            browser.close()
+        screenshot = drive_in_browser(url, tmp_path)
     finally:
         process.terminate()
         process.wait(timeout=30)
     assert screenshot.stat().st_size > 10_000
     if (REPO_ROOT / "outputs").is_dir():
         shutil.copy(screenshot, REPO_ROOT / "outputs" / "space_screenshot.png")
+        shutil.copy(tmp_path / "space_error.png", REPO_ROOT / "outputs" / "space_error_screenshot.png")
