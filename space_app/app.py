@@ -285,12 +285,12 @@ def build_app(segmenter: Segmenter) -> gr.Blocks:
         gr.Markdown(describe_model(segmenter), elem_id="model-description")
         with gr.Row():
             with gr.Column():
-                upload = image_upload(label="Image", sources=["upload", "clipboard"], height=360)
+                upload = image_upload(label="Image", sources=["upload", "clipboard"], height=360, elem_id="upload")
                 flip = gr.Checkbox(label="Flip test-time augmentation", value=False)
                 multiscale = gr.Checkbox(label=f"Multi-scale test-time augmentation {MULTI_SCALES}", value=False)
                 submit = gr.Button("Segment", variant="primary")
                 if examples:
-                    gr.Examples(examples=examples, inputs=upload, cache_examples=False)
+                    gr.Examples(examples=examples, inputs=upload, cache_examples=False, elem_id="examples")
             with gr.Column():
                 overlay_image = gr.Image(
                     label="Segmentation",

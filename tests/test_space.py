@@ -190,3 +190,17 @@ def test_running_app_over_gradio_client(running_app, tmp_path):
     text.write_text("not an image")
     with pytest.raises(Exception, match="notes.jpg could not be read"):  # the call fails, with the message
         client.predict(image=handle_file(str(text)), api_name="/segment")
+
+
+def test_the_gradio_client_example_of_the_space_readme_runs_against_the_app(running_app, tmp_path, monkeypatch):
+    from fapn_hf.space import space_card
+
+    card = str(space_card("org/fapn-tiny-demo", "FaPN", "FaPN semantic segmentation", ["gradio==6"]))
+    example = card.split("```python\n", 1)[1].split("```", 1)[0]
+    assert 'Client("OWNER/SPACE-NAME")' in example and 'handle_file("photo.jpg")' in example
+    _save(tmp_path, "photo.jpg", np.random.default_rng(5).integers(0, 255, (30, 44, 3), dtype=np.uint8))
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(example.replace("OWNER/SPACE-NAME", running_app.local_url), namespace)  # the README's code, as written
+    assert namespace["status"].startswith("44x30 image; 1 view(s)")
+    assert sum(row[2] for row in namespace["areas"]["data"]) == 30 * 44

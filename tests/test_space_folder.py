@@ -104,9 +104,15 @@ def drive_in_browser(url: str, tmp_path: Path) -> Path:
         expect(description).to_contain_text("Trained on synthetic shapes")
         expect(description).to_contain_text("recognises 6 classes: background, blob, box, wire, dot, shard")
 
+        status = page.locator("#status")
+        page.locator("#examples button.gallery-item").first.click()  # a shipped example (256x256 demo image)
+        expect(page.locator("#upload img")).to_be_visible(timeout=60_000)  # loaded into the input
+        page.get_by_role("button", name="Segment").click()
+        expect(status).to_contain_text("256x256 image; 1 view(s)", timeout=120_000)
+
+        page.reload(wait_until="domcontentloaded")
         page.locator("input[type=file]").first.set_input_files(str(image))
         page.get_by_role("button", name="Segment").click()
-        status = page.locator("#status")
         expect(status).to_contain_text("96x64 image; 1 view(s)", timeout=120_000)
         expect(status).to_contain_text("in all")
         legend = page.locator(".fapn-legend")
