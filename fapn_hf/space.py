@@ -55,6 +55,10 @@ class SpaceFolder:
         lines.append("requirements: " + ", ".join(self.requirements))
         for name, score in self.example_scores.items():
             lines.append(f"example {name}: mIoU {score:.3f} against its ground truth")
+        if not self.examples:
+            lines.append(
+                "no examples: the model is not the demo model; pass images that show it doing well (--examples)"
+            )
         return "\n".join(lines)
 
 

@@ -204,3 +204,32 @@ def test_the_gradio_client_example_of_the_space_readme_runs_against_the_app(runn
     exec(example.replace("OWNER/SPACE-NAME", running_app.local_url), namespace)  # the README's code, as written
     assert namespace["status"].startswith("44x30 image; 1 view(s)")
     assert sum(row[2] for row in namespace["areas"]["data"]) == 30 * 44
+
+
+def test_build_space_checks_its_inputs_before_writing_anything(tmp_path):
+    from fapn_hf.space import build_space
+
+    with pytest.raises(ValueError, match="invalid model repo id 'not an id'"):
+        build_space("not an id", tmp_path / "a")
+    with pytest.raises(ValueError, match="at most 60"):
+        build_space("org/fapn", tmp_path / "b", short_description="x" * 61)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "keep.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not an empty folder"):
+        build_space("org/fapn", tmp_path / "c")
+    with pytest.raises(FileNotFoundError, match="example images not found"):
+        build_space("org/fapn", tmp_path / "d", examples=[tmp_path / "missing.jpg"])
+    assert not any((tmp_path / name).exists() for name in "abd") and (tmp_path / "c" / "keep.txt").read_text() == "mine"
+
+
+def test_build_space_ships_given_examples_as_they_are(tmp_path, model_folder):
+    from huggingface_hub import SpaceCard
+
+    from fapn_hf.space import build_space
+
+    photo = _save(tmp_path, "Street.JPG", np.zeros((8, 8, 3), np.uint8))
+    space = build_space("org/fapn-city", tmp_path / "space", model_path=model_folder, examples=[photo])
+    assert [path.name for path in space.examples] == ["example_0.jpg"] and not space.example_scores
+    assert (space.folder / "examples" / "example_0.jpg").read_bytes() == Path(photo).read_bytes()
+    assert SpaceCard.load(space.folder / "README.md").data.models == ["org/fapn-city"]
+    assert (space.folder / "fapn_hf" / "__init__.py").is_file() and (space.folder / "app.py").is_file()
