@@ -691,6 +691,7 @@ def conversion_record(
     return {
         "model": model.name,
         "description": model.description,
+        "dataset": model.labels,
         "converted_from_release": from_release,
         "source": {
             "file": checkpoint.path.name,

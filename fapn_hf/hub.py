@@ -22,6 +22,19 @@ PAPER_URL = "https://arxiv.org/abs/2108.07058"
 # The provenance record the converter writes next to converted weights (see `read_conversion_record`).
 CONVERSION_RECORD = "conversion.json"
 
+# The data set name of the built-in synthetic demo data (`fapn_hf.demo_data`), and the card tag that marks models
+# trained on it: the Space reads the tag to tell visitors that the model knows synthetic shapes, not photos.
+DEMO_DATASET = "demo"
+SYNTHETIC_DATA_TAG = "synthetic-shapes"
+
+# What a card says about the data sets the original FaPN models were trained on (facts of the data sets).
+KNOWN_DATASETS = {
+    "cityscapes": "[Cityscapes](https://www.cityscapes-dataset.com/) (fine annotations: 2,975 training and 500 "
+    "validation images of street scenes from 50 European cities, 2048x1024, 19 evaluation classes)",
+    "ade20k": "[ADE20K SceneParsing](http://sceneparsing.csail.mit.edu/) (20,210 training and 2,000 validation "
+    "images of indoor and outdoor scenes, 150 classes)",
+}
+
 # Metrics written to `model-index`: (key in the evaluation metrics, metric type, display name).
 CARD_METRICS = (
     ("mean_iou", "mean_iou", "mIoU"),
@@ -53,6 +66,86 @@ def describe_architecture(config: FaPNConfig) -> str:
             backbone += " (MSRA, stride in the 1x1 conv)"
     head = "semantic FPN head" + (" + PointRend" if config.use_point_rend else "")
     return f"{neck} on {backbone}, {head}, {config.num_labels} classes"
+
+
+def check_repo_id(repo_id: str, kind: str = "model") -> str:
+    """`repo_id` when it is a valid Hub repo id of the form ORG/NAME; else `ValueError` in one line saying why."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if not isinstance(repo_id, str) or repo_id.count("/") != 1:
+        raise ValueError(f"invalid {kind} repo id {repo_id!r}: expected ORG/NAME, e.g. my-org/fapn-r18-demo")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        reason = str(error).strip().splitlines()[0]
+        raise ValueError(f"invalid {kind} repo id {repo_id!r}: {reason}") from None
+    return repo_id
+
+
+def require_token(token: str | None = None) -> str:
+    """`token`, or the logged-in one / HF_TOKEN; `PermissionError` saying how to log in when there is none."""
+    from huggingface_hub import get_token
+
+    token = token or get_token()
+    if not token:
+        raise PermissionError(
+            "no Hugging Face token: run `hf auth login`, set HF_TOKEN, or pass --token; nothing was uploaded"
+        )
+    return token
+
+
+def is_synthetic_demo(card_data: Any) -> bool:
+    """Whether a card's metadata (`ModelCardData` or its dict) marks a model trained on the synthetic demo data."""
+    tags = card_data.get("tags") if isinstance(card_data, dict) else getattr(card_data, "tags", None)
+    return SYNTHETIC_DATA_TAG in (tags or [])
+
+
+def load_model_card(source: str | Path) -> ModelCard | None:
+    """The card of a model folder (its README.md) or Hub id (from the Hub or its cache), or None when it has none or
+    it cannot be reached."""
+    folder = Path(source)
+    try:
+        return ModelCard.load(folder / "README.md") if folder.is_dir() else ModelCard.load(str(source))
+    except Exception:  # missing, unreachable or unparsable: the caller goes on without what the card would say
+        return None
+
+
+def describe_training_data(dataset_name: str | None, conversion: dict[str, Any] | None = None) -> str:
+    """The card's "Training data" paragraph: the synthetic demo set, the original data set of converted weights, or
+    the data set named in metrics.json."""
+    if conversion:
+        dataset = conversion.get("dataset") or ""
+        known = KNOWN_DATASETS.get(dataset, f"the data set of the original model ({conversion.get('description')})")
+        return (
+            f"The authors of FaPN trained the original weights on {known}; these weights are converted from theirs, "
+            "not retrained here."
+        )
+    if dataset_name == DEMO_DATASET:
+        return (
+            "Synthetic shapes: `fapn_hf.demo_data` draws coloured blobs, boxes, shards, clusters of dots and thin "
+            "wires on textured backgrounds, with random colour casts and noise. The data is generated, not "
+            "photographed: the model has never seen a real photo."
+        )
+    if dataset_name:
+        known = KNOWN_DATASETS.get(dataset_name.lower().rsplit("/", 1)[-1])
+        return f"{known}, as `{dataset_name}`." if known else f"`{dataset_name}` (see metrics.json for its splits)."
+    return "Not recorded."
+
+
+def _intended_use(dataset_name: str | None, conversion: dict[str, Any] | None) -> str:
+    if dataset_name == DEMO_DATASET and not conversion:
+        return (
+            "A demonstration of the FaPN architecture and of this package's training, evaluation and publishing "
+            "path. It segments images like its synthetic training data; on photos its output means nothing. Do not "
+            "use it for any decision about real scenes."
+        )
+    return (
+        "Semantic segmentation of images like those of its training data (one class per pixel, from the classes "
+        "below). Expect lower accuracy on other kinds of images (other cameras, weather, countries, drawings), and "
+        "validate it on your own data before relying on it. It is not meant for safety-critical use (driving, "
+        "medical, surveillance of people) without that validation."
+    )
 
 
 def file_sha256(path: str | Path) -> str:
@@ -124,6 +217,7 @@ def model_card(
         )
         for metric_type, display, value in measured
     ]
+    synthetic = dataset_name == DEMO_DATASET and not conversion
     reported = conversion.get("reported", []) if conversion else []
     display_names = {metric_type: display for _, metric_type, display in CARD_METRICS}
     for result in reported:
@@ -147,7 +241,8 @@ def model_card(
         library_name="transformers",
         pipeline_tag="image-segmentation",
         license="apache-2.0",
-        tags=["fapn", "semantic-segmentation", "vision", "image-segmentation"],
+        tags=["fapn", "semantic-segmentation", "vision", "image-segmentation"]
+        + ([SYNTHETIC_DATA_TAG] if synthetic else []),
         datasets=[dataset] if dataset_name and "/" in dataset_name else None,
         eval_results=eval_results or None,
     )
@@ -162,6 +257,7 @@ def model_card(
         )
     provenance = _provenance(conversion, model_name) if conversion else ""
     settings = "\n".join(f"- `{k}`: `{v}`" for k, v in (training_summary or {}).items() if v is not None)
+    classes = ", ".join(f"`{config.id2label[i]}`" for i in range(config.num_labels))
     content = f"""---
 {data.to_yaml()}
 ---
@@ -171,9 +267,31 @@ def model_card(
 {describe_architecture(config)}. FaPN (Feature-aligned Pyramid Network, ICCV 2021) aligns upsampled features with
 a learnt deformable convolution (FAM) and re-weights lateral features (FSM) in the top-down path of an FPN.
 {provenance}
+## Training data
+
+{describe_training_data(dataset_name, conversion)}
+
+## Classes
+
+The model gives every pixel one of {config.num_labels} classes (ids in this order): {classes}.
+
+## Intended use and limitations
+
+{_intended_use(dataset_name, conversion)} Images are read as 8-bit RGB (EXIF orientation applied, 16-bit images
+scaled, transparency composited over white, the first frame of an animation); the image processor resizes them to
+its own size rule and the class map comes back at the input size.
+
 ## Results{f" on {dataset_name}" if dataset_name else ""} (measured)
 
 {results}
+
+## Install
+
+```bash
+pip install fapn_hf          # the FaPN classes, registered with transformers on import
+```
+
+For the remote-code path below, transformers, torch, torchvision and timm are all it needs.
 
 ## Usage
 
@@ -182,7 +300,16 @@ import fapn_hf  # registers FaPN with transformers
 from transformers import pipeline
 
 segmenter = pipeline("image-segmentation", model="{model_name}")
-segments = segmenter("image.jpg")
+segments = segmenter(fapn_hf.open_image("image.jpg"))  # [{{"label": ..., "mask": PIL image}}, ...]
+```
+
+Test-time augmentation (multi-scale, flip) and class maps at the image's resolution:
+
+```python
+from fapn_hf import SegmentationPredictor, TTAConfig
+
+predictor = SegmentationPredictor.from_pretrained("{model_name}")
+class_ids = predictor.predict("image.jpg", TTAConfig(scales=(0.75, 1.0, 1.25), flip=True))  # (H, W) int64
 ```
 
 Without the `fapn_hf` package, the modeling code shipped in this repository loads with remote code:
@@ -257,12 +384,15 @@ class UploadPlan:
 
 
 def plan_upload(folder: str | Path, repo_id: str | None = None, keep_card: bool = False) -> UploadPlan:
-    """Checks a model folder and lists what `push_folder` uploads. The card is generated from the folder's config
-    and metrics.json, named after `repo_id` (or, with `keep_card`, the folder's own README.md). Nothing is written.
+    """Checks a model folder (and `repo_id`: `ValueError` when invalid) and lists what `push_folder` uploads. The
+    card is generated from the folder's config and metrics.json, named after `repo_id` (or, with `keep_card`, the
+    folder's own README.md). Nothing is written.
     """
     import fnmatch
     import json
 
+    if repo_id is not None:
+        check_repo_id(repo_id)
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"model folder not found: {folder}")
@@ -323,14 +453,11 @@ def push_folder(
     Raises `PermissionError` without a token and `ConnectionError` when the Hub cannot be reached; the local folder is
     never modified.
     """
-    from huggingface_hub import CommitOperationAdd, HfApi, get_token
+    from huggingface_hub import CommitOperationAdd, HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
-    token = token or get_token()
-    if not token:
-        raise PermissionError(
-            "no Hugging Face token: run `hf auth login`, set HF_TOKEN, or pass --token; nothing was uploaded"
-        )
+    check_repo_id(repo_id)
+    token = require_token(token)
     api = HfApi(token=token)
     operations = [CommitOperationAdd(name, str(path)) for name, path in plan.files.items()]
     operations.append(CommitOperationAdd("README.md", str(plan.card).encode()))
@@ -360,13 +487,21 @@ def write_model_card(folder: str | Path, config: FaPNConfig, **kwargs: Any) -> P
 __all__ = [
     "CITATION",
     "CONVERSION_RECORD",
+    "DEMO_DATASET",
+    "KNOWN_DATASETS",
+    "SYNTHETIC_DATA_TAG",
     "UploadPlan",
+    "check_repo_id",
     "describe_architecture",
+    "describe_training_data",
     "file_sha256",
+    "is_synthetic_demo",
+    "load_model_card",
     "model_card",
     "plan_upload",
     "push_folder",
     "read_conversion_record",
+    "require_token",
     "weights_digest",
     "write_model_card",
 ]

@@ -5,8 +5,9 @@ with --keep-card).
     python scripts/push_to_hub.py --model-dir outputs/demo --repo-id ORG/fapn-r18-demo --dry-run
     python scripts/push_to_hub.py --model-dir outputs/demo --repo-id ORG/fapn-r18-demo --private
 
-`--dry-run` prints exactly what would be uploaded and touches no network. The token comes from the usual
-huggingface_hub places (`hf auth login`, HF_TOKEN) or `--token`. The local folder is never modified.
+`--dry-run` prints exactly what would be uploaded and touches no network; the repo id is checked either way. The
+token (checked before anything is uploaded) comes from the usual huggingface_hub places (`hf auth login`, HF_TOKEN)
+or `--token`. The local folder is never modified.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fapn_hf.hub import plan_upload, push_folder
+from fapn_hf.hub import plan_upload, push_folder, require_token
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,6 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if not args.dry_run:
+        try:
+            args.token = require_token(args.token)
+        except PermissionError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
     target = f"{args.repo_id}" + (f"@{args.revision}" if args.revision else "")
     print(f"{'would upload' if args.dry_run else 'uploading'} to {target} ({'private' if args.private else 'public'})")
     print(plan.describe())

@@ -278,6 +278,7 @@ def test_converted_folder_is_hub_ready_with_its_provenance(r50):
     assert record["converter"]["rename_rules"] == 18 and record["reported"][0]["value"] == 80.0
     card = ModelCard.load(folder / "README.md")
     assert "Converted from the authors' release" in card.text and sha256 in card.text
+    assert record["dataset"] == "cityscapes" and "trained the original weights on [Cityscapes]" in card.text
     assert r50.checkpoints[True].name in card.text
     (reported,) = [r for r in card.data.eval_results if r.source_name is not None]
     assert (reported.metric_type, reported.metric_value, reported.dataset_type) == ("mean_iou", 80.0, "cityscapes")

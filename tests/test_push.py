@@ -13,8 +13,8 @@ import pytest
 from conftest import tiny_config
 from huggingface_hub import ModelCard
 
-from fapn_hf import FaPNForSemanticSegmentation, FaPNImageProcessor, preset_config
-from fapn_hf.hub import model_card, plan_upload, push_folder
+from fapn_hf import FaPNForSemanticSegmentation, FaPNImageProcessor, label_maps, preset_config
+from fapn_hf.hub import is_synthetic_demo, model_card, plan_upload, push_folder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 METRICS = {"eval_mean_iou": 0.6116, "eval_boundary_mean_iou": 0.5836, "eval_pixel_accuracy": 0.95, "eval_loss": 0.2}
@@ -52,6 +52,23 @@ def test_card_metadata_holds_the_measured_results():
     }
     assert 'from_pretrained("org/fapn-r50", trust_remote_code=True)' in card.text and "import fapn_hf" in card.text
     assert "@inproceedings{huang2021fapn" in card.text
+
+
+def test_card_describes_data_classes_limitations_install_and_both_usages():
+    id2label, label2id = label_maps(["background", "blob", "box"])
+    config = tiny_config(id2label=id2label, label2id=label2id, num_labels=3)
+    demo = model_card(config, METRICS, dataset_name="demo", model_name="org/fapn-demo")
+    assert "synthetic-shapes" in demo.data.tags and is_synthetic_demo(demo.data)
+    for heading in ("## Training data", "## Classes", "## Intended use and limitations", "## Install", "## Usage"):
+        assert heading in demo.text, heading
+    assert "Synthetic shapes" in demo.text and "never seen a real photo" in demo.text
+    assert "3 classes (ids in this order): `background`, `blob`, `box`" in demo.text
+    assert "pip install fapn_hf" in demo.text and "import fapn_hf" in demo.text
+    assert 'from_pretrained("org/fapn-demo", trust_remote_code=True)' in demo.text
+
+    cityscapes = model_card(preset_config("fapn-r50-pointrend", "cityscapes"), METRICS, dataset_name="cityscapes")
+    assert not is_synthetic_demo(cityscapes.data) and "2,975 training and 500 validation images" in cityscapes.text
+    assert "`road`, `sidewalk`" in cityscapes.text and "validate it on your own data" in cityscapes.text
 
 
 def test_no_reported_figure_without_a_conversion_record():
@@ -123,3 +140,23 @@ def test_the_pushed_card_is_the_one_a_reload_would_parse(run_folder):
     plan = plan_upload(run_folder, repo_id="org/fapn-demo")
     reparsed = ModelCard(str(plan.card))
     assert reparsed.data.to_dict() == plan.card.data.to_dict()
+
+
+@pytest.mark.parametrize("repo_id", ["fapn-demo", "org/fapn demo", "org/a/b", "org/--bad"])
+def test_invalid_repo_id_is_a_one_line_error_in_dry_run_too(run_folder, tmp_path, repo_id):
+    result = _push(["--model-dir", str(run_folder), "--repo-id", repo_id, "--dry-run"], tmp_path / "home",
+                   HF_HUB_OFFLINE="1")  # fmt: skip
+    assert result.returncode == 2 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: invalid model repo id {repo_id!r}"), result.stderr
+
+
+def test_the_token_is_checked_before_uploading_is_announced(run_folder, tmp_path):
+    before = _snapshot(run_folder)
+    result = _push(["--model-dir", str(run_folder), "--repo-id", "org/fapn-demo"], tmp_path / "home",
+                   HF_ENDPOINT="http://127.0.0.1:9")  # fmt: skip
+    assert result.returncode == 1 and "uploading" not in result.stdout
+    assert result.stderr.strip() == (
+        "error: no Hugging Face token: run `hf auth login`, set HF_TOKEN, or pass --token; nothing was uploaded"
+    )
+    assert _snapshot(run_folder) == before
