@@ -190,12 +190,17 @@ def find_onnx_file(model_name_or_path: str) -> Path | None:
         path = folder / ONNX_FILE_NAME
         return path if path.is_file() else None
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, OfflineModeIsEnabled
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+    )
 
     try:
         return Path(hf_hub_download(model_name_or_path, ONNX_FILE_NAME))
-    except (EntryNotFoundError, LocalEntryNotFoundError, OfflineModeIsEnabled):
-        return None
+    except (EntryNotFoundError, LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError):
+        return None  # the PyTorch loader then says what is missing, in its own words
 
 
 def _model_device(model: Any) -> torch.device:
