@@ -53,7 +53,7 @@ class _Geometry(NamedTuple):
     padding: tuple[int, int]
     dilation: tuple[int, int]
     deformable_groups: int
-    rows_per_band: int
+    rows_per_band: int | None  # None: one band of all rows
 
 
 class _SamplingGrid(NamedTuple):
@@ -226,8 +226,12 @@ def _sampling_gradients(
         grad_offset[:, :, rows] = torch.stack((grad_y, grad_x), dim=-1).flatten(3).permute(0, 3, 1, 2)
 
 
-def _band_starts(out_height: int, rows_per_band: int) -> range:
-    return range(0, out_height, rows_per_band)
+def _bands(out_height: int, rows_per_band: int | None) -> list[tuple[int, int]]:
+    """`(start, stop)` of every band of output rows; `rows_per_band=None`: all rows in one band (no arithmetic on
+    `out_height`, which may be symbolic)."""
+    if rows_per_band is None:
+        return [(0, out_height)]
+    return [(start, min(out_height, start + rows_per_band)) for start in range(0, out_height, rows_per_band)]
 
 
 def _deform_conv_forward(
@@ -245,8 +249,7 @@ def _deform_conv_forward(
     table = _padded_nhwc(input, geometry.deformable_groups)
     grid = _sampling_grid(input, offset, geometry)
     output = input.new_empty(batch, out_channels, out_height, out_width)
-    for start in _band_starts(out_height, geometry.rows_per_band):
-        stop = min(out_height, start + geometry.rows_per_band)
+    for start, stop in _bands(out_height, geometry.rows_per_band):
         sampling = _band_sampling(
             offset[:, :, start:stop], None if mask is None else mask[:, :, start:stop], grid, start
         )
@@ -288,8 +291,7 @@ class _DeformConv2dFunction(torch.autograd.Function):
         grad_offset = torch.empty_like(offset) if need_offset else None
         grad_mask = torch.empty_like(mask) if need_mask else None
         grad_weight = torch.zeros_like(weight_matrix) if need_weight else None
-        for start in _band_starts(out_height, geometry.rows_per_band):
-            stop = min(out_height, start + geometry.rows_per_band)
+        for start, stop in _bands(out_height, geometry.rows_per_band):
             rows = slice(start, stop)
             sampling = _band_sampling(offset[:, :, rows], None if mask is None else mask[:, :, rows], grid, start, True)
             grad_band = grad_output[:, :, rows].reshape(batch, out_channels, -1)  # (N, C_out, pixels)
@@ -381,10 +383,14 @@ def _deform_conv2d_torch(
     taps = kernel_size[0] * kernel_size[1]
     deformable_groups = offset.shape[1] // (2 * taps)
     out_height, out_width = offset.shape[2], offset.shape[3]
-    columns_per_row = input.shape[0] * input.shape[1] * taps * out_width
-    rows_per_band = max(1, max_column_elements // max(1, columns_per_row))
-    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-        rows_per_band = max(1, out_height)  # one band: an exported graph stays small and shape-generic
+    sizes = (input.shape[0], input.shape[1], out_height, out_width)
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or not all(isinstance(s, int) for s in sizes):
+        # One band: an exported graph stays small and shape-generic, and symbolic sizes (torch.export, dynamic
+        # torch.compile) are not specialised by a loop over bands.
+        rows_per_band = None
+    else:
+        columns_per_row = input.shape[0] * input.shape[1] * taps * out_width
+        rows_per_band = max(1, max_column_elements // max(1, columns_per_row))
     geometry = _Geometry(kernel_size, stride, padding, dilation, deformable_groups, rows_per_band)
     weight_matrix = _weight_matrix(weight, input.shape[1], deformable_groups)
     tensors = (input, offset, mask, weight_matrix, bias)

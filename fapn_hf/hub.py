@@ -361,7 +361,8 @@ python scripts/evaluate.py --model {model_name} {record["evaluate_arguments"]}
 
 # What a Hub model repo gets from a run folder; checkpoints, pickles (training_args.bin) and overlays stay local.
 UPLOAD_PATTERNS = ("config.json", "model*.safetensors", "model.safetensors.index.json", "preprocessor_config.json",
-                   "*.py", "README.md", "metrics.json", "training_curves.png", CONVERSION_RECORD)  # fmt: skip
+                   "*.py", "README.md", "metrics.json", "training_curves.png", CONVERSION_RECORD,
+                   "model.onnx")  # fmt: skip
 REQUIRED_FILES = ("config.json", "preprocessor_config.json")
 
 
@@ -372,6 +373,8 @@ class UploadPlan:
     folder: Path
     files: dict[str, Path]
     card: ModelCard
+    # Holds files made for the upload only (an ONNX export), deleted with the plan.
+    scratch: Any = None
 
     def describe(self) -> str:
         lines = [f"{len(self.files) + 1} files from {self.folder}:"]
@@ -383,10 +386,14 @@ class UploadPlan:
         return "\n".join(lines)
 
 
-def plan_upload(folder: str | Path, repo_id: str | None = None, keep_card: bool = False) -> UploadPlan:
+def plan_upload(
+    folder: str | Path, repo_id: str | None = None, keep_card: bool = False, onnx: bool = False
+) -> UploadPlan:
     """Checks a model folder (and `repo_id`: `ValueError` when invalid) and lists what `push_folder` uploads. The
     card is generated from the folder's config and metrics.json, named after `repo_id` (or, with `keep_card`, the
-    folder's own README.md). Nothing is written.
+    folder's own README.md). The folder's `model.onnx` goes with it; with `onnx=True` a folder without one gets it
+    exported (and verified) into a temporary directory for the upload (`fapn_hf.onnx.export_onnx`). Nothing is
+    written into the folder.
     """
     import fnmatch
     import json
@@ -410,6 +417,16 @@ def plan_upload(folder: str | Path, repo_id: str | None = None, keep_card: bool 
         for path in sorted(folder.iterdir())
         if path.is_file() and path.name != "README.md" and any(fnmatch.fnmatch(path.name, p) for p in UPLOAD_PATTERNS)
     }
+    scratch = None
+    if onnx and "model.onnx" not in files:
+        import tempfile
+
+        from transformers import AutoModelForSemanticSegmentation
+
+        from .onnx import export_onnx
+
+        scratch = tempfile.TemporaryDirectory(prefix="fapn_onnx_")
+        files["model.onnx"] = export_onnx(AutoModelForSemanticSegmentation.from_pretrained(folder), scratch.name)
     if keep_card:
         if not (folder / "README.md").is_file():
             raise FileNotFoundError(f"keep_card: {folder} has no README.md")
@@ -425,7 +442,7 @@ def plan_upload(folder: str | Path, repo_id: str | None = None, keep_card: bool 
             training_summary=metrics.get("settings"),
             conversion=read_conversion_record(folder),
         )
-    return UploadPlan(folder, files, card)
+    return UploadPlan(folder, files, card, scratch)
 
 
 def _network_errors() -> tuple[type[BaseException], ...]:

@@ -10,6 +10,7 @@ map is the argmax of those logits, exactly what `pipeline("image-segmentation")`
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -177,26 +178,89 @@ def model_not_found_error(name: str, error: Exception) -> FileNotFoundError:
     )
 
 
+PREDICTOR_BACKENDS = ("torch", "onnxruntime", "auto")
+
+
+def find_onnx_file(model_name_or_path: str) -> Path | None:
+    """The `model.onnx` of a model folder or Hub repo (downloaded to the Hub cache), or None when there is none."""
+    from .onnx import ONNX_FILE_NAME
+
+    folder = Path(model_name_or_path).expanduser()
+    if folder.is_dir():
+        path = folder / ONNX_FILE_NAME
+        return path if path.is_file() else None
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+    )
+
+    try:
+        return Path(hf_hub_download(model_name_or_path, ONNX_FILE_NAME))
+    except (EntryNotFoundError, LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError):
+        return None  # the PyTorch loader then says what is missing, in its own words
+
+
+def _model_device(model: Any) -> torch.device:
+    device = getattr(model, "device", None)  # transformers models and OnnxRuntimeModel
+    return torch.device(device) if device is not None else next(model.parameters()).device
+
+
 class SegmentationPredictor:
     """Predicts class maps at an image's original resolution, optionally with multi-scale, flip and windows.
 
     Args:
-        model: a FaPN (or any) semantic segmentation model returning `.logits` at input resolution.
+        model: a FaPN (or any) semantic segmentation model returning `.logits` at input resolution, or an
+            `OnnxRuntimeModel` (the exported model run by onnxruntime; see `from_pretrained(backend=...)`).
         image_processor: makes every view's `pixel_values` (its resize rule is the base size of the TTA scales).
     """
 
-    def __init__(self, model: torch.nn.Module, image_processor: Any, device: str | torch.device | None = None):
-        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+    def __init__(self, model: Any, image_processor: Any, device: str | torch.device | None = None):
+        self.device = torch.device(device) if device is not None else _model_device(model)
         self.model = model.to(self.device).eval()
         self.processor = image_processor
 
     @classmethod
     def from_pretrained(
-        cls, model_name_or_path: str, device: str | torch.device | None = None, trust_remote_code: bool = False
+        cls,
+        model_name_or_path: str,
+        device: str | torch.device | None = None,
+        trust_remote_code: bool = False,
+        backend: str = "torch",
     ) -> SegmentationPredictor:
-        """Loads a model folder or Hub id with its image processor."""
+        """Loads a model folder or Hub id with its image processor.
+
+        Args:
+            backend: `"torch"` (the PyTorch model), `"onnxruntime"` (the folder's `model.onnx`, see
+                `fapn_hf.onnx.export_onnx`; CPU tensors in and out) or `"auto"` (onnxruntime when the folder has
+                `model.onnx` and onnxruntime is installed, PyTorch otherwise).
+        """
+        if backend not in PREDICTOR_BACKENDS:
+            raise ValueError(f"backend must be one of {PREDICTOR_BACKENDS}, got {backend!r}")
+        if backend != "torch":
+            check_model_source(model_name_or_path)
+            onnx_path = find_onnx_file(model_name_or_path)
+            if backend == "onnxruntime" and onnx_path is None:
+                raise FileNotFoundError(
+                    f"backend='onnxruntime': {model_name_or_path} has no model.onnx; export it with "
+                    f"`fapn-export-onnx {model_name_or_path}` (fapn_hf.onnx.export_onnx) or use backend='auto'"
+                )
+            if onnx_path is not None and (backend == "onnxruntime" or importlib.util.find_spec("onnxruntime")):
+                return cls._from_onnx(model_name_or_path, onnx_path, trust_remote_code)
         model, processor = load_model_and_processor(model_name_or_path, trust_remote_code)
         return cls(model, processor, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    @classmethod
+    def _from_onnx(cls, model_name_or_path: str, onnx_path: Path, trust_remote_code: bool) -> SegmentationPredictor:
+        from transformers import AutoConfig, AutoImageProcessor
+
+        from .onnx import OnnxRuntimeModel
+
+        config = AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
+        processor = AutoImageProcessor.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
+        return cls(OnnxRuntimeModel(onnx_path, config), processor)
 
     @property
     def id2label(self) -> dict[int, str]:
@@ -244,9 +308,11 @@ class SegmentationPredictor:
 
 
 __all__ = [
+    "PREDICTOR_BACKENDS",
     "SegmentationPredictor",
     "TTAConfig",
     "check_model_source",
+    "find_onnx_file",
     "load_model_and_processor",
     "logits_at_size",
     "model_not_found_error",

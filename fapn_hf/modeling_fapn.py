@@ -315,15 +315,17 @@ def sample_training_points(
 def most_uncertain_grid_points(uncertainty_map: torch.Tensor, num_points: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The `num_points` most uncertain cells of `(N, 1, H, W)`: flat indices `(N, P)` and cell centres `(N, P, 2)`."""
     batch, _, height, width = uncertainty_map.shape
-    num_points = min(height * width, num_points)
+    num_points = torch.sym_min(height * width, num_points)  # symbolic sizes (export) stay symbolic
     indices = torch.topk(uncertainty_map.view(batch, height * width), k=num_points, dim=1).indices
     # detectron2's expression, kept operation for operation: other forms of the same centre round differently in
     # float32 and sample a neighbouring value at cell borders.
     step_x, step_y = 1.0 / float(width), 1.0 / float(height)
+    row = indices // width
+    column = indices - row * width  # indices % width; the ONNX exporter cannot take `%` by a symbolic width
     coords = torch.stack(
         (
-            step_x / 2.0 + (indices % width).to(torch.float) * step_x,
-            step_y / 2.0 + (indices // width).to(torch.float) * step_y,
+            step_x / 2.0 + column.to(torch.float) * step_x,
+            step_y / 2.0 + row.to(torch.float) * step_y,
         ),
         dim=-1,
     )
@@ -408,6 +410,20 @@ def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_inde
     return total / (labels != ignore_index).sum().clamp(min=1)
 
 
+def check_label_values(labels: torch.Tensor, num_labels: int, ignore_index: int) -> None:
+    """Raises `ValueError` naming the values of integer `labels` outside `[0, num_labels)` and `ignore_index`. Reads
+    the labels on the host: call it outside a compiled region."""
+    invalid = (labels != ignore_index) & ((labels < 0) | (labels >= num_labels))
+    if invalid.any():
+        values = torch.unique(labels[invalid]).tolist()
+        shown = ", ".join(map(str, values[:10])) + (", ..." if len(values) > 10 else "")
+        raise ValueError(
+            f"labels contain values [{shown}] ({int(invalid.sum())} pixels) outside the label map: expected "
+            f"class ids in [0, {num_labels}) or the ignore index {ignore_index}. If the data set marks background "
+            "with 0 and the classes from 1, set `do_reduce_labels=True` in the image processor."
+        )
+
+
 def _batch_norm_error(error: ValueError, pixel_values: torch.Tensor) -> ValueError | None:
     """PyTorch's "Expected more than 1 value per channel when training", explained with what to do about it; None
     for any other error."""
@@ -431,6 +447,8 @@ class FaPNPreTrainedModel(PreTrainedModel):
     base_model_prefix = "fapn"
     main_input_name = "pixel_values"
     input_modalities = ("image",)
+    # forward() has no host synchronisation under torch.compile (label values are checked outside it).
+    _can_compile_fullgraph = True
     # forward() takes no **kwargs: the Trainer must not rescale the loss for it under DDP.
     accepts_loss_kwargs = False
     _no_split_modules = []
@@ -720,7 +738,11 @@ class FaPNForSemanticSegmentation(FaPNPreTrainedModel):
             self.activation_checkpointing_enable()
 
     def check_labels(self, labels: torch.Tensor, pixel_values: torch.Tensor) -> None:
-        """Raises `ValueError` for labels of the wrong shape or type, or with values outside the label map."""
+        """Raises `ValueError` for labels of the wrong shape or type, or with values outside the label map.
+
+        The value check reads the labels on the host (a synchronisation), so it is left out while `torch.compile`
+        traces `forward`: a compiled training step checks them before the model, in `FaPNTrainer.compute_loss`
+        (or call `check_label_values` yourself)."""
         if not isinstance(labels, torch.Tensor):
             raise ValueError(
                 f"labels must be a torch.Tensor of class ids (batch, height, width), got {type(labels).__name__}; "
@@ -731,16 +753,8 @@ class FaPNForSemanticSegmentation(FaPNPreTrainedModel):
             raise ValueError(f"labels must have shape (batch, height, width) = {expected}, got {tuple(labels.shape)}")
         if labels.is_floating_point() or labels.dtype == torch.bool:
             raise ValueError(f"labels must hold integer class ids, got dtype {labels.dtype}")
-        num_labels, ignore = self.config.num_labels, self.config.semantic_loss_ignore_index
-        invalid = (labels != ignore) & ((labels < 0) | (labels >= num_labels))
-        if invalid.any():
-            values = torch.unique(labels[invalid]).tolist()
-            shown = ", ".join(map(str, values[:10])) + (", ..." if len(values) > 10 else "")
-            raise ValueError(
-                f"labels contain values [{shown}] ({int(invalid.sum())} pixels) outside the label map: expected "
-                f"class ids in [0, {num_labels}) or the ignore index {ignore}. If the data set marks background "
-                "with 0 and the classes from 1, set `do_reduce_labels=True` in the image processor."
-            )
+        if not torch.compiler.is_compiling():
+            check_label_values(labels, self.config.num_labels, self.config.semantic_loss_ignore_index)
 
     def point_rend_loss(self, coarse_logits: torch.Tensor, fine_features: torch.Tensor, labels: torch.Tensor):
         """Cross-entropy of the point head at uncertainty-sampled points (labels padded like the input)."""
@@ -827,4 +841,5 @@ __all__ = [
     "FaPNModelOutput",
     "FaPNPreTrainedModel",
     "FaPNSemanticSegmenterOutput",
+    "check_label_values",
 ]

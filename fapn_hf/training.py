@@ -45,7 +45,7 @@ from .image_processing_fapn import FaPNImageProcessor
 from .inference import check_model_source, model_not_found_error
 from .labels import label_maps, palette
 from .metrics import SegmentationMetrics
-from .modeling_fapn import FaPNForSemanticSegmentation
+from .modeling_fapn import FaPNForSemanticSegmentation, check_label_values
 from .presets import PRESETS, preset_config
 from .transforms import TrainAugmentation, parse_size
 
@@ -313,6 +313,10 @@ class FaPNTrainer(Trainer):
     def compute_loss(self, model, inputs, *args, **kwargs):
         # The collator's per-sample sizes serve evaluation; training batches are crops of one size.
         inputs = {key: value for key, value in inputs.items() if key not in SIZE_KEYS}
+        labels, config = inputs.get("labels"), self.model.config
+        if isinstance(labels, torch.Tensor):
+            # Here, outside the model: a compiled forward (`torch_compile=True`) skips this host-side check.
+            check_label_values(labels, config.num_labels, config.semantic_loss_ignore_index)
         return super().compute_loss(model, inputs, *args, **kwargs)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):

@@ -43,6 +43,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -88,6 +89,8 @@ FULL_SETTINGS = {
     "dcn_sizes": [(64, 128), (128, 256)],
     "dcn_batch_sizes": [1, 2],
     "min_run_time": 2.0,
+    "runtime_sizes": [(512, 1024), (256, 512)],
+    "compile_backend": "inductor",
 }
 QUICK_SETTINGS = {
     "backbone": "resnet18",
@@ -96,6 +99,8 @@ QUICK_SETTINGS = {
     "dcn_sizes": [(16, 32)],
     "dcn_batch_sizes": [1],
     "min_run_time": 0.05,
+    "runtime_sizes": [(64, 128)],
+    "compile_backend": "eager",  # dynamo's graph capture (fullgraph) without inductor's minutes of code generation
 }
 
 
@@ -150,6 +155,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=1, help="interleaved timing rounds; the best one counts")
     parser.add_argument("--skip-model", action="store_true")
     parser.add_argument("--skip-dcn", action="store_true")
+    parser.add_argument(
+        "--runtime-sizes", type=parse_sizes, help="FaPN inputs of the runtime table (eager, compiled, bf16, ORT)"
+    )
+    parser.add_argument("--compile-backend", help="torch.compile backend of the runtime table (inductor)")
+    parser.add_argument("--skip-runtimes", action="store_true", help="no compiled / bf16 / ONNX Runtime table")
+    parser.add_argument(
+        "--skip-onnx", action="store_true", help="no ONNX Runtime column (its export takes minutes; --quick skips it)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=None, metavar="PATH", help="also write every figure as JSON")
     # Internal: measure the peak memory of one case (JSON) in this fresh process and print it as JSON.
@@ -517,6 +530,126 @@ def measure_memory(cases: list[Case], argv: list[str], device: torch.device) -> 
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Runtimes: eager, torch.compile, bf16 autocast and ONNX Runtime on one FaPN model
+# ----------------------------------------------------------------------------------------------------------------
+
+# Standard deviation of the FAM offset convs' weights in the runtime table: a random-init FaPN has zero offset convs
+# (it samples the regular grid); these give offsets of about a pixel, so the deformable sampling is really exercised.
+RUNTIME_OFFSET_WEIGHT_STD = 0.02
+RUNTIME_VARIANTS = ("eager", "compiled", "bf16", "onnxruntime")
+
+
+def runtime_model(args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
+    """The FaPN of the model table, with non-zero offset convs (see `RUNTIME_OFFSET_WEIGHT_STD`)."""
+    model = build_model(args, device, feature_aligned=True)
+    generator = torch.Generator().manual_seed(args.seed + 1)
+    with torch.no_grad():
+        for alignment in model.fapn.neck.alignments:
+            weight = alignment.deform_conv.offset_mask_conv.weight
+            weight.copy_(torch.randn(weight.shape, generator=generator) * RUNTIME_OFFSET_WEIGHT_STD)
+    return model
+
+
+def logits_agreement(reference: torch.Tensor, other: torch.Tensor) -> dict[str, float]:
+    """Max |logit difference| and the share of pixels with the same argmax label."""
+    reference, other = reference.float().cpu(), other.float().cpu()
+    return {
+        "max_logit_diff": (reference - other).abs().max().item(),
+        "label_agreement": (reference.argmax(1) == other.argmax(1)).double().mean().item(),
+    }
+
+
+def measure_runtimes(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
+    """Per size of `--runtime-sizes`: latency of eager float32, `torch.compile` (backend `--compile-backend`, static
+    shapes; compile time reported apart), eager under bf16 autocast and the ONNX export run by onnxruntime (CPU, the
+    same threads), each with its max logit difference and label agreement against eager float32."""
+    import tempfile
+
+    from fapn_hf.onnx import OnnxRuntimeModel, export_onnx
+
+    model = runtime_model(args, device)
+    onnx_model, onnx_dir = None, None
+    if not (args.skip_onnx or args.quick) and device.type == "cpu":
+        if importlib.util.find_spec("onnxruntime") is None:
+            print("  onnxruntime not installed: no ONNX Runtime column (pip install 'fapn_hf[onnx]')", flush=True)
+        else:
+            onnx_dir = tempfile.TemporaryDirectory()
+            started = time.perf_counter()
+            export_onnx(model, onnx_dir.name, verify=False)
+            onnx_export_s = time.perf_counter() - started
+            onnx_model = OnnxRuntimeModel(onnx_dir.name, model.config, num_threads=torch.get_num_threads())
+            print(f"  exported ONNX in {onnx_export_s:.1f} s", flush=True)
+    compiled = torch.compile(model, backend=args.compile_backend, fullgraph=True)
+    rows = []
+    try:
+        for height, width in args.runtime_sizes:
+            generator = torch.Generator().manual_seed(args.seed)
+            pixel_values = torch.randn(args.batch_size, 3, height, width, generator=generator).to(device)
+            row: dict[str, Any] = {"size": f"{height}x{width}", "batch": args.batch_size, "variants": {}}
+
+            def run(variant: str, pixel_values: torch.Tensor = pixel_values) -> torch.Tensor:
+                with torch.inference_mode():
+                    if variant == "compiled":
+                        return compiled(pixel_values).logits
+                    if variant == "bf16":
+                        with torch.autocast(device.type, dtype=torch.bfloat16):
+                            return model(pixel_values).logits
+                    if variant == "onnxruntime":
+                        return onnx_model(pixel_values=pixel_values).logits
+                    return model(pixel_values).logits
+
+            reference = run("eager")
+            for variant in RUNTIME_VARIANTS:
+                if variant == "onnxruntime" and onnx_model is None:
+                    continue
+                started = time.perf_counter()
+                logits = run(variant)  # the first call compiles
+                first_call_s = time.perf_counter() - started
+                figures = time_call(lambda variant=variant: run(variant), device, args.min_run_time)
+                figures.update(logits_agreement(reference, logits), first_call_s=first_call_s)
+                row["variants"][variant] = figures
+                print(
+                    f"  timed {row['size']} {variant}: {figures['median_ms']:.1f} ms (first call "
+                    f"{first_call_s:.1f} s), max |logit diff| {figures['max_logit_diff']:.2e}",
+                    flush=True,
+                )
+            rows.append(row)
+    finally:
+        if onnx_dir is not None:
+            onnx_dir.cleanup()
+    return rows
+
+
+def measure_realtime_gpu(args: argparse.Namespace, device: torch.device) -> dict[str, Any] | None:
+    """The paper's real-time figure on a GPU: FaPN-R18 at 1x3x512x1024 under bf16 autocast, frames per second
+    (the paper reports 142 FPS on its own GPU and head). None without CUDA."""
+    if device.type != "cuda":
+        return None
+    realtime_args = argparse.Namespace(**{**vars(args), "backbone": "resnet18"})
+    model = runtime_model(realtime_args, device)
+    pixel_values = torch.randn(1, 3, 512, 1024, device=device)
+
+    def forward() -> None:
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
+            model(pixel_values)
+
+    forward()
+    figures = time_call(forward, device, args.min_run_time)
+    from fapn_hf.deform_conv import resolve_implementation
+
+    return {
+        "model": "FaPN-R18 (semantic FPN head)",
+        "input": "1x3x512x1024",
+        "dtype": "bfloat16 autocast",
+        "deform_conv_implementation": resolve_implementation(args.deform_conv_implementation, device),
+        "device_name": device_name(device),
+        **figures,
+        "fps": 1e3 / figures["median_ms"],
+        "paper_fps": 142.0,
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Results and targets
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -698,6 +831,64 @@ def format_dcn_results(rows: list[dict[str, Any]]) -> str:
     return f"{title}\n{format_table(headers, table, text_columns=4)}"
 
 
+def runtime_targets(rows: list[dict[str, Any]], args: argparse.Namespace) -> list[Target]:
+    """Speed-ups of the runtime table (information: the issue asks for them to be reported, with no bound)."""
+    targets = []
+    names = {
+        "compiled": f"torch.compile ({args.compile_backend}) / eager time",
+        "bf16": "bf16 autocast / float32 eager time",
+        "onnxruntime": "ONNX Runtime / eager time",
+    }
+    for row in rows:
+        eager = row["variants"]["eager"]["median_ms"]
+        for variant, name in names.items():
+            if variant in row["variants"]:
+                measured = ratio(row["variants"][variant]["median_ms"], eager)
+                targets.append(Target(f"{name} (FaPN, {row['batch']}x3x{row['size']})", measured, None))
+    return targets
+
+
+def format_runtime_results(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    title = (
+        f"FaPN runtimes: backbone {args.backbone}, batch {args.batch_size}, FAM offset convs ~N(0, "
+        f"{RUNTIME_OFFSET_WEIGHT_STD}^2); compiled: torch.compile(backend={args.compile_backend!r}, fullgraph=True); "
+        "bf16: torch.autocast bfloat16; onnxruntime: fapn_hf.onnx export (CPU provider, same threads). Differences "
+        "are against eager float32 on the same input"
+    )
+    headers = [
+        "size", "variant", "median (ms)", "IQR (ms)", "min (ms)", "first call (s)", "vs eager", "max |logit diff|",
+        "same label",
+    ]  # fmt: skip
+    table = []
+    for row in rows:
+        eager = row["variants"]["eager"]["median_ms"]
+        for variant, r in row["variants"].items():
+            table.append(
+                [
+                    row["size"],
+                    variant,
+                    fmt(r["median_ms"]),
+                    fmt(r["iqr_ms"]),
+                    fmt(r["min_ms"]),
+                    fmt(r["first_call_s"], 2),
+                    fmt(ratio(r["median_ms"], eager), 3, "x"),
+                    f"{r['max_logit_diff']:.2e}",
+                    fmt(100 * r["label_agreement"], 3, "%"),
+                ]
+            )
+    return f"{title}\n{format_table(headers, table, text_columns=2)}"
+
+
+def format_realtime_gpu(result: dict[str, Any] | None) -> str:
+    if result is None:
+        return "GPU real-time figure (FaPN-R18, 1x3x512x1024, bf16): skipped, no CUDA device (run with --device cuda)"
+    return (
+        f"GPU real-time figure on {result['device_name']}: {result['model']}, {result['input']}, {result['dtype']}, "
+        f"deform conv {result['deform_conv_implementation']}: {result['median_ms']:.2f} ms median = "
+        f"{result['fps']:.1f} FPS (paper: {result['paper_fps']:.0f} FPS, its GPU and head unpublished)"
+    )
+
+
 def format_targets(targets: list[Target]) -> str:
     headers = ["target (issue 13; times are medians)", "measured", "target", "result"]
     rows = []
@@ -752,6 +943,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
 
     report: dict[str, Any] = {"environment": env, "config": {**vars(args), "output": str(args.output)}}
     report["config"]["dcn_sizes"] = [f"{h}x{w}" for h, w in args.dcn_sizes]
+    report["config"]["runtime_sizes"] = [f"{h}x{w}" for h, w in args.runtime_sizes]
     report["environment"]["memory_method"] = next(
         (m["memory_method"] for m in memory.values() if m.get("memory_method")), None
     )
@@ -769,6 +961,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         report["deform_conv"] = collect_dcn_results(dcn_cases(args), timings, memory)
         print(f"\n{format_dcn_results(report['deform_conv'])}")
         targets = dcn_targets(report["deform_conv"]) + targets
+    if not args.skip_runtimes:
+        print("\nRuntimes (eager, compiled, bf16, ONNX Runtime):", flush=True)
+        report["runtimes"] = measure_runtimes(args, device)
+        print(f"\n{format_runtime_results(report['runtimes'], args)}")
+        targets += runtime_targets(report["runtimes"], args)
+    report["gpu_realtime"] = measure_realtime_gpu(args, device)
+    print(f"\n{format_realtime_gpu(report['gpu_realtime'])}")
     report["targets"] = [target.to_dict() for target in targets]
     print(f"\n{format_targets(targets)}", flush=True)
 

@@ -28,10 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token", default=None, help="Hub token (default: the logged-in one or HF_TOKEN)")
     parser.add_argument("--keep-card", action="store_true", help="upload the folder's README.md as the card")
     parser.add_argument("--dry-run", action="store_true", help="print what would be uploaded; no network")
+    parser.add_argument("--onnx", action="store_true", help="also upload model.onnx (exported if the folder has none)")
     args = parser.parse_args(argv)
 
     try:
-        plan = plan_upload(args.model_dir, repo_id=args.repo_id, keep_card=args.keep_card)
+        plan = plan_upload(args.model_dir, repo_id=args.repo_id, keep_card=args.keep_card, onnx=args.onnx)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

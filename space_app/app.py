@@ -110,7 +110,8 @@ def load_segmenter(model_id: str | None) -> Segmenter:
     if model_id is None:
         return Segmenter(None, error=_load_error(None, None))
     try:
-        predictor = SegmentationPredictor.from_pretrained(model_id, device="cpu")
+        # ONNX Runtime when the model repo ships model.onnx and onnxruntime is installed, PyTorch otherwise.
+        predictor = SegmentationPredictor.from_pretrained(model_id, device="cpu", backend="auto")
     except Exception as error:  # any failure becomes a message in the page rather than a dead app
         return Segmenter(model_id, error=_load_error(model_id, error))
     card = load_model_card(model_id)

@@ -70,3 +70,14 @@ def test_quick_run_prints_every_target_and_writes_json(tmp_path):
         assert targets[name]["met"] in (True, False)
         assert name in result.stdout  # the printed table carries every target with its mark
     assert result.stdout.count("pass") + result.stdout.count("MISS") >= len(expected)
+
+    # Runtimes: eager, compiled (quick: dynamo's "eager" backend, fullgraph) and bf16 autocast at the quick size;
+    # ONNX Runtime is left out of --quick (its export takes minutes). No GPU here: that section says it skipped.
+    (runtime,) = report["runtimes"]
+    assert runtime["size"] == "64x128" and set(runtime["variants"]) == {"eager", "compiled", "bf16"}
+    assert runtime["variants"]["compiled"]["max_logit_diff"] < 1e-3
+    bf16 = runtime["variants"]["bf16"]
+    assert 0 < bf16["max_logit_diff"] < 1 and bf16["label_agreement"] > 0.9
+    assert report["gpu_realtime"] is None and "skipped, no CUDA device" in result.stdout
+    for name in ("torch.compile (eager) / eager time (FaPN, 1x3x64x128)", "bf16 autocast / float32 eager time"):
+        assert any(target.startswith(name) for target in targets) and name in result.stdout
