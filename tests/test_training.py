@@ -29,15 +29,14 @@ from fapn_hf.demo_data import DEMO_LABELS
 from fapn_hf.image_processing_fapn import FaPNImageProcessor
 from fapn_hf.metrics import SegmentationMetrics
 from fapn_hf.presets import PRESETS
-from fapn_hf.training import (
+from fapn_hf.train import run_training
+from fapn_hf.trainer import make_compute_metrics, parameter_groups
+from fapn_hf.training_args import (
     DataArguments,
     FaPNTrainingArguments,
     ModelArguments,
     load_recipe,
-    make_compute_metrics,
-    parameter_groups,
     parse_arguments,
-    run_training,
 )
 from fapn_hf.transforms import TrainAugmentation
 
@@ -46,7 +45,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # A FaPN-R18 with a 32-wide pyramid on 64x64 demo images: the real code path in about a second per run.
 TINY_MODEL = dict(preset="fapn-r18", neck_channels=32, head_channels=64, deformable_groups=4)
 TINY_DATA = dict(
-    demo_train_samples=16, demo_validation_samples=6, demo_size=64, crop_size="48x48", scale_range="0.75,1.25",
+    demo_train_samples=16, demo_validation_samples=6, demo_size=64, crop_size=[48, 48], scale_range=[0.75, 1.25],
     num_visualizations=2,
 )  # fmt: skip
 TINY_TRAINING = dict(
@@ -310,7 +309,7 @@ def _train_command(output_dir: Path, per_device_batch: int) -> list[str]:
         "--output_dir", str(output_dir), "--max_steps", "3", "--per_device_train_batch_size", str(per_device_batch),
         "--per_device_eval_batch_size", "2", "--neck_channels", "32", "--head_channels", "64",
         "--deformable_groups", "4", "--demo_train_samples", "12", "--demo_validation_samples", "5",
-        "--demo_size", "64", "--crop_size", "48x48", "--scale_range", "1.0,1.25", "--demo_ignore_region", "false",
+        "--demo_size", "64", "--crop_size", "48", "--scale_range", "1.0", "1.25", "--demo_ignore_region", "false",
         "--warmup_steps", "0", "--eval_strategy", "no", "--save_strategy", "no", "--dataloader_num_workers", "0",
         "--num_visualizations", "0", "--dataloader_pin_memory", "false", "--logging_steps", "1",
     ]  # fmt: skip
@@ -349,7 +348,7 @@ def test_every_recipe_parses_into_the_argument_classes(recipe, tmp_path):
     # The GPU recipes train in bf16, which TrainingArguments refuses on a machine without a GPU.
     argv = ["--output_dir", str(tmp_path), "--bf16", str(torch.cuda.is_available()).lower()]
     model_args, data_args, training_args = parse_arguments(argv, recipe=recipe)
-    assert model_args.preset in PRESETS and data_args.crop_hw[0] > 0
+    assert model_args.preset in PRESETS and len(data_args.crop_size) == 2 and data_args.crop_size[0] > 0
     assert training_args.max_steps > 0 and training_args.lr_scheduler_type == "polynomial"
     assert training_args.output_dir == str(tmp_path)  # the command line wins over the recipe
 
