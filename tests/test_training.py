@@ -427,6 +427,21 @@ def test_an_old_string_size_in_a_recipe_names_the_list_form(tmp_path):
         main([str(tmp_path / "missing.yaml")])
 
 
+def test_fapn_train_command_is_the_train_modules_main():
+    import importlib
+    import re
+
+    # A regular expression, not tomllib: the project supports Python 3.10, which has none.
+    entry = re.search(r'^fapn-train = "([\w.]+):(\w+)"$', (REPO_ROOT / "pyproject.toml").read_text(), re.MULTILINE)
+    assert entry is not None, "pyproject.toml [project.scripts] has no fapn-train"
+    module, name = entry.groups()
+    assert getattr(importlib.import_module(module), name) is main
+    help_text = subprocess.run(
+        [sys.executable, "-m", "fapn_hf.train", "--help"], capture_output=True, text=True, timeout=300
+    )
+    assert help_text.returncode == 0 and "--crop_size CROP_SIZE [CROP_SIZE ...]" in help_text.stdout
+
+
 def test_unknown_recipe_keys_are_named(tmp_path):
     recipe = tmp_path / "bad.yaml"
     recipe.write_text("preset: fapn-r18\nlearning_rat: 0.01\n")
