@@ -156,8 +156,9 @@ class FaPNTrainer(Trainer):
         for key, value in metadata.items():
             if value is not None:
                 setattr(card.data, key, value)
-        extra_tags = [tags] if isinstance(tags, str) else list(tags or [])
-        card.data.tags = [*(card.data.tags or []), *(tag for tag in extra_tags if tag not in (card.data.tags or []))]
+        existing = list(card.data.tags or [])
+        extra = [tags] if isinstance(tags, str) else list(tags or [])
+        card.data.tags = existing + [tag for tag in extra if tag not in existing]
         card.save(path)
 
     def training_step(self, model, inputs, num_items_in_batch=None):

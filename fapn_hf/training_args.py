@@ -11,6 +11,7 @@ import difflib
 import json
 import logging
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from numbers import Integral, Real
@@ -112,11 +113,13 @@ class DataArguments:
 
 
 def _as_list(name: str, value: Any, example: str) -> list[Any]:
-    """`value` as a list; a string (the old "512x1024" / "0.5,2.0" form) is refused with the list form to write."""
+    """`value` as a list; a string (the old "512x1024" / "0.5,2.0" form) is refused with the list form to write
+    (its own numbers, or `example`, e.g. "512 1024")."""
     if isinstance(value, str):
+        numbers = re.findall(r"\d+(?:\.\d*)?", value) or example.split()
         raise ValueError(
-            f"{name} takes numbers, not the string {value!r}: write `{name}: [{example.replace(' ', ', ')}]` in a "
-            f"recipe, `--{name} {example}` on the command line"
+            f"{name} takes numbers, not the string {value!r}: write `{name}: [{', '.join(numbers)}]` in a recipe, "
+            f"`--{name} {' '.join(numbers)}` on the command line"
         )
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
