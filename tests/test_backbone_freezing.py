@@ -10,7 +10,8 @@ from transformers import AutoModelForSemanticSegmentation, ResNetConfig
 
 from fapn_hf import FaPNConfig, FaPNForSemanticSegmentation
 from fapn_hf.backbone_freezing import backbone_stem_and_stages, frozen_modules
-from fapn_hf.training import ModelArguments, build_model
+from fapn_hf.builders import build_model
+from fapn_hf.training_args import ModelArguments
 
 SMALL_MSRA_RESNET = ResNetConfig(
     layer_type="bottleneck",

@@ -33,18 +33,13 @@ from transformers import TimmBackboneConfig
 from transformers.modeling_outputs import SemanticSegmenterOutput
 
 from fapn_hf import FaPNConfig, FaPNForSemanticSegmentation, FaPNImageProcessor, SegmentationPredictor, TTAConfig
+from fapn_hf.builders import build_model
 from fapn_hf.data import LabelSpec, check_samples, decode_sample, load_segmentation_dataset
 from fapn_hf.image_processing_fapn import decode_image
 from fapn_hf.inference import parse_scales
 from fapn_hf.labels import label_maps
-from fapn_hf.training import (
-    DataArguments,
-    FaPNTrainingArguments,
-    ModelArguments,
-    build_model,
-    load_recipe,
-    run_training,
-)
+from fapn_hf.train import run_training
+from fapn_hf.training_args import DataArguments, FaPNTrainingArguments, ModelArguments, load_recipe
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NAMES = ["background", "blob", "box", "wire"]
@@ -338,7 +333,7 @@ def exif_label(size: tuple[int, int]) -> Callable[[Context], None]:
 def training_arguments(c: Context, output_dir: Path, **training: Any):
     return (
         ModelArguments(preset="fapn-r18", neck_channels=32, head_channels=64, deformable_groups=4),
-        DataArguments(demo_train_samples=2, demo_validation_samples=1, demo_size=32, crop_size="32x32"),
+        DataArguments(demo_train_samples=2, demo_validation_samples=1, demo_size=32, crop_size=[32, 32]),
         FaPNTrainingArguments(output_dir=str(output_dir), report_to="none", **training),
     )
 

@@ -28,7 +28,8 @@ from fapn_hf.data import LabelSpec, SegmentationCollator, SegmentationDataset, d
 from fapn_hf.image_processing_fapn import decode_image, open_image
 from fapn_hf.labels import label_maps
 from fapn_hf.metrics import SegmentationMetrics
-from fapn_hf.training import FaPNTrainer, FaPNTrainingArguments, make_compute_metrics
+from fapn_hf.trainer import FaPNTrainer, make_compute_metrics
+from fapn_hf.training_args import FaPNTrainingArguments
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NAMES = ["background", "blob", "box", "wire"]

@@ -29,15 +29,14 @@ from fapn_hf.demo_data import DEMO_LABELS
 from fapn_hf.image_processing_fapn import FaPNImageProcessor
 from fapn_hf.metrics import SegmentationMetrics
 from fapn_hf.presets import PRESETS
-from fapn_hf.training import (
+from fapn_hf.train import main, run_training
+from fapn_hf.trainer import make_compute_metrics, parameter_groups
+from fapn_hf.training_args import (
     DataArguments,
     FaPNTrainingArguments,
     ModelArguments,
     load_recipe,
-    make_compute_metrics,
-    parameter_groups,
     parse_arguments,
-    run_training,
 )
 from fapn_hf.transforms import TrainAugmentation
 
@@ -46,7 +45,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # A FaPN-R18 with a 32-wide pyramid on 64x64 demo images: the real code path in about a second per run.
 TINY_MODEL = dict(preset="fapn-r18", neck_channels=32, head_channels=64, deformable_groups=4)
 TINY_DATA = dict(
-    demo_train_samples=16, demo_validation_samples=6, demo_size=64, crop_size="48x48", scale_range="0.75,1.25",
+    demo_train_samples=16, demo_validation_samples=6, demo_size=64, crop_size=[48, 48], scale_range=[0.75, 1.25],
     num_visualizations=2,
 )  # fmt: skip
 TINY_TRAINING = dict(
@@ -258,6 +257,35 @@ def test_run_writes_a_hub_ready_folder_metrics_curves_and_overlays(trained_run):
     assert [entry["step"] for entry in eval_logs][:2] == [2, 4]
 
 
+def test_the_trainer_writes_the_fapn_card_that_push_to_hub_uploads(trained_run):
+    """`push_to_hub` calls `create_model_card(model_name=..., **kwargs)`: FaPN's card, not transformers' generic one."""
+    trainer, card_path = trained_run.trainer, trained_run.output_dir / "README.md"
+    run_card = card_path.read_text()
+    try:
+        card_path.unlink()
+        trainer.create_model_card()
+        card = ModelCard.load(card_path)
+        assert card.text == ModelCard(run_card).text  # the run's own card is this one
+        latest = trainer.latest_eval_metrics()
+        assert latest["eval_mean_iou"] == pytest.approx(trained_run.metrics["eval"]["eval_mean_iou"])
+        result = {r.metric_type: r.metric_value for r in card.data.eval_results}
+        assert result["mean_iou"] == pytest.approx(latest["eval_mean_iou"], abs=1e-4)
+        assert "boundary_mean_iou" in result and card.data.eval_results[0].dataset_name == "demo"
+        assert "@inproceedings{huang2021fapn" in card.text and "Feature-aligned Pyramid Network" in card.text
+        assert "`crop_size`: `[48, 48]`" in card.text  # the run's settings
+        assert "More information needed" not in card.text  # transformers' generic card
+
+        trainer.create_model_card(model_name="fapn-tiny", tags=["my-tag"], finetuned_from="org/base", license="mit")
+        card = ModelCard.load(card_path)
+        assert card.text.lstrip().startswith("# fapn-tiny") and card.data.model_name == "fapn-tiny"
+        assert {"fapn", "my-tag"} <= set(card.data.tags) and card.data.base_model == "org/base"
+        assert card.data.license == "mit" and card.data.eval_results  # metadata added, model-index kept
+        with pytest.raises(ValueError, match=r"does not take \{'tasks': 'translation'\}"):
+            trainer.create_model_card(tasks="translation")
+    finally:
+        card_path.write_text(run_card)
+
+
 class _StopAt(TrainerCallback):
     def __init__(self, step: int) -> None:
         self.step = step
@@ -310,7 +338,7 @@ def _train_command(output_dir: Path, per_device_batch: int) -> list[str]:
         "--output_dir", str(output_dir), "--max_steps", "3", "--per_device_train_batch_size", str(per_device_batch),
         "--per_device_eval_batch_size", "2", "--neck_channels", "32", "--head_channels", "64",
         "--deformable_groups", "4", "--demo_train_samples", "12", "--demo_validation_samples", "5",
-        "--demo_size", "64", "--crop_size", "48x48", "--scale_range", "1.0,1.25", "--demo_ignore_region", "false",
+        "--demo_size", "64", "--crop_size", "48", "--scale_range", "1.0", "1.25", "--demo_ignore_region", "false",
         "--warmup_steps", "0", "--eval_strategy", "no", "--save_strategy", "no", "--dataloader_num_workers", "0",
         "--num_visualizations", "0", "--dataloader_pin_memory", "false", "--logging_steps", "1",
     ]  # fmt: skip
@@ -349,9 +377,72 @@ def test_every_recipe_parses_into_the_argument_classes(recipe, tmp_path):
     # The GPU recipes train in bf16, which TrainingArguments refuses on a machine without a GPU.
     argv = ["--output_dir", str(tmp_path), "--bf16", str(torch.cuda.is_available()).lower()]
     model_args, data_args, training_args = parse_arguments(argv, recipe=recipe)
-    assert model_args.preset in PRESETS and data_args.crop_hw[0] > 0
+    assert model_args.preset in PRESETS and len(data_args.crop_size) == 2 and data_args.crop_size[0] > 0
     assert training_args.max_steps > 0 and training_args.lr_scheduler_type == "polynomial"
     assert training_args.output_dir == str(tmp_path)  # the command line wins over the recipe
+
+
+def test_sizes_are_lists_in_recipes_and_on_the_command_line(tmp_path):
+    recipe = tmp_path / "sizes.yaml"
+    recipe.write_text("preset: fapn-r18\ncrop_size: [64, 80]\nscale_range: [0.5, 1.5]\n")
+    _, data_args, _ = parse_arguments(["--output_dir", str(tmp_path)], recipe=recipe)
+    assert data_args.crop_size == [64, 80] and data_args.scale_range == [0.5, 1.5]
+    flags = ["--output_dir", str(tmp_path), "--crop_size", "40", "56", "--scale_range", "0.8", "1.25"]
+    _, data_args, _ = parse_arguments(flags, recipe=recipe)  # the command line wins over the recipe
+    assert data_args.crop_size == [40, 56] and data_args.scale_range == [0.8, 1.25]
+    _, data_args, _ = parse_arguments(["--output_dir", str(tmp_path), "--crop_size", "48"], recipe=recipe)
+    assert data_args.crop_size == [48, 48]  # one value: a square crop
+    recipe.write_text("crop_size: 72\n")
+    _, data_args, _ = parse_arguments(["--output_dir", str(tmp_path)], recipe=recipe)
+    assert data_args.crop_size == [72, 72] and data_args.scale_range == [0.5, 2.0]  # the default range
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"crop_size": [1, 2, 3]}, r"crop_size takes 1 or 2 values .*got 3: \[1, 2, 3\]"),
+        ({"crop_size": []}, r"crop_size takes 1 or 2 values .*got 0"),
+        ({"crop_size": [0, 64]}, r"crop_size must be positive integers \(pixels\), got \[0, 64\]"),
+        ({"crop_size": [64.5, 64]}, r"crop_size must be positive integers \(pixels\), got \[64.5, 64\]"),
+        (
+            {"crop_size": "96x96"},
+            r"crop_size takes numbers, not the string '96x96'.*`crop_size: \[96, 96\]`.*`--crop_size 96 96`",
+        ),
+        ({"scale_range": [0.5]}, r"scale_range takes 2 values \(min max\), got 1: \[0.5\]"),
+        ({"scale_range": [0.0, 1.0]}, r"scale_range must be positive numbers, got \[0.0, 1.0\]"),
+        ({"scale_range": [2.0, 0.5]}, r"scale_range must be min max with min <= max, got \[2.0, 0.5\]"),
+        ({"scale_range": "0.5,2.0"}, r"scale_range takes numbers, not the string '0.5,2.0'.*--scale_range 0.5 2.0"),
+    ],
+)
+def test_bad_sizes_are_refused_with_the_value_and_the_expected_form(options, message):
+    with pytest.raises(ValueError, match=message):
+        DataArguments(**options)
+
+
+def test_an_old_string_size_in_a_recipe_names_the_list_form(tmp_path):
+    recipe = tmp_path / "old.yaml"
+    recipe.write_text("crop_size: 96x96\n")
+    with pytest.raises(ValueError, match=r"not the string '96x96': write `crop_size: \[96, 96\]`"):
+        parse_arguments(["--output_dir", str(tmp_path)], recipe=recipe)
+    with pytest.raises(SystemExit, match=r"^error: crop_size takes numbers"):  # the command's one-line error
+        main([str(recipe), "--output_dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match=r"^error: recipe not found"):
+        main([str(tmp_path / "missing.yaml")])
+
+
+def test_fapn_train_command_is_the_train_modules_main():
+    import importlib
+    import re
+
+    # A regular expression, not tomllib: the project supports Python 3.10, which has none.
+    entry = re.search(r'^fapn-train = "([\w.]+):(\w+)"$', (REPO_ROOT / "pyproject.toml").read_text(), re.MULTILINE)
+    assert entry is not None, "pyproject.toml [project.scripts] has no fapn-train"
+    module, name = entry.groups()
+    assert getattr(importlib.import_module(module), name) is main
+    help_text = subprocess.run(
+        [sys.executable, "-m", "fapn_hf.train", "--help"], capture_output=True, text=True, timeout=300
+    )
+    assert help_text.returncode == 0 and "--crop_size CROP_SIZE [CROP_SIZE ...]" in help_text.stdout
 
 
 def test_unknown_recipe_keys_are_named(tmp_path):

@@ -17,7 +17,9 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForSemanticSegmentation, TrainerCallback
 
 from fapn_hf import FaPNForSemanticSegmentation, FaPNModel
-from fapn_hf.training import DataArguments, FaPNTrainingArguments, ModelArguments, build_model, run_training
+from fapn_hf.builders import build_model
+from fapn_hf.train import run_training
+from fapn_hf.training_args import DataArguments, FaPNTrainingArguments, ModelArguments
 
 REPEATS = 10
 
@@ -226,7 +228,7 @@ def test_fine_tuning_a_saved_model_trains_with_finite_losses(saved_19_class_mode
     """19 classes re-headed to the demo data's 6, trained for 3 steps."""
     model_args = ModelArguments(model_name_or_path=str(saved_19_class_model))
     data_args = DataArguments(
-        labels="a,b,c,d,e,f", demo_train_samples=8, demo_validation_samples=2, demo_size=64, crop_size="48x48",
+        labels="a,b,c,d,e,f", demo_train_samples=8, demo_validation_samples=2, demo_size=64, crop_size=[48, 48],
         num_visualizations=0, check_data=False,
     )  # fmt: skip
     training_args = FaPNTrainingArguments(
@@ -252,7 +254,7 @@ class PoisonWeightsAfterFirstStep(TrainerCallback):
 def test_a_run_whose_loss_becomes_non_finite_stops_and_writes_no_model_card(tmp_path):
     model_args = ModelArguments(preset="fapn-r18", neck_channels=32, head_channels=64, deformable_groups=4)
     data_args = DataArguments(
-        demo_train_samples=8, demo_validation_samples=2, demo_size=64, crop_size="48x48", num_visualizations=0,
+        demo_train_samples=8, demo_validation_samples=2, demo_size=64, crop_size=[48, 48], num_visualizations=0,
         check_data=False,
     )  # fmt: skip
     training_args = FaPNTrainingArguments(

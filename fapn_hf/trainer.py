@@ -1,0 +1,224 @@
+"""The FaPN `Trainer`: optimiser groups, per-batch streaming metrics, evaluation at label resolution, the FaPN
+model card, and the callback that advances the augmentation epoch.
+
+`fapn_hf.train.run_training` assembles these into a run; they also work in a hand-written `Trainer` setup.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from huggingface_hub import ModelCard
+from transformers import EvalPrediction, Trainer, TrainerCallback
+
+from .data import SIZE_KEYS, SegmentationDataset
+from .evaluation import predict_at_label_size
+from .hub import write_model_card
+from .metrics import SegmentationMetrics
+from .modeling_fapn import check_label_values
+
+
+def parameter_groups(
+    model: torch.nn.Module,
+    learning_rate: float,
+    weight_decay: float,
+    backbone_lr_multiplier: float = 1.0,
+    decay_norm_and_bias: bool = False,
+) -> list[dict[str, Any]]:
+    """Optimiser groups: backbone vs. the rest (learning rate), and weights vs. norms/biases (weight decay).
+
+    Parameters with one dimension (biases, norm scales and shifts) get no weight decay unless
+    `decay_norm_and_bias`.
+    """
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        in_backbone = ".backbone." in f".{name}"
+        decayed = decay_norm_and_bias or parameter.ndim > 1
+        groups.setdefault((in_backbone, decayed), []).append(parameter)
+    return [
+        {
+            "params": params,
+            "lr": learning_rate * (backbone_lr_multiplier if in_backbone else 1.0),
+            "weight_decay": weight_decay if decayed else 0.0,
+        }
+        for (in_backbone, decayed), params in sorted(groups.items())
+    ]
+
+
+class EpochSetter(TrainerCallback):
+    """Tells the training dataset the epoch, so its per-sample augmentation seeds change every epoch."""
+
+    def __init__(self, dataset: SegmentationDataset) -> None:
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.dataset.set_epoch(math.floor((state.epoch or 0) + 1e-6))
+
+
+def make_compute_metrics(metrics: SegmentationMetrics) -> Callable[..., dict[str, float]]:
+    """A `compute_metrics` for `batch_eval_metrics=True`: accumulates confusion matrices batch by batch."""
+
+    def compute_metrics(prediction: EvalPrediction, compute_result: bool = False) -> dict[str, float]:
+        predictions = torch.as_tensor(prediction.predictions)
+        labels = torch.as_tensor(prediction.label_ids)
+        # The Trainer pads labels across processes with -100: those pixels are not labelled.
+        labels = torch.where(labels < 0, torch.full_like(labels, metrics.ignore_index), labels)
+        metrics.update(predictions, labels)
+        if not compute_result:
+            return {}
+        scores = metrics.compute()
+        metrics.reset()
+        per_class = scores.pop("per_class_iou", {})
+        scores.update({f"iou_{name}": value for name, value in per_class.items()})
+        return {key: float(value) for key, value in scores.items() if isinstance(value, (int, float))}
+
+    return compute_metrics
+
+
+class FaPNTrainer(Trainer):
+    """The HF `Trainer` with FaPN's optimiser groups, per-batch class-map predictions for streaming metrics, a stop
+    on a non-finite training loss, and FaPN's model card.
+
+    Args beyond the `Trainer`'s (both optional, for the model card):
+        dataset_name: the data set trained on (`"demo"`, a folder, a Hub id), as the card names it.
+        training_summary: settings listed under the card's results (name -> value), e.g. the run's arguments.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        dataset_name: str | None = None,
+        training_summary: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.dataset_name = dataset_name
+        self.training_summary = training_summary
+
+    def latest_eval_metrics(self) -> dict[str, float]:
+        """The `eval_*` scores of the latest evaluation in the log history, or {} before the first evaluation."""
+        for entry in reversed(self.state.log_history):
+            scores = {key: value for key, value in entry.items() if key.startswith("eval_")}
+            if scores:
+                return scores
+        return {}
+
+    def create_model_card(
+        self,
+        language: str | None = None,
+        license: str | None = None,
+        tags: str | list[str] | None = None,
+        model_name: str | None = None,
+        finetuned_from: str | None = None,
+        tasks: str | list[str] | None = None,
+        dataset_tags: str | list[str] | None = None,
+        dataset: str | list[str] | None = None,
+        dataset_args: str | list[str] | None = None,
+    ) -> None:
+        """Writes FaPN's card (`fapn_hf.hub.write_model_card`) as `README.md` in `args.output_dir`, in place of the
+        Trainer's generic one; `push_to_hub` calls this before uploading, and only world process zero writes.
+
+        The card's results (and its `model-index`) are the latest evaluation in the trainer's log history; its data
+        set is `dataset` or the trainer's `dataset_name`; `training_summary` lists the settings. `model_name` titles
+        it (default: the name of `output_dir`), `language`, `license`, `tags` and `finetuned_from` (as `base_model`)
+        go into its metadata. The card sets its task (semantic segmentation) itself: `tasks`, `dataset_tags` and
+        `dataset_args` raise a `ValueError` rather than being dropped.
+        """
+        unsupported = {"tasks": tasks, "dataset_tags": dataset_tags, "dataset_args": dataset_args}
+        given = {name: value for name, value in unsupported.items() if value is not None}
+        if given:
+            raise ValueError(
+                f"FaPN's model card does not take {given}: it sets the task itself and names the data set from "
+                "`dataset` (or the trainer's dataset_name)"
+            )
+        if not self.is_world_process_zero():
+            return
+        if isinstance(dataset, list):
+            dataset = ", ".join(dataset)
+        card_options: dict[str, Any] = {} if model_name is None else {"model_name": model_name}
+        path = write_model_card(
+            self.args.output_dir,
+            self.model.config,
+            eval_metrics=self.latest_eval_metrics(),
+            dataset_name=dataset or self.dataset_name,
+            training_summary=self.training_summary,
+            **card_options,
+        )
+        metadata = {"language": language, "license": license, "base_model": finetuned_from}
+        if tags is None and all(value is None for value in metadata.values()):
+            return
+        card = ModelCard.load(path)
+        for key, value in metadata.items():
+            if value is not None:
+                setattr(card.data, key, value)
+        existing = list(card.data.tags or [])
+        extra = [tags] if isinstance(tags, str) else list(tags or [])
+        card.data.tags = existing + [tag for tag in extra if tag not in existing]
+        card.save(path)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        # The Trainer would log around a nan/inf loss and carry on; a diverged model must not be saved as a result.
+        if not torch.isfinite(loss).all():
+            raise FloatingPointError(
+                f"the training loss became {loss.item()} at step {self.state.global_step + 1} (epoch "
+                f"{self.state.epoch or 0:.2f}); training stopped before the final model and its card are written. "
+                "Lower the learning rate or check the data and labels."
+            )
+        return loss
+
+    def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
+        if self.optimizer is None:
+            model = self.model if model is None else model
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+            groups = parameter_groups(
+                model,
+                self.args.learning_rate,
+                self.args.weight_decay,
+                getattr(self.args, "backbone_lr_multiplier", 1.0),
+                getattr(self.args, "weight_decay_norm_and_bias", False),
+            )
+            optimizer_kwargs.pop("weight_decay", None)  # set per group
+            self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
+
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        # The collator's per-sample sizes serve evaluation; training batches are crops of one size.
+        inputs = {key: value for key, value in inputs.items() if key not in SIZE_KEYS}
+        labels, config = inputs.get("labels"), self.model.config
+        if isinstance(labels, torch.Tensor):
+            # Here, outside the model: a compiled forward (`torch_compile=True`) skips this host-side check.
+            check_label_values(labels, config.num_labels, config.semantic_loss_ignore_index)
+        return super().compute_loss(model, inputs, *args, **kwargs)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Evaluation at each label's original resolution (`fapn_hf.evaluation.predict_at_label_size`): every image
+        at its processed size through the model without padding, logits resized to its label's size; class maps
+        instead of logits are returned (num_labels times less to gather, and all the metrics need)."""
+        if "image_sizes" not in inputs:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        inputs = self._prepare_inputs(inputs)
+        labels = inputs.get("labels")
+        ignore = self.model.config.semantic_loss_ignore_index
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss, predictions = predict_at_label_size(
+                model, inputs["pixel_values"], inputs["image_sizes"], inputs["label_sizes"], labels, ignore
+            )
+        loss = None if loss is None else loss.detach()
+        if prediction_loss_only:
+            return loss, None, None
+        predictions = predictions.to(torch.int32)
+        if self.accelerator.num_processes > 1 and labels is not None:
+            # Label sizes may differ between processes; the Trainer can only gather equal shapes.
+            for dim in (1, 2):
+                predictions = self.accelerator.pad_across_processes(predictions, dim=dim, pad_index=0)
+                labels = self.accelerator.pad_across_processes(labels, dim=dim, pad_index=ignore)
+        return loss, predictions, labels
+
+
+__all__ = ["EpochSetter", "FaPNTrainer", "make_compute_metrics", "parameter_groups"]
