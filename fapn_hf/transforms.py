@@ -216,15 +216,17 @@ class CategoryCappedRandomCrop(v2.Transform):
         height, width = min(self.size[0], in_height), min(self.size[1], in_width)
         masks = [inpt for inpt in flat_inputs if isinstance(inpt, tv_tensors.Mask)]
         capped = self.cat_max_ratio < 1.0 and bool(masks)
-        for attempt in range(1, (self.max_attempts if capped else 1) + 1):
+        attempts = 0
+        while True:
+            attempts += 1
             top = int(torch.randint(0, in_height - height + 1, ()))
             left = int(torch.randint(0, in_width - width + 1, ()))
-            if not capped:
+            if not capped or attempts == self.max_attempts:
                 break
             counts = _class_counts(masks[0][..., top : top + height, left : left + width], self.ignore_index)
             if counts.numel() > 1 and counts.max() < self.cat_max_ratio * counts.sum():
                 break
-        return {"top": top, "left": left, "height": height, "width": width, "attempts": attempt}
+        return {"top": top, "left": left, "height": height, "width": width, "attempts": attempts}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         return F.crop(inpt, params["top"], params["left"], params["height"], params["width"])
