@@ -397,7 +397,7 @@ class PhotometricDistortion(v2.Transform):
 def _torch_seed(seed: int | Sequence[int]) -> int:
     """A seed for `torch.manual_seed` from an int or a sequence of non-negative ints such as (seed, epoch, index),
     mixed by NumPy's `SeedSequence` so that nearby tuples give unrelated streams."""
-    entropy = [seed] if isinstance(seed, (int, np.integer)) else list(seed)
+    entropy = list(seed) if isinstance(seed, (tuple, list)) else [seed]
     if not entropy or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0 for v in entropy):
         raise ValueError(f"seed must be a non-negative integer or a non-empty sequence of them, got {seed!r}")
     return int(np.random.SeedSequence([int(v) for v in entropy]).generate_state(1, np.uint64)[0])
