@@ -178,8 +178,10 @@ def _class_counts(label: torch.Tensor, ignore_index: int) -> torch.Tensor:
     flat = flat[flat != ignore_index]
     if flat.numel() == 0:
         return torch.zeros(0, dtype=torch.int64)
-    # bincount is several times faster than unique, but needs small non-negative ids.
-    if flat.min() >= 0 and flat.max() < 1 << 16:
+    # bincount is several times faster than unique, but needs small non-negative ids. (Python ints for the bounds: a
+    # uint8 tensor compared with 1 << 16 would wrap it to 0.)
+    low, high = (int(bound) for bound in torch.aminmax(flat))
+    if low >= 0 and high < 1 << 16:
         counts = torch.bincount(flat.long())
         return counts[counts > 0]
     return torch.unique(flat, return_counts=True)[1]
@@ -368,8 +370,9 @@ class PhotometricDistortion(v2.Transform):
         brightness, contrast, saturation, hue = (params[key] for key in ("brightness", "contrast", "saturation", "hue"))
         if brightness is None and contrast is None and saturation is None and hue is None:
             return inpt
-        # (3, H, W) is planar already: contiguous channels make the HSV arithmetic several times faster.
-        result = inpt.as_subclass(torch.Tensor).numpy().astype(np.float32)
+        # Planar (3, H, W) float32 (a resized image may be channels-last in memory): contiguous channels make the HSV
+        # arithmetic several times faster.
+        result = inpt.as_subclass(torch.Tensor).numpy().astype(np.float32, order="C")
         if brightness is not None:
             result += brightness
             np.clip(result, 0, 255, out=result)
@@ -434,6 +437,7 @@ class TrainAugmentation:
 
     def __post_init__(self) -> None:
         self.crop_size = _check_size(self.crop_size, "crop_size")
+        self.scale_range = _check_range(self.scale_range, "scale_range", positive=True)
         _check_probability(self.hflip_probability, "hflip_probability")
         steps = [
             RandomScale(self.scale_range),
@@ -442,7 +446,6 @@ class TrainAugmentation:
             *([PhotometricDistortion()] if self.photometric else []),
             PadToSize(self.crop_size, fill={tv_tensors.Image: 0, tv_tensors.Mask: self.ignore_index}),
         ]
-        self.scale_range = steps[0].scale_range
         self.pipeline = v2.Compose(steps)
 
     def __call__(
@@ -450,13 +453,17 @@ class TrainAugmentation:
     ) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
         _check_pair(image, label, self.ignore_index)
         torch_seed = _torch_seed(seed)
-        source_image, source_label = tv_tensors.Image(image), tv_tensors.Mask(label)
+        # Class ids nearly always fit in uint8: the label is then augmented as uint8, which resizes several times
+        # faster than int64 (memory-bound), and only the crop is cast back to the label's dtype.
+        low, high = (int(bound) for bound in torch.aminmax(label))
+        compact = label.dtype != torch.uint8 and 0 <= min(low, self.ignore_index) and max(high, self.ignore_index) < 256
+        work_label = label.to(torch.uint8) if compact else label
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(torch_seed)
-            out_image, out_label = self.pipeline(source_image, source_label)
+            out_image, out_label = self.pipeline(tv_tensors.Image(image), tv_tensors.Mask(work_label))
         # Fresh tensors whatever was skipped, so that callers (and collate functions) may write into the outputs.
-        fresh = [
-            out.clone() if _shares_memory(out, source) else out.contiguous()
-            for out, source in ((out_image, source_image), (out_label, source_label))
-        ]
-        return tv_tensors.Image(fresh[0]), tv_tensors.Mask(fresh[1])
+        out_image = out_image.clone() if _shares_memory(out_image, image) else out_image.contiguous()
+        out_label = out_label.to(
+            label.dtype, memory_format=torch.contiguous_format, copy=_shares_memory(out_label, label)
+        )
+        return tv_tensors.Image(out_image), tv_tensors.Mask(out_label)

@@ -442,12 +442,14 @@ def test_train_augmentation_alignment_without_photometric():
     augment = TrainAugmentation(crop_size=(64, 96), scale_range=(0.5, 2.0), photometric=False)
     for seed in range(8):
         out_image, out_label = to_np(*augment(*to_tv(image, label), seed))
+        assert out_label.dtype == np.int64  # augmented as uint8 (the ids fit), handed back in the label's dtype
         assert_labels_subset(out_label, label)
         assert_aligned(out_image, out_label, min_fraction=0.1)
     ramp_augment = TrainAugmentation(crop_size=(40, 56), scale_range=(0.5, 2.0), photometric=False, ignore_index=-1)
     ramp_image, ramp_label = ramp()
     for seed in range(8):
         out_image, out_label = to_np(*ramp_augment(*to_tv(ramp_image, ramp_label), seed))
+        assert out_label.dtype == np.int32  # ids up to 3071: augmented in their own dtype
         assert_ramp_aligned(out_image, out_label)
 
 
