@@ -29,6 +29,7 @@ import numpy as np
 import PIL.Image
 import torch
 from datasets import Dataset, DatasetDict, Image, load_dataset, load_from_disk
+from torchvision import tv_tensors
 
 from .image_processing_fapn import decode_image, upright
 from .labels import LABEL_MAPPINGS, lookup_table
@@ -388,14 +389,15 @@ class SegmentationDataset(torch.utils.data.Dataset):
     resize, while the labels keep their original resolution: predictions are scored there, after their logits are
     resized to the label's size (the mmseg / detectron2 convention).
 
-    Random transforms draw from `numpy.random.default_rng([seed, epoch, index])`, so a sample's augmentation does
-    not depend on the process, the data loader worker or a resumed run; the Trainer callback
-    `fapn_hf.training.EpochSetter` advances `epoch`.
+    Random transforms are called with the seed `(seed, epoch, index)`, so a sample's augmentation does not depend on
+    the process, the data loader worker or a resumed run; the Trainer callback `fapn_hf.training.EpochSetter`
+    advances `epoch`.
 
     Args:
         dataset: rows with undecoded `"image"` and `"label"` (see `load_segmentation_dataset`).
         spec: the label map.
-        transform: `transform(image, labels, rng) -> (image, labels)` on NumPy arrays (training), or
+        transform: `transform(image, labels, seed) -> (image, labels)` on a `tv_tensors.Image` (3, H, W) uint8 and a
+            `tv_tensors.Mask` (H, W) int64, e.g. `fapn_hf.transforms.TrainAugmentation` (training), or
             `transform(image, labels) -> (image, labels)` when `random=False`; None for evaluation.
         image_processor: the model's `FaPNImageProcessor`.
     """
@@ -404,7 +406,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self,
         dataset: Dataset,
         spec: LabelSpec,
-        transform: Callable[..., tuple[np.ndarray, np.ndarray]] | None,
+        transform: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None,
         image_processor: Any,
         random: bool = True,
         seed: int = 0,
@@ -433,15 +435,18 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         image, labels = self.load(index)
+        labels = torch.from_numpy(labels)
         if self.transform is not None:
+            # torchvision.transforms.v2 types: the (3, H, W) uint8 image and the (H, W) label map, views of the arrays.
+            image, labels = tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1)), tv_tensors.Mask(labels)
             if self.random:
-                rng = np.random.default_rng([self.seed, self.epoch, index])
-                image, labels = self.transform(image, labels, rng)
+                image, labels = self.transform(image, labels, (self.seed, self.epoch, index))
             else:
                 image, labels = self.transform(image, labels)
+            image, labels = image.as_subclass(torch.Tensor), labels.as_subclass(torch.Tensor)
         resize = {} if self.transform is None else {"do_resize": False}
         pixel_values = self.processor(images=image, return_tensors="pt", **resize)["pixel_values"][0]
-        return {"pixel_values": pixel_values, "labels": torch.from_numpy(np.ascontiguousarray(labels)).long()}
+        return {"pixel_values": pixel_values, "labels": labels.long()}
 
 
 # The sizes the collator records: `image_sizes` of the processed images, `label_sizes` of their label maps.

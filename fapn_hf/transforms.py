@@ -1,15 +1,21 @@
-"""Data augmentation for training FaPN on semantic segmentation, as in the paper's recipes (mmseg/detectron2 style).
+"""Data augmentation for training FaPN on semantic segmentation, as in the paper's recipes (mmseg style), built on
+`torchvision.transforms.v2`.
 
-Every transform takes NumPy arrays: `image` is uint8 `(H, W, 3)` RGB and `label` an integer `(H, W)` map of class ids
-(any integer dtype; it is kept). Labels are resized with nearest-neighbour interpolation, images bilinearly; padding is
-0 in the image and `ignore_index` in the label and always goes at the bottom/right. Images and labels stay
-pixel-aligned: a label pixel and the image pixel at the same index come from the same place in the source.
+Images are `tv_tensors.Image` uint8 `(3, H, W)` RGB tensors and labels `tv_tensors.Mask` integer `(H, W)` maps of
+class ids (any integer dtype; it is kept). Images are resized bilinearly (antialiased when shrinking), labels with
+pixel-centre nearest neighbour, so no new label value appears and a label pixel and the image pixel at the same
+index come from the same place in the source. Padding is 0 in the image and `ignore_index` in the label and always
+goes at the bottom/right.
 
-Randomness comes only from the `numpy.random.Generator` passed in, never from global state, so seeding one generator
-per sample, e.g. `np.random.default_rng((seed, epoch, index))`, gives identical results in any process or worker.
+v2 provides the flip, the crop kernel and the padding kernel; what it lacks is written here as small `v2.Transform`
+subclasses: `RandomScale` (a factor of the original size, with an exact nearest-neighbour label resize),
+`CategoryCappedRandomCrop` (mmseg's category area constraint), `PadToSize` (bottom/right padding up to a size) and
+`PhotometricDistortion` (mmseg's brightness / contrast / HSV saturation and hue).
 
-Inputs are never modified in place, but the functions' outputs may be views of them (a crop) or the inputs themselves
-(a transform with nothing to do); `TrainAugmentation` always returns new arrays.
+Like every v2 transform these draw from torch's global random generator. `TrainAugmentation` seeds it from its
+`seed` argument inside `torch.random.fork_rng`, so its output is a function of (image, label, seed) alone and the
+caller's generator state is left as it was: seeding per sample with `(seed, epoch, index)` gives identical results
+in any process or data loader worker, which makes resumed and distributed runs exact.
 
 Evaluation has no transform here: the model's image processor resizes inference images, and labels are scored at
 their original resolution (`fapn_hf.evaluation`).
@@ -17,22 +23,23 @@ their original resolution (`fapn_hf.evaluation`).
 
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
-import PIL.Image
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
 __all__ = [
+    "CategoryCappedRandomCrop",
+    "PadToSize",
+    "PhotometricDistortion",
+    "RandomScale",
     "TrainAugmentation",
-    "pad_to",
-    "photometric_distortion",
-    "random_crop",
-    "random_horizontal_flip",
-    "random_scale",
-    "resize",
 ]
 
 
@@ -46,29 +53,6 @@ def parse_size(text: str) -> tuple[int, int]:
     except (ValueError, AttributeError) as error:
         raise ValueError(f"expected a size HxW such as 512x1024, got {text!r}") from error
     return _check_size((height, width))
-
-
-def _check_image(image: np.ndarray) -> None:
-    if not isinstance(image, np.ndarray):
-        raise ValueError(f"image must be a NumPy array, got {type(image).__name__}")
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"image must be a uint8 (H, W, 3) RGB array, got dtype {image.dtype} and shape {image.shape}")
-    if image.shape[0] == 0 or image.shape[1] == 0:
-        raise ValueError(f"image must not be empty, got shape {image.shape}")
-
-
-def _check_pair(image: np.ndarray, label: np.ndarray | None) -> None:
-    _check_image(image)
-    if label is None:
-        return
-    if not isinstance(label, np.ndarray):
-        raise ValueError(f"label must be a NumPy array or None, got {type(label).__name__}")
-    if not np.issubdtype(label.dtype, np.integer):
-        raise ValueError(f"label must hold integer class ids, got dtype {label.dtype} (shape {label.shape})")
-    if label.shape != image.shape[:2]:
-        raise ValueError(
-            f"label shape {label.shape} does not match the image's (H, W) {image.shape[:2]} (image shape {image.shape})"
-        )
 
 
 def _check_size(size: tuple[int, int], name: str = "size") -> tuple[int, int]:
@@ -100,10 +84,36 @@ def _check_range(value_range: tuple[float, float], name: str, positive: bool) ->
     return low, high
 
 
-def _check_ignore_index(label: np.ndarray | None, ignore_index: int) -> None:
-    if label is None:
-        return
-    info = np.iinfo(label.dtype)
+def _check_probability(value: float, name: str) -> float:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+    return float(value)
+
+
+def _check_image(image: Any) -> None:
+    if not isinstance(image, torch.Tensor):
+        raise ValueError(f"image must be a (3, H, W) uint8 tensor (tv_tensors.Image), got {type(image).__name__}")
+    if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
+        raise ValueError(
+            f"image must be a uint8 (3, H, W) RGB tensor, got dtype {image.dtype} and shape {tuple(image.shape)}"
+        )
+    if image.shape[1] == 0 or image.shape[2] == 0:
+        raise ValueError(f"image must not be empty, got shape {tuple(image.shape)}")
+
+
+def _check_pair(image: Any, label: Any, ignore_index: int) -> None:
+    """Image (3, H, W) uint8, label (H, W) of an integer dtype that can hold `ignore_index`."""
+    _check_image(image)
+    if not isinstance(label, torch.Tensor):
+        raise ValueError(f"label must be an (H, W) integer tensor (tv_tensors.Mask), got {type(label).__name__}")
+    if label.dtype.is_floating_point or label.dtype.is_complex or label.dtype == torch.bool:
+        raise ValueError(f"label must hold integer class ids, got dtype {label.dtype} (shape {tuple(label.shape)})")
+    if tuple(label.shape) != tuple(image.shape[1:]):
+        raise ValueError(
+            f"label shape {tuple(label.shape)} does not match the image's (H, W) {tuple(image.shape[1:])} "
+            f"(image shape {tuple(image.shape)})"
+        )
+    info = torch.iinfo(label.dtype)
     if not info.min <= ignore_index <= info.max:
         raise ValueError(f"ignore_index {ignore_index} does not fit the label dtype {label.dtype}")
 
@@ -117,187 +127,138 @@ def _scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
 
 def _nearest_indices(source: int, target: int) -> np.ndarray:
     # Source index under the centre of each target pixel, floor((i + 0.5) * source / target) in exact integer
-    # arithmetic: the same pixel-centre convention as PIL's bilinear resize, so labels stay aligned with images.
+    # arithmetic: the pixel-centre convention of bilinear resizing, so labels stay aligned with images.
     return (np.arange(target, dtype=np.int64) * 2 + 1) * source // (2 * target)
 
 
-def resize(image: np.ndarray, label: np.ndarray | None, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
-    """Resizes to `size` = (height, width): the image bilinearly (PIL, antialiased when shrinking), the label with
-    nearest neighbour (exact for any integer dtype, no new values).
+def _resize_label(label: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """CPU `(..., H, W)` -> `(..., height, width)` by pixel-centre nearest neighbour, exact for any integer dtype.
 
-    Shapes: image (H, W, 3) uint8 -> (height, width, 3) uint8; label (H, W) or None -> (height, width) or None.
+    v2's own `resize` of a `Mask` defaults to the legacy NEAREST mode (`floor(i * H / height)`, up to half a pixel
+    off the image's bilinear grid) and goes through float32 (ids above 2**24 change); gathering rows and columns
+    avoids both. NumPy's `take` does the gather 2-3 times faster than torch's `index_select` here.
     """
-    _check_pair(image, label)
-    height, width = _check_size(size)
-    if image.shape[:2] == (height, width):
-        return image, label
-    return _resize_window(image, label, (height, width), (0, 0, height, width))
+    rows = _nearest_indices(label.shape[-2], size[0])
+    cols = _nearest_indices(label.shape[-1], size[1])
+    return torch.from_numpy(label.numpy().take(rows, axis=-2).take(cols, axis=-1))
 
 
-def _resize_window(
-    image: np.ndarray, label: np.ndarray | None, size: tuple[int, int], window: tuple[int, int, int, int]
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """The `window` = (top, left, height, width) of `image` and `label` resized to `size`, computing only that window.
+class RandomScale(v2.Transform):
+    """Resizes image and label by one factor drawn uniformly from `scale_range` (aspect ratio kept, sides rounded,
+    at least 1 px): mmseg's `Resize(ratio_range=...)` relative to the input's own size.
 
-    The pixel-centre mapping is the one of resizing everything and cropping afterwards (labels identical, images
-    within rounding), at the cost of the window alone: a 2x upscale of a 1024x2048 image for a 512x1024 crop is 16
-    times less work.
+    Images are resized bilinearly (antialiased when shrinking), masks by exact pixel-centre nearest neighbour.
+    Shapes: image (3, H, W) -> (3, round(s H), round(s W)); mask (H, W) -> (round(s H), round(s W)).
+    Params: `{"size": (height, width)}`; `transform(inpt, {"size": ...})` resizes to a given size.
     """
-    in_height, in_width = image.shape[:2]
-    out_height, out_width = size
-    top, left, height, width = window
-    if (out_height, out_width) == (in_height, in_width):
-        image = image[top : top + height, left : left + width]
-        return image, None if label is None else label[top : top + height, left : left + width]
-    # Integer products before the division keep the far edges exact, as PIL rejects a box past the image border.
-    box = (
-        left * in_width / out_width,
-        top * in_height / out_height,
-        (left + width) * in_width / out_width,
-        (top + height) * in_height / out_height,
-    )
-    resized = PIL.Image.fromarray(np.ascontiguousarray(image)).resize((width, height), PIL.Image.BILINEAR, box=box)
-    image = np.array(resized)  # a writable copy: PIL's buffer is read-only, which torch.from_numpy warns about
-    if label is not None:
-        rows = _nearest_indices(in_height, out_height)[top : top + height]
-        cols = _nearest_indices(in_width, out_width)[left : left + width]
-        label = label.take(rows, axis=0).take(cols, axis=1)
-    return image, label
+
+    _transformed_types = (tv_tensors.Image, tv_tensors.Mask)
+
+    def __init__(self, scale_range: tuple[float, float]) -> None:
+        super().__init__()
+        self.scale_range = _check_range(scale_range, "scale_range", positive=True)
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        low, high = self.scale_range
+        factor = low + (high - low) * float(torch.rand(()))
+        return {"size": _scaled_size(*v2.query_size(flat_inputs), factor)}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        size = params["size"]
+        if tuple(inpt.shape[-2:]) == tuple(size):
+            return inpt
+        if isinstance(inpt, tv_tensors.Mask):
+            return tv_tensors.wrap(_resize_label(inpt.as_subclass(torch.Tensor), size), like=inpt)
+        return F.resize(inpt, list(size), interpolation=v2.InterpolationMode.BILINEAR, antialias=True)
 
 
-def random_scale(
-    image: np.ndarray, label: np.ndarray | None, rng: np.random.Generator, scale_range: tuple[float, float]
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Resizes both sides by one factor drawn uniformly from `scale_range` (aspect ratio kept, at least 1 px).
-
-    Shapes: image (H, W, 3) -> (round(s H), round(s W), 3); label (H, W) or None -> same (H', W') or None.
-    """
-    _check_pair(image, label)
-    low, high = _check_range(scale_range, "scale_range", positive=True)
-    factor = rng.uniform(low, high)
-    return resize(image, label, _scaled_size(*image.shape[:2], factor))
-
-
-def pad_to(
-    image: np.ndarray, label: np.ndarray | None, size: tuple[int, int], ignore_index: int = 255
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Pads at the bottom and right up to at least `size` = (height, width): 0 in the image, `ignore_index` in the
-    label. Larger sides are left as they are.
-
-    Shapes: image (H, W, 3) -> (max(H, height), max(W, width), 3); label (H, W) or None -> (max(H, height), ...).
-    """
-    _check_pair(image, label)
-    height, width = _check_size(size)
-    _check_ignore_index(label, ignore_index)
-    in_height, in_width = image.shape[:2]
-    out_height, out_width = max(in_height, height), max(in_width, width)
-    if (out_height, out_width) == (in_height, in_width):
-        return image, label
-    padded = np.zeros((out_height, out_width, 3), dtype=np.uint8)
-    padded[:in_height, :in_width] = image
-    if label is not None:
-        padded_label = np.full((out_height, out_width), ignore_index, dtype=label.dtype)
-        padded_label[:in_height, :in_width] = label
-        label = padded_label
-    return padded, label
-
-
-def _class_counts(label: np.ndarray, ignore_index: int) -> np.ndarray:
+def _class_counts(label: torch.Tensor, ignore_index: int) -> torch.Tensor:
     """Pixel counts of the classes present in `label`, ignored pixels left out (the order is unspecified)."""
-    flat = label.ravel()
-    if flat.size == 0:
-        return np.zeros(0, dtype=np.int64)
-    # bincount is several times faster than unique, but needs small non-negative ids.
-    if flat.min() >= 0 and flat.max() < 1 << 16:
-        counts = np.bincount(flat)
-        if 0 <= ignore_index < counts.size:
-            counts[ignore_index] = 0
+    flat = label.reshape(-1)
+    flat = flat[flat != ignore_index]
+    if flat.numel() == 0:
+        return torch.zeros(0, dtype=torch.int64)
+    # bincount is several times faster than unique, but needs small non-negative ids. (Python ints for the bounds: a
+    # uint8 tensor compared with 1 << 16 would wrap it to 0.)
+    low, high = (int(bound) for bound in torch.aminmax(flat))
+    if low >= 0 and high < 1 << 16:
+        counts = torch.bincount(flat.long())
         return counts[counts > 0]
-    values, counts = np.unique(flat, return_counts=True)
-    return counts[values != ignore_index]
+    return torch.unique(flat, return_counts=True)[1]
 
 
-def _window(array: np.ndarray, top: int, left: int, height: int, width: int) -> np.ndarray:
-    return array[top : top + height, left : left + width]
+class CategoryCappedRandomCrop(v2.Transform):
+    """Crops a random window of `size` = (height, width), or of the whole side where the input is smaller (no
+    padding: `PadToSize` does that, last, as mmseg's `Pad`).
 
+    With `cat_max_ratio < 1` (mmseg's "category area constraint"), draws up to `max_attempts` windows until the most
+    frequent non-ignored class of the mask covers less than `cat_max_ratio` of the window's non-ignored pixels and
+    the window holds more than one class; when none qualifies, the last one drawn is kept. With `cat_max_ratio=1.0`,
+    or without a mask among the inputs, one window is drawn.
 
-def _crop_window(
-    label_window: Callable[[int, int, int, int], np.ndarray] | None,
-    image_size: tuple[int, int],
-    rng: np.random.Generator,
-    size: tuple[int, int],
-    cat_max_ratio: float,
-    ignore_index: int,
-    max_attempts: int,
-) -> tuple[int, int, int, int]:
-    """(top, left, height, width) of a random window of at most `size` inside `image_size`, with the category area
-    constraint of `random_crop`; `label_window(top, left, height, width)` gives the label inside a window."""
-    height, width = min(size[0], image_size[0]), min(size[1], image_size[1])
-    attempts = max_attempts if cat_max_ratio < 1.0 and label_window is not None else 1
-    for _ in range(attempts):
-        top, left = rng.integers(0, (image_size[0] - height + 1, image_size[1] - width + 1))
-        if attempts == 1:
-            break
-        counts = _class_counts(label_window(top, left, height, width), ignore_index)
-        if counts.size > 1 and counts.max() < cat_max_ratio * counts.sum():
-            break
-    return int(top), int(left), height, width
-
-
-def _check_crop_arguments(cat_max_ratio: float, max_attempts: int) -> None:
-    if not 0.0 < cat_max_ratio <= 1.0:
-        raise ValueError(f"cat_max_ratio must be in (0, 1], got {cat_max_ratio!r}")
-    _check_positive_int(max_attempts, "max_attempts")
-
-
-def random_crop(
-    image: np.ndarray,
-    label: np.ndarray | None,
-    rng: np.random.Generator,
-    size: tuple[int, int],
-    cat_max_ratio: float = 1.0,
-    ignore_index: int = 255,
-    max_attempts: int = 10,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Crops a random `size` = (height, width) window, padding first (bottom/right, see `pad_to`) where the image is
-    smaller than `size`.
-
-    With `cat_max_ratio < 1` (the "category area constraint" of mmseg/detectron2), draws up to `max_attempts` windows
-    until the most frequent non-ignored class covers less than `cat_max_ratio` of the window's non-ignored pixels
-    and the window holds more than one class; when none qualifies, the last one drawn is kept. With
-    `cat_max_ratio=1.0` one window is drawn.
-
-    Shapes: image (H, W, 3) -> (height, width, 3); label (H, W) or None -> (height, width) or None.
+    Shapes: image (3, H, W) -> (3, min(H, height), min(W, width)); mask (H, W) -> (min(H, height), min(W, width)).
+    Params: `{"top", "left", "height", "width"}` of the window and `"attempts"`, the number of windows drawn.
     """
-    _check_pair(image, label)
-    size = _check_size(size)
-    _check_crop_arguments(cat_max_ratio, max_attempts)
-    image, label = pad_to(image, label, size, ignore_index)
-    label_window = None if label is None else functools.partial(_window, label)
-    top, left, height, width = _crop_window(
-        label_window, image.shape[:2], rng, size, cat_max_ratio, ignore_index, max_attempts
-    )
-    image = _window(image, top, left, height, width)
-    if label is not None:
-        label = _window(label, top, left, height, width)
-    return image, label
+
+    _transformed_types = (tv_tensors.Image, tv_tensors.Mask)
+
+    def __init__(
+        self, size: tuple[int, int], cat_max_ratio: float = 1.0, ignore_index: int = 255, max_attempts: int = 10
+    ) -> None:
+        super().__init__()
+        self.size = _check_size(size)
+        if not 0.0 < cat_max_ratio <= 1.0:
+            raise ValueError(f"cat_max_ratio must be in (0, 1], got {cat_max_ratio!r}")
+        self.cat_max_ratio = float(cat_max_ratio)
+        self.ignore_index = int(ignore_index)
+        self.max_attempts = _check_positive_int(max_attempts, "max_attempts")
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        in_height, in_width = v2.query_size(flat_inputs)
+        height, width = min(self.size[0], in_height), min(self.size[1], in_width)
+        masks = [inpt for inpt in flat_inputs if isinstance(inpt, tv_tensors.Mask)]
+        capped = self.cat_max_ratio < 1.0 and bool(masks)
+        attempts = 0
+        while True:
+            attempts += 1
+            top = int(torch.randint(0, in_height - height + 1, ()))
+            left = int(torch.randint(0, in_width - width + 1, ()))
+            if not capped or attempts == self.max_attempts:
+                break
+            counts = _class_counts(masks[0][..., top : top + height, left : left + width], self.ignore_index)
+            if counts.numel() > 1 and counts.max() < self.cat_max_ratio * counts.sum():
+                break
+        return {"top": top, "left": left, "height": height, "width": width, "attempts": attempts}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return F.crop(inpt, params["top"], params["left"], params["height"], params["width"])
 
 
-def random_horizontal_flip(
-    image: np.ndarray, label: np.ndarray | None, rng: np.random.Generator, probability: float = 0.5
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Mirrors image and label left-right with `probability`. Shapes are unchanged: (H, W, 3) and (H, W) or None.
+class PadToSize(v2.Transform):
+    """Pads at the bottom and right up to at least `size` = (height, width) with `fill[type]` (e.g.
+    `{tv_tensors.Image: 0, tv_tensors.Mask: 255}`); larger sides are left as they are.
 
-    The outputs are contiguous copies when flipped (negative strides would trip `torch.from_numpy`).
+    Shapes: (..., H, W) -> (..., max(H, height), max(W, width)).
     """
-    _check_pair(image, label)
-    if not 0.0 <= probability <= 1.0:
-        raise ValueError(f"probability must be in [0, 1], got {probability!r}")
-    if rng.random() < probability:
-        image = np.ascontiguousarray(image[:, ::-1])
-        if label is not None:
-            label = np.ascontiguousarray(label[:, ::-1])
-    return image, label
+
+    _transformed_types = (tv_tensors.Image, tv_tensors.Mask)
+
+    def __init__(self, size: tuple[int, int], fill: dict[type, int]) -> None:
+        super().__init__()
+        self.size = _check_size(size)
+        missing = [kind.__name__ for kind in self._transformed_types if kind not in fill]
+        if missing:
+            raise ValueError(f"fill must give a value for {missing}, got {fill!r}")
+        self.fill = dict(fill)
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        height, width = v2.query_size(flat_inputs)
+        return {"padding": [0, 0, max(0, self.size[1] - width), max(0, self.size[0] - height)]}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if not any(params["padding"]):
+            return inpt
+        return F.pad(inpt, params["padding"], fill=self.fill[type(inpt)])
 
 
 # ------------------------------------------------------------------------------------------------------ photometric
@@ -358,85 +319,112 @@ def _hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
     return rgb
 
 
-def _adjust_brightness(image: np.ndarray, delta: float) -> np.ndarray:
-    """Adds `delta` to a float image in place, saturating at 0 and 255."""
-    image += delta
-    return np.clip(image, 0, 255, out=image)
-
-
-def _adjust_contrast(image: np.ndarray, factor: float) -> np.ndarray:
-    """Multiplies a float image by `factor` in place, saturating at 255 (mmseg's contrast: no pivot around the
-    mean)."""
-    image *= factor
-    return np.clip(image, 0, 255, out=image)
-
-
-def photometric_distortion(
-    image: np.ndarray,
-    rng: np.random.Generator,
-    brightness_delta: float = 32,
-    contrast_range: tuple[float, float] = (0.5, 1.5),
-    saturation_range: tuple[float, float] = (0.5, 1.5),
-    hue_delta: float = 18,
-) -> np.ndarray:
-    """mmseg's photometric distortion: each of brightness (add a value uniform in +-`brightness_delta`), contrast
-    (multiply by a factor uniform in `contrast_range`), saturation (multiply HSV saturation by a factor uniform in
-    `saturation_range`) and hue (rotate by a shift uniform in +-`hue_delta`) is applied with probability 0.5, in that
-    order except that contrast goes before or after the HSV ops at random. Hue is in degrees on OpenCV's [0, 180)
-    scale like mmseg, so the default `hue_delta=18` is +-36 degrees of the colour circle.
+class PhotometricDistortion(v2.Transform):
+    """mmseg's photometric distortion of images (masks pass through): each of brightness (add a value uniform in
+    +-`brightness_delta`), contrast (multiply by a factor uniform in `contrast_range`, no pivot around the mean),
+    saturation (multiply HSV saturation by a factor uniform in `saturation_range`) and hue (rotate by a shift uniform
+    in +-`hue_delta`) is applied with probability 0.5, in that order except that contrast goes before or after the
+    HSV ops at random. Hue is in degrees on OpenCV's [0, 180) scale like mmseg, so the default `hue_delta=18` is
+    +-36 degrees of the colour circle. (`v2.ColorJitter` differs: contrast pivots on the mean grey, saturation
+    blends with grey, hue is on a [-0.5, 0.5] turn scale.)
 
     Arithmetic is in float32 with values saturated to [0, 255] after each step; the result is rounded to uint8.
-    Shapes: image (H, W, 3) uint8 -> (H, W, 3) uint8; only values change, never geometry.
+    Shapes: image (3, H, W) uint8 -> (3, H, W) uint8; only values change, never geometry.
+    Params: `brightness`, `contrast`, `saturation`, `hue` (None when not applied) and `contrast_first`.
     """
-    _check_image(image)
-    if brightness_delta < 0:
-        raise ValueError(f"brightness_delta must be >= 0, got {brightness_delta!r}")
-    contrast_low, contrast_high = _check_range(contrast_range, "contrast_range", positive=False)
-    saturation_low, saturation_high = _check_range(saturation_range, "saturation_range", positive=False)
-    if hue_delta < 0:
-        raise ValueError(f"hue_delta must be >= 0, got {hue_delta!r}")
 
-    # Draw every decision up front, so the work below can skip whatever is not applied.
-    brightness = rng.uniform(-brightness_delta, brightness_delta) if rng.random() < 0.5 else None
-    contrast_first = rng.random() < 0.5
-    contrast = rng.uniform(contrast_low, contrast_high) if rng.random() < 0.5 else None
-    saturation = rng.uniform(saturation_low, saturation_high) if rng.random() < 0.5 else None
-    hue = rng.uniform(-hue_delta, hue_delta) if rng.random() < 0.5 else None
-    if brightness is None and contrast is None and saturation is None and hue is None:
-        return image
+    _transformed_types = (tv_tensors.Image,)
 
-    # Planar (3, H, W) float32: contiguous channels make the HSV arithmetic several times faster.
-    result = np.moveaxis(image, -1, 0).astype(np.float32, order="C")
-    if brightness is not None:
-        result = _adjust_brightness(result, brightness)
-    if contrast is not None and contrast_first:
-        result = _adjust_contrast(result, contrast)
-    if saturation is not None or hue is not None:
-        hsv = _rgb_to_hsv(result)
-        if saturation is not None:
-            hsv[1] *= saturation
-            np.clip(hsv[1], 0, 1, out=hsv[1])
-        if hue is not None:
-            hsv[0] += hue
-        result = _hsv_to_rgb(hsv)
-        np.clip(result, 0, 255, out=result)
-    if contrast is not None and not contrast_first:
-        result = _adjust_contrast(result, contrast)
-    return np.ascontiguousarray(np.moveaxis(np.rint(result, out=result).astype(np.uint8), 0, -1))
+    def __init__(
+        self,
+        brightness_delta: float = 32,
+        contrast_range: tuple[float, float] = (0.5, 1.5),
+        saturation_range: tuple[float, float] = (0.5, 1.5),
+        hue_delta: float = 18,
+    ) -> None:
+        super().__init__()
+        if not brightness_delta >= 0:
+            raise ValueError(f"brightness_delta must be >= 0, got {brightness_delta!r}")
+        if not hue_delta >= 0:
+            raise ValueError(f"hue_delta must be >= 0, got {hue_delta!r}")
+        self.brightness_delta = float(brightness_delta)
+        self.contrast_range = _check_range(contrast_range, "contrast_range", positive=False)
+        self.saturation_range = _check_range(saturation_range, "saturation_range", positive=False)
+        self.hue_delta = float(hue_delta)
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        # Every decision is drawn up front, so that `transform` can skip whatever is not applied.
+        def maybe_uniform(low: float, high: float) -> float | None:
+            return low + (high - low) * float(torch.rand(())) if float(torch.rand(())) < 0.5 else None
+
+        return {
+            "brightness": maybe_uniform(-self.brightness_delta, self.brightness_delta),
+            "contrast_first": float(torch.rand(())) < 0.5,
+            "contrast": maybe_uniform(*self.contrast_range),
+            "saturation": maybe_uniform(*self.saturation_range),
+            "hue": maybe_uniform(-self.hue_delta, self.hue_delta),
+        }
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        _check_image(inpt)
+        brightness, contrast, saturation, hue = (params[key] for key in ("brightness", "contrast", "saturation", "hue"))
+        if brightness is None and contrast is None and saturation is None and hue is None:
+            return inpt
+        # Planar (3, H, W) float32 (a resized image may be channels-last in memory): contiguous channels make the HSV
+        # arithmetic several times faster.
+        result = inpt.as_subclass(torch.Tensor).numpy().astype(np.float32, order="C")
+        if brightness is not None:
+            result += brightness
+            np.clip(result, 0, 255, out=result)
+        if contrast is not None and params["contrast_first"]:
+            result *= contrast
+            np.clip(result, 0, 255, out=result)
+        if saturation is not None or hue is not None:
+            hsv = _rgb_to_hsv(result)
+            if saturation is not None:
+                hsv[1] *= saturation
+                np.clip(hsv[1], 0, 1, out=hsv[1])
+            if hue is not None:
+                hsv[0] += hue
+            result = _hsv_to_rgb(hsv)
+            np.clip(result, 0, 255, out=result)
+        if contrast is not None and not params["contrast_first"]:
+            result *= contrast
+            np.clip(result, 0, 255, out=result)
+        return tv_tensors.wrap(torch.from_numpy(np.rint(result, out=result).astype(np.uint8)), like=inpt)
 
 
 # -------------------------------------------------------------------------------------------------------- pipelines
 
 
+def _torch_seed(seed: int | Sequence[int]) -> int:
+    """A seed for `torch.manual_seed` from an int or a sequence of non-negative ints such as (seed, epoch, index),
+    mixed by NumPy's `SeedSequence` so that nearby tuples give unrelated streams."""
+    entropy = list(seed) if isinstance(seed, (tuple, list)) else [seed]
+    if not entropy or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0 for v in entropy):
+        raise ValueError(f"seed must be a non-negative integer or a non-empty sequence of them, got {seed!r}")
+    return int(np.random.SeedSequence([int(v) for v in entropy]).generate_state(1, np.uint64)[0])
+
+
+def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
 @dataclass
 class TrainAugmentation:
-    """The training augmentation of the paper's recipes: random scale, random crop with the category area
-    constraint, horizontal flip and photometric distortion.
+    """The training augmentation of the paper's recipes, a `v2.Compose` of `RandomScale`, `CategoryCappedRandomCrop`,
+    `v2.RandomHorizontalFlip`, `PhotometricDistortion` (when `photometric`) and `PadToSize` (0 in the image,
+    `ignore_index` in the label).
 
-    `aug(image, label, rng)` maps image (H, W, 3) uint8 and label (H, W) to new contiguous arrays: image
-    `crop_size + (3,)` uint8 and label `crop_size` (dtype kept). Where the scaled image is smaller than `crop_size`,
-    the output is padded at the bottom/right with 0 and `ignore_index`; padding is added last, so flipping and the
-    photometric distortion never touch it (as in mmseg, whose `Pad` comes last).
+    `aug(image, label, seed)` maps an image (3, H, W) uint8 and a label (H, W) of integer class ids (tensors or
+    `tv_tensors`) to a new `tv_tensors.Image` (3, *crop_size) uint8 and `tv_tensors.Mask` `crop_size` (the label's
+    dtype), which share no memory with the inputs. Where the scaled image is smaller than `crop_size`, the output is
+    padded at the bottom/right; padding comes last, so flipping and the photometric distortion never touch it (as in
+    mmseg, whose `Pad` comes last).
+
+    `seed` (an int, or a sequence of ints such as `(seed, epoch, index)`) seeds torch's generator inside
+    `torch.random.fork_rng`: the output depends on (image, label, seed) only, and the caller's global torch random
+    state is unchanged.
     """
 
     crop_size: tuple[int, int] = (512, 1024)
@@ -445,45 +433,37 @@ class TrainAugmentation:
     hflip_probability: float = 0.5
     photometric: bool = True
     ignore_index: int = 255
+    pipeline: v2.Compose = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.crop_size = _check_size(self.crop_size, "crop_size")
         self.scale_range = _check_range(self.scale_range, "scale_range", positive=True)
-        _check_crop_arguments(self.cat_max_ratio, 1)
-        if not 0.0 <= self.hflip_probability <= 1.0:
-            raise ValueError(f"hflip_probability must be in [0, 1], got {self.hflip_probability!r}")
+        _check_probability(self.hflip_probability, "hflip_probability")
+        steps = [
+            RandomScale(self.scale_range),
+            CategoryCappedRandomCrop(self.crop_size, self.cat_max_ratio, self.ignore_index, max_attempts=10),
+            v2.RandomHorizontalFlip(self.hflip_probability),
+            *([PhotometricDistortion()] if self.photometric else []),
+            PadToSize(self.crop_size, fill={tv_tensors.Image: 0, tv_tensors.Mask: self.ignore_index}),
+        ]
+        self.pipeline = v2.Compose(steps)
 
-    def __call__(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        source_image, source_label = image, label
-        _check_pair(image, label)
-        if label is None:
-            raise ValueError("TrainAugmentation needs a label map")
-        _check_ignore_index(label, self.ignore_index)
-        # random_scale then random_crop, fused: the crop window is chosen on the scaled label (read through index
-        # arrays, never materialised) and only the window is resized; same random draws, same window, same label.
-        # Padding comes last, so it stays at the bottom/right and exactly 0/ignore_index through flip and
-        # photometric distortion; it leaves a crop no room to move, so the window is the one random_crop picks.
-        in_height, in_width = image.shape[:2]
-        scaled_size = _scaled_size(in_height, in_width, rng.uniform(*self.scale_range))
-        rows = _nearest_indices(in_height, scaled_size[0])
-        cols = _nearest_indices(in_width, scaled_size[1])
-
-        def label_window(top: int, left: int, height: int, width: int) -> np.ndarray:
-            return label.take(rows[top : top + height], axis=0).take(cols[left : left + width], axis=1)
-
-        window = _crop_window(
-            label_window, scaled_size, rng, self.crop_size, self.cat_max_ratio, self.ignore_index, max_attempts=10
+    def __call__(
+        self, image: torch.Tensor, label: torch.Tensor, seed: int | Sequence[int]
+    ) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
+        _check_pair(image, label, self.ignore_index)
+        torch_seed = _torch_seed(seed)
+        # Class ids nearly always fit in uint8: the label is then augmented as uint8, which resizes several times
+        # faster than int64 (memory-bound), and only the crop is cast back to the label's dtype.
+        low, high = (int(bound) for bound in torch.aminmax(label))
+        compact = label.dtype != torch.uint8 and 0 <= min(low, self.ignore_index) and max(high, self.ignore_index) < 256
+        work_label = label.to(torch.uint8) if compact else label
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(torch_seed)
+            out_image, out_label = self.pipeline(tv_tensors.Image(image), tv_tensors.Mask(work_label))
+        # Fresh tensors whatever was skipped, so that callers (and collate functions) may write into the outputs.
+        out_image = out_image.clone() if _shares_memory(out_image, image) else out_image.contiguous()
+        out_label = out_label.to(
+            label.dtype, memory_format=torch.contiguous_format, copy=_shares_memory(out_label, label)
         )
-        image, label = _resize_window(image, label, scaled_size, window)
-        image, label = random_horizontal_flip(image, label, rng, self.hflip_probability)
-        if self.photometric:
-            image = photometric_distortion(image, rng)
-        image, label = pad_to(image, label, self.crop_size, self.ignore_index)
-        # Fresh arrays whatever was skipped, so that callers (and collate functions) may write into the outputs.
-        image = np.ascontiguousarray(image)
-        label = np.ascontiguousarray(label)
-        if np.may_share_memory(image, source_image):
-            image = image.copy()
-        if np.may_share_memory(label, source_label):
-            label = label.copy()
-        return image, label
+        return tv_tensors.Image(out_image), tv_tensors.Mask(out_label)

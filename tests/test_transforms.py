@@ -1,23 +1,27 @@
-"""Augmentations: label-map invariants, image/label alignment, the category area constraint and determinism."""
+"""Augmentations on torchvision.transforms.v2: label-map invariants, image/label alignment, the category area
+constraint, padding, and determinism per seed without touching the caller's random state."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from numpy.lib.stride_tricks import sliding_window_view
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
 from fapn_hf import transforms as T
 from fapn_hf.transforms import (
+    CategoryCappedRandomCrop,
+    PadToSize,
+    PhotometricDistortion,
+    RandomScale,
     TrainAugmentation,
-    pad_to,
-    photometric_distortion,
-    random_crop,
-    random_horizontal_flip,
-    random_scale,
-    resize,
 )
 
 IGNORE = 255
+FILL = {tv_tensors.Image: 0, tv_tensors.Mask: IGNORE}
 # Distinct, far-apart colours, one per class; black marks ignored pixels (and is what padding adds).
 PALETTE = np.array(
     [[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48], [145, 30, 180]], dtype=np.uint8
@@ -110,32 +114,46 @@ def assert_ramp_aligned(image: np.ndarray, label: np.ndarray, margin: int = 3) -
     assert np.abs(image[..., 1].astype(int) - RAMP_SLOPE * source_row)[valid].max() <= RAMP_SLOPE // 2
 
 
-class CountingGenerator(np.random.Generator):
-    """Records the windows drawn by `integers`, to count crop attempts."""
+def to_tv(image: np.ndarray, label: np.ndarray) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
+    """NumPy (H, W, 3) image and (H, W) label -> `tv_tensors.Image` (3, H, W) and `tv_tensors.Mask` (H, W) views."""
+    return tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1)), tv_tensors.Mask(torch.from_numpy(label))
 
-    def __init__(self, seed: int) -> None:
-        super().__init__(np.random.PCG64(seed))
-        self.draws: list[tuple[int, ...]] = []
 
-    def integers(self, *args, **kwargs):
-        result = super().integers(*args, **kwargs)
-        self.draws.append(tuple(np.atleast_1d(result).tolist()))
+def to_np(image: torch.Tensor, label: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """The inverse of `to_tv`: (H, W, 3) and (H, W) arrays."""
+    return image.permute(1, 2, 0).numpy(), label.numpy()
+
+
+def resize(image: np.ndarray, label: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """`image` and `label` resized to `size` the way `RandomScale` resizes them."""
+    scale = RandomScale((1.0, 1.0))
+    return to_np(*(scale.transform(item, {"size": size}) for item in to_tv(image, label)))
+
+
+def record_windows(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """The (top, left) of every crop window drawn from now on (the crop draws top, then left, with `torch.randint`)."""
+    values: list[int] = []
+    windows: list[tuple[int, int]] = []
+    randint = torch.randint
+
+    def recording_randint(*args, **kwargs):
+        result = randint(*args, **kwargs)
+        values.append(int(result))
+        if len(values) % 2 == 0:
+            windows.append((values[-2], values[-1]))
         return result
 
+    monkeypatch.setattr(torch, "randint", recording_randint)
+    return windows
 
-class ForcedGenerator(np.random.Generator):
-    """Every coin flip comes up "apply" (`random()` is 0) and every `uniform` returns its upper bound, or, with
-    `apply=False`, nothing is applied."""
 
-    def __init__(self, apply: bool = True) -> None:
-        super().__init__(np.random.PCG64(0))
-        self.apply = apply
+NO_PHOTOMETRIC = {"brightness": None, "contrast": None, "contrast_first": True, "saturation": None, "hue": None}
 
-    def random(self, *args, **kwargs):
-        return 0.0 if self.apply else 0.999
 
-    def uniform(self, low=0.0, high=1.0, size=None):
-        return float(high)
+def distort(image: np.ndarray, **params) -> np.ndarray:
+    """`PhotometricDistortion` of an (H, W, 3) array with the given decisions (the others not applied)."""
+    out = PhotometricDistortion().transform(to_tv(image, image[..., 0])[0], {**NO_PHOTOMETRIC, **params})
+    return out.permute(1, 2, 0).numpy()
 
 
 # ------------------------------------------------------------------------------------------------------- resize
@@ -148,7 +166,6 @@ def test_resize_keeps_labels_and_alignment(dtype, size):
     out_image, out_label = resize(image, label, size)
     assert out_image.shape == size + (3,) and out_image.dtype == np.uint8
     assert out_label.shape == size and out_label.dtype == dtype
-    assert out_image.flags.writeable
     assert_labels_subset(out_label, label)
     assert_aligned(out_image, out_label)
 
@@ -161,7 +178,7 @@ def test_resize_subpixel_alignment(size):
 
 def test_resize_tiny_sizes_and_large_label_values():
     image, label = scene(dtype=np.int64)
-    label = np.where(label == IGNORE, IGNORE, label + 2**40)  # ids a narrower PIL mode would corrupt
+    label = np.where(label == IGNORE, IGNORE, label + 2**40)  # ids that a float32 round trip would corrupt
     for size in [(1, 1), (1, 7), (5, 1), (2, 3)]:
         out_image, out_label = resize(image, label, size)
         assert out_image.shape == size + (3,) and out_label.shape == size
@@ -170,62 +187,83 @@ def test_resize_tiny_sizes_and_large_label_values():
     assert (one_image == 7).all() and (one_label == 3).all()
 
 
-def test_resize_without_label_and_same_size():
-    image, label = scene()
-    out_image, out_label = resize(image, None, (30, 40))
-    assert out_image.shape == (30, 40, 3) and out_label is None
-    same_image, same_label = resize(image, label, image.shape[:2])
-    assert same_image is image and same_label is label
+def test_label_resize_is_torchvision_nearest_exact_not_its_mask_default():
+    # Pixel-centre nearest neighbour is torchvision's NEAREST_EXACT; v2 resizes a Mask with legacy NEAREST by default,
+    # which takes floor(i * H / height): half a pixel off the bilinear image, the reason RandomScale does not use it.
+    _, label = ramp()
+    mask = tv_tensors.Mask(torch.from_numpy(label))
+    for size in [(24, 32), (35, 50), (96, 128), (100, 203)]:
+        ours = RandomScale((1.0, 1.0)).transform(mask, {"size": size})
+        assert isinstance(ours, tv_tensors.Mask)
+        assert torch.equal(ours, F.resize(mask, list(size), interpolation=v2.InterpolationMode.NEAREST_EXACT))
+    assert not torch.equal(RandomScale((1.0, 1.0)).transform(mask, {"size": (24, 32)}), v2.Resize((24, 32))(mask))
+
+
+def test_resize_to_the_same_size_returns_the_input():
+    image, label = to_tv(*scene())
+    scale = RandomScale((1.0, 1.0))
+    assert (
+        scale.transform(image, {"size": (120, 160)}) is image and scale.transform(label, {"size": (120, 160)}) is label
+    )
 
 
 def test_random_scale_range_alignment_and_minimum_size():
     image, label = scene()
+    sizes = set()
     for seed in range(6):
-        out_image, out_label = random_scale(image, label, np.random.default_rng(seed), (0.5, 2.0))
+        torch.manual_seed(seed)
+        out_image, out_label = to_np(*RandomScale((0.5, 2.0))(*to_tv(image, label)))
         height, width = out_label.shape
+        sizes.add((height, width))
         assert 60 <= height <= 240 and 80 <= width <= 320
         assert abs(height / width - 120 / 160) < 1 / min(height, width)  # one factor for both sides
         assert_labels_subset(out_label, label)
         assert_aligned(out_image, out_label)
-    assert [a.shape[:2] for a in random_scale(image, label, np.random.default_rng(0), (0.001, 0.001))] == [(1, 1)] * 2
+    assert len(sizes) > 1
+    tiny = RandomScale((0.001, 0.001))(*to_tv(image, label))
+    assert [tuple(item.shape[-2:]) for item in tiny] == [(1, 1)] * 2
 
 
 # --------------------------------------------------------------------------------------------------- pad / crop
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int64])
-def test_pad_to_fills_bottom_right(dtype):
+def test_pad_to_size_fills_bottom_right_with_zero_and_ignore(dtype):
     image, label = scene(30, 40, dtype=dtype)
-    out_image, out_label = pad_to(image, label, (50, 35))
+    out_image, out_label = to_np(*PadToSize((50, 35), FILL)(*to_tv(image, label)))
     assert out_image.shape == (50, 40, 3) and out_label.shape == (50, 40) and out_label.dtype == dtype
     assert (out_image[:30] == image).all() and (out_label[:30] == label).all()
     assert (out_image[30:] == 0).all() and (out_label[30:] == IGNORE).all()
-    same_image, same_label = pad_to(image, label, (10, 10))
-    assert same_image is image and same_label is label
+    same_image, same_label = to_tv(image, label)
+    assert PadToSize((10, 10), FILL)(same_image, same_label) == (same_image, same_label)
 
 
-def test_pad_to_custom_ignore_index():
-    label = np.zeros((2, 2), np.int32)
-    _, out_label = pad_to(np.zeros((2, 2, 3), np.uint8), label, (3, 4), ignore_index=-1)
+def test_pad_to_size_custom_ignore_index():
+    image, label = to_tv(np.full((2, 2, 3), 9, np.uint8), np.zeros((2, 2), np.int32))
+    out_image, out_label = PadToSize((3, 4), {tv_tensors.Image: 0, tv_tensors.Mask: -1})(image, label)
     assert (out_label[2:] == -1).all() and (out_label[:, 2:] == -1).all() and (out_label[:2, :2] == 0).all()
+    assert (out_image[:, 2:] == 0).all() and (out_image[:, :, 2:] == 0).all() and (out_image[:, :2, :2] == 9).all()
 
 
 def test_random_crop_is_an_exact_window():
     image, label = ramp()
     for seed in range(5):
-        out_image, out_label = random_crop(image, label, np.random.default_rng(seed), (30, 40))
+        torch.manual_seed(seed)
+        out_image, out_label = to_np(*CategoryCappedRandomCrop((30, 40))(*to_tv(image, label)))
         assert out_image.shape == (30, 40, 3) and out_label.shape == (30, 40)
         top, left = divmod(int(out_label[0, 0]), RAMP_WIDTH)
         assert (out_label == label[top : top + 30, left : left + 40]).all()
         assert (out_image == image[top : top + 30, left : left + 40]).all()
 
 
-def test_random_crop_pads_small_images():
+def test_random_crop_then_pad_on_small_images():
     _, label = scene(30, 40)
     label[label == IGNORE] = 0  # so that every ignored output pixel is padding
     image = paint(label)
+    crop_and_pad = v2.Compose([CategoryCappedRandomCrop((50, 30)), PadToSize((50, 30), FILL)])
     for seed in range(5):
-        out_image, out_label = random_crop(image, label, np.random.default_rng(seed), (50, 30))
+        torch.manual_seed(seed)
+        out_image, out_label = to_np(*crop_and_pad(*to_tv(image, label)))
         assert out_image.shape == (50, 30, 3) and out_label.shape == (50, 30)
         assert assert_padding_bottom_right(out_image, out_label)
         assert (out_label[30:] == IGNORE).all() and (out_image[30:] == 0).all()
@@ -234,35 +272,44 @@ def test_random_crop_pads_small_images():
 
 
 def _meets_constraint(label: np.ndarray, ratio: float) -> bool:
-    counts = np.bincount(label[label != IGNORE].ravel())
-    counts = counts[counts > 0]
+    """The category area constraint by brute force: every class's share of the non-ignored pixels, from np.unique."""
+    values, counts = np.unique(label, return_counts=True)
+    counts = counts[values != IGNORE]
     return counts.size > 1 and counts.max() < ratio * counts.sum()
 
 
-def test_random_crop_category_area_constraint():
+def test_random_crop_category_area_constraint(monkeypatch):
     # One 40x40 block of class 1 in a 200x200 field of class 0: 9% of the 40x40 windows meet the constraint.
     label = np.zeros((200, 200), np.uint8)
     label[80:120, 80:120] = 1
-    image = paint(label)
-    unconstrained = [random_crop(image, label, np.random.default_rng(seed), (40, 40))[1] for seed in range(40)]
-    assert sum(_meets_constraint(crop, 0.75) for crop in unconstrained) <= 12
+    image, mask = to_tv(paint(label), label)
+    unconstrained = CategoryCappedRandomCrop((40, 40), cat_max_ratio=1.0, max_attempts=100)
+    torch.manual_seed(0)
+    assert sum(_meets_constraint(unconstrained(image, mask)[1].numpy(), 0.75) for _ in range(40)) <= 12
+    assert unconstrained.make_params([image, mask])["attempts"] == 1
+    crop = CategoryCappedRandomCrop((40, 40), cat_max_ratio=0.75, max_attempts=100)
+    windows = record_windows(monkeypatch)
     for seed in range(40):
-        rng = CountingGenerator(seed)
-        out_image, out_label = random_crop(image, label, rng, (40, 40), cat_max_ratio=0.75, max_attempts=100)
+        torch.manual_seed(seed)
+        windows.clear()
+        out_image, out_label = to_np(*crop(image, mask))
+        # The output is the last window drawn, the first to meet the constraint: every earlier one failed it.
+        top, left = windows[-1]
+        assert (out_label == label[top : top + 40, left : left + 40]).all()
         assert _meets_constraint(out_label, 0.75)
+        assert not any(_meets_constraint(label[row : row + 40, col : col + 40], 0.75) for row, col in windows[:-1])
         assert (out_image == paint(out_label)).all()
-    rng = CountingGenerator(0)
-    random_crop(image, label, rng, (40, 40), cat_max_ratio=1.0, max_attempts=100)
-    assert len(rng.draws) == 1
 
 
-def test_random_crop_keeps_last_attempt_when_impossible():
+def test_random_crop_keeps_last_attempt_when_impossible(monkeypatch):
     image, label = ramp()
     single_class = np.zeros_like(label)  # no window can hold two classes
-    rng = CountingGenerator(3)
-    out_image, out_label = random_crop(image, single_class, rng, (20, 30), cat_max_ratio=0.75, max_attempts=7)
-    assert len(rng.draws) == 7 and len(set(rng.draws)) > 1
-    top, left = rng.draws[-1]
+    crop = CategoryCappedRandomCrop((20, 30), cat_max_ratio=0.75, max_attempts=7)
+    windows = record_windows(monkeypatch)
+    torch.manual_seed(3)
+    out_image, _ = to_np(*crop(*to_tv(image, single_class)))
+    assert len(windows) == 7 and len(set(windows)) > 1
+    top, left = windows[-1]
     assert (out_image == image[top : top + 20, left : left + 30]).all()
 
 
@@ -279,63 +326,85 @@ def test_random_crop_constraint_ignores_ignored_pixels(class_rows, attempts):
     label = np.full((20, 20), IGNORE, np.uint8)
     for value, (start, stop) in class_rows.items():
         label[start:stop] = value
-    rng = CountingGenerator(0)
-    random_crop(paint(label), label, rng, (20, 20), cat_max_ratio=0.75, max_attempts=5)
-    assert len(rng.draws) == attempts
+    crop = CategoryCappedRandomCrop((20, 20), cat_max_ratio=0.75, max_attempts=5)
+    assert crop.make_params(list(to_tv(paint(label), label)))["attempts"] == attempts
+
+
+def test_random_crop_without_a_mask_draws_one_window():
+    image, _ = to_tv(*ramp())
+    assert CategoryCappedRandomCrop((20, 30), cat_max_ratio=0.5).make_params([image])["attempts"] == 1
 
 
 # ---------------------------------------------------------------------------------------------------------- flip
 
 
-def test_horizontal_flip_is_an_exact_mirror():
+def test_horizontal_flip_mirrors_image_and_label_together():
     image, label = scene(dtype=np.int32)
-    flipped_image, flipped_label = random_horizontal_flip(image, label, np.random.default_rng(0), probability=1.0)
+    flipped_image, flipped_label = to_np(*v2.RandomHorizontalFlip(1.0)(*to_tv(image, label)))
     assert (flipped_image == image[:, ::-1]).all() and (flipped_label == label[:, ::-1]).all()
-    assert flipped_image.flags.c_contiguous and flipped_label.flags.c_contiguous
     assert (decode(flipped_image) == flipped_label).all()  # a pure permutation: exact everywhere, edges included
-    kept_image, kept_label = random_horizontal_flip(image, label, np.random.default_rng(0), probability=0.0)
+    kept_image, kept_label = to_np(*v2.RandomHorizontalFlip(0.0)(*to_tv(image, label)))
     assert (kept_image == image).all() and (kept_label == label).all()
-    outcomes = {random_horizontal_flip(image, None, np.random.default_rng(seed))[0][0, 0, 0] for seed in range(20)}
-    assert outcomes == {image[0, 0, 0], image[0, -1, 0]}
+    outcomes = set()
+    for seed in range(20):
+        torch.manual_seed(seed)
+        out_image, out_label = to_np(*v2.RandomHorizontalFlip()(*to_tv(image, label)))
+        assert (decode(out_image) == out_label).all()
+        outcomes.add(int(out_label[15, 40]))
+    assert outcomes == {int(label[15, 40]), int(label[15, -41])}
 
 
 # --------------------------------------------------------------------------------------------------- photometric
 
 
-def test_photometric_changes_values_not_geometry():
+def test_photometric_changes_image_values_not_geometry_nor_labels():
     image, label = scene()
+    tv_image, mask = to_tv(image, label)
+    changed = 0
     for seed in range(8):
-        out = photometric_distortion(image, np.random.default_rng(seed))
-        assert out.shape == image.shape and out.dtype == np.uint8 and out.flags.c_contiguous
+        torch.manual_seed(seed)
+        out_image, out_mask = PhotometricDistortion()(tv_image, mask)
+        assert out_mask is mask and isinstance(out_image, tv_tensors.Image)
+        out = out_image.permute(1, 2, 0).numpy()
+        assert out.shape == image.shape and out.dtype == np.uint8
         # A pixel-wise colour map: equal input colours give equal output colours.
         for value in np.unique(label):
             region = out[label == value]
             assert (region == region[0]).all()
-    outputs = [photometric_distortion(image, np.random.default_rng(seed)) for seed in range(8)]
-    assert any((out != image).any() for out in outputs)
+        changed += bool((out != image).any())
+    assert changed > 0
 
 
 def test_photometric_brightness_shifts_the_mean():
     image = np.random.default_rng(0).integers(60, 190, (16, 24, 3), dtype=np.uint8)
-    only_brightness = dict(brightness_delta=32, contrast_range=(1, 1), saturation_range=(1, 1), hue_delta=0)
-    brighter = photometric_distortion(image, ForcedGenerator(), **only_brightness)
+    brighter = distort(image, brightness=32.0)
     assert brighter.astype(float).mean() - image.astype(float).mean() == pytest.approx(32, abs=0.5)
-    unchanged = photometric_distortion(image, ForcedGenerator(apply=False))
-    assert (unchanged == image).all()
+    assert (distort(image) == image).all()
 
 
 def test_photometric_contrast_saturation_and_hue():
-    neutral = dict(brightness_delta=0, contrast_range=(1, 1), saturation_range=(1, 1), hue_delta=0)
     image = np.array([[[255, 0, 0], [40, 80, 120], [100, 100, 100]]], np.uint8)
-    contrast = photometric_distortion(image, ForcedGenerator(), **{**neutral, "contrast_range": (1.5, 1.5)})
-    assert (contrast == np.clip(np.rint(image * 1.5), 0, 255)).all()
-    grey = photometric_distortion(image, ForcedGenerator(), **{**neutral, "saturation_range": (0, 0)})
+    for contrast_first in (True, False):
+        contrast = distort(image, contrast=1.5, contrast_first=contrast_first)
+        assert (contrast == np.clip(np.rint(image * 1.5), 0, 255)).all()
+    grey = distort(image, saturation=0.0)
     assert (grey == image.max(axis=-1, keepdims=True)).all()  # no saturation: every channel at the value
     # Hue on the 0-180 scale: +60 turns red into green; +180 is a full turn.
-    shifted = photometric_distortion(image, ForcedGenerator(), **{**neutral, "hue_delta": 60})
+    shifted = distort(image, hue=60.0)
     assert shifted[0, 0].tolist() == [0, 255, 0] and shifted[0, 2].tolist() == [100, 100, 100]
-    full_turn = photometric_distortion(image, ForcedGenerator(), **{**neutral, "hue_delta": 180})
+    full_turn = distort(image, hue=180.0)
     assert (np.abs(full_turn.astype(int) - image) <= 1).all()
+
+
+def test_photometric_draws_within_its_ranges():
+    distortion = PhotometricDistortion(brightness_delta=10, contrast_range=(0.8, 0.9), hue_delta=5)
+    torch.manual_seed(0)
+    draws = [distortion.make_params([]) for _ in range(200)]
+    for key, (low, high) in {"brightness": (-10, 10), "contrast": (0.8, 0.9), "hue": (-5, 5)}.items():
+        applied = [params[key] for params in draws if params[key] is not None]
+        assert 60 < len(applied) < 140  # probability 0.5
+        assert all(low <= value <= high for value in applied)
+    assert 60 < sum(params["contrast_first"] for params in draws) < 140
 
 
 def test_hsv_conversion_round_trips():
@@ -358,10 +427,11 @@ def test_train_augmentation_invariants_and_padding():
     augment = TrainAugmentation(crop_size=(96, 128), scale_range=(0.3, 2.0), cat_max_ratio=0.75)
     padded = 0
     for seed in range(12):
-        out_image, out_label = augment(image, label, np.random.default_rng(seed))
-        assert out_image.shape == (96, 128, 3) and out_image.dtype == np.uint8
-        assert out_label.shape == (96, 128) and out_label.dtype == label.dtype
-        assert out_image.flags.c_contiguous and out_image.flags.writeable and out_label.flags.writeable
+        out_image, out_label = augment(*to_tv(image, label), seed)
+        assert isinstance(out_image, tv_tensors.Image) and isinstance(out_label, tv_tensors.Mask)
+        assert out_image.shape == (3, 96, 128) and out_image.dtype == torch.uint8 and out_image.is_contiguous()
+        assert out_label.shape == (96, 128) and out_label.dtype == torch.uint8
+        out_image, out_label = to_np(out_image, out_label)
         assert_labels_subset(out_label, label)
         padded += assert_padding_bottom_right(out_image, out_label)
     assert padded > 0, "no seed exercised padding"
@@ -371,82 +441,117 @@ def test_train_augmentation_alignment_without_photometric():
     image, label = scene(dtype=np.int64)
     augment = TrainAugmentation(crop_size=(64, 96), scale_range=(0.5, 2.0), photometric=False)
     for seed in range(8):
-        out_image, out_label = augment(image, label, np.random.default_rng(seed))
+        out_image, out_label = to_np(*augment(*to_tv(image, label), seed))
+        assert out_label.dtype == np.int64  # augmented as uint8 (the ids fit), handed back in the label's dtype
         assert_labels_subset(out_label, label)
         assert_aligned(out_image, out_label, min_fraction=0.1)
     ramp_augment = TrainAugmentation(crop_size=(40, 56), scale_range=(0.5, 2.0), photometric=False, ignore_index=-1)
     ramp_image, ramp_label = ramp()
     for seed in range(8):
-        out_image, out_label = ramp_augment(ramp_image, ramp_label, np.random.default_rng(seed))
+        out_image, out_label = to_np(*ramp_augment(*to_tv(ramp_image, ramp_label), seed))
+        assert out_label.dtype == np.int32  # ids up to 3071: augmented in their own dtype
         assert_ramp_aligned(out_image, out_label)
 
 
-def test_train_augmentation_matches_the_composed_functions():
+def test_train_augmentation_is_scale_crop_flip_pad_in_that_order():
     image, label = scene()
-    augment = TrainAugmentation(crop_size=(64, 96), scale_range=(1.0, 2.0), photometric=False)
+    augment = TrainAugmentation(crop_size=(64, 96), scale_range=(0.5, 2.0), photometric=False)
+    steps = v2.Compose(
+        [
+            RandomScale(augment.scale_range),
+            CategoryCappedRandomCrop(augment.crop_size, cat_max_ratio=0.75),
+            v2.RandomHorizontalFlip(),
+            PadToSize(augment.crop_size, FILL),
+        ]
+    )
     for seed in range(6):
-        fused_image, fused_label = augment(image, label, np.random.default_rng(seed))
-        rng = np.random.default_rng(seed)
-        step_image, step_label = random_scale(image, label, rng, augment.scale_range)
-        step_image, step_label = random_crop(step_image, step_label, rng, augment.crop_size, cat_max_ratio=0.75)
-        step_image, step_label = random_horizontal_flip(step_image, step_label, rng)
-        assert (fused_label == step_label).all()
-        assert np.abs(fused_image.astype(int) - step_image).max() <= 2  # resizing a window rounds slightly apart
+        fused = augment(*to_tv(image, label), seed)
+        torch.manual_seed(T._torch_seed(seed))
+        composed = steps(*to_tv(image, label))
+        assert all(torch.equal(a, b) for a, b in zip(fused, composed))
 
 
 def test_train_augmentation_is_deterministic_and_leaves_global_rng_alone():
     image, label = scene()
     augment = TrainAugmentation(crop_size=(64, 96))
-    first = augment(image, label, np.random.default_rng((0, 1, 2)))
-    np.random.seed(123)
-    second = augment(image, label, np.random.default_rng((0, 1, 2)))
-    assert all((a == b).all() for a, b in zip(first, second))
-    others = [augment(image, label, np.random.default_rng((0, 1, index))) for index in range(3, 6)]
-    assert any((other[0] != first[0]).any() or (other[1] != first[1]).any() for other in others)
-    np.random.seed(0)
-    state = np.random.get_state()[1].copy()
-    augment(image, label, np.random.default_rng(7))
-    assert (np.random.get_state()[1] == state).all()
+    torch.manual_seed(0)
+    state, numpy_state = torch.random.get_rng_state(), np.random.get_state()[1].copy()
+    first = augment(*to_tv(image, label), (0, 1, 2))
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert (np.random.get_state()[1] == numpy_state).all()
+    torch.manual_seed(123)  # the caller's own seed has no influence
+    second = augment(*to_tv(image, label), (0, 1, 2))
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    # Another epoch or index gives another sample: the crops (the image without colour changes) differ.
+    geometric = TrainAugmentation(crop_size=(64, 96), hflip_probability=0.0, photometric=False)
+    crops = {
+        geometric(*to_tv(image, label), (0, epoch, index))[1].numpy().tobytes()
+        for epoch in range(3)
+        for index in (2, 3)
+    }
+    assert len(crops) >= 5
+
+
+def test_train_augmentation_outputs_share_no_memory_with_inputs():
+    # Scale 1 with a crop as large as the image and no flip: every step passes its input through.
+    image, label = to_tv(*scene())
+    augment = TrainAugmentation(crop_size=(120, 160), scale_range=(1.0, 1.0), hflip_probability=0.0, photometric=False)
+    out_image, out_label = augment(image, label, 0)
+    assert torch.equal(out_image, image) and torch.equal(out_label, label)
+    out_image.fill_(1)
+    out_label.fill_(1)
+    assert not (image == 1).all() and not (label == 1).all()
 
 
 # ---------------------------------------------------------------------------------------------------------- errors
 
 
 def test_invalid_images_and_labels_name_the_shapes():
-    image, label = scene(10, 12)
-    with pytest.raises(ValueError, match=r"uint8.*float32.*\(10, 12, 3\)"):
-        resize(image.astype(np.float32), label, (5, 5))
+    image, label = to_tv(*scene(10, 12))
+    augment = TrainAugmentation(crop_size=(4, 4))
+    with pytest.raises(ValueError, match=r"uint8.*float32.*\(3, 10, 12\)"):
+        augment(image.float(), label, 0)
     with pytest.raises(ValueError, match=r"\(10, 12\)"):
-        resize(image[..., 0], None, (5, 5))
+        augment(image[0], label, 0)
     with pytest.raises(ValueError, match=r"\(10, 11\).*\(10, 12\)"):
-        random_crop(image, label[:, :11], np.random.default_rng(0), (5, 5))
+        augment(image, label[:, :11], 0)
     with pytest.raises(ValueError, match=r"integer.*float"):
-        pad_to(image, label.astype(np.float64), (20, 20))
-    with pytest.raises(ValueError, match="ignore_index"):
-        pad_to(image, label, (20, 20), ignore_index=-1)
-    with pytest.raises(ValueError, match="label map"):
-        TrainAugmentation(crop_size=(4, 4))(image, None, np.random.default_rng(0))
-    with pytest.raises(ValueError, match=r"uint8.*\(10, 12, 4\)"):
-        photometric_distortion(np.zeros((10, 12, 4), np.uint8), np.random.default_rng(0))
+        augment(image, label.double(), 0)
+    with pytest.raises(ValueError, match=r"ignore_index -1.*uint8"):
+        TrainAugmentation(crop_size=(4, 4), ignore_index=-1)(image, label, 0)
+    with pytest.raises(ValueError, match="label must be"):
+        augment(image, None, 0)
+    with pytest.raises(ValueError, match="ndarray"):
+        augment(image.permute(1, 2, 0).numpy(), label, 0)
+    with pytest.raises(ValueError, match=r"uint8.*\(4, 10, 12\)"):
+        PhotometricDistortion().transform(tv_tensors.Image(torch.zeros(4, 10, 12, dtype=torch.uint8)), NO_PHOTOMETRIC)
 
 
 @pytest.mark.parametrize(
-    "call",
+    "make",
     [
-        lambda image, label, rng: random_scale(image, label, rng, (0.0, 1.0)),
-        lambda image, label, rng: random_scale(image, label, rng, (2.0, 1.0)),
-        lambda image, label, rng: random_crop(image, label, rng, (0, 5)),
-        lambda image, label, rng: random_crop(image, label, rng, (5, 5), cat_max_ratio=0.0),
-        lambda image, label, rng: random_crop(image, label, rng, (5, 5), max_attempts=0),
-        lambda image, label, rng: resize(image, label, (5, -1)),
-        lambda image, label, rng: random_horizontal_flip(image, label, rng, probability=1.5),
-        lambda image, label, rng: photometric_distortion(image, rng, contrast_range=(1.5, 0.5)),
-        lambda image, label, rng: TrainAugmentation(crop_size=(0, 4)),
-        lambda image, label, rng: TrainAugmentation(scale_range=(2.0, 1.0)),
-        lambda image, label, rng: TrainAugmentation(cat_max_ratio=1.5),
+        lambda: RandomScale((0.0, 1.0)),
+        lambda: RandomScale((2.0, 1.0)),
+        lambda: CategoryCappedRandomCrop((0, 5)),
+        lambda: CategoryCappedRandomCrop((5, 5), cat_max_ratio=0.0),
+        lambda: CategoryCappedRandomCrop((5, 5), max_attempts=0),
+        lambda: PadToSize((5, -1), FILL),
+        lambda: PadToSize((5, 5), {tv_tensors.Image: 0}),
+        lambda: PhotometricDistortion(contrast_range=(1.5, 0.5)),
+        lambda: PhotometricDistortion(brightness_delta=-1),
+        lambda: TrainAugmentation(crop_size=(0, 4)),
+        lambda: TrainAugmentation(scale_range=(2.0, 1.0)),
+        lambda: TrainAugmentation(cat_max_ratio=1.5),
+        lambda: TrainAugmentation(hflip_probability=1.5),
     ],
 )
-def test_invalid_arguments(call):
-    image, label = scene(10, 12)
+def test_invalid_arguments(make):
     with pytest.raises(ValueError):
-        call(image, label, np.random.default_rng(0))
+        make()
+
+
+@pytest.mark.parametrize("seed", [-1, (0, -1), (), 1.5, (0, True), "0"])
+def test_invalid_seeds_name_the_seed(seed):
+    image, label = to_tv(*scene(10, 12))
+    with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+        TrainAugmentation(crop_size=(4, 4))(image, label, seed)
