@@ -390,7 +390,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
     resized to the label's size (the mmseg / detectron2 convention).
 
     Random transforms are called with the seed `(seed, epoch, index)`, so a sample's augmentation does not depend on
-    the process, the data loader worker or a resumed run; the Trainer callback `fapn_hf.training.EpochSetter`
+    the process, the data loader worker or a resumed run; the Trainer callback `fapn_hf.trainer.EpochSetter`
     advances `epoch`.
 
     Args:
