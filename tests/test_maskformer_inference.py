@@ -253,3 +253,10 @@ def test_collator_pads_and_the_model_learns_from_its_targets():
     with torch.no_grad():
         after = loss().item()
     assert after < before, (before, after)
+
+
+def test_config_ignore_index_is_outside_the_classes():
+    assert tiny_maskformer_config().semantic_loss_ignore_index == 255
+    assert tiny_maskformer_config(semantic_loss_ignore_index=-1).semantic_loss_ignore_index == -1
+    with pytest.raises(ValueError, match=r"semantic_loss_ignore_index \(3\) is a valid class id for num_labels=5"):
+        tiny_maskformer_config(semantic_loss_ignore_index=3)
