@@ -126,17 +126,13 @@ class MaskFormerFaPNImageProcessor(DecodedImagesMixin, MaskFormerImageProcessor)
     def post_process_instance_segmentation(self):
         return self._hidden_unless_universal("post_process_instance_segmentation")
 
-    def semantic_scores(self, outputs: Any, target_sizes: list[tuple[int, int]] | None = None) -> list[torch.Tensor]:
-        """Per image `(num_labels, H, W)` class scores; see [`mask_classification_scores`]."""
-        return mask_classification_scores(outputs, target_sizes)
-
     def post_process_semantic_segmentation(
         self, outputs: Any, target_sizes: list[tuple[int, int]] | None = None, return_segmentation_scores: bool = False
     ) -> list[torch.Tensor] | list[SemanticSegmentationPostProcessorOutput]:
         """One `(H, W)` map of class ids per image (at `target_sizes[i]`, else at the unpadded input size); with
         `return_segmentation_scores` a [`SemanticSegmentationPostProcessorOutput`] per image (`segmentation` and the
         `(num_labels, H, W)` `segmentation_scores`)."""
-        scores = self.semantic_scores(outputs, target_sizes)
+        scores = mask_classification_scores(outputs, target_sizes)
         maps = [score.argmax(dim=0) for score in scores]
         if return_segmentation_scores:
             return [
