@@ -19,6 +19,7 @@ from .image_processing_fapn import FaPNImageProcessor, decode_image, open_image
 from .image_processing_maskformer_fapn import MaskFormerFaPNImageProcessor
 from .inference import SegmentationPredictor, TTAConfig
 from .labels import ADE20K_LABELS, CITYSCAPES_LABELS, COCO_STUFF_LABELS, label_maps
+from .mask_targets import MaskClassificationCollator, semantic_to_mask_targets
 from .metrics import SegmentationMetrics
 from .modeling_fapn import FaPNForSemanticSegmentation, FaPNModel, FaPNModelOutput, FaPNPreTrainedModel
 from .modeling_maskformer_fapn import (
@@ -71,6 +72,7 @@ __all__ = [
     "FaPNModel",
     "FaPNModelOutput",
     "FaPNPreTrainedModel",
+    "MaskClassificationCollator",
     "MaskFormerFaPNConfig",
     "MaskFormerFaPNForInstanceSegmentation",
     "MaskFormerFaPNForSegmentationOutput",
@@ -87,5 +89,6 @@ __all__ = [
     "open_image",
     "preset_config",
     "preset_image_processor",
+    "semantic_to_mask_targets",
     "timm_backbone_config",
 ]

@@ -32,6 +32,9 @@ class MaskFormerFaPNConfig(MaskFormerConfig):
         size_divisibility (`int`, *optional*, defaults to 32):
             Inputs are zero-padded (after normalisation, at the bottom and right) to a multiple of this, as the
             original's `ImageList`; the mask logits cover the padded input.
+        semantic_loss_ignore_index (`int`, *optional*, defaults to 255):
+            Label value of semantic maps that belongs to no class: no mask target is made for it
+            (`fapn_hf.mask_targets`), and the metrics skip it, as `FaPNConfig`'s.
 
     Example:
 
@@ -51,6 +54,7 @@ class MaskFormerFaPNConfig(MaskFormerConfig):
     deform_conv_implementation: str = "auto"
     backbone_output_norms: bool = False
     size_divisibility: int = 32
+    semantic_loss_ignore_index: int = 255
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -84,6 +88,11 @@ class MaskFormerFaPNConfig(MaskFormerConfig):
                 f"({self.deformable_groups})",
             )
         require(self.size_divisibility >= 1, f"size_divisibility must be >= 1, got {self.size_divisibility}")
+        require(
+            not 0 <= self.semantic_loss_ignore_index < self.num_labels,
+            f"semantic_loss_ignore_index ({self.semantic_loss_ignore_index}) is a valid class id for "
+            f"num_labels={self.num_labels}; choose a value outside [0, {self.num_labels})",
+        )
         outputs = getattr(self.backbone_config, "out_indices", None) or getattr(
             self.backbone_config, "out_features", None
         )

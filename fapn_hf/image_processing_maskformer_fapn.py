@@ -4,6 +4,7 @@ resize to the requested size) and semantic output as the `image-segmentation` pi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,46 @@ from transformers.models.maskformer.image_processing_maskformer import (
 from transformers.processing_utils import Unpack
 
 from .image_processing_fapn import DecodedImagesMixin, defer_processor_class_to_model_config, valid_size
+
+
+def mask_classification_scores(
+    outputs: Any, target_sizes: Sequence[tuple[int, int]] | None = None
+) -> list[torch.Tensor]:
+    """The original MaskFormer's semantic inference (`sem_seg_postprocess` + `semantic_inference`): per image
+    `(num_labels, H, W)` float32 class scores `sum_q softmax(class_q)[:-1] * sigmoid(mask_q)`.
+
+    `outputs` holds `class_queries_logits` `(N, Q, num_labels + 1)` and `masks_queries_logits` `(N, Q, H' / 4,
+    W' / 4)` of the input the model zero-padded to `(H', W')`, and optionally `pixel_mask` `(N, h, w)` (1 on each
+    image's pixels). The mask logits are upsampled 4x (bilinear, `align_corners=False`) to the padded input, cropped
+    to each image's region (from `pixel_mask`; the whole padded input without one), combined with the class
+    probabilities, then resized to `target_sizes[i]` (bilinear, `align_corners=False`) when given. The scores lie in
+    [0, Q] and are not normalised over classes.
+
+    transformers' `MaskFormerImageProcessor.post_process_semantic_segmentation` instead combines the stride-4 masks
+    and resizes the scores of the whole padded input to the target size: the padding is never cropped and the
+    sigmoid comes before the upsampling.
+    """
+    class_logits, mask_logits = outputs.class_queries_logits.float(), outputs.masks_queries_logits.float()
+    batch = class_logits.shape[0]
+    if target_sizes is not None and len(target_sizes) != batch:
+        raise ValueError(f"got {len(target_sizes)} target sizes for a batch of {batch}")
+    height, width = mask_logits.shape[-2:]
+    # The mask features are at stride 4 of the input the model padded: 4x is that padded size.
+    masks = F.interpolate(mask_logits, size=(4 * height, 4 * width), mode="bilinear", align_corners=False)
+    class_probs = class_logits.softmax(dim=-1)[..., :-1]
+    pixel_mask = getattr(outputs, "pixel_mask", None)
+    scores = []
+    for index in range(batch):
+        image_masks = masks[index]
+        if pixel_mask is not None:
+            image_h, image_w = valid_size(pixel_mask[index])
+            image_masks = image_masks[:, :image_h, :image_w]
+        score = torch.einsum("qc,qhw->chw", class_probs[index], image_masks.sigmoid())
+        if target_sizes is not None:
+            size = tuple(int(v) for v in target_sizes[index])
+            score = F.interpolate(score[None], size=size, mode="bilinear", align_corners=False)[0]
+        scores.append(score)
+    return scores
 
 
 class MaskFormerFaPNImageProcessorKwargs(MaskFormerImageProcessorKwargs, total=False):
@@ -85,39 +126,13 @@ class MaskFormerFaPNImageProcessor(DecodedImagesMixin, MaskFormerImageProcessor)
     def post_process_instance_segmentation(self):
         return self._hidden_unless_universal("post_process_instance_segmentation")
 
-    def semantic_scores(self, outputs: Any, target_sizes: list[tuple[int, int]] | None = None) -> list[torch.Tensor]:
-        """Per image `(num_labels, H, W)` class scores: `sum_q softmax(class_q)[:-1] * sigmoid(mask_q)` with the
-        masks upsampled to the padded input and cropped to the image (`outputs.pixel_mask`), then resized to
-        `target_sizes[i]` (bilinear, `align_corners=False`) when given."""
-        class_logits, mask_logits = outputs.class_queries_logits, outputs.masks_queries_logits
-        batch = class_logits.shape[0]
-        if target_sizes is not None and len(target_sizes) != batch:
-            raise ValueError(f"got {len(target_sizes)} target sizes for a batch of {batch}")
-        height, width = mask_logits.shape[-2:]
-        # The mask features are at stride 4 of the input the model padded: 4x is that padded size.
-        masks = F.interpolate(mask_logits, size=(4 * height, 4 * width), mode="bilinear", align_corners=False)
-        class_probs = class_logits.softmax(dim=-1)[..., :-1]
-        pixel_mask = getattr(outputs, "pixel_mask", None)
-        scores = []
-        for index in range(batch):
-            image_masks = masks[index]
-            if pixel_mask is not None:
-                image_h, image_w = valid_size(pixel_mask[index])
-                image_masks = image_masks[:, :image_h, :image_w]
-            score = torch.einsum("qc,qhw->chw", class_probs[index], image_masks.sigmoid())
-            if target_sizes is not None:
-                size = tuple(int(v) for v in target_sizes[index])
-                score = F.interpolate(score[None], size=size, mode="bilinear", align_corners=False)[0]
-            scores.append(score)
-        return scores
-
     def post_process_semantic_segmentation(
         self, outputs: Any, target_sizes: list[tuple[int, int]] | None = None, return_segmentation_scores: bool = False
     ) -> list[torch.Tensor] | list[SemanticSegmentationPostProcessorOutput]:
         """One `(H, W)` map of class ids per image (at `target_sizes[i]`, else at the unpadded input size); with
         `return_segmentation_scores` a [`SemanticSegmentationPostProcessorOutput`] per image (`segmentation` and the
         `(num_labels, H, W)` `segmentation_scores`)."""
-        scores = self.semantic_scores(outputs, target_sizes)
+        scores = mask_classification_scores(outputs, target_sizes)
         maps = [score.argmax(dim=0) for score in scores]
         if return_segmentation_scores:
             return [
@@ -139,4 +154,4 @@ class MaskFormerFaPNImageProcessor(DecodedImagesMixin, MaskFormerImageProcessor)
         return output
 
 
-__all__ = ["MaskFormerFaPNImageProcessor", "MaskFormerFaPNImageProcessorKwargs"]
+__all__ = ["MaskFormerFaPNImageProcessor", "MaskFormerFaPNImageProcessorKwargs", "mask_classification_scores"]
