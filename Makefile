@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fapn_hf-installed
 
-.PHONY: demo test lint transformers-tests benchmark reproduce clean
+.PHONY: demo test test-fast lint transformers-tests benchmark reproduce clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ transformers-tests: $(STAMP)
 
 test: lint transformers-tests
 	$(PY) -m pytest -q
+
+# The unit tier for iteration (well under a minute): no training, exports, servers, notebooks or common tests.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
 
 benchmark: $(STAMP)
 	$(PY) scripts/benchmark.py

@@ -69,6 +69,33 @@ def load_transformers_common_tests() -> None:
         sys.path.insert(0, root)
 
 
+# Whole modules that train, export, build packages, start servers or run notebooks: `make test-fast` leaves them out
+# (with tests marked `@pytest.mark.slow` elsewhere); `make test` and CI run everything.
+SLOW_MODULES = frozenset(
+    {
+        "test_benchmark.py",
+        "test_convert_original.py",
+        "test_hub.py",
+        "test_modeling_fapn_common.py",
+        "test_modeling_maskformer_fapn_common.py",
+        "test_notebooks.py",
+        "test_onnx.py",
+        "test_packaging.py",
+        "test_push.py",
+        "test_space.py",
+        "test_space_folder.py",
+        "test_training.py",
+        "test_maskformer_training.py",
+    }
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
