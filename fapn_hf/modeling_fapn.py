@@ -29,6 +29,7 @@ from .backbone_freezing import freeze_backbone, keep_norms_frozen
 from .configuration_fapn import FaPNConfig
 from .deform_conv import ModulatedDeformConv2d
 from .image_processing_fapn import defer_processor_class_to_model_config
+from .labels import check_label_values
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Layers
@@ -410,18 +411,11 @@ def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_inde
     return total / (labels != ignore_index).sum().clamp(min=1)
 
 
-def check_label_values(labels: torch.Tensor, num_labels: int, ignore_index: int) -> None:
-    """Raises `ValueError` naming the values of integer `labels` outside `[0, num_labels)` and `ignore_index`. Reads
-    the labels on the host: call it outside a compiled region."""
-    invalid = (labels != ignore_index) & ((labels < 0) | (labels >= num_labels))
-    if invalid.any():
-        values = torch.unique(labels[invalid]).tolist()
-        shown = ", ".join(map(str, values[:10])) + (", ..." if len(values) > 10 else "")
-        raise ValueError(
-            f"labels contain values [{shown}] ({int(invalid.sum())} pixels) outside the label map: expected "
-            f"class ids in [0, {num_labels}) or the ignore index {ignore_index}. If the data set marks background "
-            "with 0 and the classes from 1, set `do_reduce_labels=True` in the image processor."
-        )
+# What most often puts a value outside the label map: a data set with 0 for background and classes from 1.
+REDUCE_LABELS_HINT = (
+    ". If the data set marks background with 0 and the classes from 1, set `do_reduce_labels=True` in the image "
+    "processor."
+)
 
 
 def _batch_norm_error(error: ValueError, pixel_values: torch.Tensor) -> ValueError | None:
@@ -754,7 +748,9 @@ class FaPNForSemanticSegmentation(FaPNPreTrainedModel):
         if labels.is_floating_point() or labels.dtype == torch.bool:
             raise ValueError(f"labels must hold integer class ids, got dtype {labels.dtype}")
         if not torch.compiler.is_compiling():
-            check_label_values(labels, self.config.num_labels, self.config.semantic_loss_ignore_index)
+            check_label_values(
+                labels, self.config.num_labels, self.config.semantic_loss_ignore_index, hint=REDUCE_LABELS_HINT
+            )
 
     def point_rend_loss(self, coarse_logits: torch.Tensor, fine_features: torch.Tensor, labels: torch.Tensor):
         """Cross-entropy of the point head at uncertainty-sampled points (labels padded like the input)."""
@@ -841,5 +837,4 @@ __all__ = [
     "FaPNModelOutput",
     "FaPNPreTrainedModel",
     "FaPNSemanticSegmenterOutput",
-    "check_label_values",
 ]

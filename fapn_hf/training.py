@@ -43,9 +43,9 @@ from .data import (
 from .evaluation import predict_at_label_size
 from .image_processing_fapn import FaPNImageProcessor
 from .inference import check_model_source, model_not_found_error
-from .labels import label_maps, palette
+from .labels import check_label_values, label_maps, palette
 from .metrics import SegmentationMetrics
-from .modeling_fapn import FaPNForSemanticSegmentation, check_label_values
+from .modeling_fapn import FaPNForSemanticSegmentation
 from .presets import PRESETS, preset_config
 from .transforms import TrainAugmentation, parse_size
 
