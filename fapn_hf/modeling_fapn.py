@@ -17,19 +17,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-from transformers import PreTrainedModel
+from transformers import PreTrainedConfig, PreTrainedModel
 from transformers import initialization as hf_init
 from transformers.backbone_utils import load_backbone
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import SemanticSegmenterOutput
 from transformers.models.resnet.modeling_resnet import ResNetBackbone, ResNetStage
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 
 from .backbone_freezing import freeze_backbone, keep_norms_frozen
 from .configuration_fapn import FaPNConfig
 from .deform_conv import ModulatedDeformConv2d
 from .image_processing_fapn import defer_processor_class_to_model_config
 from .labels import check_label_values
+
+logger = logging.get_logger(__name__)
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Layers
@@ -431,11 +433,79 @@ def _batch_norm_error(error: ValueError, pixel_values: torch.Tensor) -> ValueErr
     )
 
 
+def load_timm_backbone_weights(backbone: nn.Module, checkpoint_file: str | None = None) -> None:
+    """Loads timm's pretrained weights (every parameter and BatchNorm statistic) into `backbone`, a transformers
+    `TimmBackbone`, with a strict key match.
+
+    Args:
+        backbone: the model's `TimmBackbone` (its `config` names the timm model and its feature outputs).
+        checkpoint_file: a local `.safetensors`/`.pth` file of that timm model; by default timm fetches the model's
+            default pretrained weights (from the Hub cache, or the network).
+    """
+    import timm
+
+    backbone_config = getattr(backbone, "config", None)
+    if getattr(backbone, "_backbone", None) is None or getattr(backbone_config, "backbone", None) is None:
+        raise ValueError(
+            f"pretrained backbone weights are timm's: the backbone is a {type(backbone).__name__}, not a timm "
+            "backbone; load a transformers backbone with `AutoBackbone.from_pretrained` and assign it instead"
+        )
+    if checkpoint_file is not None and not Path(checkpoint_file).is_file():
+        raise FileNotFoundError(f"backbone checkpoint not found: {checkpoint_file}")
+    pretrained = timm.create_model(
+        backbone_config.backbone,
+        pretrained=True,
+        features_only=backbone_config.features_only,
+        out_indices=tuple(backbone_config.out_indices),
+        in_chans=backbone_config.num_channels,
+        output_stride=backbone_config.output_stride,
+        pretrained_cfg_overlay={"file": str(checkpoint_file)} if checkpoint_file else None,
+    )
+    backbone._backbone.load_state_dict(pretrained.state_dict(), strict=True)
+
+
+def warn_unloaded_pretrained_backbone(config: PreTrainedConfig, backbone: nn.Module) -> None:
+    """Warns when `config.use_pretrained_backbone` asks for pretrained weights that the constructor, which never
+    downloads, has not loaded into the freshly built `backbone`. Silent under `from_pretrained` (built on the meta
+    device: the checkpoint holds the backbone)."""
+    if getattr(config, "use_pretrained_backbone", False) and not next(backbone.parameters()).is_meta:
+        logger.warning(
+            "use_pretrained_backbone=True, but a model constructor never loads weights (no network access while "
+            "building): this backbone is randomly initialised. Build the model with its "
+            "`from_pretrained_backbone(config)` classmethod or call `model.base_model.load_pretrained_backbone()`."
+        )
+
+
+class PretrainedBackboneMixin:
+    """`from_pretrained_backbone`: a new model whose backbone starts from timm's pretrained weights. The base model
+    (`model.base_model`) provides `load_pretrained_backbone(checkpoint_file)`."""
+
+    @classmethod
+    def from_pretrained_backbone(cls, config: PreTrainedConfig, checkpoint_file: str | None = None) -> PreTrainedModel:
+        """A new model of `config`: backbone from timm's pretrained (ImageNet) weights, the rest initialised as usual.
+
+        Why a separate step: a constructor never touches the network or the Hub cache (transformers 5's rule too:
+        `load_backbone` builds a random backbone and `use_pretrained_backbone` is no longer read there), so building
+        from a config, `from_config` and `from_pretrained` stay offline and deterministic; this is the one call that
+        fetches backbone weights. Afterwards `config.use_pretrained_backbone` is True: it records where the backbone
+        started and is saved with the model (reloading reads the checkpoint, never timm's weights).
+
+        Args:
+            config: the model's config; its backbone must be a timm backbone.
+            checkpoint_file: a local `.safetensors`/`.pth` file of the timm model instead of timm's download.
+        """
+        # The constructor warns about a requested but unloaded backbone; here the weights follow.
+        config.use_pretrained_backbone = False
+        model = cls(config)
+        model.base_model.load_pretrained_backbone(checkpoint_file)
+        return model
+
+
 def padded_size(height: int, width: int, divisor: int) -> tuple[int, int]:
     return (-(-height // divisor) * divisor, -(-width // divisor) * divisor)
 
 
-class FaPNPreTrainedModel(PreTrainedModel):
+class FaPNPreTrainedModel(PretrainedBackboneMixin, PreTrainedModel):
     config_class = FaPNConfig
     config: FaPNConfig
     base_model_prefix = "fapn"
@@ -585,10 +655,7 @@ class FaPNModel(FaPNPreTrainedModel):
             "Format.NHWC",
         )
         self.post_init()
-        # Pretrained weights go in after post_init(), which must never see them. Under from_pretrained the
-        # model is built on the meta device and the checkpoint brings the backbone weights.
-        if config.use_pretrained_backbone and not next(self.backbone.parameters()).is_meta:
-            self.load_pretrained_backbone()
+        warn_unloaded_pretrained_backbone(config, self.backbone)
         freeze_backbone(self.backbone, config.freeze_backbone_norm, config.freeze_backbone_stages)
 
     def train(self, mode: bool = True) -> FaPNModel:
@@ -599,29 +666,15 @@ class FaPNModel(FaPNPreTrainedModel):
         return self
 
     def load_pretrained_backbone(self, checkpoint_file: str | None = None) -> None:
-        """Loads timm's pretrained weights (all parameters and BatchNorm statistics) into the backbone.
+        """Loads timm's pretrained weights (all parameters and BatchNorm statistics) into the backbone and records it
+        in `config.use_pretrained_backbone`. The constructor never does this (see `from_pretrained_backbone`).
 
         Args:
             checkpoint_file: a local `.safetensors`/`.pth` file of the timm model; by default timm fetches the
                 model's default pretrained weights (from the Hub cache, or the network).
         """
-        import timm
-
-        backbone_config = self.config.backbone_config
-        if not self.config.is_timm_backbone:
-            raise ValueError("load_pretrained_backbone only supports timm backbones")
-        if checkpoint_file is not None and not Path(checkpoint_file).is_file():
-            raise FileNotFoundError(f"backbone checkpoint not found: {checkpoint_file}")
-        pretrained = timm.create_model(
-            backbone_config.backbone,
-            pretrained=True,
-            features_only=backbone_config.features_only,
-            out_indices=backbone_config.out_indices,
-            in_chans=backbone_config.num_channels,
-            output_stride=backbone_config.output_stride,
-            pretrained_cfg_overlay={"file": checkpoint_file} if checkpoint_file else None,
-        )
-        self.backbone._backbone.load_state_dict(pretrained.state_dict(), strict=True)
+        load_timm_backbone_weights(self.backbone, checkpoint_file)
+        self.config.use_pretrained_backbone = True
 
     def check_pixel_values(self, pixel_values: torch.Tensor) -> None:
         """Raises `ValueError` for inputs the model cannot take: not a float `(N, C, H, W)` tensor with the

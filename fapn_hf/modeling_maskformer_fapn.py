@@ -36,7 +36,15 @@ from transformers.models.maskformer.modeling_maskformer import (
 from .configuration_maskformer_fapn import MaskFormerFaPNConfig
 from .deform_conv import ModulatedDeformConv2d
 from .image_processing_fapn import defer_processor_class_to_model_config
-from .modeling_fapn import ConvNormAct, FeatureAlignmentModule, init_conv, padded_size
+from .modeling_fapn import (
+    ConvNormAct,
+    FeatureAlignmentModule,
+    PretrainedBackboneMixin,
+    init_conv,
+    load_timm_backbone_weights,
+    padded_size,
+    warn_unloaded_pretrained_backbone,
+)
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Pixel decoder
@@ -232,7 +240,7 @@ class MaskFormerFaPNPixelLevelModule(nn.Module):
         return outputs
 
 
-class MaskFormerFaPNPreTrainedModel(MaskFormerPreTrainedModel):
+class MaskFormerFaPNPreTrainedModel(PretrainedBackboneMixin, MaskFormerPreTrainedModel):
     config_class = MaskFormerFaPNConfig
     config: MaskFormerFaPNConfig
     # forward() takes no loss kwargs: the Trainer must not rescale the loss under DDP.
@@ -311,6 +319,18 @@ class MaskFormerFaPNModel(MaskFormerFaPNPreTrainedModel, MaskFormerModel):
             in_features=self.pixel_level_module.encoder.channels[-1], config=config
         )
         self.post_init()
+        warn_unloaded_pretrained_backbone(config, self.pixel_level_module.encoder)
+
+    def load_pretrained_backbone(self, checkpoint_file: str | None = None) -> None:
+        """Loads timm's pretrained weights (all parameters and BatchNorm statistics) into the backbone and records it
+        in `config.use_pretrained_backbone`. The constructor never does this (see `from_pretrained_backbone`).
+
+        Args:
+            checkpoint_file: a local `.safetensors`/`.pth` file of the timm model; by default timm fetches the
+                model's default pretrained weights (from the Hub cache, or the network).
+        """
+        load_timm_backbone_weights(self.pixel_level_module.encoder, checkpoint_file)
+        self.config.use_pretrained_backbone = True
 
     def forward(
         self,
