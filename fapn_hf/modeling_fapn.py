@@ -8,7 +8,6 @@ and, optionally, PointRend refinement. `use_fam=False, use_fsm=False` turns the 
 from __future__ import annotations
 
 import math
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +27,8 @@ from transformers.utils import ModelOutput, logging
 from .backbone_freezing import freeze_backbone, keep_norms_frozen
 from .configuration_fapn import FaPNConfig
 from .deform_conv import ModulatedDeformConv2d
-from .image_processing_fapn import defer_processor_class_to_model_config
 from .labels import check_label_values
+from .remote_code import FAPN, FamilyCodeSavingMixin
 
 logger = logging.get_logger(__name__)
 
@@ -505,7 +504,7 @@ def padded_size(height: int, width: int, divisor: int) -> tuple[int, int]:
     return (-(-height // divisor) * divisor, -(-width // divisor) * divisor)
 
 
-class FaPNPreTrainedModel(PretrainedBackboneMixin, PreTrainedModel):
+class FaPNPreTrainedModel(FamilyCodeSavingMixin, PretrainedBackboneMixin, PreTrainedModel):
     config_class = FaPNConfig
     config: FaPNConfig
     base_model_prefix = "fapn"
@@ -516,27 +515,8 @@ class FaPNPreTrainedModel(PretrainedBackboneMixin, PreTrainedModel):
     # forward() takes no **kwargs: the Trainer must not rescale the loss for it under DDP.
     accepts_loss_kwargs = False
     _no_split_modules = []
-
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        """Saves like any transformers model and, for `trust_remote_code=True` users, ships the image processor code
-        with an `auto_map` entry for every FaPN Auto class (whichever head is saved)."""
-        processor_file = Path(__file__).with_name("image_processing_fapn.py")
-        if self._auto_class is not None:
-            auto_map = {
-                **(getattr(self.config, "auto_map", None) or {}),
-                "AutoModel": "modeling_fapn.FaPNModel",
-                "AutoModelForSemanticSegmentation": "modeling_fapn.FaPNForSemanticSegmentation",
-            }
-            if processor_file.exists():
-                # Declared here rather than in preprocessor_config.json: there, transformers' pipeline would also
-                # look for a remote video processor and prompt about remote code even with fapn_hf imported.
-                auto_map["AutoImageProcessor"] = "image_processing_fapn.FaPNImageProcessor"
-            self.config.auto_map = auto_map
-        result = super().save_pretrained(save_directory, *args, **kwargs)
-        if self._auto_class is not None and processor_file.exists():
-            shutil.copyfile(processor_file, Path(save_directory) / processor_file.name)
-            defer_processor_class_to_model_config(save_directory)  # a processor saved there first
-        return result
+    # save_pretrained() ships the code of every FaPN head and the image processor (remote_code.py).
+    code_family = FAPN
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):

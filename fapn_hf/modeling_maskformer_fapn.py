@@ -8,10 +8,8 @@ output conv share one GroupNorm, as in the original. `pixel_decoder="fpn"` gives
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +33,6 @@ from transformers.models.maskformer.modeling_maskformer import (
 
 from .configuration_maskformer_fapn import MaskFormerFaPNConfig
 from .deform_conv import ModulatedDeformConv2d
-from .image_processing_fapn import defer_processor_class_to_model_config
 from .modeling_fapn import (
     ConvNormAct,
     FeatureAlignmentModule,
@@ -45,6 +42,7 @@ from .modeling_fapn import (
     padded_size,
     warn_unloaded_pretrained_backbone,
 )
+from .remote_code import MASKFORMER_FAPN, FamilyCodeSavingMixin
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Pixel decoder
@@ -240,11 +238,13 @@ class MaskFormerFaPNPixelLevelModule(nn.Module):
         return outputs
 
 
-class MaskFormerFaPNPreTrainedModel(PretrainedBackboneMixin, MaskFormerPreTrainedModel):
+class MaskFormerFaPNPreTrainedModel(FamilyCodeSavingMixin, PretrainedBackboneMixin, MaskFormerPreTrainedModel):
     config_class = MaskFormerFaPNConfig
     config: MaskFormerFaPNConfig
     # forward() takes no loss kwargs: the Trainer must not rescale the loss under DDP.
     accepts_loss_kwargs = False
+    # save_pretrained() ships the code of every head and the image processor (remote_code.py).
+    code_family = MASKFORMER_FAPN
 
     # Activation checkpointing: the transformer decoder's layers, the FAMs (GradientCheckpointingLayers), transformers
     # backbones that support it, and timm backbones through timm's own switch.
@@ -273,28 +273,6 @@ class MaskFormerFaPNPreTrainedModel(PretrainedBackboneMixin, MaskFormerPreTraine
             PreTrainedModel._init_weights(self, module)
         else:
             super()._init_weights(module)
-
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        """Saves like any transformers model and, for `trust_remote_code=True` users, ships the processor code with
-        an `auto_map` entry for every Auto class these models are registered with."""
-        processor_file = Path(__file__).with_name("image_processing_maskformer_fapn.py")
-        if self._auto_class is not None:
-            segmentation = "modeling_maskformer_fapn.MaskFormerFaPNForInstanceSegmentation"
-            auto_map = {
-                **(getattr(self.config, "auto_map", None) or {}),
-                "AutoModel": "modeling_maskformer_fapn.MaskFormerFaPNModel",
-                "AutoModelForInstanceSegmentation": segmentation,
-                "AutoModelForUniversalSegmentation": segmentation,
-                "AutoModelForSemanticSegmentation": segmentation,
-            }
-            if processor_file.exists():
-                auto_map["AutoImageProcessor"] = "image_processing_maskformer_fapn.MaskFormerFaPNImageProcessor"
-            self.config.auto_map = auto_map
-        result = super().save_pretrained(save_directory, *args, **kwargs)
-        if self._auto_class is not None and processor_file.exists():
-            shutil.copyfile(processor_file, Path(save_directory) / processor_file.name)
-            defer_processor_class_to_model_config(save_directory)
-        return result
 
 
 def pad_to_multiple(pixel_values: torch.Tensor, divisor: int) -> torch.Tensor:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+import transformers
 from conftest import tiny_config
 from PIL import Image
 from safetensors.torch import save_file
@@ -24,7 +25,10 @@ from transformers import (
     AutoModelForSemanticSegmentation,
     pipeline,
 )
+from transformers.dynamic_module_utils import get_relative_import_files
+from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING
 
+import fapn_hf
 from fapn_hf import (
     FaPNConfig,
     FaPNForSemanticSegmentation,
@@ -33,6 +37,7 @@ from fapn_hf import (
     MaskFormerFaPNForInstanceSegmentation,
     label_maps,
 )
+from fapn_hf.remote_code import CODE_FAMILIES, FAPN
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,20 +71,42 @@ def test_save_writes_safetensors_config_processor_and_code(saved_model):
     names = {p.name for p in folder.iterdir()}
     assert {"config.json", "model.safetensors", "preprocessor_config.json"} <= names
     assert {"configuration_fapn.py", "modeling_fapn.py", "deform_conv.py", "image_processing_fapn.py",
-            "backbone_freezing.py"} <= names  # fmt: skip
+            "backbone_freezing.py", "labels.py", "remote_code.py"} <= names  # fmt: skip
     assert not any(name.endswith((".bin", ".pt", ".pth", ".pkl")) for name in names)
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "fapn"
-    assert config["auto_map"] == {
-        "AutoConfig": "configuration_fapn.FaPNConfig",
-        "AutoModel": "modeling_fapn.FaPNModel",
-        "AutoModelForSemanticSegmentation": "modeling_fapn.FaPNForSemanticSegmentation",
-        "AutoImageProcessor": "image_processing_fapn.FaPNImageProcessor",
-    }
+    assert (
+        config["auto_map"]
+        == FAPN.auto_map()
+        == {
+            "AutoConfig": "configuration_fapn.FaPNConfig",
+            "AutoModel": "modeling_fapn.FaPNModel",
+            "AutoModelForSemanticSegmentation": "modeling_fapn.FaPNForSemanticSegmentation",
+            "AutoImageProcessor": "image_processing_fapn.FaPNImageProcessor",
+        }
+    )
     assert "backbone" not in config  # the shortcut is not stored; the backbone lives in backbone_config
     assert config["backbone_config"]["model_type"] == "timm_backbone"
     processor = json.loads((folder / "preprocessor_config.json").read_text())
     assert "auto_map" not in processor and "image_processor_type" not in processor
+
+
+@pytest.mark.parametrize("family", CODE_FAMILIES, ids=lambda family: family.config)
+def test_each_family_is_registered_as_remote_code_declares_it(family):
+    """`import fapn_hf` registers exactly what `remote_code` declares, and the modules that carry the save logic ship
+    on their own (no relative imports: a saved folder needs nothing else)."""
+    config_class = getattr(fapn_hf, family.config.split(".")[1])
+    assert AutoConfig.for_model(config_class.model_type).__class__ is config_class
+    for auto_class_name, model_name in family.models.items():
+        registered = getattr(transformers, auto_class_name)._model_mapping[config_class]
+        assert f"{registered.__module__.split('.')[-1]}.{registered.__name__}" == model_name
+    marked = {getattr(fapn_hf, name.split(".")[1])._auto_class for name in family.models.values()}
+    assert marked <= set(family.models) and config_class._auto_class == "AutoConfig"
+    processor_class = IMAGE_PROCESSOR_MAPPING[config_class]["torchvision"]
+    assert f"{processor_class.__module__.split('.')[-1]}.{processor_class.__name__}" == family.processor
+    code = Path(fapn_hf.__file__).parent
+    assert get_relative_import_files(code / "remote_code.py") == []
+    assert get_relative_import_files(code / "labels.py") == []
 
 
 def test_round_trip_through_auto_classes(saved_model):
