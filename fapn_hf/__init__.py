@@ -3,15 +3,6 @@
 Importing the package registers the FaPN classes with transformers' Auto classes.
 """
 
-from transformers import (
-    AutoConfig,
-    AutoImageProcessor,
-    AutoModel,
-    AutoModelForInstanceSegmentation,
-    AutoModelForSemanticSegmentation,
-    AutoModelForUniversalSegmentation,
-)
-
 from .configuration_fapn import FaPNConfig, timm_backbone_config
 from .configuration_maskformer_fapn import MaskFormerFaPNConfig
 from .deform_conv import ModulatedDeformConv2d, deform_conv2d
@@ -29,36 +20,14 @@ from .modeling_maskformer_fapn import (
     MaskFormerFaPNPreTrainedModel,
 )
 from .presets import MASKFORMER_PRESETS, PRESETS, preset_config, preset_image_processor
+from .remote_code import CODE_FAMILIES, register_family
 
 __version__ = "0.1.0"
 
-AutoConfig.register(FaPNConfig.model_type, FaPNConfig, exist_ok=True)
-AutoModel.register(FaPNConfig, FaPNModel, exist_ok=True)
-AutoModelForSemanticSegmentation.register(FaPNConfig, FaPNForSemanticSegmentation, exist_ok=True)
-AutoImageProcessor.register(FaPNConfig, image_processor_classes={"torchvision": FaPNImageProcessor}, exist_ok=True)
-
-# save_pretrained() then ships the modeling code with an `auto_map`, for `trust_remote_code=True` users.
-FaPNConfig.register_for_auto_class()
-FaPNModel.register_for_auto_class("AutoModel")
-FaPNForSemanticSegmentation.register_for_auto_class("AutoModelForSemanticSegmentation")
-
-# MaskFormer + FaPN: one segmentation class (class and mask predictions, MaskFormer's universal head) registered
-# where transformers puts MaskFormer (instance, universal) and where the image-segmentation pipeline loads semantic
-# models from; its processor makes semantic output the pipeline's default.
-AutoConfig.register(MaskFormerFaPNConfig.model_type, MaskFormerFaPNConfig, exist_ok=True)
-AutoModel.register(MaskFormerFaPNConfig, MaskFormerFaPNModel, exist_ok=True)
-for _segmentation_auto_class in (
-    AutoModelForInstanceSegmentation,
-    AutoModelForUniversalSegmentation,
-    AutoModelForSemanticSegmentation,
-):
-    _segmentation_auto_class.register(MaskFormerFaPNConfig, MaskFormerFaPNForInstanceSegmentation, exist_ok=True)
-AutoImageProcessor.register(
-    MaskFormerFaPNConfig, image_processor_classes={"torchvision": MaskFormerFaPNImageProcessor}, exist_ok=True
-)
-MaskFormerFaPNConfig.register_for_auto_class()
-MaskFormerFaPNModel.register_for_auto_class("AutoModel")
-MaskFormerFaPNForInstanceSegmentation.register_for_auto_class("AutoModelForInstanceSegmentation")
+# Both model families with transformers' Auto classes; save_pretrained() then ships their code with an `auto_map`,
+# for `trust_remote_code=True` users (remote_code.py owns which classes and how).
+for _family in CODE_FAMILIES:
+    register_family(_family, __name__)
 
 __all__ = [
     "ADE20K_LABELS",

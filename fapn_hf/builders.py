@@ -57,7 +57,8 @@ def build_model(
     if model_args.backbone:
         overrides["backbone"] = model_args.backbone
     config = preset_config(model_args.preset, list(label_names), **overrides)
-    config.use_pretrained_backbone = model_args.pretrained_backbone
+    if model_args.pretrained_backbone:
+        return FaPNForSemanticSegmentation.from_pretrained_backbone(config)
     return FaPNForSemanticSegmentation(config)
 
 

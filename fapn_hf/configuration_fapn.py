@@ -69,8 +69,10 @@ class FaPNConfig(PreTrainedConfig):
         backbone (`str`, *optional*):
             Shortcut: a timm model name, turned into `backbone_config` without network access. Not stored.
         use_pretrained_backbone (`bool`, *optional*, defaults to `False`):
-            Load timm's pretrained weights into the backbone when the model is built (not when it is loaded with
-            `from_pretrained`, whose checkpoint already holds the backbone). Timm backbones only.
+            Whether the backbone started from timm's pretrained weights: set by `from_pretrained_backbone(config)` /
+            `load_pretrained_backbone()`, the explicit steps that load them, and saved with the model. A constructor
+            never loads weights (no network access while building, as in transformers 5, whose `load_backbone`
+            ignores this flag); it only warns when this is True on a fresh build. Timm backbones only.
         use_fam (`bool`, *optional*, defaults to `True`):
             Align the upsampled coarse map with the feature alignment module. With `use_fam=False` the top-down
             path is the plain FPN one (nearest upsample and add).

@@ -32,7 +32,7 @@ from datasets import Dataset, DatasetDict, Image, load_dataset, load_from_disk
 from torchvision import tv_tensors
 
 from .image_processing_fapn import decode_image, upright
-from .labels import LABEL_MAPPINGS, lookup_table
+from .labels import LABEL_MAPPINGS, check_label_values, lookup_table
 
 logger = logging.getLogger(__name__)
 
@@ -234,11 +234,6 @@ class LabelSpec:
             labels = np.where(labels == 0, self.ignore_index, np.where(labels == self.ignore_index, labels, labels - 1))
         return labels
 
-    def invalid_values(self, labels: np.ndarray) -> list[int]:
-        """The values of `labels` that are neither class ids nor the ignore index."""
-        values = np.unique(labels)
-        return [int(v) for v in values if not (0 <= v < self.num_labels or v == self.ignore_index)]
-
     def hint(self, invalid: list[int]) -> str:
         """What probably went wrong when labels hold the `invalid` values: raw ids of a known data set that need
         its mapping (e.g. Cityscapes' 34 ids for 19 classes), or a 1-based map that needs `reduce_labels`."""
@@ -301,13 +296,12 @@ def decode_sample(row: dict[str, Any], index: int, spec: LabelSpec) -> tuple[np.
         labels = spec.apply(np.array(label_image))
     except DataError as error:
         raise DataError(f"sample {index} ({_describe(row['label'])}): {error}") from error
-    invalid = spec.invalid_values(labels)
-    if invalid:
-        shown = ", ".join(map(str, invalid[:10])) + (", ..." if len(invalid) > 10 else "")
-        raise DataError(
-            f"sample {index}: label ({_describe(row['label'])}) has values [{shown}] outside the label map: "
-            f"expected [0, {spec.num_labels}) or {spec.ignore_index}{spec.hint(invalid)}"
+    try:
+        check_label_values(
+            labels, spec.num_labels, spec.ignore_index, name=f"labels ({_describe(row['label'])})", hint=spec.hint
         )
+    except ValueError as error:
+        raise DataError(f"sample {index}: {error}") from error
     return rgb, labels
 
 

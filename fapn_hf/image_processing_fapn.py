@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections.abc import Sequence
@@ -20,6 +19,8 @@ from transformers.image_processing_outputs import SemanticSegmentationPostProces
 from transformers.image_processing_utils import BatchFeature
 from transformers.image_utils import ChannelDimension, SizeDict
 from transformers.processing_utils import ImagesKwargs, Unpack
+
+from .remote_code import ProcessorCodeMixin
 
 # Transparent pixels are composited over this colour (white, as image viewers show them), never revealed.
 TRANSPARENT_BACKGROUND: tuple[int, int, int] = (255, 255, 255)
@@ -286,7 +287,7 @@ class DecodedImagesMixin:
         return image if device is None else image.to(device)
 
 
-class FaPNImageProcessor(DecodedImagesMixin, SegformerImageProcessor):
+class FaPNImageProcessor(ProcessorCodeMixin, DecodedImagesMixin, SegformerImageProcessor):
     r"""
     Prepares images (and segmentation maps) for FaPN: optional aspect-preserving resize, rescale to [0, 1] and
     normalisation; labels can be reduced by one (`do_reduce_labels`, 0 -> 255). Grayscale and RGBA images,
@@ -468,33 +469,6 @@ class FaPNImageProcessor(DecodedImagesMixin, SegformerImageProcessor):
             results.append(segmentation)
         return results
 
-    def save_pretrained(self, save_directory: str | Path, *args: Any, **kwargs: Any) -> list[str]:
-        saved = super().save_pretrained(save_directory, *args, **kwargs)
-        defer_processor_class_to_model_config(save_directory)
-        return saved
-
-    def to_dict(self) -> dict[str, Any]:
-        # An `auto_map` in preprocessor_config.json would make transformers' pipeline look for a remote video
-        # processor and prompt about remote code even with fapn_hf imported; the model's config.json carries it.
-        output = super().to_dict()
-        output.pop("auto_map", None)
-        return output
-
-
-def defer_processor_class_to_model_config(folder: str | Path) -> None:
-    """In a model folder that ships FaPN's code (its config.json maps `AutoImageProcessor`), drops
-    `image_processor_type` from preprocessor_config.json so that `AutoImageProcessor` takes the class from the model
-    config: the registered class with fapn_hf imported, the shipped code with `trust_remote_code=True` otherwise. A
-    processor saved on its own keeps its type and reloads with `AutoImageProcessor` directly."""
-    folder = Path(folder)
-    config_file, processor_file = folder / "config.json", folder / "preprocessor_config.json"
-    if not (config_file.is_file() and processor_file.is_file()):
-        return
-    auto_map = json.loads(config_file.read_text()).get("auto_map") or {}
-    processor_config = json.loads(processor_file.read_text())
-    if "AutoImageProcessor" in auto_map and processor_config.pop("image_processor_type", None) is not None:
-        processor_file.write_text(json.dumps(processor_config, indent=2, sort_keys=True) + "\n")
-
 
 __all__ = [
     "TRANSPARENT_BACKGROUND",
@@ -503,7 +477,6 @@ __all__ = [
     "FaPNImageProcessorKwargs",
     "as_rgb_tensor",
     "decode_image",
-    "defer_processor_class_to_model_config",
     "open_image",
     "to_channels_first",
     "upright",

@@ -5,7 +5,6 @@ resize to the requested size) and semantic output as the `image-segmentation` pi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,7 +16,8 @@ from transformers.models.maskformer.image_processing_maskformer import (
 )
 from transformers.processing_utils import Unpack
 
-from .image_processing_fapn import DecodedImagesMixin, defer_processor_class_to_model_config, valid_size
+from .image_processing_fapn import DecodedImagesMixin, valid_size
+from .remote_code import ProcessorCodeMixin
 
 
 def mask_classification_scores(
@@ -70,7 +70,7 @@ class MaskFormerFaPNImageProcessorKwargs(MaskFormerImageProcessorKwargs, total=F
     semantic_only: bool
 
 
-class MaskFormerFaPNImageProcessor(DecodedImagesMixin, MaskFormerImageProcessor):
+class MaskFormerFaPNImageProcessor(ProcessorCodeMixin, DecodedImagesMixin, MaskFormerImageProcessor):
     r"""
     [`MaskFormerImageProcessor`] for MaskFormer + FaPN: resize (shorter side, longer side capped), rescale, ImageNet
     normalisation, batches padded at the bottom and right with a `pixel_mask`; `size_divisor` defaults to 0 (no
@@ -140,18 +140,6 @@ class MaskFormerFaPNImageProcessor(DecodedImagesMixin, MaskFormerImageProcessor)
                 for m, s in zip(maps, scores)
             ]
         return maps
-
-    def save_pretrained(self, save_directory: str | Path, *args: Any, **kwargs: Any) -> list[str]:
-        saved = super().save_pretrained(save_directory, *args, **kwargs)
-        defer_processor_class_to_model_config(save_directory)  # a model saved there first ships the class
-        return saved
-
-    def to_dict(self) -> dict[str, Any]:
-        output = super().to_dict()
-        # An `auto_map` in preprocessor_config.json would make transformers' pipeline look for remote processors
-        # and ask about remote code; the model config's auto_map carries it.
-        output.pop("auto_map", None)
-        return output
 
 
 __all__ = ["MaskFormerFaPNImageProcessor", "MaskFormerFaPNImageProcessorKwargs", "mask_classification_scores"]

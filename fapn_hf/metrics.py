@@ -43,10 +43,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["SegmentationMetrics", "boundary_band", "confusion_matrix", "scores_from_confusion"]
+from .labels import check_label_values
 
-# How many distinct offending values an error message lists.
-_MAX_REPORTED_VALUES = 10
+__all__ = ["SegmentationMetrics", "boundary_band", "confusion_matrix", "scores_from_confusion"]
 
 
 def _to_long_tensor(values: Any, name: str, device: torch.device | None = None) -> torch.Tensor:
@@ -71,14 +70,6 @@ def _as_batch(tensor: torch.Tensor, name: str) -> torch.Tensor:
     if tensor.ndim == 3:
         return tensor
     raise ValueError(f"{name} must have shape (N, H, W) or (H, W), got {tuple(tensor.shape)}")
-
-
-def _describe(values: torch.Tensor) -> str:
-    """The distinct values of a 1-D tensor, at most _MAX_REPORTED_VALUES of them, for an error message."""
-    distinct = torch.unique(values).tolist()
-    shown = ", ".join(str(v) for v in distinct[:_MAX_REPORTED_VALUES])
-    more = f", ... ({len(distinct)} distinct values)" if len(distinct) > _MAX_REPORTED_VALUES else ""
-    return f"[{shown}{more}]"
 
 
 def _prepare(
@@ -106,20 +97,9 @@ def _prepare(
     predictions = _as_batch(predictions, "predictions")
     labels = _as_batch(labels, "labels")
 
-    out_of_range = (predictions < 0) | (predictions >= num_labels)
-    if out_of_range.any():
-        raise ValueError(
-            f"predictions contain values {_describe(predictions[out_of_range])} outside the allowed range "
-            f"[0, {num_labels - 1}]"
-        )
-    valid = labels != ignore_index
-    out_of_range = valid & ((labels < 0) | (labels >= num_labels))
-    if out_of_range.any():
-        raise ValueError(
-            f"labels contain values {_describe(labels[out_of_range])} outside the allowed range [0, {num_labels - 1}] "
-            f"(or ignore_index={ignore_index})"
-        )
-    return predictions, labels, valid
+    check_label_values(predictions, num_labels, ignore_index=None, name="predictions")
+    check_label_values(labels, num_labels, ignore_index)
+    return predictions, labels, labels != ignore_index
 
 
 def _bincount_confusion(index: torch.Tensor, selected: torch.Tensor, num_labels: int) -> torch.Tensor:

@@ -8,7 +8,6 @@ and, optionally, PointRend refinement. `use_fam=False, use_fsm=False` turns the 
 from __future__ import annotations
 
 import math
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,18 +16,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-from transformers import PreTrainedModel
+from transformers import PreTrainedConfig, PreTrainedModel
 from transformers import initialization as hf_init
 from transformers.backbone_utils import load_backbone
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import SemanticSegmenterOutput
 from transformers.models.resnet.modeling_resnet import ResNetBackbone, ResNetStage
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 
 from .backbone_freezing import freeze_backbone, keep_norms_frozen
 from .configuration_fapn import FaPNConfig
 from .deform_conv import ModulatedDeformConv2d
-from .image_processing_fapn import defer_processor_class_to_model_config
+from .labels import check_label_values
+from .remote_code import FAPN, FamilyCodeSavingMixin
+
+logger = logging.get_logger(__name__)
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Layers
@@ -410,18 +412,11 @@ def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_inde
     return total / (labels != ignore_index).sum().clamp(min=1)
 
 
-def check_label_values(labels: torch.Tensor, num_labels: int, ignore_index: int) -> None:
-    """Raises `ValueError` naming the values of integer `labels` outside `[0, num_labels)` and `ignore_index`. Reads
-    the labels on the host: call it outside a compiled region."""
-    invalid = (labels != ignore_index) & ((labels < 0) | (labels >= num_labels))
-    if invalid.any():
-        values = torch.unique(labels[invalid]).tolist()
-        shown = ", ".join(map(str, values[:10])) + (", ..." if len(values) > 10 else "")
-        raise ValueError(
-            f"labels contain values [{shown}] ({int(invalid.sum())} pixels) outside the label map: expected "
-            f"class ids in [0, {num_labels}) or the ignore index {ignore_index}. If the data set marks background "
-            "with 0 and the classes from 1, set `do_reduce_labels=True` in the image processor."
-        )
+# What most often puts a value outside the label map: a data set with 0 for background and classes from 1.
+REDUCE_LABELS_HINT = (
+    ". If the data set marks background with 0 and the classes from 1, set `do_reduce_labels=True` in the image "
+    "processor."
+)
 
 
 def _batch_norm_error(error: ValueError, pixel_values: torch.Tensor) -> ValueError | None:
@@ -437,11 +432,79 @@ def _batch_norm_error(error: ValueError, pixel_values: torch.Tensor) -> ValueErr
     )
 
 
+def load_timm_backbone_weights(backbone: nn.Module, checkpoint_file: str | None = None) -> None:
+    """Loads timm's pretrained weights (every parameter and BatchNorm statistic) into `backbone`, a transformers
+    `TimmBackbone`, with a strict key match.
+
+    Args:
+        backbone: the model's `TimmBackbone` (its `config` names the timm model and its feature outputs).
+        checkpoint_file: a local `.safetensors`/`.pth` file of that timm model; by default timm fetches the model's
+            default pretrained weights (from the Hub cache, or the network).
+    """
+    import timm
+
+    backbone_config = getattr(backbone, "config", None)
+    if getattr(backbone, "_backbone", None) is None or getattr(backbone_config, "backbone", None) is None:
+        raise ValueError(
+            f"pretrained backbone weights are timm's: the backbone is a {type(backbone).__name__}, not a timm "
+            "backbone; load a transformers backbone with `AutoBackbone.from_pretrained` and assign it instead"
+        )
+    if checkpoint_file is not None and not Path(checkpoint_file).is_file():
+        raise FileNotFoundError(f"backbone checkpoint not found: {checkpoint_file}")
+    pretrained = timm.create_model(
+        backbone_config.backbone,
+        pretrained=True,
+        features_only=backbone_config.features_only,
+        out_indices=tuple(backbone_config.out_indices),
+        in_chans=backbone_config.num_channels,
+        output_stride=backbone_config.output_stride,
+        pretrained_cfg_overlay={"file": str(checkpoint_file)} if checkpoint_file else None,
+    )
+    backbone._backbone.load_state_dict(pretrained.state_dict(), strict=True)
+
+
+def warn_unloaded_pretrained_backbone(config: PreTrainedConfig, backbone: nn.Module) -> None:
+    """Warns when `config.use_pretrained_backbone` asks for pretrained weights that the constructor, which never
+    downloads, has not loaded into the freshly built `backbone`. Silent under `from_pretrained` (built on the meta
+    device: the checkpoint holds the backbone)."""
+    if getattr(config, "use_pretrained_backbone", False) and not next(backbone.parameters()).is_meta:
+        logger.warning(
+            "use_pretrained_backbone=True, but a model constructor never loads weights (no network access while "
+            "building): this backbone is randomly initialised. Build the model with its "
+            "`from_pretrained_backbone(config)` classmethod or call `model.base_model.load_pretrained_backbone()`."
+        )
+
+
+class PretrainedBackboneMixin:
+    """`from_pretrained_backbone`: a new model whose backbone starts from timm's pretrained weights. The base model
+    (`model.base_model`) provides `load_pretrained_backbone(checkpoint_file)`."""
+
+    @classmethod
+    def from_pretrained_backbone(cls, config: PreTrainedConfig, checkpoint_file: str | None = None) -> PreTrainedModel:
+        """A new model of `config`: backbone from timm's pretrained (ImageNet) weights, the rest initialised as usual.
+
+        Why a separate step: a constructor never touches the network or the Hub cache (transformers 5's rule too:
+        `load_backbone` builds a random backbone and `use_pretrained_backbone` is no longer read there), so building
+        from a config, `from_config` and `from_pretrained` stay offline and deterministic; this is the one call that
+        fetches backbone weights. Afterwards `config.use_pretrained_backbone` is True: it records where the backbone
+        started and is saved with the model (reloading reads the checkpoint, never timm's weights).
+
+        Args:
+            config: the model's config; its backbone must be a timm backbone.
+            checkpoint_file: a local `.safetensors`/`.pth` file of the timm model instead of timm's download.
+        """
+        # The constructor warns about a requested but unloaded backbone; here the weights follow.
+        config.use_pretrained_backbone = False
+        model = cls(config)
+        model.base_model.load_pretrained_backbone(checkpoint_file)
+        return model
+
+
 def padded_size(height: int, width: int, divisor: int) -> tuple[int, int]:
     return (-(-height // divisor) * divisor, -(-width // divisor) * divisor)
 
 
-class FaPNPreTrainedModel(PreTrainedModel):
+class FaPNPreTrainedModel(FamilyCodeSavingMixin, PretrainedBackboneMixin, PreTrainedModel):
     config_class = FaPNConfig
     config: FaPNConfig
     base_model_prefix = "fapn"
@@ -452,27 +515,8 @@ class FaPNPreTrainedModel(PreTrainedModel):
     # forward() takes no **kwargs: the Trainer must not rescale the loss for it under DDP.
     accepts_loss_kwargs = False
     _no_split_modules = []
-
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        """Saves like any transformers model and, for `trust_remote_code=True` users, ships the image processor code
-        with an `auto_map` entry for every FaPN Auto class (whichever head is saved)."""
-        processor_file = Path(__file__).with_name("image_processing_fapn.py")
-        if self._auto_class is not None:
-            auto_map = {
-                **(getattr(self.config, "auto_map", None) or {}),
-                "AutoModel": "modeling_fapn.FaPNModel",
-                "AutoModelForSemanticSegmentation": "modeling_fapn.FaPNForSemanticSegmentation",
-            }
-            if processor_file.exists():
-                # Declared here rather than in preprocessor_config.json: there, transformers' pipeline would also
-                # look for a remote video processor and prompt about remote code even with fapn_hf imported.
-                auto_map["AutoImageProcessor"] = "image_processing_fapn.FaPNImageProcessor"
-            self.config.auto_map = auto_map
-        result = super().save_pretrained(save_directory, *args, **kwargs)
-        if self._auto_class is not None and processor_file.exists():
-            shutil.copyfile(processor_file, Path(save_directory) / processor_file.name)
-            defer_processor_class_to_model_config(save_directory)  # a processor saved there first
-        return result
+    # save_pretrained() ships the code of every FaPN head and the image processor (remote_code.py).
+    code_family = FAPN
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
@@ -591,10 +635,7 @@ class FaPNModel(FaPNPreTrainedModel):
             "Format.NHWC",
         )
         self.post_init()
-        # Pretrained weights go in after post_init(), which must never see them. Under from_pretrained the
-        # model is built on the meta device and the checkpoint brings the backbone weights.
-        if config.use_pretrained_backbone and not next(self.backbone.parameters()).is_meta:
-            self.load_pretrained_backbone()
+        warn_unloaded_pretrained_backbone(config, self.backbone)
         freeze_backbone(self.backbone, config.freeze_backbone_norm, config.freeze_backbone_stages)
 
     def train(self, mode: bool = True) -> FaPNModel:
@@ -605,29 +646,15 @@ class FaPNModel(FaPNPreTrainedModel):
         return self
 
     def load_pretrained_backbone(self, checkpoint_file: str | None = None) -> None:
-        """Loads timm's pretrained weights (all parameters and BatchNorm statistics) into the backbone.
+        """Loads timm's pretrained weights (all parameters and BatchNorm statistics) into the backbone and records it
+        in `config.use_pretrained_backbone`. The constructor never does this (see `from_pretrained_backbone`).
 
         Args:
             checkpoint_file: a local `.safetensors`/`.pth` file of the timm model; by default timm fetches the
                 model's default pretrained weights (from the Hub cache, or the network).
         """
-        import timm
-
-        backbone_config = self.config.backbone_config
-        if not self.config.is_timm_backbone:
-            raise ValueError("load_pretrained_backbone only supports timm backbones")
-        if checkpoint_file is not None and not Path(checkpoint_file).is_file():
-            raise FileNotFoundError(f"backbone checkpoint not found: {checkpoint_file}")
-        pretrained = timm.create_model(
-            backbone_config.backbone,
-            pretrained=True,
-            features_only=backbone_config.features_only,
-            out_indices=backbone_config.out_indices,
-            in_chans=backbone_config.num_channels,
-            output_stride=backbone_config.output_stride,
-            pretrained_cfg_overlay={"file": checkpoint_file} if checkpoint_file else None,
-        )
-        self.backbone._backbone.load_state_dict(pretrained.state_dict(), strict=True)
+        load_timm_backbone_weights(self.backbone, checkpoint_file)
+        self.config.use_pretrained_backbone = True
 
     def check_pixel_values(self, pixel_values: torch.Tensor) -> None:
         """Raises `ValueError` for inputs the model cannot take: not a float `(N, C, H, W)` tensor with the
@@ -754,7 +781,9 @@ class FaPNForSemanticSegmentation(FaPNPreTrainedModel):
         if labels.is_floating_point() or labels.dtype == torch.bool:
             raise ValueError(f"labels must hold integer class ids, got dtype {labels.dtype}")
         if not torch.compiler.is_compiling():
-            check_label_values(labels, self.config.num_labels, self.config.semantic_loss_ignore_index)
+            check_label_values(
+                labels, self.config.num_labels, self.config.semantic_loss_ignore_index, hint=REDUCE_LABELS_HINT
+            )
 
     def point_rend_loss(self, coarse_logits: torch.Tensor, fine_features: torch.Tensor, labels: torch.Tensor):
         """Cross-entropy of the point head at uncertainty-sampled points (labels padded like the input)."""
@@ -841,5 +870,4 @@ __all__ = [
     "FaPNModelOutput",
     "FaPNPreTrainedModel",
     "FaPNSemanticSegmenterOutput",
-    "check_label_values",
 ]

@@ -8,10 +8,8 @@ output conv share one GroupNorm, as in the original. `pixel_decoder="fpn"` gives
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -35,8 +33,16 @@ from transformers.models.maskformer.modeling_maskformer import (
 
 from .configuration_maskformer_fapn import MaskFormerFaPNConfig
 from .deform_conv import ModulatedDeformConv2d
-from .image_processing_fapn import defer_processor_class_to_model_config
-from .modeling_fapn import ConvNormAct, FeatureAlignmentModule, init_conv, padded_size
+from .modeling_fapn import (
+    ConvNormAct,
+    FeatureAlignmentModule,
+    PretrainedBackboneMixin,
+    init_conv,
+    load_timm_backbone_weights,
+    padded_size,
+    warn_unloaded_pretrained_backbone,
+)
+from .remote_code import MASKFORMER_FAPN, FamilyCodeSavingMixin
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Pixel decoder
@@ -232,11 +238,13 @@ class MaskFormerFaPNPixelLevelModule(nn.Module):
         return outputs
 
 
-class MaskFormerFaPNPreTrainedModel(MaskFormerPreTrainedModel):
+class MaskFormerFaPNPreTrainedModel(FamilyCodeSavingMixin, PretrainedBackboneMixin, MaskFormerPreTrainedModel):
     config_class = MaskFormerFaPNConfig
     config: MaskFormerFaPNConfig
     # forward() takes no loss kwargs: the Trainer must not rescale the loss under DDP.
     accepts_loss_kwargs = False
+    # save_pretrained() ships the code of every head and the image processor (remote_code.py).
+    code_family = MASKFORMER_FAPN
 
     # Activation checkpointing: the transformer decoder's layers, the FAMs (GradientCheckpointingLayers), transformers
     # backbones that support it, and timm backbones through timm's own switch.
@@ -266,28 +274,6 @@ class MaskFormerFaPNPreTrainedModel(MaskFormerPreTrainedModel):
         else:
             super()._init_weights(module)
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        """Saves like any transformers model and, for `trust_remote_code=True` users, ships the processor code with
-        an `auto_map` entry for every Auto class these models are registered with."""
-        processor_file = Path(__file__).with_name("image_processing_maskformer_fapn.py")
-        if self._auto_class is not None:
-            segmentation = "modeling_maskformer_fapn.MaskFormerFaPNForInstanceSegmentation"
-            auto_map = {
-                **(getattr(self.config, "auto_map", None) or {}),
-                "AutoModel": "modeling_maskformer_fapn.MaskFormerFaPNModel",
-                "AutoModelForInstanceSegmentation": segmentation,
-                "AutoModelForUniversalSegmentation": segmentation,
-                "AutoModelForSemanticSegmentation": segmentation,
-            }
-            if processor_file.exists():
-                auto_map["AutoImageProcessor"] = "image_processing_maskformer_fapn.MaskFormerFaPNImageProcessor"
-            self.config.auto_map = auto_map
-        result = super().save_pretrained(save_directory, *args, **kwargs)
-        if self._auto_class is not None and processor_file.exists():
-            shutil.copyfile(processor_file, Path(save_directory) / processor_file.name)
-            defer_processor_class_to_model_config(save_directory)
-        return result
-
 
 def pad_to_multiple(pixel_values: torch.Tensor, divisor: int) -> torch.Tensor:
     """Zero-pads `(N, C, H, W)` at the bottom and right to multiples of `divisor` (detectron2's `ImageList`)."""
@@ -311,6 +297,18 @@ class MaskFormerFaPNModel(MaskFormerFaPNPreTrainedModel, MaskFormerModel):
             in_features=self.pixel_level_module.encoder.channels[-1], config=config
         )
         self.post_init()
+        warn_unloaded_pretrained_backbone(config, self.pixel_level_module.encoder)
+
+    def load_pretrained_backbone(self, checkpoint_file: str | None = None) -> None:
+        """Loads timm's pretrained weights (all parameters and BatchNorm statistics) into the backbone and records it
+        in `config.use_pretrained_backbone`. The constructor never does this (see `from_pretrained_backbone`).
+
+        Args:
+            checkpoint_file: a local `.safetensors`/`.pth` file of the timm model; by default timm fetches the
+                model's default pretrained weights (from the Hub cache, or the network).
+        """
+        load_timm_backbone_weights(self.pixel_level_module.encoder, checkpoint_file)
+        self.config.use_pretrained_backbone = True
 
     def forward(
         self,

@@ -38,8 +38,9 @@ def preset_config(name: str, labels: str | list[str] | tuple[str, ...] | None = 
     """The config of preset `name` with the given label set (`"cityscapes"`, `"ade20k"`, `"cocostuff"` or class
     names; by default the preset's own: Cityscapes for the semantic FPN presets).
 
-    `overrides` are passed on to the config class, e.g. `use_pretrained_backbone=True`. MaskFormer presets give a
-    `MaskFormerFaPNConfig`.
+    `overrides` are passed on to the config class, e.g. `use_point_rend=False`. MaskFormer presets give a
+    `MaskFormerFaPNConfig`. For timm's pretrained backbone weights build the model with
+    `from_pretrained_backbone(config)`.
     """
     if name in MASKFORMER_PRESETS:
         return maskformer_preset_config(name, labels, **overrides)

@@ -17,8 +17,9 @@ from transformers import EvalPrediction, Trainer, TrainerCallback
 from .data import SIZE_KEYS, SegmentationDataset
 from .evaluation import predict_at_label_size
 from .hub import write_model_card
+from .labels import check_label_values
 from .metrics import SegmentationMetrics
-from .modeling_fapn import check_label_values
+from .modeling_fapn import REDUCE_LABELS_HINT
 
 
 def parameter_groups(
@@ -193,7 +194,7 @@ class FaPNTrainer(Trainer):
         labels, config = inputs.get("labels"), self.model.config
         if isinstance(labels, torch.Tensor):
             # Here, outside the model: a compiled forward (`torch_compile=True`) skips this host-side check.
-            check_label_values(labels, config.num_labels, config.semantic_loss_ignore_index)
+            check_label_values(labels, config.num_labels, config.semantic_loss_ignore_index, hint=REDUCE_LABELS_HINT)
         return super().compute_loss(model, inputs, *args, **kwargs)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):

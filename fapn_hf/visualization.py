@@ -9,15 +9,16 @@ from typing import Any
 import numpy as np
 import PIL.Image
 
+from .labels import check_label_values
+
 
 def colorize(labels: np.ndarray, colors: np.ndarray, ignore_index: int = 255) -> np.ndarray:
     """Class ids `(H, W)` -> colours `(H, W, 3)` uint8 from `colors` `(K, 3)`; ignored pixels are black."""
     labels = np.asarray(labels)
+    check_label_values(labels, len(colors), ignore_index, hint=f" (the colour map has {len(colors)} colours)")
     valid = (labels >= 0) & (labels < len(colors))
     rgb = np.zeros((*labels.shape, 3), dtype=np.uint8)
     rgb[valid] = colors[labels[valid]]
-    if np.any(~valid & (labels != ignore_index)):
-        raise ValueError(f"label values outside [0, {len(colors)}) other than {ignore_index} cannot be coloured")
     return rgb
 
 

@@ -63,14 +63,15 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     if maskformer and (args.pretrained_backbone or args.backbone_weights):
         raise SystemExit("--pretrained-backbone/--backbone-weights are not supported for MaskFormer presets yet")
-    overrides = {} if maskformer else {"use_pretrained_backbone": args.pretrained_backbone}
-    config = preset_config(args.preset, labels, **overrides)
+    config = preset_config(args.preset, labels)
     model_class = MaskFormerFaPNForInstanceSegmentation if maskformer else FaPNForSemanticSegmentation
-    model = model_class(config).eval()
-    if args.backbone_weights is not None:
-        if not args.backbone_weights.is_file():
-            raise SystemExit(f"--backbone-weights: no such file: {args.backbone_weights}")
-        model.fapn.load_pretrained_backbone(str(args.backbone_weights))
+    if args.backbone_weights is not None and not args.backbone_weights.is_file():
+        raise SystemExit(f"--backbone-weights: no such file: {args.backbone_weights}")
+    if args.pretrained_backbone or args.backbone_weights:
+        # The explicit step that loads timm's weights (a constructor never does).
+        model = model_class.from_pretrained_backbone(config, args.backbone_weights).eval()
+    else:
+        model = model_class(config).eval()
     processor = preset_image_processor(labels, preset=args.preset)
 
     args.output_dir.mkdir(parents=True, exist_ok=True)

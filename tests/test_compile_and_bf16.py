@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from conftest import tiny_config
 
 from fapn_hf import FaPNForSemanticSegmentation, deform_conv2d
-from fapn_hf.modeling_fapn import check_label_values
+from fapn_hf.labels import check_label_values
 
 
 def with_offsets(model: FaPNForSemanticSegmentation, std: float = 0.1) -> FaPNForSemanticSegmentation:

@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 import timm
 import torch
+import transformers
 from conftest import tiny_config
 from PIL import Image
 from safetensors.torch import save_file
+from test_maskformer_fapn import tiny_maskformer_config
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
@@ -23,8 +25,19 @@ from transformers import (
     AutoModelForSemanticSegmentation,
     pipeline,
 )
+from transformers.dynamic_module_utils import get_relative_import_files
+from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING
 
-from fapn_hf import FaPNConfig, FaPNForSemanticSegmentation, FaPNImageProcessor, FaPNModel, label_maps
+import fapn_hf
+from fapn_hf import (
+    FaPNConfig,
+    FaPNForSemanticSegmentation,
+    FaPNImageProcessor,
+    FaPNModel,
+    MaskFormerFaPNForInstanceSegmentation,
+    label_maps,
+)
+from fapn_hf.remote_code import CODE_FAMILIES, FAPN
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,20 +71,42 @@ def test_save_writes_safetensors_config_processor_and_code(saved_model):
     names = {p.name for p in folder.iterdir()}
     assert {"config.json", "model.safetensors", "preprocessor_config.json"} <= names
     assert {"configuration_fapn.py", "modeling_fapn.py", "deform_conv.py", "image_processing_fapn.py",
-            "backbone_freezing.py"} <= names  # fmt: skip
+            "backbone_freezing.py", "labels.py", "remote_code.py"} <= names  # fmt: skip
     assert not any(name.endswith((".bin", ".pt", ".pth", ".pkl")) for name in names)
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "fapn"
-    assert config["auto_map"] == {
-        "AutoConfig": "configuration_fapn.FaPNConfig",
-        "AutoModel": "modeling_fapn.FaPNModel",
-        "AutoModelForSemanticSegmentation": "modeling_fapn.FaPNForSemanticSegmentation",
-        "AutoImageProcessor": "image_processing_fapn.FaPNImageProcessor",
-    }
+    assert (
+        config["auto_map"]
+        == FAPN.auto_map()
+        == {
+            "AutoConfig": "configuration_fapn.FaPNConfig",
+            "AutoModel": "modeling_fapn.FaPNModel",
+            "AutoModelForSemanticSegmentation": "modeling_fapn.FaPNForSemanticSegmentation",
+            "AutoImageProcessor": "image_processing_fapn.FaPNImageProcessor",
+        }
+    )
     assert "backbone" not in config  # the shortcut is not stored; the backbone lives in backbone_config
     assert config["backbone_config"]["model_type"] == "timm_backbone"
     processor = json.loads((folder / "preprocessor_config.json").read_text())
     assert "auto_map" not in processor and "image_processor_type" not in processor
+
+
+@pytest.mark.parametrize("family", CODE_FAMILIES, ids=lambda family: family.config)
+def test_each_family_is_registered_as_remote_code_declares_it(family):
+    """`import fapn_hf` registers exactly what `remote_code` declares, and the modules that carry the save logic ship
+    on their own (no relative imports: a saved folder needs nothing else)."""
+    config_class = getattr(fapn_hf, family.config.split(".")[1])
+    assert AutoConfig.for_model(config_class.model_type).__class__ is config_class
+    for auto_class_name, model_name in family.models.items():
+        registered = getattr(transformers, auto_class_name)._model_mapping[config_class]
+        assert f"{registered.__module__.split('.')[-1]}.{registered.__name__}" == model_name
+    marked = {getattr(fapn_hf, name.split(".")[1])._auto_class for name in family.models.values()}
+    assert marked <= set(family.models) and config_class._auto_class == "AutoConfig"
+    processor_class = IMAGE_PROCESSOR_MAPPING[config_class]["torchvision"]
+    assert f"{processor_class.__module__.split('.')[-1]}.{processor_class.__name__}" == family.processor
+    code = Path(fapn_hf.__file__).parent
+    assert get_relative_import_files(code / "remote_code.py") == []
+    assert get_relative_import_files(code / "labels.py") == []
 
 
 def test_round_trip_through_auto_classes(saved_model):
@@ -224,7 +259,7 @@ def _assert_backbone_holds(model: FaPNForSemanticSegmentation, weights: dict[str
 
 
 def test_pretrained_backbone_weights_survive_post_init(tmp_path):
-    """`use_pretrained_backbone=True` goes through timm's real `pretrained=True` download path; the test points it at a
+    """`from_pretrained_backbone` goes through timm's real `pretrained=True` download path; the test points it at a
     Hugging Face cache it writes itself (offline), then checks every weight and BN statistic in the built model."""
     weights = _perturbed_timm_resnet18()
     cache = tmp_path / "hub"
@@ -240,7 +275,8 @@ def test_pretrained_backbone_weights_survive_post_init(tmp_path):
         import torch
         from safetensors.torch import load_file
         from fapn_hf import FaPNConfig, FaPNForSemanticSegmentation
-        model = FaPNForSemanticSegmentation(FaPNConfig(backbone="resnet18", num_labels=3, use_pretrained_backbone=True))
+        model = FaPNForSemanticSegmentation.from_pretrained_backbone(FaPNConfig(backbone="resnet18", num_labels=3))
+        assert model.config.use_pretrained_backbone
         expected = load_file({str(tmp_path / "expected.safetensors")!r})
         state = model.fapn.backbone._backbone.state_dict()
         compared = [k for k in state if k in expected]
@@ -251,6 +287,69 @@ def test_pretrained_backbone_weights_survive_post_init(tmp_path):
         """
     )
     assert "OK" in _run_offline(["-c", script], HF_HUB_CACHE=str(cache)).stdout
+
+
+def _forbid_downloads(monkeypatch, allow_timm_pretrained: bool = False) -> list[str]:
+    """Makes huggingface_hub's downloads (and, unless allowed, timm's `pretrained=True`) raise; returns the list of
+    attempts."""
+    import huggingface_hub
+    import huggingface_hub.file_download
+
+    attempts: list[str] = []
+    create_model = timm.create_model
+
+    def guarded_create_model(*args, **kwargs):
+        if kwargs.get("pretrained") and not allow_timm_pretrained:
+            attempts.append(f"timm.create_model({args[0]!r}, pretrained=True)")
+            raise AssertionError("a constructor asked timm for pretrained weights")
+        return create_model(*args, **kwargs)
+
+    def no_download(*args, **kwargs):
+        attempts.append("huggingface_hub download")
+        raise AssertionError("a constructor touched the Hub")
+
+    monkeypatch.setattr(timm, "create_model", guarded_create_model)
+    for module in (huggingface_hub, huggingface_hub.file_download):
+        monkeypatch.setattr(module, "hf_hub_download", no_download)
+    return attempts
+
+
+def test_constructors_never_load_pretrained_backbones(monkeypatch, caplog):
+    """`use_pretrained_backbone=True` in a config makes no network or Hub access while building either family: the
+    backbone stays randomly initialised and a warning names the explicit step."""
+    attempts = _forbid_downloads(monkeypatch)
+    reference = FaPNForSemanticSegmentation(tiny_config()).state_dict()
+    with caplog.at_level("WARNING"):
+        torch.manual_seed(0)
+        semantic = FaPNForSemanticSegmentation(tiny_config(use_pretrained_backbone=True))
+        maskformer = MaskFormerFaPNForInstanceSegmentation(tiny_maskformer_config(use_pretrained_backbone=True))
+    assert attempts == []
+    assert caplog.text.count("from_pretrained_backbone(config)") == 2
+    assert semantic.config.use_pretrained_backbone and maskformer.config.use_pretrained_backbone
+    assert semantic.state_dict().keys() == reference.keys()
+
+
+@pytest.mark.parametrize("family", ["fapn", "maskformer_fapn"])
+def test_from_pretrained_backbone_loads_a_local_checkpoint_into_either_family(family, tmp_path, monkeypatch):
+    weights = _perturbed_timm_resnet18()
+    checkpoint = tmp_path / "resnet18.safetensors"
+    save_file(weights, str(checkpoint))
+    attempts = _forbid_downloads(monkeypatch, allow_timm_pretrained=True)  # a local file needs no download
+    if family == "fapn":
+        model = FaPNForSemanticSegmentation.from_pretrained_backbone(tiny_config(), checkpoint_file=str(checkpoint))
+        backbone = model.fapn.backbone
+    else:
+        model = MaskFormerFaPNForInstanceSegmentation.from_pretrained_backbone(
+            tiny_maskformer_config(), checkpoint_file=str(checkpoint)
+        )
+        backbone = model.model.pixel_level_module.encoder
+    state = backbone._backbone.state_dict()
+    compared = [k for k in state if k in weights]
+    assert len(compared) >= 100 and any("running_var" in k for k in compared)
+    assert all(torch.equal(state[k], weights[k]) for k in compared)
+    assert model.config.use_pretrained_backbone and attempts == []
+    with pytest.raises(FileNotFoundError, match="backbone checkpoint not found: .*missing.safetensors"):
+        model.base_model.load_pretrained_backbone(str(tmp_path / "missing.safetensors"))
 
 
 def test_pretrained_backbone_from_a_local_file_and_not_refetched_on_reload(tmp_path):

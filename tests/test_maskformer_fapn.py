@@ -40,6 +40,7 @@ from fapn_hf import (
     preset_image_processor,
     timm_backbone_config,
 )
+from fapn_hf.remote_code import MASKFORMER_FAPN
 
 LABELS = ["sky", "road", "car", "person", "tree"]
 
@@ -252,10 +253,14 @@ def test_folder_and_auto_classes(saved_maskformer):
         "configuration_maskformer_fapn.py",
         "modeling_maskformer_fapn.py",
         "image_processing_maskformer_fapn.py",
+        "image_processing_fapn.py",  # imported by the processor
         "deform_conv.py",
+        "remote_code.py",
+        "labels.py",
     } <= names  # noqa: E501 fmt: skip
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "maskformer_fapn"
+    assert config["auto_map"] == MASKFORMER_FAPN.auto_map()
     assert config["auto_map"]["AutoModelForSemanticSegmentation"].endswith("MaskFormerFaPNForInstanceSegmentation")
     assert isinstance(AutoConfig.from_pretrained(folder), MaskFormerFaPNConfig)
     assert isinstance(AutoImageProcessor.from_pretrained(folder), MaskFormerFaPNImageProcessor)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,6 +13,7 @@ from conftest import set_backbone_gammas_to_one, tiny_config, tiny_resnet_backbo
 from transformers import SwinConfig
 
 from fapn_hf import FaPNConfig, FaPNForSemanticSegmentation, FaPNModel
+from fapn_hf.labels import check_label_values
 from fapn_hf.modeling_fapn import (
     FeatureAlignmentModule,
     FeatureSelectionModule,
@@ -396,3 +398,22 @@ def test_whole_model_exports_to_onnx(tmp_path, point_rend):
     (logits,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(logits), model(x).logits, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("as_array", [np.asarray, torch.as_tensor], ids=["numpy", "torch"])
+def test_one_label_check_for_arrays_and_tensors(as_array):
+    """The model, the Trainer, the data pipeline, the metrics and the colour maps share `check_label_values`: one
+    message naming the values, the pixel count, the allowed range and the ignore index, for NumPy and torch alike."""
+    labels = as_array(np.array([[0, 9, -1, 255, 9]]))
+    expected = (
+        r"^labels contain values \[-1, 9\] \(3 pixels\) outside the label map: "
+        r"expected class ids in \[0, 4\) or the ignore index 255$"
+    )
+    with pytest.raises(ValueError, match=expected):
+        check_label_values(labels, num_labels=4, ignore_index=255)
+    with pytest.raises(ValueError, match=r"predictions contain values \[-1, 9, 255\].*\[0, 4\)\. hint$"):
+        check_label_values(labels, num_labels=4, ignore_index=None, name="predictions", hint=lambda values: ". hint")
+    check_label_values(as_array(np.array([[0, 3, 255]])), num_labels=4, ignore_index=255)
+    many = as_array(np.arange(20, 40).reshape(4, 5))
+    with pytest.raises(ValueError, match=r"\[20, 21, 22, 23, 24, 25, 26, 27, 28, 29, \.\.\. \(20 distinct values\)\]"):
+        check_label_values(many, num_labels=4, ignore_index=255)

@@ -84,7 +84,7 @@ def test_upload_plan_takes_the_model_files_and_leaves_pickles_and_checkpoints(ru
     assert set(plan.files) == {
         "config.json", "model.safetensors", "preprocessor_config.json", "metrics.json",
         "configuration_fapn.py", "modeling_fapn.py", "deform_conv.py", "image_processing_fapn.py",
-        "backbone_freezing.py",
+        "backbone_freezing.py", "labels.py", "remote_code.py",
     }  # fmt: skip
     assert {r.metric_type for r in plan.card.data.eval_results} == {"mean_iou", "boundary_mean_iou", "accuracy"}
     description = plan.describe()

@@ -1,0 +1,176 @@
+"""How a saved FaPN folder finds its code: the one owner of Auto-class registration, `auto_map` and remote code.
+
+Each model family is a `CodeFamily`: its config, its model classes per Auto class and its image processor, named as
+`"module.Class"` (the form of config.json's `auto_map`). From that one declaration:
+
+* `register_family` registers the classes with transformers' Auto classes (what `import fapn_hf` does), and marks
+  the config and models for `register_for_auto_class`, so that `save_pretrained` ships their code;
+* `FamilyCodeSavingMixin.save_pretrained` (on the models) writes an `auto_map` naming every head and the image
+  processor into config.json, whichever head is saved, and ships the processor's code next to the model's;
+* `ProcessorCodeMixin` (on the image processors) keeps `auto_map` and the processor class out of
+  preprocessor_config.json (`defer_processor_class_to_model_config`): declared there, transformers' pipeline would
+  look for a remote video processor and prompt about remote code even with fapn_hf imported. `AutoImageProcessor`
+  then takes the class from the model config: the registered class with fapn_hf imported, the shipped code with
+  `trust_remote_code=True` otherwise.
+
+The modeling and image processing modules import this module, so it ships with them as remote code: it depends on
+nothing of the package (no relative imports), and it names classes instead of importing them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import transformers
+from transformers.dynamic_module_utils import get_relative_import_files
+
+
+@dataclass(frozen=True)
+class CodeFamily:
+    """One model family's classes, each as `"module.Class"` (a flat module of the package).
+
+    Args:
+        config: the config class, registered with `AutoConfig`.
+        models: Auto class name -> model class. A model class is marked for the first Auto class that names it.
+        processor: the image processor class, registered with `AutoImageProcessor` for the config.
+    """
+
+    config: str
+    models: dict[str, str] = field(default_factory=dict)
+    processor: str = ""
+
+    def auto_map(self) -> dict[str, str]:
+        """config.json's `auto_map`: the config, every model head and the image processor."""
+        return {"AutoConfig": self.config, **self.models, "AutoImageProcessor": self.processor}
+
+    def module_files(self, directory: Path) -> list[Path]:
+        """The processor's module file in `directory` (where the shipped code sits) and the files it imports
+        relatively; empty when the processor module is not there (remote code loaded without it)."""
+        processor_file = directory / f"{self.processor.split('.')[0]}.py"
+        if not processor_file.is_file():
+            return []
+        return [processor_file, *map(Path, get_relative_import_files(processor_file))]
+
+
+FAPN = CodeFamily(
+    config="configuration_fapn.FaPNConfig",
+    models={
+        "AutoModel": "modeling_fapn.FaPNModel",
+        "AutoModelForSemanticSegmentation": "modeling_fapn.FaPNForSemanticSegmentation",
+    },
+    processor="image_processing_fapn.FaPNImageProcessor",
+)
+
+# One segmentation class (class and mask predictions, MaskFormer's universal head) registered where transformers puts
+# MaskFormer (instance, universal) and where the image-segmentation pipeline loads semantic models from; its
+# processor makes semantic output the pipeline's default.
+_MASKFORMER_SEGMENTATION = "modeling_maskformer_fapn.MaskFormerFaPNForInstanceSegmentation"
+MASKFORMER_FAPN = CodeFamily(
+    config="configuration_maskformer_fapn.MaskFormerFaPNConfig",
+    models={
+        "AutoModel": "modeling_maskformer_fapn.MaskFormerFaPNModel",
+        "AutoModelForInstanceSegmentation": _MASKFORMER_SEGMENTATION,
+        "AutoModelForUniversalSegmentation": _MASKFORMER_SEGMENTATION,
+        "AutoModelForSemanticSegmentation": _MASKFORMER_SEGMENTATION,
+    },
+    processor="image_processing_maskformer_fapn.MaskFormerFaPNImageProcessor",
+)
+
+CODE_FAMILIES: tuple[CodeFamily, ...] = (FAPN, MASKFORMER_FAPN)
+
+
+def _resolve(package: str, name: str) -> type:
+    """`"module.Class"` -> the class, from `package.module`."""
+    module, class_name = name.split(".")
+    return getattr(importlib.import_module(f"{package}.{module}"), class_name)
+
+
+def register_family(family: CodeFamily, package: str) -> None:
+    """Registers `family`'s classes (found in the modules of `package`) with transformers' Auto classes, and marks
+    the config and each model class for `register_for_auto_class` so that `save_pretrained` ships their code."""
+    config_class = _resolve(package, family.config)
+    transformers.AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+    config_class.register_for_auto_class()
+    marked: set[type] = set()
+    for auto_class_name, model_name in family.models.items():
+        model_class = _resolve(package, model_name)
+        getattr(transformers, auto_class_name).register(config_class, model_class, exist_ok=True)
+        if model_class not in marked:
+            model_class.register_for_auto_class(auto_class_name)
+            marked.add(model_class)
+    processor_class = _resolve(package, family.processor)
+    transformers.AutoImageProcessor.register(
+        config_class, image_processor_classes={"torchvision": processor_class}, exist_ok=True
+    )
+
+
+def defer_processor_class_to_model_config(folder: str | Path) -> None:
+    """In a model folder that ships the code (its config.json maps `AutoImageProcessor`), drops
+    `image_processor_type` from preprocessor_config.json so that `AutoImageProcessor` takes the class from the model
+    config. A processor saved on its own keeps its type and reloads with `AutoImageProcessor` directly. Called after
+    either the model or the processor is saved, whichever comes second does it."""
+    folder = Path(folder)
+    config_file, processor_file = folder / "config.json", folder / "preprocessor_config.json"
+    if not (config_file.is_file() and processor_file.is_file()):
+        return
+    auto_map = json.loads(config_file.read_text()).get("auto_map") or {}
+    processor_config = json.loads(processor_file.read_text())
+    if "AutoImageProcessor" in auto_map and processor_config.pop("image_processor_type", None) is not None:
+        processor_file.write_text(json.dumps(processor_config, indent=2, sort_keys=True) + "\n")
+
+
+class FamilyCodeSavingMixin:
+    """For the models of a family (`code_family`): `save_pretrained` as transformers', plus, when the class ships its
+    code (`register_for_auto_class`), the family's full `auto_map` in config.json and the processor's code."""
+
+    code_family: CodeFamily
+
+    def save_pretrained(self, save_directory: str | Path, *args: Any, **kwargs: Any) -> Any:
+        """Saves like any transformers model; for `trust_remote_code=True` users also writes an `auto_map` entry for
+        every Auto class of the family and copies the image processor's code."""
+        ships_code = self._auto_class is not None
+        code_directory = Path(__file__).parent
+        processor_files = self.code_family.module_files(code_directory) if ships_code else []
+        if ships_code:
+            auto_map = {**(getattr(self.config, "auto_map", None) or {}), **self.code_family.auto_map()}
+            if not processor_files:
+                auto_map.pop("AutoImageProcessor")
+            self.config.auto_map = auto_map
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        for source in processor_files:
+            shutil.copyfile(source, Path(save_directory) / source.name)
+        if processor_files:
+            defer_processor_class_to_model_config(save_directory)  # a processor saved there first
+        return result
+
+
+class ProcessorCodeMixin:
+    """For the image processors: preprocessor_config.json never names code (no `auto_map`, and no processor class
+    where the model's config.json maps `AutoImageProcessor`)."""
+
+    def save_pretrained(self, save_directory: str | Path, *args: Any, **kwargs: Any) -> list[str]:
+        saved = super().save_pretrained(save_directory, *args, **kwargs)
+        defer_processor_class_to_model_config(save_directory)  # a model saved there first ships the class
+        return saved
+
+    def to_dict(self) -> dict[str, Any]:
+        output = super().to_dict()
+        output.pop("auto_map", None)  # the model's config.json carries it
+        return output
+
+
+__all__ = [
+    "CODE_FAMILIES",
+    "FAPN",
+    "MASKFORMER_FAPN",
+    "CodeFamily",
+    "FamilyCodeSavingMixin",
+    "ProcessorCodeMixin",
+    "defer_processor_class_to_model_config",
+    "register_family",
+]
