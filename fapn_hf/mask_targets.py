@@ -6,7 +6,7 @@ to no mask (so the padding, filled with the ignore label, does too), and an imag
 masks at all, a `(0, H, W)` tensor. `semantic_to_mask_targets` does this for a batch; `MaskClassificationCollator`
 batches the dataset's `{"pixel_values", "labels"}` samples into what `MaskFormerFaPNForInstanceSegmentation` takes.
 
-A flat module depending on torch alone, so that the remote-code image processor may import it.
+A flat module depending on torch and `labels.py` alone, so that the remote-code image processor may import it.
 """
 
 from __future__ import annotations
@@ -16,16 +16,18 @@ from dataclasses import dataclass
 
 import torch
 
+from .labels import check_label_values
+
 
 def semantic_to_mask_targets(
-    labels: torch.Tensor | Sequence[torch.Tensor], ignore_index: int = 255, num_labels: int | None = None
+    labels: torch.Tensor | Sequence[torch.Tensor], num_labels: int, ignore_index: int = 255
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Per-class binary masks and their classes from semantic label maps.
 
     Args:
         labels: `(N, H, W)` integer class ids, or a sequence of `(H_i, W_i)` maps (sizes may differ).
         ignore_index: the label of pixels that belong to no class (no mask is made for it).
-        num_labels: when given, every other label must lie in `[0, num_labels)`.
+        num_labels: every label other than `ignore_index` must lie in `[0, num_labels)`.
 
     Returns:
         `(mask_labels, class_labels)`: per image a float `(K_i, H_i, W_i)` tensor of 0/1 masks, one per class
@@ -41,15 +43,9 @@ def semantic_to_mask_targets(
             raise ValueError(f"label map {index} must be (height, width), got shape {tuple(label_map.shape)}")
         if label_map.is_floating_point() or label_map.is_complex() or label_map.dtype == torch.bool:
             raise ValueError(f"label map {index} must hold integer class ids, got dtype {label_map.dtype}")
+        check_label_values(label_map, num_labels, ignore_index, name=f"label map {index}")
         classes = torch.unique(label_map)  # sorted
         classes = classes[classes != ignore_index]
-        if classes.numel() and (classes[0] < 0 or (num_labels is not None and classes[-1] >= num_labels)):
-            bad = int(classes[0]) if classes[0] < 0 else int(classes[-1])
-            expected = f"[0, {num_labels})" if num_labels is not None else "non-negative"
-            raise ValueError(
-                f"label map {index} holds class id {bad}; class ids must be {expected} or the ignore index "
-                f"{ignore_index}"
-            )
         mask_labels.append((label_map[None] == classes[:, None, None]).float())
         class_labels.append(classes.long())
     return mask_labels, class_labels
@@ -65,8 +61,8 @@ class MaskClassificationCollator:
     at the padded size). Usable as a `Trainer`'s `data_collator`.
     """
 
+    num_labels: int
     ignore_index: int = 255
-    num_labels: int | None = None
 
     def __call__(self, samples: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor | list[torch.Tensor]]:
         if not samples:
@@ -88,7 +84,7 @@ class MaskClassificationCollator:
             pixel_values[index, :, :h, :w] = sample["pixel_values"]
             pixel_mask[index, :h, :w] = 1
             labels[index, :h, :w] = sample["labels"]
-        mask_labels, class_labels = semantic_to_mask_targets(labels, self.ignore_index, self.num_labels)
+        mask_labels, class_labels = semantic_to_mask_targets(labels, self.num_labels, self.ignore_index)
         return {
             "pixel_values": pixel_values,
             "pixel_mask": pixel_mask,
