@@ -28,6 +28,7 @@ def _fresh_dynamo():
     torch.compiler.reset()
 
 
+@pytest.mark.slow
 def test_eval_forward_compiles_as_one_graph_and_matches_eager():
     model = with_offsets(FaPNForSemanticSegmentation(tiny_config(use_point_rend=True))).eval()
     pixel_values = torch.randn(2, 3, 64, 96)
@@ -38,6 +39,7 @@ def test_eval_forward_compiles_as_one_graph_and_matches_eager():
         torch.testing.assert_close(compiled(pixel_values).logits, model(pixel_values).logits, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_training_step_with_labels_compiles_fullgraph_and_matches_eager():
     # float64: AOT autograd may sum gradients in another order, which float32 round-off turns into ~1e-4 relative
     # differences on large reductions (the stem conv); in float64 the two must agree to round-off.

@@ -126,6 +126,7 @@ def r101(tmp_path_factory):
     return reference, state, result, output
 
 
+@pytest.mark.slow
 def test_r101_original_layout_is_the_real_one(r101):
     _, state, result, _ = r101
     keys = set(state)
@@ -147,6 +148,7 @@ def test_r101_original_layout_is_the_real_one(r101):
     assert state["sem_seg_head.pixel_decoder.align_1.dcpack_L2.conv_offset_mask.bias"].abs().mean() > 0.5
 
 
+@pytest.mark.slow
 def test_r101_converts_exactly_end_to_end(r101):
     reference, _, _, output = r101
     model = AutoModelForUniversalSegmentation.from_pretrained(output).eval()

@@ -285,6 +285,7 @@ def _run_offline(script: str, cwd: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_remote_code_loads_without_fapn_hf(saved_maskformer, tmp_path_factory):
     model, folder = saved_maskformer
     work = tmp_path_factory.mktemp("remote")

@@ -209,7 +209,8 @@ def test_targets_of_an_ignored_image_are_empty_and_bad_labels_are_refused():
     assert classes[0].tolist() == [2, 255]
     with pytest.raises(
         ValueError,
-        match=r"label map 0 contain values \[5\] \(1 pixels\) outside the label map: expected class ids in \[0, 5\) or the ignore index 255",
+        match=r"label map 0 contain values \[5\] \(1 pixels\) outside the label map: expected class ids in "
+        r"\[0, 5\) or the ignore index 255",
     ):
         semantic_to_mask_targets(torch.tensor([[[0, 5]]]), num_labels=5)
     with pytest.raises(ValueError, match=r"values \[-1\]"):

@@ -378,6 +378,7 @@ def test_timm_swin_channels_last_maps_become_nchw():
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point_rend", [False, True], ids=["semantic-fpn", "pointrend"])
 def test_whole_model_exports_to_onnx(tmp_path, point_rend):
     onnxruntime = pytest.importorskip("onnxruntime", reason="ONNX export check needs the [test] extra")
