@@ -29,7 +29,7 @@ test: lint transformers-tests
 	$(PY) -m pytest -q
 
 benchmark: $(STAMP)
-	$(PY) scripts/benchmark.py
+	$(PY) -m fapn_hf benchmark
 
 reproduce: $(STAMP)
 	$(PY) scripts/reproduce_fpn_vs_fapn.py
