@@ -90,13 +90,41 @@ def parse_arguments(
     positional = [item for item in fields(arguments_class) if not item.init]
     for item in positional:
         parser.add_argument(item.name, **item.metadata)
+    argv = sys.argv[1:] if argv is None else list(argv)
     with user_errors(ValueError):
         parsed, *rest = parser.parse_args_into_dataclasses(
-            args=None if argv is None else list(argv), look_for_args_file=False
+            args=_explicit_booleans(parser, argv), look_for_args_file=False
         )
     for item in positional:
         setattr(parsed, item.name, getattr(rest[0], item.name))
     return parsed
+
+
+# What HfArgumentParser's boolean flags accept as a value (transformers.hf_argparser.string_to_bool).
+BOOLEAN_WORDS = frozenset({"yes", "no", "true", "false", "t", "f", "y", "n", "1", "0"})
+
+
+def _explicit_booleans(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """`argv` with `true` after each boolean flag that is not followed by a boolean word.
+
+    HfArgumentParser's boolean flags take an optional value, so argparse would read the word after `--flip` as its
+    value even when it is a positional argument (`fapn-predict --flip photo.jpg`); a boolean flag takes a value only
+    when that value is a boolean word."""
+    flags = {
+        option
+        for action in parser._actions  # the parser's own list of arguments
+        if action.nargs == "?" and action.const is True
+        for option in action.option_strings
+    }
+    explicit = []
+    for index, word in enumerate(argv):
+        if word == "--":  # the rest is positional
+            return explicit + argv[index:]
+        explicit.append(word)
+        following = argv[index + 1] if index + 1 < len(argv) else None
+        if word in flags and (following is None or following.lower() not in BOOLEAN_WORDS):
+            explicit.append("true")
+    return explicit
 
 
 @contextmanager

@@ -146,6 +146,15 @@ def test_evaluate_command_accepts_dashed_flags_and_names_bad_values(demo_model_f
         cli.evaluate_main(["--model", str(demo_model_folder), "--window", "48"])
 
 
+def test_boolean_flags_take_a_value_only_when_it_is_a_boolean_word():
+    argv = ["--model", "m", "--flip", "a.jpg", "--overwrite", "false", "b.png", "--trust-remote-code"]
+    parsed = cli.parse_arguments(cli.PredictArguments, argv, "fapn-predict", "")
+    assert parsed.flip is True and parsed.overwrite is False and parsed.trust_remote_code is True
+    assert parsed.images == [Path("a.jpg"), Path("b.png")]
+    parsed = cli.parse_arguments(cli.PredictArguments, ["--model", "m", "--flip", "--", "true"], "fapn-predict", "")
+    assert parsed.flip is True and parsed.images == [Path("true")]
+
+
 def test_predict_command_runs_as_an_installed_command(demo_model_folder, tmp_path):
     """`python -m fapn_hf predict` in a fresh process, as the `fapn-predict` console script runs it."""
     rng = np.random.default_rng(0)
