@@ -61,7 +61,7 @@ ArgumentsT = TypeVar("ArgumentsT")
 
 EPILOG = (
     "Flags take underscores (--output_dir) or dashes (--output-dir); boolean flags take an optional true/false "
-    "(--flip, --flip false). Errors end with 'error: ...' and exit status 1."
+    "(--flip, --flip false). Errors end with 'error: ...' and exit status 1 (2: a malformed command line)."
 )
 # A palette PNG holds 256 colours; models with more classes get 16-bit grayscale label maps.
 PALETTE_SIZE = 256

@@ -147,7 +147,7 @@ def test_evaluate_command_accepts_dashed_flags_and_names_bad_values(demo_model_f
 
 
 def test_boolean_flags_take_a_value_only_when_it_is_a_boolean_word():
-    argv = ["--model", "m", "--flip", "a.jpg", "--overwrite", "false", "b.png", "--trust-remote-code"]
+    argv = ["--model", "m", "--flip", "a.jpg", "b.png", "--overwrite", "false", "--trust-remote-code"]
     parsed = cli.parse_arguments(cli.PredictArguments, argv, "fapn-predict", "")
     assert parsed.flip is True and parsed.overwrite is False and parsed.trust_remote_code is True
     assert parsed.images == [Path("a.jpg"), Path("b.png")]
