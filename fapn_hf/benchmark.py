@@ -11,7 +11,7 @@ Everything is measured in one run, on one device, so the printed ratios compare 
    `torchvision.ops.deform_conv2d`.
 3. Targets: every ratio of the issue, next to its target, with a pass/miss mark.
 
-Latency: `torch.utils.benchmark.Timer.blocked_autorange` (at least `--min-run-time` seconds per case after a
+Latency: `torch.utils.benchmark.Timer.blocked_autorange` (at least `--min_run_time` seconds per case after a
 warm-up call, with `--threads` threads); the median is the figure, the minimum is kept in the JSON. With `--rounds`
 above 1 every case is timed that many times, interleaved with the others, and the round with the lowest median
 counts: on a shared machine this keeps the ratios of one run comparable.
@@ -574,7 +574,7 @@ def logits_agreement(reference: torch.Tensor, other: torch.Tensor) -> dict[str, 
 
 
 def measure_runtimes(args: BenchmarkArguments, device: torch.device) -> list[dict[str, Any]]:
-    """Per size of `--runtime-sizes`: latency of eager float32, `torch.compile` (backend `--compile-backend`, static
+    """Per size of `--runtime_sizes`: latency of eager float32, `torch.compile` (backend `--compile_backend`, static
     shapes; compile time reported apart), eager under bf16 autocast and the ONNX export run by onnxruntime (CPU, the
     same threads), each with its max logit difference and label agreement against eager float32."""
     import tempfile
