@@ -42,7 +42,6 @@ from fapn_hf.convert_original import (
     convert_checkpoint,
     convert_state_dict,
     describe_checkpoint,
-    main,
     read_checkpoint,
 )
 from fapn_hf.hub import model_card, plan_upload, read_conversion_record
@@ -341,8 +340,8 @@ def test_strict_check_lists_missing_unexpected_and_misshaped_tensors(r50, tmp_pa
 
 def test_cli_writes_the_folder_and_prints_the_table_size(r50, tmp_path, capsys):
     output = tmp_path / "cli"
-    code = main(["--checkpoint", str(r50.checkpoints[False]), "--model", "fapn-r50-cityscapes",
-                 "--output-dir", str(output), "--not-release"])  # fmt: skip
+    code = cli.convert_main(["--checkpoint", str(r50.checkpoints[False]), "--model", "fapn-r50-cityscapes",
+                             "--output_dir", str(output), "--not_release"])  # fmt: skip
     assert code == 0
     printed = capsys.readouterr().out
     assert "rename table: 18 rules" in printed and "model.safetensors" in printed
