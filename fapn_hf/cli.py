@@ -40,8 +40,6 @@ import torch
 from transformers import AutoModelForSemanticSegmentation, HfArgumentParser
 
 from . import __version__
-from .benchmark import BenchmarkArguments, run_benchmark
-from .benchmark import __doc__ as benchmark_doc
 from .convert_original import ORIGINAL_MODELS, convert_checkpoint
 from .evaluation import evaluate
 from .hub import plan_upload, push_folder, require_token
@@ -547,6 +545,10 @@ def export_onnx_main(argv: Sequence[str] | None = None) -> int:
 def benchmark_main(argv: Sequence[str] | None = None) -> int:
     """`fapn-benchmark`: FaPN vs FPN, the pure-PyTorch deformable convolution vs torchvision's, runtimes, and the
     speed targets (`fapn_hf.benchmark.run_benchmark`; arguments: `BenchmarkArguments`)."""
+    # Imported here: torch.utils.benchmark (and its C++ extension probe, which warns without CUDA) only for this.
+    from .benchmark import BenchmarkArguments, run_benchmark
+    from .benchmark import __doc__ as benchmark_doc
+
     description = benchmark_doc.split("\n\n")[0]
     args = parse_arguments(BenchmarkArguments, argv, "fapn-benchmark", description)
     if args.threads is not None:

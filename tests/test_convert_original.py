@@ -377,7 +377,7 @@ def test_converted_model_exports_to_onnx(r50, tmp_path):
 def test_pth_holding_code_is_refused_unless_trusted(tmp_path):
     path = tmp_path / "model_final.pth"
     torch.save({"model": {"backbone.fan_align5.weight": torch.zeros(1)}, "cfg": Namespace(depth=50)}, path)
-    refusal = r"model_final.pth: .*weights_only=True.*argparse.Namespace.*--trust-pickle"
+    refusal = r"model_final.pth: .*weights_only=True.*argparse.Namespace.*--trust_pickle"
     with pytest.raises(CheckpointError, match=refusal):
         read_checkpoint(path)
     with pytest.warns(UserWarning, match="full pickle"):
