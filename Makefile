@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) scripts/train.py recipes/demo.yaml --overwrite_output_dir true
+	$(VENV)/bin/fapn-train recipes/demo.yaml --overwrite_output_dir true
 
 lint: $(STAMP)
 	$(PY) -m ruff check fapn_hf scripts tests
@@ -33,7 +33,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
 benchmark: $(STAMP)
-	$(PY) scripts/benchmark.py
+	$(PY) -m fapn_hf benchmark
 
 reproduce: $(STAMP)
 	$(PY) scripts/reproduce_fpn_vs_fapn.py

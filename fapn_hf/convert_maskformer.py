@@ -2,7 +2,7 @@
 ResNet-101 checkpoints (MaskFormer's detectron2 layout with the `BasePixelFANDecoder` keys of SPEC 3) into
 `MaskFormerFaPNForInstanceSegmentation` folders.
 
-    fapn-convert --checkpoint model_final.pth --model maskformer-fapn-r101-cocostuff --output-dir maskformer-fapn-r101
+    fapn-convert --checkpoint model_final.pth --model maskformer-fapn-r101-cocostuff --output_dir maskformer-fapn-r101
 
 What renaming alone cannot do happens in `_maskformer_transform`: the transformer decoder's fused `in_proj`
 (query, key, value stacked in that order, as `nn.MultiheadAttention` stores them) is split into transformers'

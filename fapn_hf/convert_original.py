@@ -1,8 +1,10 @@
 """Convert the authors' detectron2 checkpoints into Hub-ready FaPN folders whose models give the original outputs.
 
-    fapn-convert --checkpoint model_final.pth --model fapn-r50-pointrend-cityscapes --output-dir fapn-r50-pointrend
-    python scripts/convert_original_checkpoint.py --checkpoint model_final.pkl --model fapn-r101-pointrend-cityscapes \
-        --output-dir fapn-r101-pointrend
+    fapn-convert --checkpoint model_final.pth --model fapn-r50-pointrend-cityscapes --output_dir fapn-r50-pointrend
+    python -m fapn_hf convert --checkpoint model_final.pkl --model fapn-r101-pointrend-cityscapes \
+        --output_dir fapn-r101-pointrend
+
+(The command line is `fapn_hf.cli.convert_main`.)
 
 The pieces, each usable on its own:
 
@@ -22,12 +24,10 @@ transformations; reading, the strict check and the folder are shared. `SEMANTIC_
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import pickle
 import re
-import sys
 import warnings
 import zipfile
 from collections import OrderedDict
@@ -126,7 +126,7 @@ def _load_pth(path: Path, trust_pickle: bool) -> Any:
         if not trust_pickle:
             raise CheckpointError(
                 f"{path}: torch.load(weights_only=True) refused it: {_reason(error)}. Opening it with full pickle "
-                "would run code from the file; if you trust it, re-run with --trust-pickle (or trust_pickle=True)"
+                "would run code from the file; if you trust it, re-run with --trust_pickle (or trust_pickle=True)"
             ) from None
         warnings.warn(
             f"{path}: loading with full pickle because trust_pickle is set ({_reason(error)}): this runs code from "
@@ -342,7 +342,7 @@ class ReportedResult:
 class OriginalModel:
     """A checkpoint layout users name on the command line, with the original test-time settings.
 
-    `evaluate_arguments`: what `scripts/evaluate.py` needs besides `--model` to measure it on a local copy of the
+    `evaluate_arguments`: what `fapn-evaluate` needs besides `--model` to measure it on a local copy of the
     data. `release_url`, `reported`: the authors' download page and figures when they released weights of it.
     """
 
@@ -556,7 +556,7 @@ _POINTREND_CONFIGS = "projects/PointRend/configs/SemanticSegmentation"
 
 
 # Cityscapes is not on the Hub: a save_to_disk DatasetDict of leftImg8bit images and gtFine_labelIds maps.
-_CITYSCAPES_EVALUATION = "--dataset /data/cityscapes --split validation --label-mapping cityscapes"
+_CITYSCAPES_EVALUATION = "--dataset /data/cityscapes --split validation --label_mapping cityscapes"
 
 
 def _cityscapes_miou(value: float) -> ReportedResult:
@@ -772,55 +772,6 @@ def _check_saved_folder(folder: Path, state: Mapping[str, torch.Tensor], model_c
         raise RuntimeError(f"the weights written to {folder} differ from the converted ones: {differing[:10]}")
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Command line
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    models = "\n".join(f"  {name:32s} {m.description}" for name, m in ORIGINAL_MODELS.items())
-    parser = argparse.ArgumentParser(
-        prog="fapn-convert",
-        description=__doc__.split("\n\n")[0] + f"\n\nmodels:\n{models}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--checkpoint", required=True, type=Path, help="the original detectron2 .pth or .pkl file")
-    parser.add_argument("--model", required=True, choices=sorted(ORIGINAL_MODELS), help="which original model")
-    parser.add_argument("--output-dir", required=True, type=Path, help="folder to write (created if missing)")
-    parser.add_argument(
-        "--trust-pickle",
-        action="store_true",
-        help="load a .pth that torch.load(weights_only=True) refuses with full pickle (runs code from the file)",
-    )
-    parser.add_argument(
-        "--not-release",
-        action="store_true",
-        help="the checkpoint is not the authors' released file: the card quotes no reported figures",
-    )
-    return parser.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        result = convert_checkpoint(
-            args.checkpoint, args.model, args.output_dir, args.trust_pickle, from_release=not args.not_release
-        )
-    except CheckpointError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"{result.model_name}: {result.num_tensors} tensors from {args.checkpoint}")
-    print(f"source sha256 {result.checkpoint_sha256}")
-    print(f"rename table: {result.num_rename_rules} rules; every original tensor consumed, every model tensor filled")
-    print(f"wrote {result.output_dir}/:")
-    for path in sorted(result.output_dir.iterdir()):
-        if path.is_file():
-            print(f"  {path.name:28s} {path.stat().st_size / 1e6:9.2f} MB")
-    for reported in result.record["reported"]:
-        print(f"card quotes the authors' {reported['metric']} {reported['value']} on {reported['dataset']} (reported)")
-    return 0
-
-
 __all__ = [
     "ORIGINAL_MODELS",
     "SEMANTIC_FAPN",
@@ -836,7 +787,6 @@ __all__ = [
     "convert_checkpoint",
     "convert_state_dict",
     "describe_checkpoint",
-    "main",
     "read_checkpoint",
 ]
 

@@ -242,7 +242,7 @@ class LabelSpec:
                 if len(set(mapping.values())) == self.num_labels and all(0 <= v <= max(mapping) for v in invalid):
                     return (
                         f"; these look like raw {name} ids: map them with label_mapping={name!r} "
-                        f"(--label_mapping {name} for train.py, --label-mapping {name} for evaluate.py)"
+                        f"(--label_mapping {name} for fapn-train and fapn-evaluate)"
                     )
         if not self.reduce_labels:
             return "; if 0 means 'unlabelled' and classes start at 1, use reduce_labels"

@@ -354,7 +354,7 @@ it takes RGB, and the processor's mean and std equal detectron2's BGR `PIXEL_MEA
 local copy of the data with the original test-time settings (the processor's resize, no test-time augmentation):
 
 ```bash
-python scripts/evaluate.py --model {model_name} {record["evaluate_arguments"]}
+fapn-evaluate --model {model_name} {record["evaluate_arguments"]}
 ```
 """
 

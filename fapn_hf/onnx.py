@@ -1,13 +1,13 @@
 """ONNX export of FaPN segmentation models and an ONNX Runtime model that the predictor runs in their place.
 
     fapn-export-onnx outputs/demo                 # writes outputs/demo/model.onnx, verified by onnxruntime
-    python -m fapn_hf.onnx outputs/demo --opset 19
+    python -m fapn_hf export-onnx outputs/demo --opset 19    # the same command (fapn_hf.cli.export_onnx_main)
 
 - `export_onnx(model, folder_or_file)`: the model's logits as an ONNX graph (opset 19 by default, the first with
   the standard `DeformConv` that torchvision's kernel exports to; the pure-PyTorch kernel exports as Gather, Mul
   and ReduceSum), with a dynamic batch, height and width, then checked by onnxruntime against PyTorch at two
   input sizes. In a model folder the file is `model.onnx`, next to `model.safetensors`, and ships with the folder
-  to the Hub (`scripts/push_to_hub.py --onnx` exports it on the way when the folder has none).
+  to the Hub (`fapn-push --onnx` exports it on the way when the folder has none).
 - `OnnxRuntimeModel`: runs that file like the PyTorch model (`model(pixel_values=...).logits`), so
   `SegmentationPredictor(..., backend="onnxruntime")` keeps the one pre- and post-processing path, the image
   processor's. It pads inputs with zeros to a multiple of `size_divisibility` and crops the logits back, exactly
@@ -18,8 +18,6 @@ onnxruntime is an optional dependency: `pip install fapn_hf[onnx]`.
 
 from __future__ import annotations
 
-import argparse
-import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -250,30 +248,6 @@ class OnnxRuntimeModel:
         return f"OnnxRuntimeModel({self.path}, providers={self.session.get_providers()})"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """`fapn-export-onnx FOLDER`: writes FOLDER/model.onnx for the model saved there and verifies it."""
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("model_dir", type=Path, help="a saved FaPN model folder (config.json + model.safetensors)")
-    parser.add_argument("--output", type=Path, default=None, help="file to write (default: MODEL_DIR/model.onnx)")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
-    parser.add_argument("--no-verify", action="store_true", help="skip the onnxruntime comparison")
-    args = parser.parse_args(argv)
-
-    from transformers import AutoModelForSemanticSegmentation
-
-    from .inference import check_model_source
-
-    try:
-        check_model_source(str(args.model_dir))
-        model = AutoModelForSemanticSegmentation.from_pretrained(args.model_dir)
-        path = export_onnx(model, args.output or args.model_dir, opset=args.opset, verify=not args.no_verify)
-    except (FileNotFoundError, OnnxVerificationError, ImportError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)" + ("" if args.no_verify else ", verified"))
-    return 0
-
-
 __all__ = [
     "DEFAULT_OPSET",
     "ONNX_FILE_NAME",
@@ -284,7 +258,3 @@ __all__ = [
     "onnx_file",
     "verify_onnx",
 ]
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -160,7 +160,7 @@ pip install -r requirements.txt
 python app.py                      # serves {model_id}; FAPN_MODEL=ORG/NAME or --model FOLDER for another
 ```
 
-Built by `fapn_hf`'s `scripts/build_space.py` with {", ".join(requirements)}.
+Built by `fapn_hf`'s `fapn-build-space` with {", ".join(requirements)}.
 """
     return SpaceCard(f"---\n{data.to_yaml()}\n---\n{body}")
 

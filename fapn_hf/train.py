@@ -1,5 +1,5 @@
 """Training FaPN with the Hugging Face `Trainer`: `run_training` runs a whole recipe, `main` is the `fapn-train`
-command (and `scripts/train.py`, `python -m fapn_hf.train`).
+command (also `python -m fapn_hf.train`, which `torchrun -m` launches).
 
     fapn-train recipes/demo.yaml                                   # the built-in demo data, CPU friendly
     fapn-train recipes/cityscapes_fapn_r50_pointrend.yaml --dataset /data/cityscapes-hf

@@ -4,7 +4,7 @@
     FAPN_MODEL=ORG/NAME python app.py               # another Hub model (a Space sets FAPN_MODEL in its settings)
     python app.py --model path/to/folder --port 7860
 
-`scripts/build_space.py` turns this file into a Space folder (app, front matter, examples, requirements, the
+`fapn-build-space` turns this file into a Space folder (app, front matter, examples, requirements, the
 package); the model comes from `--model`, else FAPN_MODEL, else the first entry of `models:` in the README.md next to
 this file. A model that does not load leaves the page up with a message saying what failed and what to do.
 

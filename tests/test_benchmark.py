@@ -1,42 +1,52 @@
-"""`scripts/benchmark.py`: it runs end to end in quick mode and reports every target of issue 13 (no timing asserts:
-figures depend on the machine)."""
+"""`fapn-benchmark` (`fapn_hf.benchmark`): it runs end to end in quick mode and reports every target of issue 13 (no
+timing asserts: figures depend on the machine)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = REPO_ROOT / "scripts" / "benchmark.py"
+import pytest
 
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("fapn_benchmark_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+from fapn_hf import cli
+from fapn_hf.benchmark import BenchmarkArguments
 
 
 def test_quick_defaults_and_explicit_arguments():
-    benchmark = _load_script()
-    full = benchmark.parse_args([])
+    full = cli.parse_arguments(BenchmarkArguments, [], "fapn-benchmark", "")
     assert (full.backbone, full.height, full.width) == ("resnet50", 512, 1024)
-    assert full.dcn_sizes == [(64, 128), (128, 256)] and full.dcn_batch_sizes == [1, 2]
-    quick = benchmark.parse_args(["--quick", "--dcn-sizes", "8x16,12x20", "--height", "96"])
+    assert full.dcn_sizes == ["64x128", "128x256"] and full.dcn_batch_sizes == [1, 2]
+    quick = cli.parse_arguments(
+        BenchmarkArguments, ["--quick", "--dcn-sizes", "8x16", "12X20", "--height", "96"], "fapn-benchmark", ""
+    )
     assert quick.backbone == "resnet18" and quick.height == 96  # explicit values win over the quick defaults
-    assert quick.dcn_sizes == [(8, 16), (12, 20)] and quick.dcn_batch_sizes == [1]
+    assert quick.dcn_sizes == ["8x16", "12x20"] and quick.dcn_batch_sizes == [1]
+    # The child processes that measure memory rebuild the same (resolved) arguments from to_argv().
+    assert cli.parse_arguments(BenchmarkArguments, quick.to_argv(), "fapn-benchmark", "") == quick
+    with pytest.raises(SystemExit, match=r"error: expected a size HxW such as 512x1024, got '8by16'"):
+        cli.parse_arguments(BenchmarkArguments, ["--dcn_sizes", "8by16"], "fapn-benchmark", "")
+    with pytest.raises(SystemExit, match=r"error: rounds must be >= 1 and min_run_time > 0, got 0 and 2.0"):
+        cli.parse_arguments(BenchmarkArguments, ["--rounds", "0"], "fapn-benchmark", "")
 
 
 def test_quick_run_prints_every_target_and_writes_json(tmp_path):
     output = tmp_path / "bench" / "figures.json"
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--device", "cpu", "--threads", "2", "--output", str(output)],
-        cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "fapn_hf",
+            "benchmark",
+            "--quick",
+            "--device",
+            "cpu",
+            "--threads",
+            "2",
+            "--output",
+            str(output),
+        ],
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
         capture_output=True,
         text=True,

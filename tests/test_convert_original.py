@@ -21,8 +21,6 @@ import copy
 import json
 import os
 import pickle
-import subprocess
-import sys
 from argparse import Namespace
 from pathlib import Path
 
@@ -34,8 +32,7 @@ from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation
 
-import fapn_hf
-from fapn_hf import SegmentationPredictor
+from fapn_hf import SegmentationPredictor, cli
 from fapn_hf.convert_original import (
     ORIGINAL_MODELS,
     SEMANTIC_FAPN,
@@ -45,7 +42,6 @@ from fapn_hf.convert_original import (
     convert_checkpoint,
     convert_state_dict,
     describe_checkpoint,
-    main,
     read_checkpoint,
 )
 from fapn_hf.hub import model_card, plan_upload, read_conversion_record
@@ -240,7 +236,7 @@ def test_rename_rules_shift_and_halve_indices_exactly():
 
 
 def test_predictor_and_evaluation_path_equal_the_original(r50):
-    """`SegmentationPredictor` (used by scripts/evaluate.py and the Space) normalises like the processor, so its
+    """`SegmentationPredictor` (used by fapn-evaluate and the Space) normalises like the processor, so its
     probabilities are the original's softmax."""
     image = _test_image(seed=1)
     expected = _reference_logits(r50.references[True], image, torch.float32).softmax(dim=0)
@@ -286,7 +282,7 @@ def test_converted_folder_is_hub_ready_with_its_provenance(r50):
     assert "ResNet-50 (MSRA, stride in the 1x1 conv), semantic FPN head + PointRend, 19 classes" in card.text
     plan = plan_upload(folder, repo_id="org/fapn-r50-pointrend-cityscapes")
     assert "conversion.json" in plan.files and plan.card.data.eval_results[0].metric_value == 80.0
-    command = "scripts/evaluate.py --model org/fapn-r50-pointrend-cityscapes --dataset /data/cityscapes --split"
+    command = "fapn-evaluate --model org/fapn-r50-pointrend-cityscapes --dataset /data/cityscapes --split"
     assert command in plan.card.text
 
 
@@ -344,8 +340,8 @@ def test_strict_check_lists_missing_unexpected_and_misshaped_tensors(r50, tmp_pa
 
 def test_cli_writes_the_folder_and_prints_the_table_size(r50, tmp_path, capsys):
     output = tmp_path / "cli"
-    code = main(["--checkpoint", str(r50.checkpoints[False]), "--model", "fapn-r50-cityscapes",
-                 "--output-dir", str(output), "--not-release"])  # fmt: skip
+    code = cli.convert_main(["--checkpoint", str(r50.checkpoints[False]), "--model", "fapn-r50-cityscapes",
+                             "--output_dir", str(output), "--not_release"])  # fmt: skip
     assert code == 0
     printed = capsys.readouterr().out
     assert "rename table: 18 rules" in printed and "model.safetensors" in printed
@@ -381,7 +377,7 @@ def test_converted_model_exports_to_onnx(r50, tmp_path):
 def test_pth_holding_code_is_refused_unless_trusted(tmp_path):
     path = tmp_path / "model_final.pth"
     torch.save({"model": {"backbone.fan_align5.weight": torch.zeros(1)}, "cfg": Namespace(depth=50)}, path)
-    refusal = r"model_final.pth: .*weights_only=True.*argparse.Namespace.*--trust-pickle"
+    refusal = r"model_final.pth: .*weights_only=True.*argparse.Namespace.*--trust_pickle"
     with pytest.raises(CheckpointError, match=refusal):
         read_checkpoint(path)
     with pytest.warns(UserWarning, match="full pickle"):
@@ -476,21 +472,25 @@ def test_unknown_model_names_list_the_available_ones(tmp_path):
         convert_checkpoint(tmp_path / "x.pth", "fapn-r18", tmp_path / "out")
 
 
-def test_script_wrapper_reports_errors_without_a_traceback(tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "scripts" / "convert_original_checkpoint.py"), "--checkpoint",
-         str(tmp_path / "missing.pth"), "--model", "fapn-r50-pointrend-cityscapes", "--output-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert result.returncode == 2 and "error: checkpoint not found" in result.stderr
-    assert "Traceback" not in result.stderr
+def test_convert_command_reports_errors_without_a_traceback(tmp_path):
+    argv = ["--checkpoint", str(tmp_path / "missing.pth"), "--model", "fapn-r50-pointrend-cityscapes"]
+    with pytest.raises(SystemExit, match="^error: checkpoint not found"):
+        cli.convert_main([*argv, "--output_dir", str(tmp_path)])
+    with pytest.raises(SystemExit) as unknown:  # argparse's own usage error names the choices
+        cli.convert_main(["--checkpoint", "x.pth", "--model", "fapn-r18", "--output_dir", str(tmp_path)])
+    assert unknown.value.code == 2
 
 
-def test_console_script_is_declared():
+def test_console_scripts_are_declared():
     tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
     scripts = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    module, function = scripts["fapn-convert"].split(":")
-    assert module == "fapn_hf.convert_original" and callable(getattr(fapn_hf.convert_original, function))
+    expected = {"fapn-evaluate", "fapn-predict", "fapn-create-model", "fapn-push", "fapn-convert", "fapn-export-onnx",
+                "fapn-benchmark", "fapn-build-space"}  # fmt: skip
+    assert expected <= set(scripts)
+    for name in expected:
+        module, function = scripts[name].split(":")
+        assert module == "fapn_hf.cli" and callable(getattr(cli, function)), name
+        assert name.removeprefix("fapn-") in cli.COMMANDS  # python -m fapn_hf runs the same command
 
 
 def test_model_table_names_sizes_and_reported_figures():

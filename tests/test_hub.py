@@ -381,12 +381,12 @@ def test_pretrained_backbone_from_a_local_file_and_not_refetched_on_reload(tmp_p
     assert "OK" in _run_offline(["-c", script], HF_HUB_CACHE=str(empty_cache)).stdout
 
 
-def test_create_model_script_writes_a_loadable_folder(tmp_path):
-    script = str(REPO_ROOT / "scripts" / "create_model.py")
+def test_create_model_command_writes_a_loadable_folder(tmp_path):
     output = tmp_path / "out"
     result = _run_offline(
-        [script, "--preset", "fapn-r18", "--labels", "background,road,car", "--output-dir", str(output)]
-    )
+        ["-m", "fapn_hf", "create-model", "--preset", "fapn-r18", "--labels", "background,road,car",
+         "--output_dir", str(output)]
+    )  # fmt: skip
     assert "reload check" in result.stdout
     config = AutoConfig.from_pretrained(output)
     assert config.id2label == {0: "background", 1: "road", 2: "car"}

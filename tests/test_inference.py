@@ -1,4 +1,4 @@
-"""Test-time augmentation, sliding windows, and the evaluate / predict scripts."""
+"""Test-time augmentation, sliding windows, and the evaluate / predict commands."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from conftest import tiny_config
 from PIL import Image
 from transformers.modeling_outputs import SemanticSegmenterOutput
 
-from fapn_hf import FaPNForSemanticSegmentation, FaPNImageProcessor
+from fapn_hf import FaPNForSemanticSegmentation, FaPNImageProcessor, cli
 from fapn_hf.inference import SegmentationPredictor, TTAConfig, parse_scales, sliding_window_logits
 from fapn_hf.transforms import parse_size
 
@@ -116,26 +116,54 @@ def demo_model_folder(tmp_path_factory):
     return folder
 
 
-def test_evaluate_script_reports_metrics_with_tta(demo_model_folder, tmp_path):
+def test_evaluate_command_reports_metrics_with_tta(demo_model_folder, tmp_path, capsys):
     output = tmp_path / "metrics.json"
-    result = _run([
-        str(REPO_ROOT / "scripts" / "evaluate.py"), "--model", str(demo_model_folder), "--dataset", "demo",
-        "--max-samples", "3", "--scales", "0.75,1.0", "--flip", "--window", "48x48", "--output", str(output),
-    ])  # fmt: skip
-    assert "mean_iou" in result.stdout and "boundary_mean_iou" in result.stdout
+    assert cli.evaluate_main([
+        "--model", str(demo_model_folder), "--dataset", "demo", "--max_samples", "3", "--scales", "0.75", "1.0",
+        "--flip", "--window", "48x48", "--output", str(output),
+    ]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "mean_iou" in printed and "boundary_mean_iou" in printed and "scales [0.75, 1.0], flip True" in printed
     metrics = json.loads(output.read_text())
     assert metrics["num_images"] == 3 and 0 <= metrics["mean_iou"] <= 1
+    assert metrics["tta"] == {"scales": [0.75, 1.0], "flip": True, "window": [48, 48]}
     assert set(metrics["per_class_iou"]) == {"background", "blob", "box", "wire", "dot", "shard"}
 
 
-def test_predict_script_writes_label_maps_and_overlays(demo_model_folder, tmp_path):
+def test_evaluate_command_accepts_dashed_flags_and_names_bad_values(demo_model_folder, tmp_path):
+    """HfArgumentParser's dashed aliases (`--max-samples`) parse to the same arguments; a bad value ends the command
+    with `error: ...` naming it, not a traceback."""
+    dashed = cli.parse_arguments(
+        cli.EvaluateArguments, ["--model", "m", "--max-samples", "2", "--reduce-labels"], "x", ""
+    )
+    underscored = cli.parse_arguments(
+        cli.EvaluateArguments, ["--model", "m", "--max_samples", "2", "--reduce_labels"], "x", ""
+    )
+    assert dashed == underscored and dashed.max_samples == 2 and dashed.reduce_labels is True
+    with pytest.raises(SystemExit, match=r"error: scales must be finite and positive, got \(1.0, -0.5\)"):
+        cli.evaluate_main(["--model", str(demo_model_folder), "--scales", "1.0", "-0.5"])
+    with pytest.raises(SystemExit, match=r"error: expected a size HxW such as 512x1024, got '48'"):
+        cli.evaluate_main(["--model", str(demo_model_folder), "--window", "48"])
+
+
+def test_boolean_flags_take_a_value_only_when_it_is_a_boolean_word():
+    argv = ["--model", "m", "--flip", "a.jpg", "b.png", "--overwrite", "false", "--trust-remote-code"]
+    parsed = cli.parse_arguments(cli.PredictArguments, argv, "fapn-predict", "")
+    assert parsed.flip is True and parsed.overwrite is False and parsed.trust_remote_code is True
+    assert parsed.images == [Path("a.jpg"), Path("b.png")]
+    parsed = cli.parse_arguments(cli.PredictArguments, ["--model", "m", "--flip", "--", "true"], "fapn-predict", "")
+    assert parsed.flip is True and parsed.images == [Path("true")]
+
+
+def test_predict_command_runs_as_an_installed_command(demo_model_folder, tmp_path):
+    """`python -m fapn_hf predict` in a fresh process, as the `fapn-predict` console script runs it."""
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (30, 45, 3), dtype=np.uint8)).save(tmp_path / "photo.jpg")
     Image.fromarray(rng.integers(0, 255, (25, 20), dtype=np.uint8)).save(tmp_path / "gray.png")
     (tmp_path / "broken.png").write_bytes(b"not an image")
     out = tmp_path / "out"
     result = _run([
-        str(REPO_ROOT / "scripts" / "predict.py"), "--model", str(demo_model_folder), "--output-dir", str(out),
+        "-m", "fapn_hf", "predict", "--model", str(demo_model_folder), "--output-dir", str(out),
         "--flip", str(tmp_path / "photo.jpg"), str(tmp_path / "gray.png"), str(tmp_path / "broken.png"),
     ])  # fmt: skip
     assert "skipped" in result.stderr and "broken.png" in result.stderr

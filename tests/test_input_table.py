@@ -1,18 +1,16 @@
 """Inputs as people have them, in one table: each case and the outcome it must have.
 
 Outcomes: "ok" (the call succeeds and its checks hold), "error" (a clear error: the message matches the pattern and
-is raised by fapn_hf or its scripts, not from inside torch / PIL / datasets), "warning" (the call succeeds and warns
+is raised by fapn_hf or its commands, not from inside torch / PIL / datasets), "warning" (the call succeeds and warns
 with a message matching the pattern). The categories are those of the issue "One image path and one evaluation path":
 image kinds and bit depths, transparency and animation, wrong shapes and types, model inputs, configs, test-time
-augmentation, model and data sources, splits, labels, training folders and checkpoints, and predict.py's outputs.
+augmentation, model and data sources, splits, labels, training folders and checkpoints, and fapn-predict's outputs.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 import traceback
 import warnings
 from collections import Counter
@@ -32,7 +30,7 @@ from safetensors.torch import save_file
 from transformers import TimmBackboneConfig
 from transformers.modeling_outputs import SemanticSegmenterOutput
 
-from fapn_hf import FaPNConfig, FaPNForSemanticSegmentation, FaPNImageProcessor, SegmentationPredictor, TTAConfig
+from fapn_hf import FaPNConfig, FaPNForSemanticSegmentation, FaPNImageProcessor, SegmentationPredictor, TTAConfig, cli
 from fapn_hf.builders import build_model
 from fapn_hf.data import LabelSpec, check_samples, decode_sample, load_segmentation_dataset
 from fapn_hf.image_processing_fapn import decode_image
@@ -80,7 +78,7 @@ class Case:
     run: Callable[[Context], Any]
     expect: str  # "ok", "error" or "warning"
     pattern: str = ""
-    origin: str = "fapn_hf"  # who raises the error: fapn_hf (or its scripts), or a library named here
+    origin: str = "fapn_hf"  # who raises the error: fapn_hf (its commands included), or a library named here
 
 
 @pytest.fixture(scope="module")
@@ -93,14 +91,6 @@ def ctx(tmp_path_factory) -> Context:
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return Context(tmp, model, processor, SegmentationPredictor(model, processor), folder)
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"fapn_table_{name}", REPO_ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 # ------------------------------------------------------------------------------------------------------- helpers
@@ -228,7 +218,7 @@ def model_file(c: Context) -> str:
 
 def evaluate_script(*argv: str) -> Callable[[Context], None]:
     def run(c: Context) -> None:
-        load_script("evaluate").main([*(arg.format(model=c.folder) for arg in argv)])
+        cli.evaluate_main([*(arg.format(model=c.folder) for arg in argv)])
 
     return run
 
@@ -381,8 +371,8 @@ def fine_tune_mistyped(c: Context) -> None:
 
 
 def predict(c: Context, model: Path, output: Path, *images: Path, overwrite: bool = False) -> None:
-    argv = ["--model", str(model), "--output-dir", str(output), *map(str, images)]
-    assert load_script("predict").main(argv + (["--overwrite"] if overwrite else [])) == 0
+    argv = ["--model", str(model), "--output_dir", str(output), *map(str, images)]
+    assert cli.predict_main(argv + (["--overwrite"] if overwrite else [])) == 0
 
 
 def more_than_256_classes(c: Context) -> None:
@@ -766,7 +756,10 @@ CASES = [
         r"model not found: .*model\.safetensors is a file",
     ),
     Case(
-        "evaluate.py with a mistyped model", evaluate_script("--model", "{model}x"), "error", r"error: model not found"
+        "fapn-evaluate with a mistyped model",
+        evaluate_script("--model", "{model}x"),
+        "error",
+        r"error: model not found",
     ),
     Case(
         "fine-tuning a mistyped model_name_or_path",
@@ -799,7 +792,7 @@ CASES = [
         r"no split 'valid'; it has \['validation'\].*validation_fraction",
     ),
     Case(
-        "evaluate.py --split test",
+        "fapn-evaluate --split test",
         evaluate_script("--model", "{model}", "--dataset", "demo", "--split", "test"),
         "error",
         r"error: the data set has no split 'test'; it has \['train', 'validation'\]",
@@ -860,10 +853,10 @@ CASES = [
         r"checkpoint-6 is incomplete: it has no trainer_state\.json.*--resume_from_checkpoint .*checkpoint-3",
     ),
     Case("resume last without a checkpoint", resume_without_checkpoints, "error", r"holds no checkpoint-\* folder"),
-    # predict.py's outputs.
-    Case("predict.py with more than 256 classes", more_than_256_classes, "ok"),
-    Case("predict.py with equal stems in two folders and two formats", same_stems, "ok"),
-    Case("predict.py keeps existing outputs unless --overwrite", existing_outputs_kept, "ok"),
+    # fapn-predict's outputs.
+    Case("fapn-predict with more than 256 classes", more_than_256_classes, "ok"),
+    Case("fapn-predict with equal stems in two folders and two formats", same_stems, "ok"),
+    Case("fapn-predict keeps existing outputs unless --overwrite", existing_outputs_kept, "ok"),
 ]
 
 
@@ -883,7 +876,7 @@ def test_input(case: Case, ctx: Context):
             assert re.search(case.pattern, message), f"{type(info.value).__name__}: {message}"
             raised_by = _raised_by(info.value)
             if case.origin == "fapn_hf":
-                assert "/fapn_hf/" in raised_by or "/scripts/" in raised_by, raised_by
+                assert "/fapn_hf/" in raised_by, raised_by
             else:
                 assert f"/{case.origin}/" in raised_by, raised_by
         else:

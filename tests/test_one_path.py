@@ -2,15 +2,14 @@
 
 For each kind of image file (EXIF-rotated photos, 16-bit, float, transparency, animation, ...): the decoded pixels
 match an independent computation of the documented rule, and the data pipeline, the processor, `pipeline`, the
-predictor and `predict.py` agree exactly. The Trainer's evaluation and `evaluate.py` give identical metrics, equal to
-a brute-force computation at each label's original resolution.
+predictor and `fapn-predict` agree exactly. The Trainer's evaluation, `fapn-evaluate` and
+`fapn_hf.evaluation.evaluate` give identical metrics, equal to a brute-force computation at each label's original
+resolution.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import warnings
 from pathlib import Path
 
@@ -23,8 +22,15 @@ from image_kinds import KINDS, ImageKind
 from PIL import Image
 from transformers import pipeline
 
-from fapn_hf import FaPNForSemanticSegmentation, FaPNImageProcessor, MaskFormerFaPNImageProcessor, SegmentationPredictor
+from fapn_hf import (
+    FaPNForSemanticSegmentation,
+    FaPNImageProcessor,
+    MaskFormerFaPNImageProcessor,
+    SegmentationPredictor,
+    cli,
+)
 from fapn_hf.data import LabelSpec, SegmentationCollator, SegmentationDataset, decode_sample, load_segmentation_dataset
+from fapn_hf.evaluation import evaluate
 from fapn_hf.image_processing_fapn import decode_image, open_image
 from fapn_hf.labels import label_maps
 from fapn_hf.metrics import SegmentationMetrics
@@ -35,15 +41,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 NAMES = ["background", "blob", "box", "wire"]
 # The processor resizes (shorter side 24, longer at most 40): the pipeline and the predictor both go through it.
 PROCESSOR = {"size": {"shortest_edge": 24, "longest_edge": 40}}
-
-
-def load_script(name: str):
-    """A script of scripts/ as a module, to call its `main(argv)` in this process."""
-    spec = importlib.util.spec_from_file_location(f"fapn_script_{name}", REPO_ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -96,15 +93,12 @@ def test_every_path_decodes_each_kind_of_file_the_same(kind: ImageKind, kind_fil
         torch.testing.assert_close(processor(open_image(path), return_tensors="pt")["pixel_values"], reference)
 
 
-def test_pipeline_predictor_and_predict_script_give_identical_label_maps(model_folder, kind_files, tmp_path):
+def test_pipeline_predictor_and_predict_command_give_identical_label_maps(model_folder, kind_files, tmp_path):
     segmenter = pipeline("image-segmentation", model=str(model_folder))
     predictor = SegmentationPredictor.from_pretrained(str(model_folder), device="cpu")
     label2id = {name: index for index, name in enumerate(NAMES)}
     paths = [path for path, _ in kind_files.values()]
-    assert (
-        load_script("predict").main(["--model", str(model_folder), "--output-dir", str(tmp_path), *map(str, paths)])
-        == 0
-    )
+    assert cli.predict_main(["--model", str(model_folder), "--output_dir", str(tmp_path), *map(str, paths)]) == 0
     classes_seen = set()
     for kind in KINDS:
         path, expected = kind_files[kind.name]
@@ -115,10 +109,10 @@ def test_pipeline_predictor_and_predict_script_give_identical_label_maps(model_f
         for segment in segmenter(source):
             pipeline_map[np.array(segment["mask"]) > 0] = label2id[segment["label"]]
         predicted = predictor.predict(path)
-        script_map = np.array(Image.open(tmp_path / f"{path.stem}_labels.png"))
+        command_map = np.array(Image.open(tmp_path / f"{path.stem}_labels.png"))
         assert predicted.shape == expected.shape[:2], kind.name
         np.testing.assert_array_equal(pipeline_map, predicted, err_msg=kind.name)
-        np.testing.assert_array_equal(script_map, predicted, err_msg=kind.name)
+        np.testing.assert_array_equal(command_map, predicted, err_msg=kind.name)
         classes_seen |= set(np.unique(predicted).tolist())
     assert len(classes_seen) >= 2  # the comparison is not between constant maps
 
@@ -161,13 +155,12 @@ def _brute_force_scores(model, processor, samples) -> dict[str, float]:
     return {"mean_iou": float(iou[present].mean()), "pixel_accuracy": float(np.trace(confusion) / confusion.sum())}
 
 
-def test_trainer_evaluation_and_evaluate_script_give_identical_metrics(model_folder, kind_files, tmp_path):
+def test_trainer_evaluation_and_evaluate_command_give_identical_metrics(model_folder, kind_files, tmp_path):
     data = tmp_path / "data"
     _write_validation_set(data, kind_files)
     output = tmp_path / "metrics.json"
-    evaluate = load_script("evaluate")
-    assert evaluate.main(["--model", str(model_folder), "--dataset", str(data), "--output", str(output)]) == 0
-    script = json.loads(output.read_text())
+    assert cli.evaluate_main(["--model", str(model_folder), "--dataset", str(data), "--output", str(output)]) == 0
+    script = json.loads(output.read_text())  # the command's metrics
 
     model = FaPNForSemanticSegmentation.from_pretrained(model_folder).eval()
     processor = FaPNImageProcessor.from_pretrained(model_folder)
@@ -193,6 +186,11 @@ def test_trainer_evaluation_and_evaluate_script_give_identical_metrics(model_fol
     for name in NAMES:
         value = script["per_class_iou"][name]
         assert trained[f"eval_iou_{name}"] == value or (np.isnan(value) and np.isnan(trained[f"eval_iou_{name}"]))
+    # The library function on the model object and the Trainer's own data set, as the notebooks call it.
+    library = evaluate(model, dataset, image_processor=processor)
+    assert library["num_images"] == 5 and library["data"] is None
+    for key in ("mean_iou", "pixel_accuracy", "mean_accuracy", "boundary_iou_3px", "boundary_mean_iou"):
+        assert library[key] == script[key], key
     expected = _brute_force_scores(model, processor, dataset.samples())
     assert script["mean_iou"] == pytest.approx(expected["mean_iou"], abs=1e-12)
     assert script["pixel_accuracy"] == pytest.approx(expected["pixel_accuracy"], abs=1e-12)

@@ -13,9 +13,9 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from fapn_hf import FaPNForSemanticSegmentation, FaPNImageProcessor, SegmentationPredictor
+from fapn_hf import FaPNForSemanticSegmentation, FaPNImageProcessor, SegmentationPredictor, cli
 from fapn_hf.inference import TTAConfig
-from fapn_hf.onnx import ONNX_FILE_NAME, OnnxRuntimeModel, OnnxVerificationError, export_onnx, main, verify_onnx
+from fapn_hf.onnx import ONNX_FILE_NAME, OnnxRuntimeModel, OnnxVerificationError, export_onnx, verify_onnx
 
 onnxruntime = pytest.importorskip("onnxruntime", reason="the ONNX Runtime path needs the [onnx] or [test] extra")
 
@@ -116,12 +116,12 @@ def test_command_line_export_loads_the_folder_and_writes_model_onnx(tmp_path, ca
         file.write_bytes(b"onnx")
         return file
 
-    monkeypatch.setattr(fapn_onnx, "export_onnx", fake_export)
-    assert main([str(tmp_path), "--opset", "20"]) == 0
+    monkeypatch.setattr(cli, "export_onnx", fake_export)
+    assert cli.export_onnx_main([str(tmp_path), "--opset", "20"]) == 0
     assert calls == [("FaPNForSemanticSegmentation", 20, True)]
     assert f"wrote {tmp_path / ONNX_FILE_NAME}" in capsys.readouterr().out
-    assert main([str(tmp_path / "missing")]) == 2
-    assert "model not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="^error: model not found"):
+        cli.export_onnx_main([str(tmp_path / "missing")])
 
 
 def test_upload_plan_ships_the_onnx_file_and_exports_one_without_touching_the_folder(exported_folder, monkeypatch):

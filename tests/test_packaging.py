@@ -31,12 +31,26 @@ def test_wheel_and_sdist_build_with_complete_metadata(tmp_path):
         names = archive.namelist()
         metadata_name = next(name for name in names if name.endswith(".dist-info/METADATA"))
         metadata = email.message_from_bytes(archive.read(metadata_name))
+        entry_points = archive.read(metadata_name.replace("METADATA", "entry_points.txt")).decode()
     assert {f"fapn_hf/{p.name}" for p in (REPO_ROOT / "fapn_hf").glob("*.py")} <= set(names)
     assert metadata["Name"] == "fapn_hf" and metadata["License-Expression"] == "Apache-2.0"
     assert metadata["Requires-Python"] == ">=3.10" and metadata["Author"]
     assert metadata["Description-Content-Type"] == "text/markdown" and "# fapn_hf" in metadata.get_payload()
     assert any(c.startswith("Topic :: Scientific/Engineering") for c in metadata.get_all("Classifier"))
     assert any(url.startswith("Paper, https://arxiv.org/abs/2108.07058") for url in metadata.get_all("Project-URL"))
+    # Every command is a console script of fapn_hf.cli (python -m fapn_hf runs the same functions).
+    for command in (
+        "evaluate",
+        "predict",
+        "create-model",
+        "push",
+        "convert",
+        "export-onnx",
+        "benchmark",
+        "build-space",
+    ):
+        function = command.replace("-", "_")
+        assert f"fapn-{command} = fapn_hf.cli:{function}_main" in entry_points, entry_points
     requires = metadata.get_all("Requires-Dist")
     assert any(r.startswith("torch>=") for r in requires) and any(r.startswith("transformers>=") for r in requires)
 

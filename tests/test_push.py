@@ -28,7 +28,7 @@ def _snapshot(folder: Path) -> dict[str, str]:
 
 @pytest.fixture
 def run_folder(tmp_path):
-    """A folder like train.py writes: model, processor, metrics.json, plus files that must not be uploaded."""
+    """A folder like fapn-train writes: model, processor, metrics.json, plus files that must not be uploaded."""
     folder = tmp_path / "run"
     FaPNForSemanticSegmentation(tiny_config()).save_pretrained(folder)
     FaPNImageProcessor().save_pretrained(folder)
@@ -109,7 +109,7 @@ def test_missing_token_fails_clearly_and_touches_nothing(run_folder, monkeypatch
 
 def _push(args: list[str], home: Path, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(REPO_ROOT / "scripts" / "push_to_hub.py"), *args],
+        [sys.executable, "-m", "fapn_hf", "push", *args],
         env={**os.environ, "HF_HOME": str(home), "HF_TOKEN": "", **env},
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
@@ -146,7 +146,7 @@ def test_the_pushed_card_is_the_one_a_reload_would_parse(run_folder):
 def test_invalid_repo_id_is_a_one_line_error_in_dry_run_too(run_folder, tmp_path, repo_id):
     result = _push(["--model-dir", str(run_folder), "--repo-id", repo_id, "--dry-run"], tmp_path / "home",
                    HF_HUB_OFFLINE="1")  # fmt: skip
-    assert result.returncode == 2 and result.stdout == ""
+    assert result.returncode == 1 and result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: invalid model repo id {repo_id!r}"), result.stderr
 

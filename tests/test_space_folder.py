@@ -1,4 +1,4 @@
-"""The Space as published: the folder `scripts/build_space.py` writes, installed into a fresh virtualenv from its
+"""The Space as published: the folder `fapn-build-space` writes, installed into a fresh virtualenv from its
 requirements.txt alone, started from the folder with the model supplied the way a Space gets it, and driven in
 headless Chromium.
 

@@ -334,7 +334,7 @@ def test_gradient_checkpointing_trains(tmp_path):
 
 def _train_command(output_dir: Path, per_device_batch: int) -> list[str]:
     return [
-        str(REPO_ROOT / "scripts" / "train.py"), str(REPO_ROOT / "recipes" / "demo.yaml"),
+        "-m", "fapn_hf.train", str(REPO_ROOT / "recipes" / "demo.yaml"),
         "--output_dir", str(output_dir), "--max_steps", "3", "--per_device_train_batch_size", str(per_device_batch),
         "--per_device_eval_batch_size", "2", "--neck_channels", "32", "--head_channels", "64",
         "--deformable_groups", "4", "--demo_train_samples", "12", "--demo_validation_samples", "5",

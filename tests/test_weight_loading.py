@@ -214,7 +214,7 @@ def test_a_base_model_checkpoint_loads_into_the_segmentation_model(tmp_path):
 
 
 def test_fine_tuning_a_saved_model_on_new_labels_builds_an_initialised_head(saved_19_class_model):
-    """The library side of `train.py recipes/demo.yaml --model_name_or_path <saved> --labels a,b,c`."""
+    """The library side of `fapn-train recipes/demo.yaml --model_name_or_path <saved> --labels a,b,c`."""
     state = load_file(str(saved_19_class_model / "model.safetensors"))
     for attempt in range(REPEATS):
         torch.manual_seed(attempt)

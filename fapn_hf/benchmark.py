@@ -11,7 +11,7 @@ Everything is measured in one run, on one device, so the printed ratios compare 
    `torchvision.ops.deform_conv2d`.
 3. Targets: every ratio of the issue, next to its target, with a pass/miss mark.
 
-Latency: `torch.utils.benchmark.Timer.blocked_autorange` (at least `--min-run-time` seconds per case after a
+Latency: `torch.utils.benchmark.Timer.blocked_autorange` (at least `--min_run_time` seconds per case after a
 warm-up call, with `--threads` threads); the median is the figure, the minimum is kept in the JSON. With `--rounds`
 above 1 every case is timed that many times, interleaved with the others, and the round with the lowest median
 counts: on a shared machine this keeps the ratios of one run comparable.
@@ -23,11 +23,12 @@ resetting it through `/proc/self/clear_refs` where Linux allows it, otherwise sa
 glibc returns freed memory at once in these processes (`MALLOC_TRIM_THRESHOLD_=0`), so the allocator's cache of
 freed memory (up to 64 MiB, depending on the order of allocations) does not blur the figure.
 
-Usage (from the repository root):
+Usage (the command line is `fapn_hf.cli.benchmark_main`; `run_benchmark(BenchmarkArguments(...))` from Python):
 
-    python scripts/benchmark.py                                   # everything: R50 at 1x3x512x1024, cuda if any
-    python scripts/benchmark.py --quick --output outputs/bench.json   # smoke test, under a minute on 2 cores
-    python scripts/benchmark.py --device cpu --threads 2 --rounds 3 --output outputs/benchmark.json
+    fapn-benchmark                                         # everything: R50 at 1x3x512x1024, cuda if any
+    fapn-benchmark --quick --output outputs/bench.json     # smoke test, under a minute on 2 cores
+    fapn-benchmark --device cpu --threads 2 --rounds 3 --output outputs/benchmark.json
+    python -m fapn_hf benchmark --quick --dcn_sizes 8x16 12x20   # the same command
 """
 
 from __future__ import annotations
@@ -46,15 +47,17 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 import torchvision
 from torch.utils import benchmark as torch_benchmark
 from torch.utils.flop_counter import FlopCounterMode
+
+from .transforms import parse_size
 
 MIB = 1024 * 1024
 PROC_STATUS = Path("/proc/self/status")
@@ -86,20 +89,20 @@ FULL_SETTINGS = {
     "backbone": "resnet50",
     "height": 512,
     "width": 1024,
-    "dcn_sizes": [(64, 128), (128, 256)],
+    "dcn_sizes": ["64x128", "128x256"],
     "dcn_batch_sizes": [1, 2],
     "min_run_time": 2.0,
-    "runtime_sizes": [(512, 1024), (256, 512)],
+    "runtime_sizes": ["512x1024", "256x512"],
     "compile_backend": "inductor",
 }
 QUICK_SETTINGS = {
     "backbone": "resnet18",
     "height": 64,
     "width": 128,
-    "dcn_sizes": [(16, 32)],
+    "dcn_sizes": ["16x32"],
     "dcn_batch_sizes": [1],
     "min_run_time": 0.05,
-    "runtime_sizes": [(64, 128)],
+    "runtime_sizes": ["64x128"],
     "compile_backend": "eager",  # dynamo's graph capture (fullgraph) without inductor's minutes of code generation
 }
 
@@ -109,71 +112,81 @@ QUICK_SETTINGS = {
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def parse_sizes(text: str) -> list[tuple[int, int]]:
-    """Parses a comma-separated list of `HxW` sizes (e.g. `64x128,128x256`)."""
-    sizes = []
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        match = re.fullmatch(r"(\d+)\s*[xX]\s*(\d+)", part)
-        if match is None:
-            raise argparse.ArgumentTypeError(f"expected sizes like 64x128,128x256, got {text!r}")
-        sizes.append((int(match.group(1)), int(match.group(2))))
-    return sizes
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
 
 
-def parse_ints(text: str) -> list[int]:
-    """Parses a comma-separated list of positive integers."""
-    try:
-        values = [int(p) for p in text.split(",") if p.strip()]
-    except ValueError:
-        values = []
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers like 1,2, got {text!r}")
-    return values
+@dataclass
+class BenchmarkArguments:
+    """What to measure and how (the flags of `fapn-benchmark`). Size and timing fields left at None take
+    `FULL_SETTINGS`, or `QUICK_SETTINGS` with `quick`; sizes are `HxW` strings (`"64x128"`)."""
 
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parses the command line. Size and timing arguments left out take `FULL_SETTINGS`, or `QUICK_SETTINGS` with
-    `--quick`."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--quick", action="store_true", help="small sizes and short timing: a smoke test")
-    parser.add_argument("--backbone", help=f"timm backbone of both models ({FULL_SETTINGS['backbone']})")
-    parser.add_argument("--height", type=int, help=f"model input height ({FULL_SETTINGS['height']})")
-    parser.add_argument("--width", type=int, help=f"model input width ({FULL_SETTINGS['width']})")
-    parser.add_argument("--batch-size", type=int, default=1, help="model batch size")
-    parser.add_argument("--num-labels", type=int, default=19)
-    parser.add_argument(
-        "--deform-conv-implementation",
+    device: str | None = field(default=None, metadata=_help("torch device (default: cuda if available, else cpu)"))
+    threads: int | None = field(default=None, metadata=_help("torch threads (default: torch's choice)"))
+    quick: bool = field(default=False, metadata=_help("small sizes and short timing: a smoke test"))
+    backbone: str | None = field(
+        default=None, metadata=_help(f"timm backbone of both models ({FULL_SETTINGS['backbone']})")
+    )
+    height: int | None = field(default=None, metadata=_help(f"model input height ({FULL_SETTINGS['height']})"))
+    width: int | None = field(default=None, metadata=_help(f"model input width ({FULL_SETTINGS['width']})"))
+    batch_size: int = field(default=1, metadata=_help("model batch size"))
+    num_labels: int = field(default=19, metadata=_help("classes of both models"))
+    deform_conv_implementation: Literal["auto", "torch", "torchvision"] = field(
         default="auto",
-        choices=("auto", "torch", "torchvision"),
-        help="deformable conv kernel inside the FaPN model (auto: torchvision on CUDA, pure PyTorch elsewhere)",
+        metadata=_help(
+            "deformable conv kernel inside the FaPN model (auto: torchvision on CUDA, pure PyTorch elsewhere)"
+        ),
     )
-    parser.add_argument("--dcn-sizes", type=parse_sizes, help="DCN sizes, HxW list (64x128,128x256)")
-    parser.add_argument("--dcn-batch-sizes", type=parse_ints, help="DCN batch sizes (1,2)")
-    parser.add_argument("--min-run-time", type=float, help="seconds of timed calls per case (2)")
-    parser.add_argument("--rounds", type=int, default=1, help="interleaved timing rounds; the best one counts")
-    parser.add_argument("--skip-model", action="store_true")
-    parser.add_argument("--skip-dcn", action="store_true")
-    parser.add_argument(
-        "--runtime-sizes", type=parse_sizes, help="FaPN inputs of the runtime table (eager, compiled, bf16, ORT)"
+    dcn_sizes: list[str] | None = field(default=None, metadata=_help("DCN sizes HxW (64x128 128x256)"))
+    dcn_batch_sizes: list[int] | None = field(default=None, metadata=_help("DCN batch sizes (1 2)"))
+    min_run_time: float | None = field(default=None, metadata=_help("seconds of timed calls per case (2)"))
+    rounds: int = field(default=1, metadata=_help("interleaved timing rounds; the best one counts"))
+    skip_model: bool = field(default=False, metadata=_help("no FaPN vs FPN model table"))
+    skip_dcn: bool = field(default=False, metadata=_help("no deformable convolution table"))
+    runtime_sizes: list[str] | None = field(
+        default=None, metadata=_help("FaPN inputs HxW of the runtime table (eager, compiled, bf16, ORT)")
     )
-    parser.add_argument("--compile-backend", help="torch.compile backend of the runtime table (inductor)")
-    parser.add_argument("--skip-runtimes", action="store_true", help="no compiled / bf16 / ONNX Runtime table")
-    parser.add_argument(
-        "--skip-onnx", action="store_true", help="no ONNX Runtime column (its export takes minutes; --quick skips it)"
+    compile_backend: str | None = field(
+        default=None, metadata=_help("torch.compile backend of the runtime table (inductor)")
     )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", type=Path, default=None, metavar="PATH", help="also write every figure as JSON")
+    skip_runtimes: bool = field(default=False, metadata=_help("no compiled / bf16 / ONNX Runtime table"))
+    skip_onnx: bool = field(
+        default=False, metadata=_help("no ONNX Runtime column (its export takes minutes; --quick skips it)")
+    )
+    seed: int = field(default=0, metadata=_help("seed of the models and inputs"))
+    output: Path | None = field(default=None, metadata=_help("also write every figure as JSON to this file"))
     # Internal: measure the peak memory of one case (JSON) in this fresh process and print it as JSON.
-    parser.add_argument("--memory-case", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    for name, value in (QUICK_SETTINGS if args.quick else FULL_SETTINGS).items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    if args.rounds < 1 or args.min_run_time <= 0:
-        parser.error("--rounds must be >= 1 and --min-run-time > 0")
-    return args
+    memory_case: str | None = field(default=None, metadata={"help": argparse.SUPPRESS})
+
+    def __post_init__(self) -> None:
+        if self.device is None:
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        for name, value in (QUICK_SETTINGS if self.quick else FULL_SETTINGS).items():
+            if getattr(self, name) is None:
+                setattr(self, name, list(value) if isinstance(value, list) else value)
+        # Canonical "HxW" strings; parse_size raises ValueError naming a malformed one.
+        self.dcn_sizes = [_size_text(parse_size(text)) for text in self.dcn_sizes]
+        self.runtime_sizes = [_size_text(parse_size(text)) for text in self.runtime_sizes]
+        if self.output is not None:
+            self.output = Path(self.output)
+        if not self.dcn_batch_sizes or min(self.dcn_batch_sizes) < 1:
+            raise ValueError(f"dcn_batch_sizes must be positive integers, got {self.dcn_batch_sizes}")
+        if self.rounds < 1 or self.min_run_time <= 0:
+            raise ValueError(f"rounds must be >= 1 and min_run_time > 0, got {self.rounds} and {self.min_run_time}")
+
+    def to_argv(self) -> list[str]:
+        """The flags that rebuild these (resolved) arguments in a child process, without `output`."""
+        argv = []
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if value is None or item.name in ("output", "memory_case"):
+                continue
+            argv += [f"--{item.name}", *(map(str, value) if isinstance(value, list) else [str(value)])]
+        return argv
+
+
+def _size_text(size: tuple[int, int]) -> str:
+    return f"{size[0]}x{size[1]}"
 
 
 def device_name(device: torch.device) -> str:
@@ -217,9 +230,9 @@ class Case:
         return f"{self.size[0]}x{self.size[1]} batch {self.batch} {self.name} {self.pass_name}"
 
 
-def build_model(args: argparse.Namespace, device: torch.device, feature_aligned: bool) -> torch.nn.Module:
+def build_model(args: BenchmarkArguments, device: torch.device, feature_aligned: bool) -> torch.nn.Module:
     """FaPN (`feature_aligned=True`) or the FPN baseline on the same code path, in eval mode on `device`."""
-    from fapn_hf import FaPNConfig, FaPNForSemanticSegmentation
+    from . import FaPNConfig, FaPNForSemanticSegmentation
 
     torch.manual_seed(args.seed)
     config = FaPNConfig(
@@ -259,14 +272,14 @@ def convolution(name: str) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
         return lambda t: torchvision.ops.deform_conv2d(
             t["input"], t["offset"], t["weight"], t["bias"], padding=DCN_PADDING, mask=t["mask"]
         )
-    from fapn_hf import deform_conv2d
+    from . import deform_conv2d
 
     return lambda t: deform_conv2d(
         t["input"], t["offset"], t["weight"], t["bias"], padding=DCN_PADDING, mask=t["mask"], implementation="torch"
     )
 
 
-def model_forward(model: torch.nn.Module, args: argparse.Namespace, device: torch.device) -> Callable[[], None]:
+def model_forward(model: torch.nn.Module, args: BenchmarkArguments, device: torch.device) -> Callable[[], None]:
     """One forward pass of `model` on a random batch, in inference mode."""
     generator = torch.Generator().manual_seed(args.seed)
     pixel_values = torch.randn(args.batch_size, 3, args.height, args.width, generator=generator).to(device)
@@ -278,7 +291,7 @@ def model_forward(model: torch.nn.Module, args: argparse.Namespace, device: torc
     return forward
 
 
-def build_case(case: Case, args: argparse.Namespace, device: torch.device) -> Callable[[], None]:
+def build_case(case: Case, args: BenchmarkArguments, device: torch.device) -> Callable[[], None]:
     """Builds what `case` needs (model or tensors) and returns the call to measure."""
     if case.kind == "model":
         return model_forward(build_model(args, device, feature_aligned=case.name == "FaPN"), args, device)
@@ -301,16 +314,16 @@ def build_case(case: Case, args: argparse.Namespace, device: torch.device) -> Ca
     return forward_backward
 
 
-def model_cases(args: argparse.Namespace) -> list[Case]:
+def model_cases(args: BenchmarkArguments) -> list[Case]:
     return [] if args.skip_model else [Case("model", "FPN"), Case("model", "FaPN")]
 
 
-def dcn_cases(args: argparse.Namespace) -> list[Case]:
+def dcn_cases(args: BenchmarkArguments) -> list[Case]:
     if args.skip_dcn:
         return []
     return [
         Case("dcn", name, pass_name, size, batch)
-        for size in args.dcn_sizes
+        for size in map(parse_size, args.dcn_sizes)
         for batch in args.dcn_batch_sizes
         for name, pass_name in DCN_CASES
     ]
@@ -338,7 +351,7 @@ def time_call(fn: Callable[[], None], device: torch.device, min_run_time: float)
     }
 
 
-def time_cases(cases: list[Case], args: argparse.Namespace, device: torch.device) -> dict[Case, dict[str, Any]]:
+def time_cases(cases: list[Case], args: BenchmarkArguments, device: torch.device) -> dict[Case, dict[str, Any]]:
     """Times every case, in `args.rounds` interleaved rounds; the round with the lowest median counts."""
     calls = {case: build_case(case, args, device) for case in cases}
     best: dict[Case, dict[str, Any]] = {}
@@ -351,7 +364,7 @@ def time_cases(cases: list[Case], args: argparse.Namespace, device: torch.device
     return best
 
 
-def count_flops(case: Case, args: argparse.Namespace, device: torch.device) -> tuple[int, int]:
+def count_flops(case: Case, args: BenchmarkArguments, device: torch.device) -> tuple[int, int]:
     """Parameters and FLOPs (matrix products and convolutions, as `FlopCounterMode` counts them) of a model; on the
     meta device, so it costs no computation."""
     with torch.device("meta"):
@@ -496,7 +509,7 @@ def select_memory_meter(device: torch.device) -> PeakMemoryMeter:
     return PeakMemoryMeter()
 
 
-def measure_memory_here(case: Case, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+def measure_memory_here(case: Case, args: BenchmarkArguments, device: torch.device) -> dict[str, Any]:
     """Peak memory of one call of `case` in this process, after one warm-up call."""
     call = build_case(case, args, device)
     call()
@@ -507,13 +520,14 @@ def measure_memory_here(case: Case, args: argparse.Namespace, device: torch.devi
     return {"peak_memory_mib": None if peak is None else peak / MIB, "memory_method": meter.description}
 
 
-def measure_memory_in_subprocess(case: Case, argv: list[str]) -> dict[str, Any]:
-    """Runs this script on `case` alone in a fresh Python process and returns its peak-memory figures.
+def measure_memory_in_subprocess(case: Case, args: BenchmarkArguments) -> dict[str, Any]:
+    """Runs `python -m fapn_hf benchmark` with `args` on `case` alone in a fresh Python process and returns its
+    peak-memory figures.
 
     glibc's malloc keeps up to 64 MiB of freed heap memory resident, more or less of it depending on the order of
     allocations; the child returns freed memory at once (`MALLOC_TRIM_THRESHOLD_=0`), so that the peak measures
     what the computation holds, not what the allocator caches."""
-    command = [sys.executable, str(Path(__file__).resolve()), *argv, "--memory-case", json.dumps(asdict(case))]
+    command = [sys.executable, "-m", "fapn_hf", "benchmark", *args.to_argv(), "--memory_case", json.dumps(asdict(case))]
     env = {**os.environ, "MALLOC_TRIM_THRESHOLD_": "0"}
     result = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     if result.returncode != 0:
@@ -521,11 +535,11 @@ def measure_memory_in_subprocess(case: Case, argv: list[str]) -> dict[str, Any]:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def measure_memory(cases: list[Case], argv: list[str], device: torch.device) -> dict[Case, dict[str, Any]]:
+def measure_memory(cases: list[Case], args: BenchmarkArguments, device: torch.device) -> dict[Case, dict[str, Any]]:
     """Peak memory of every case, each in its own process (a few at a time: only time is sensitive to sharing)."""
     workers = 1 if device.type == "cuda" else max(1, min(4, torch.get_num_threads()))
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        figures = list(pool.map(lambda case: measure_memory_in_subprocess(case, argv), cases))
+        figures = list(pool.map(lambda case: measure_memory_in_subprocess(case, args), cases))
     return dict(zip(cases, figures))
 
 
@@ -539,7 +553,7 @@ RUNTIME_OFFSET_WEIGHT_STD = 0.02
 RUNTIME_VARIANTS = ("eager", "compiled", "bf16", "onnxruntime")
 
 
-def runtime_model(args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
+def runtime_model(args: BenchmarkArguments, device: torch.device) -> torch.nn.Module:
     """The FaPN of the model table, with non-zero offset convs (see `RUNTIME_OFFSET_WEIGHT_STD`)."""
     model = build_model(args, device, feature_aligned=True)
     generator = torch.Generator().manual_seed(args.seed + 1)
@@ -559,13 +573,13 @@ def logits_agreement(reference: torch.Tensor, other: torch.Tensor) -> dict[str, 
     }
 
 
-def measure_runtimes(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
-    """Per size of `--runtime-sizes`: latency of eager float32, `torch.compile` (backend `--compile-backend`, static
+def measure_runtimes(args: BenchmarkArguments, device: torch.device) -> list[dict[str, Any]]:
+    """Per size of `--runtime_sizes`: latency of eager float32, `torch.compile` (backend `--compile_backend`, static
     shapes; compile time reported apart), eager under bf16 autocast and the ONNX export run by onnxruntime (CPU, the
     same threads), each with its max logit difference and label agreement against eager float32."""
     import tempfile
 
-    from fapn_hf.onnx import OnnxRuntimeModel, export_onnx
+    from .onnx import OnnxRuntimeModel, export_onnx
 
     model = runtime_model(args, device)
     onnx_model, onnx_dir = None, None
@@ -582,7 +596,7 @@ def measure_runtimes(args: argparse.Namespace, device: torch.device) -> list[dic
     compiled = torch.compile(model, backend=args.compile_backend, fullgraph=True)
     rows = []
     try:
-        for height, width in args.runtime_sizes:
+        for height, width in map(parse_size, args.runtime_sizes):
             generator = torch.Generator().manual_seed(args.seed)
             pixel_values = torch.randn(args.batch_size, 3, height, width, generator=generator).to(device)
             row: dict[str, Any] = {"size": f"{height}x{width}", "batch": args.batch_size, "variants": {}}
@@ -620,12 +634,12 @@ def measure_runtimes(args: argparse.Namespace, device: torch.device) -> list[dic
     return rows
 
 
-def measure_realtime_gpu(args: argparse.Namespace, device: torch.device) -> dict[str, Any] | None:
+def measure_realtime_gpu(args: BenchmarkArguments, device: torch.device) -> dict[str, Any] | None:
     """The paper's real-time figure on a GPU: FaPN-R18 at 1x3x512x1024 under bf16 autocast, frames per second
     (the paper reports 142 FPS on its own GPU and head). None without CUDA."""
     if device.type != "cuda":
         return None
-    realtime_args = argparse.Namespace(**{**vars(args), "backbone": "resnet18"})
+    realtime_args = replace(args, backbone="resnet18")
     model = runtime_model(realtime_args, device)
     pixel_values = torch.randn(1, 3, 512, 1024, device=device)
 
@@ -635,7 +649,7 @@ def measure_realtime_gpu(args: argparse.Namespace, device: torch.device) -> dict
 
     forward()
     figures = time_call(forward, device, args.min_run_time)
-    from fapn_hf.deform_conv import resolve_implementation
+    from .deform_conv import resolve_implementation
 
     return {
         "model": "FaPN-R18 (semantic FPN head)",
@@ -713,7 +727,7 @@ def dcn_targets(rows: list[dict[str, Any]]) -> list[Target]:
     return targets
 
 
-def model_targets(model: dict[str, Any], args: argparse.Namespace) -> list[Target]:
+def model_targets(model: dict[str, Any], args: BenchmarkArguments) -> list[Target]:
     where = f"{args.batch_size}x3x{args.height}x{args.width}"
     return [
         Target(f"FaPN / FPN forward time ({where})", model["ratio"]["median_ms"], FAPN_OVER_FPN_TIME_MAX),
@@ -767,7 +781,7 @@ def fmt(value: float | None, digits: int = 1, suffix: str = "") -> str:
     return "n/a" if value is None else f"{value:.{digits}f}{suffix}"
 
 
-def format_model_results(results: dict[str, Any], args: argparse.Namespace, implementation: str) -> str:
+def format_model_results(results: dict[str, Any], args: BenchmarkArguments, implementation: str) -> str:
     title = (
         f"Model forward (eval, inference_mode): backbone {args.backbone}, input {args.batch_size}x3x{args.height}x"
         f"{args.width}, {args.num_labels} labels, FaPN deform conv: {implementation}"
@@ -831,7 +845,7 @@ def format_dcn_results(rows: list[dict[str, Any]]) -> str:
     return f"{title}\n{format_table(headers, table, text_columns=4)}"
 
 
-def runtime_targets(rows: list[dict[str, Any]], args: argparse.Namespace) -> list[Target]:
+def runtime_targets(rows: list[dict[str, Any]], args: BenchmarkArguments) -> list[Target]:
     """Speed-ups of the runtime table (information: the issue asks for them to be reported, with no bound)."""
     targets = []
     names = {
@@ -848,7 +862,7 @@ def runtime_targets(rows: list[dict[str, Any]], args: argparse.Namespace) -> lis
     return targets
 
 
-def format_runtime_results(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
+def format_runtime_results(rows: list[dict[str, Any]], args: BenchmarkArguments) -> str:
     title = (
         f"FaPN runtimes: backbone {args.backbone}, batch {args.batch_size}, FAM offset convs ~N(0, "
         f"{RUNTIME_OFFSET_WEIGHT_STD}^2); compiled: torch.compile(backend={args.compile_backend!r}, fullgraph=True); "
@@ -912,10 +926,11 @@ def environment_info(device: torch.device) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any] | None:
-    """Runs the requested benchmarks, prints the tables and the targets, and returns (and optionally saves) them."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parse_args(argv)
+def run_benchmark(args: BenchmarkArguments) -> dict[str, Any] | None:
+    """Runs the requested benchmarks, prints the tables and the targets, and returns (and writes to `args.output`,
+    if set) the report: `environment`, `config`, `model`, `deform_conv`, `runtimes`, `gpu_realtime`, `targets`.
+    With `args.memory_case` set (the child processes), measures that case's peak memory, prints it and returns
+    None."""
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -935,21 +950,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     )
     cases = model_cases(args) + dcn_cases(args)
     timings = time_cases(cases, args, device)
-    # The child processes read the same command line (they return before writing any output), same threads. A quick
+    # The child processes get the same arguments (they return before writing any output), same threads. A quick
     # run measures only what a target needs: a fresh process per case costs seconds of imports.
     memory_cases = [c for c in cases if not args.quick or c.kind == "model" or c.pass_name == "forward+backward"]
     memory = {case: {"peak_memory_mib": None} for case in cases}
-    memory.update(measure_memory(memory_cases, [*argv, "--threads", str(torch.get_num_threads())], device))
+    memory.update(measure_memory(memory_cases, replace(args, threads=torch.get_num_threads()), device))
 
-    report: dict[str, Any] = {"environment": env, "config": {**vars(args), "output": str(args.output)}}
-    report["config"]["dcn_sizes"] = [f"{h}x{w}" for h, w in args.dcn_sizes]
-    report["config"]["runtime_sizes"] = [f"{h}x{w}" for h, w in args.runtime_sizes]
+    report: dict[str, Any] = {"environment": env, "config": {**asdict(args), "output": str(args.output)}}
     report["environment"]["memory_method"] = next(
         (m["memory_method"] for m in memory.values() if m.get("memory_method")), None
     )
     targets: list[Target] = []
     if model_cases(args):
-        from fapn_hf.deform_conv import resolve_implementation
+        from .deform_conv import resolve_implementation
 
         counts = {case: count_flops(case, args, device) for case in model_cases(args)}
         report["model"] = collect_model_results(timings, memory, counts)
@@ -978,5 +991,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     return report
 
 
-if __name__ == "__main__":
-    main()
+__all__ = ["FULL_SETTINGS", "QUICK_SETTINGS", "BenchmarkArguments", "run_benchmark"]
