@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -371,6 +372,30 @@ class MaskFormerFaPNForInstanceSegmentation(MaskFormerFaPNPreTrainedModel, MaskF
             config.num_labels, matcher=self.matcher, weight_dict=self.weight_dict, eos_coef=config.no_object_weight
         )
         self.post_init()
+
+    def get_logits(self, outputs: Any) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, torch.Tensor]]]:
+        """Class logits `(N, Q, num_labels + 1)` and mask logits `(N, Q, H / 4, W / 4)` of the last decoder layer, and
+        with `use_auxiliary_loss` the same pair for every earlier layer (deep supervision).
+
+        The auxiliary pairs follow the original MaskFormer: the output of decoder layers 1 .. L-1, each through the
+        decoder's final LayerNorm (as the last layer's output is). transformers' MaskFormer instead predicts from the
+        un-normalised layer outputs and adds a prediction from the all-zero query input, an extra loss term the
+        original does not have. Inference is the same either way; only the training loss differs.
+        """
+        pixel_embeddings = outputs.pixel_decoder_last_hidden_state
+        states = [outputs.transformer_decoder_last_hidden_state]
+        if self.config.use_auxiliary_loss:
+            final_norm = self.model.transformer_module.decoder.layernorm
+            # hidden states: the query input, then the output of each layer (the last one normalised already).
+            states = [final_norm(state) for state in outputs.transformer_decoder_hidden_states[1:-1]] + states
+        stacked = torch.stack(states)
+        class_logits = self.class_predictor(stacked)
+        mask_logits = torch.einsum("lbqc,bchw->lbqhw", self.mask_embedder(stacked), pixel_embeddings)
+        auxiliary = [
+            {"masks_queries_logits": masks, "class_queries_logits": classes}
+            for masks, classes in zip(mask_logits[:-1], class_logits[:-1])
+        ]
+        return class_logits[-1], mask_logits[-1], auxiliary
 
     def forward(
         self,

@@ -395,8 +395,42 @@ def test_deep_supervision_with_and_without_hidden_states():
         plain = model(x, mask_labels=masks, class_labels=classes, output_auxiliary_logits=True)
         hidden = model(x, output_hidden_states=True)
     assert plain.transformer_decoder_hidden_states is None and plain.encoder_hidden_states is None
-    # transformers' MaskFormer takes the auxiliary predictions from every decoder hidden state but the last, the query
-    # input included (the original: the normed output of every layer but the last).
-    assert len(plain.auxiliary_logits) == model.config.decoder_config.decoder_layers and torch.isfinite(plain.loss)
+    # As the original: one auxiliary prediction per decoder layer but the last (not one from the query input).
+    assert len(plain.auxiliary_logits) == model.config.decoder_config.decoder_layers - 1 and torch.isfinite(plain.loss)
     assert len(hidden.transformer_decoder_hidden_states) == model.config.decoder_config.decoder_layers + 1
     torch.testing.assert_close(plain.masks_queries_logits, hidden.masks_queries_logits)
+
+
+def test_deep_supervision_predicts_from_the_normalised_output_of_each_earlier_layer():
+    """The original's auxiliary predictions: class and mask heads on `decoder_norm(output of layer l)`, l < L."""
+    config = tiny_maskformer_config(use_auxiliary_loss=True)
+    config.decoder_config.decoder_layers = 3
+    model = MaskFormerFaPNForInstanceSegmentation(config).eval()
+    final_norm = model.model.transformer_module.decoder.layernorm
+    torch.nn.init.normal_(final_norm.weight, 1.0, 0.3)  # a trained norm is not the identity
+    torch.nn.init.normal_(final_norm.bias, 0.0, 0.3)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        output = model(x, output_hidden_states=True, output_auxiliary_logits=True)
+        model.config.use_auxiliary_loss = False
+        without = model(x)
+    layer_outputs = output.transformer_decoder_hidden_states[1:]  # after the query input
+    assert len(output.auxiliary_logits) == 2
+    for layer, auxiliary in enumerate(output.auxiliary_logits):
+        state = torch.nn.functional.layer_norm(
+            layer_outputs[layer],
+            (state_size := layer_outputs[layer].shape[-1],),
+            final_norm.weight,
+            final_norm.bias,
+            final_norm.eps,
+        )
+        assert state_size == config.decoder_config.d_model
+        expected_classes = state @ model.class_predictor.weight.T + model.class_predictor.bias
+        torch.testing.assert_close(auxiliary["class_queries_logits"], expected_classes, atol=1e-5, rtol=1e-5)
+        with torch.no_grad():
+            embeddings = model.mask_embedder(state)
+        expected_masks = torch.einsum("bqc,bchw->bqhw", embeddings, output.pixel_decoder_last_hidden_state)
+        torch.testing.assert_close(auxiliary["masks_queries_logits"], expected_masks, atol=1e-4, rtol=1e-4)
+    # Deep supervision changes the loss only: the final predictions are the same with it off.
+    torch.testing.assert_close(output.class_queries_logits, without.class_queries_logits)
+    torch.testing.assert_close(output.masks_queries_logits, without.masks_queries_logits)
