@@ -52,7 +52,6 @@ from .onnx import DEFAULT_OPSET, OnnxVerificationError, export_onnx
 from .presets import PRESETS, preset_config, preset_image_processor
 from .presets_maskformer import MASKFORMER_PRESETS
 from .space import DEFAULT_SHORT_DESCRIPTION, build_space
-from .transforms import parse_size
 from .visualization import overlay
 
 ArgumentsT = TypeVar("ArgumentsT")
@@ -134,9 +133,40 @@ def user_errors(*kinds: type[BaseException]) -> Iterator[None]:
         raise SystemExit(f"error: {error}") from error
 
 
-def _tta(scales: list[float], flip: bool, window: str | None) -> TTAConfig:
-    """The TTA flags as a `TTAConfig` (`ValueError` for a malformed window or a scale that is not positive)."""
-    return TTAConfig(scales=tuple(scales), flip=flip, window=None if window is None else parse_size(window))
+@dataclass(kw_only=True)
+class TTAArguments:
+    """The test-time augmentation flags of `fapn-evaluate` and `fapn-predict` (a `TTAConfig`)."""
+
+    scales: list[float] = field(
+        default_factory=lambda: [1.0], metadata=_help("TTA scales of the processor's size, e.g. 0.75 1.0 1.25")
+    )
+    short_sides: list[int] | None = field(
+        default=None,
+        metadata=_help(
+            "TTA views by shorter side in pixels instead of --scales; the original MaskFormer + FaPN test is "
+            "--short_sides 320 480 640 800 960 1120 --max_size 4480 --flip"
+        ),
+    )
+    max_size: int | None = field(default=None, metadata=_help("longest side of a --short_sides view"))
+    flip: bool = field(default=False, metadata=_help("also average the horizontally flipped prediction"))
+    window: list[int] | None = field(
+        default=None, metadata=_help("sliding windows for large images: height width (one value: a square)")
+    )
+
+    def tta_config(self) -> TTAConfig:
+        """The flags as a `TTAConfig` (`ValueError` names a bad value)."""
+        window = self.window
+        if window is not None:
+            if len(window) not in (1, 2):
+                raise ValueError(f"--window takes height and width (or one value for a square), got {window}")
+            window = (window[0], window[-1])
+        return TTAConfig(
+            scales=tuple(self.scales),
+            flip=self.flip,
+            window=window,
+            short_sides=None if self.short_sides is None else tuple(self.short_sides),
+            max_size=self.max_size,
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -145,7 +175,7 @@ def _tta(scales: list[float], flip: bool, window: str | None) -> TTAConfig:
 
 
 @dataclass
-class EvaluateArguments:
+class EvaluateArguments(TTAArguments):
     """`fapn-evaluate`: mIoU, per-class IoU, pixel accuracy and boundary mIoU at 3/5/8/12 px of a model on a
     segmentation data set, at each label's original resolution (the Trainer's evaluation scores the same way)."""
 
@@ -167,11 +197,6 @@ class EvaluateArguments:
     bad_sample_policy: Literal["fail", "skip"] = field(
         default="fail", metadata=_help("what an unreadable sample or out-of-range label does")
     )
-    scales: list[float] = field(
-        default_factory=lambda: [1.0], metadata=_help("TTA scales, e.g. 0.5 0.75 1.0 1.25 1.5 1.75")
-    )
-    flip: bool = field(default=False, metadata=_help("also average the horizontally flipped prediction"))
-    window: str | None = field(default=None, metadata=_help("sliding-window size HxW for large images"))
     device: str | None = field(default=None, metadata=_help("torch device (default: cuda if available)"))
     trust_remote_code: bool = field(default=False, metadata=_help("allow a Hub model's own code"))
     output: Path | None = field(default=None, metadata=_help("write the metrics as JSON to this file"))
@@ -195,7 +220,7 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
             reduce_labels=args.reduce_labels,
             max_samples=args.max_samples,
             bad_sample_policy=args.bad_sample_policy,
-            tta=_tta(args.scales, args.flip, args.window),
+            tta=args.tta_config(),
             device=args.device,
             trust_remote_code=args.trust_remote_code,
         )
@@ -203,7 +228,12 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
     print(
         f"{args.model} on {args.dataset} ({result['split']}, {result['num_images']} images, {result['seconds']:.1f} s)"
     )
-    print(f"TTA: scales {tta['scales']}, flip {tta['flip']}, window {tta['window']}")
+    views = (
+        f"short sides {tta['short_sides']} (max {tta['max_size']})"
+        if "short_sides" in tta
+        else f"scales {tta['scales']}"
+    )
+    print(f"TTA: {views}, flip {tta['flip']}, window {tta['window']}")
     for key, value in result.items():
         if isinstance(value, float) and key != "seconds":
             print(f"  {key:22s} {value:.4f}")
@@ -224,7 +254,7 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
 
 
 @dataclass
-class PredictArguments:
+class PredictArguments(TTAArguments):
     """`fapn-predict`: segments images with a FaPN model: a label PNG (class ids, with the palette) and a colour
     overlay per image.
 
@@ -238,9 +268,6 @@ class PredictArguments:
     model: str = field(metadata=_help("model folder or Hub id"))
     output_dir: Path = field(default=Path("outputs/predictions"), metadata=_help("folder of the outputs"))
     overwrite: bool = field(default=False, metadata=_help("replace existing outputs (without it: keep them)"))
-    scales: list[float] = field(default_factory=lambda: [1.0], metadata=_help("TTA scales, e.g. 0.75 1.0 1.25"))
-    flip: bool = field(default=False, metadata=_help("also average the horizontally flipped prediction"))
-    window: str | None = field(default=None, metadata=_help("sliding-window size HxW"))
     alpha: float = field(default=0.5, metadata=_help("overlay opacity"))
     device: str | None = field(default=None, metadata=_help("torch device (default: cuda if available)"))
     trust_remote_code: bool = field(default=False, metadata=_help("allow a Hub model's own code"))
@@ -279,7 +306,7 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
     """`fapn-predict`: writes a label map and an overlay per image; status 1 when every image was unreadable."""
     args = parse_arguments(PredictArguments, argv, "fapn-predict", inspect.cleandoc(PredictArguments.__doc__))
     with user_errors(ValueError, FileNotFoundError):
-        tta = _tta(args.scales, args.flip, args.window)
+        tta = args.tta_config()
         predictor = SegmentationPredictor.from_pretrained(args.model, args.device, args.trust_remote_code)
     names = [predictor.id2label[i] for i in range(len(predictor.id2label))]
     colors = palette(len(names), names)

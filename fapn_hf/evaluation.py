@@ -156,7 +156,8 @@ def evaluate(
         **scores,
         "split": split_name,
         "data": None if report is None else report.to_dict(),
-        "tta": {"scales": list(tta.scales), "flip": tta.flip, "window": tta.window},
+        "tta": {"scales": list(tta.scales), "flip": tta.flip, "window": tta.window}
+        | ({"short_sides": list(tta.short_sides), "max_size": tta.max_size} if tta.short_sides else {}),
         "seconds": time.perf_counter() - started,
     }
 

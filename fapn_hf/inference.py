@@ -196,17 +196,6 @@ def logits_at_size(
     return F.interpolate(logits.float(), size=tuple(size), mode="bilinear", align_corners=False)
 
 
-def parse_scales(text: str) -> tuple[float, ...]:
-    """`"0.75,1.0,1.25"` -> `(0.75, 1.0, 1.25)`; raises `ValueError` for anything else (also NaN, inf, <= 0)."""
-    try:
-        scales = tuple(float(part) for part in text.split(","))
-    except ValueError as error:
-        raise ValueError(f"expected comma-separated scales such as 0.75,1.0,1.25, got {text!r}") from error
-    if not all(math.isfinite(s) and s > 0 for s in scales):
-        raise ValueError(f"scales must be finite and positive, got {text!r}")
-    return scales
-
-
 def check_model_source(name: str) -> None:
     """Raises `FileNotFoundError` when `name` can be neither a saved model folder nor a Hub model id, with the
     closest existing folder as a hint; a Hub id is left for the loader to find."""
@@ -441,7 +430,6 @@ __all__ = [
     "logits_at_size",
     "model_not_found_error",
     "model_scores",
-    "parse_scales",
     "shortest_edge_size",
     "sliding_window_logits",
 ]

@@ -17,8 +17,7 @@ from PIL import Image
 from transformers.modeling_outputs import SemanticSegmenterOutput
 
 from fapn_hf import FaPNForSemanticSegmentation, FaPNImageProcessor, cli
-from fapn_hf.inference import SegmentationPredictor, TTAConfig, parse_scales, sliding_window_logits
-from fapn_hf.transforms import parse_size
+from fapn_hf.inference import SegmentationPredictor, TTAConfig, sliding_window_logits
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,12 +87,8 @@ def test_tta_arguments_are_checked():
     for scales in ((0.0,), (float("nan"),), (1.0, float("inf")), ()):
         with pytest.raises(ValueError, match="scales must be finite and positive"):
             TTAConfig(scales=scales)
-    with pytest.raises(ValueError, match="finite and positive"):
-        parse_scales("1.0,nan")
     with pytest.raises(ValueError, match="window_overlap"):
         TTAConfig(window=(8, 8), window_overlap=1.0)
-    with pytest.raises(ValueError, match="expected a size HxW"):
-        parse_size("512")
 
 
 def _run(args: list[str]) -> subprocess.CompletedProcess:
@@ -120,7 +115,7 @@ def test_evaluate_command_reports_metrics_with_tta(demo_model_folder, tmp_path, 
     output = tmp_path / "metrics.json"
     assert cli.evaluate_main([
         "--model", str(demo_model_folder), "--dataset", "demo", "--max_samples", "3", "--scales", "0.75", "1.0",
-        "--flip", "--window", "48x48", "--output", str(output),
+        "--flip", "--window", "48", "48", "--output", str(output),
     ]) == 0  # fmt: skip
     printed = capsys.readouterr().out
     assert "mean_iou" in printed and "boundary_mean_iou" in printed and "scales [0.75, 1.0], flip True" in printed
@@ -142,8 +137,10 @@ def test_evaluate_command_accepts_dashed_flags_and_names_bad_values(demo_model_f
     assert dashed == underscored and dashed.max_samples == 2 and dashed.reduce_labels is True
     with pytest.raises(SystemExit, match=r"error: scales must be finite and positive, got \(1.0, -0.5\)"):
         cli.evaluate_main(["--model", str(demo_model_folder), "--scales", "1.0", "-0.5"])
-    with pytest.raises(SystemExit, match=r"error: expected a size HxW such as 512x1024, got '48'"):
-        cli.evaluate_main(["--model", str(demo_model_folder), "--window", "48"])
+    with pytest.raises(SystemExit, match=r"error: --window takes height and width .*, got \[48, 48, 48\]"):
+        cli.evaluate_main(["--model", str(demo_model_folder), "--window", "48", "48", "48"])
+    with pytest.raises(SystemExit, match=r"error: give either scales \(0.5,\) or short_sides \(320,\), not both"):
+        cli.evaluate_main(["--model", str(demo_model_folder), "--scales", "0.5", "--short_sides", "320"])
 
 
 def test_boolean_flags_take_a_value_only_when_it_is_a_boolean_word():

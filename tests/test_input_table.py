@@ -34,7 +34,6 @@ from fapn_hf import FaPNConfig, FaPNForSemanticSegmentation, FaPNImageProcessor,
 from fapn_hf.builders import build_model
 from fapn_hf.data import LabelSpec, check_samples, decode_sample, load_segmentation_dataset
 from fapn_hf.image_processing_fapn import decode_image
-from fapn_hf.inference import parse_scales
 from fapn_hf.labels import label_maps
 from fapn_hf.train import run_training
 from fapn_hf.training_args import DataArguments, FaPNTrainingArguments, ModelArguments, load_recipe
@@ -722,7 +721,14 @@ CASES = [
         "NaN TTA scale", lambda c: TTAConfig(scales=(1.0, float("nan"))), "error", r"scales must be finite and positive"
     ),
     Case("infinite TTA scale", lambda c: TTAConfig(scales=(float("inf"),)), "error", r"finite and positive"),
-    Case("--scales 1,inf", lambda c: parse_scales("1,inf"), "error", r"finite and positive, got '1,inf'"),
+    Case(
+        "--scales 1 inf",
+        lambda c: cli.parse_arguments(
+            cli.EvaluateArguments, ["--model", "m", "--scales", "1", "inf"], "x", ""
+        ).tta_config(),
+        "error",
+        r"finite and positive, got \(1.0, inf\)",
+    ),
     Case("window with a zero side", lambda c: TTAConfig(window=(0, 8)), "error", r"window must be \(height, width\)"),
     Case(
         "target_sizes of another batch",

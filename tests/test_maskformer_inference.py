@@ -3,6 +3,7 @@ short-side views, the backends) and semantic maps as mask-classification targets
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -13,7 +14,8 @@ from PIL import Image
 from test_maskformer_fapn import LABELS, randomise_offsets, tiny_maskformer_config
 from transformers.models.maskformer.image_processing_maskformer import MaskFormerImageProcessor
 
-from fapn_hf import MaskFormerFaPNForInstanceSegmentation, MaskFormerFaPNImageProcessor
+from fapn_hf import MaskFormerFaPNForInstanceSegmentation, MaskFormerFaPNImageProcessor, cli, label_maps
+from fapn_hf.demo_data import DEMO_LABELS
 from fapn_hf.inference import SegmentationPredictor, TTAConfig
 from fapn_hf.mask_targets import MaskClassificationCollator, semantic_to_mask_targets
 
@@ -268,3 +270,27 @@ def test_config_ignore_index_is_outside_the_classes():
     assert tiny_maskformer_config(semantic_loss_ignore_index=-1).semantic_loss_ignore_index == -1
     with pytest.raises(ValueError, match=r"semantic_loss_ignore_index \(3\) is a valid class id for num_labels=5"):
         tiny_maskformer_config(semantic_loss_ignore_index=3)
+
+
+def test_evaluate_and_predict_commands_take_a_maskformer_folder_with_short_side_tta(tmp_path):
+    """`fapn-evaluate` / `fapn-predict` on a saved MaskFormer + FaPN folder, with the original's kind of test-time
+    augmentation (views by shorter side, flip)."""
+    id2label, label2id = label_maps(list(DEMO_LABELS))
+    folder = tmp_path / "maskformer"
+    config = tiny_maskformer_config(id2label=id2label, label2id=label2id)
+    MaskFormerFaPNForInstanceSegmentation(config).save_pretrained(folder)
+    MaskFormerFaPNImageProcessor(size={"shortest_edge": 64, "longest_edge": 128}).save_pretrained(folder)
+    output = tmp_path / "metrics.json"
+    assert cli.evaluate_main([
+        "--model", str(folder), "--dataset", "demo", "--max_samples", "2", "--short_sides", "48", "64",
+        "--max_size", "128", "--flip", "--output", str(output),
+    ]) == 0  # fmt: skip
+    metrics = json.loads(output.read_text())
+    assert metrics["tta"] == {"scales": [1.0], "flip": True, "window": None, "short_sides": [48, 64], "max_size": 128}
+    assert metrics["num_images"] == 2 and 0 <= metrics["mean_iou"] <= 1
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (45, 61, 3), dtype=np.uint8)).save(photo)
+    out = tmp_path / "predictions"
+    assert cli.predict_main(["--model", str(folder), "--short_sides", "48", "--output_dir", str(out), str(photo)]) == 0
+    labels = np.array(Image.open(out / "photo_labels.png"))
+    assert labels.shape == (45, 61) and labels.max() < len(DEMO_LABELS)
