@@ -233,3 +233,24 @@ def test_build_space_ships_given_examples_as_they_are(tmp_path, model_folder):
     assert (space.folder / "examples" / "example_0.jpg").read_bytes() == Path(photo).read_bytes()
     assert SpaceCard.load(space.folder / "README.md").data.models == ["org/fapn-city"]
     assert (space.folder / "fapn_hf" / "__init__.py").is_file() and (space.folder / "app.py").is_file()
+
+
+def test_a_maskformer_fapn_model_segments_too(app_module, tmp_path, cache_dir):
+    """The Space serves the second model family through the same predictor (PyTorch: it has no ONNX export)."""
+    from test_maskformer_fapn import tiny_maskformer_config
+
+    from fapn_hf import MaskFormerFaPNForInstanceSegmentation, MaskFormerFaPNImageProcessor
+
+    folder = tmp_path / "maskformer"
+    id2label, label2id = label_maps(NAMES)
+    MaskFormerFaPNForInstanceSegmentation(tiny_maskformer_config(id2label=id2label, label2id=label2id)).save_pretrained(
+        folder
+    )
+    MaskFormerFaPNImageProcessor(size={"shortest_edge": 64, "longest_edge": 128}).save_pretrained(folder)
+    segmenter = app_module.load_segmenter(str(folder))
+    assert segmenter.error is None, segmenter.error
+    path = _save(tmp_path, "photo.png", np.random.default_rng(2).integers(0, 256, (40, 52, 3), dtype=np.uint8))
+    overlay, legend, table, status, result = app_module.segment(segmenter, path, True, False, 0.5, False, cache_dir)
+    assert result.labels.shape == (40, 52) and result.labels.max() < len(NAMES)
+    assert "2 view(s)" in status and Path(overlay).is_file()
+    assert sum(row[2] for row in table) == 40 * 52 and all(f">{row[0]}" in legend for row in table)
