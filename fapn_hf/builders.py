@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import AutoConfig, AutoModelForSemanticSegmentation, PreTrainedModel
 
 from .configuration_fapn import timm_backbone_config
@@ -45,7 +46,7 @@ def resolve_labels(data_args: DataArguments) -> list[str]:
 ARCHITECTURE_OPTIONS = ("use_fam", "use_fsm", "use_point_rend", "neck_channels", "head_channels", "deformable_groups")
 # The ones a MaskFormer preset takes (`neck_channels`: the pixel decoder's and mask features' width), and its own.
 MASKFORMER_ARCHITECTURE_OPTIONS = ("neck_channels", "deformable_groups")
-MASKFORMER_ONLY_OPTIONS = ("num_queries", "decoder_layers", "decoder_hidden_size")
+MASKFORMER_ONLY_OPTIONS = ("num_queries", "decoder_layers", "decoder_hidden_size", "drop_path_rate")
 
 
 def build_model(model_args: ModelArguments, label_names: Sequence[str], ignore_index: int = 255) -> PreTrainedModel:
@@ -60,7 +61,11 @@ def build_model(model_args: ModelArguments, label_names: Sequence[str], ignore_i
         overrides = _maskformer_overrides(model_args, ignore_index)
         config = preset_config(model_args.preset, list(label_names), **overrides)
         config.use_pretrained_backbone = model_args.pretrained_backbone
-        return MaskFormerFaPNForInstanceSegmentation(config)
+        model = MaskFormerFaPNForInstanceSegmentation(config)
+        reset_query_embeddings(model)
+        if model_args.drop_path_rate:
+            set_stochastic_depth(model.model.pixel_level_module.encoder, model_args.drop_path_rate)
+        return model
     given = [key for key in MASKFORMER_ONLY_OPTIONS if getattr(model_args, key) is not None]
     if given:
         raise ValueError(f"{given} shape a MaskFormer preset (maskformer-*), not preset={model_args.preset!r}")
@@ -77,6 +82,37 @@ def build_model(model_args: ModelArguments, label_names: Sequence[str], ignore_i
     config = preset_config(model_args.preset, list(label_names), **overrides)
     config.use_pretrained_backbone = model_args.pretrained_backbone
     return FaPNForSemanticSegmentation(config)
+
+
+def reset_query_embeddings(model: MaskFormerFaPNForInstanceSegmentation) -> None:
+    """Draws the object queries from N(0, 1), the original MaskFormer's (PyTorch's default `nn.Embedding` init),
+    for a model trained from scratch. transformers' MaskFormer initialises them at N(0, 0.02), so close together that
+    the queries of a small model trained briefly stay interchangeable: on the demo data every query predicted the
+    same class and mask after 300 steps, and the model one class everywhere."""
+    torch.nn.init.normal_(model.model.transformer_module.queries_embedder.weight, mean=0.0, std=1.0)
+
+
+def set_stochastic_depth(backbone: torch.nn.Module, drop_path_rate: float) -> int:
+    """Gives the residual branches of a timm transformer backbone (blocks with `drop_path1` / `drop_path2`, e.g.
+    Swin) stochastic depth rising linearly from 0 at the first block to `drop_path_rate` at the last, as the
+    original Swin's DROP_PATH_RATE (0.3 for MaskFormer + FaPN Swin-L). A training setting: it has no weights and is
+    not saved with the model. Returns the number of blocks; raises `ValueError` for a rate outside [0, 1) or a
+    backbone without such blocks."""
+    from timm.layers import DropPath
+
+    if not 0 <= drop_path_rate < 1:
+        raise ValueError(f"drop_path_rate must lie in [0, 1), got {drop_path_rate}")
+    blocks = [m for m in backbone.modules() if hasattr(m, "drop_path1") and hasattr(m, "drop_path2")]
+    if not blocks:
+        raise ValueError(
+            f"drop_path_rate={drop_path_rate}: the backbone {type(backbone).__name__} has no timm transformer blocks "
+            "(drop_path1 / drop_path2) to apply stochastic depth to"
+        )
+    for index, block in enumerate(blocks):
+        rate = drop_path_rate * index / max(len(blocks) - 1, 1)
+        block.drop_path1 = DropPath(rate) if rate > 0 else torch.nn.Identity()
+        block.drop_path2 = DropPath(rate) if rate > 0 else torch.nn.Identity()
+    return len(blocks)
 
 
 def _maskformer_overrides(model_args: ModelArguments, ignore_index: int) -> dict[str, Any]:
@@ -192,5 +228,7 @@ __all__ = [
     "MASKFORMER_ONLY_OPTIONS",
     "build_image_processor",
     "build_model",
+    "reset_query_embeddings",
     "resolve_labels",
+    "set_stochastic_depth",
 ]

@@ -32,8 +32,9 @@ class ModelArguments:
     """Which model to train: a preset (with optional overrides) or an existing FaPN folder / Hub id.
 
     A `maskformer-*` preset builds MaskFormer + FaPN (`fapn_hf.builders.build_model`): it takes `backbone`,
-    `neck_channels` (pixel decoder and mask features), `deformable_groups`, `freeze_backbone_norm` and the
-    transformer decoder's `num_queries`, `decoder_layers`, `decoder_hidden_size`; the other options are FaPN's."""
+    `neck_channels` (pixel decoder and mask features), `deformable_groups`, `freeze_backbone_norm`, the transformer
+    decoder's `num_queries`, `decoder_layers`, `decoder_hidden_size`, and `drop_path_rate` (Swin); the other
+    options are FaPN's."""
 
     preset: str = field(
         default="fapn-r50", metadata={"help": f"model preset: {', '.join([*PRESETS, *MASKFORMER_PRESETS])}"}
@@ -56,6 +57,10 @@ class ModelArguments:
     decoder_hidden_size: int | None = field(
         default=None,
         metadata={"help": "MaskFormer: transformer decoder width, a multiple of 32 (original: 256, FFN 8x)"},
+    )
+    drop_path_rate: float | None = field(
+        default=None,
+        metadata={"help": "MaskFormer: stochastic depth of a timm transformer backbone, 0 -> this (Swin-L: 0.3)"},
     )
     freeze_backbone_norm: bool = field(
         default=True, metadata={"help": "freeze the backbone's BatchNorm statistics and affine terms, as detectron2"}
