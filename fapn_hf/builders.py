@@ -1,5 +1,9 @@
-"""Builders of a run's pieces from its arguments: the class names, the model (a preset or a saved FaPN re-headed
-for new classes) and the image processor."""
+"""Builders of a run's pieces from its arguments: the class names, the model (a preset of either family, or a saved
+model re-headed for new classes) and the image processor.
+
+The family follows the preset: `fapn-*` builds a `FaPNForSemanticSegmentation` with a `FaPNImageProcessor`,
+`maskformer-*` a `MaskFormerFaPNForInstanceSegmentation` with a `MaskFormerFaPNImageProcessor` (a saved model: its
+config's `model_type`)."""
 
 from __future__ import annotations
 
@@ -7,13 +11,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from transformers import AutoConfig, AutoModelForSemanticSegmentation
+import torch
+from transformers import AutoConfig, AutoModelForSemanticSegmentation, PreTrainedModel
 
+from .configuration_fapn import timm_backbone_config
 from .image_processing_fapn import FaPNImageProcessor
-from .inference import check_model_source, model_not_found_error
+from .image_processing_maskformer_fapn import MaskFormerFaPNImageProcessor
+from .inference import check_model_source, is_mask_classification_model, model_not_found_error
 from .labels import label_maps
 from .modeling_fapn import FaPNForSemanticSegmentation
-from .presets import preset_config
+from .modeling_maskformer_fapn import MaskFormerFaPNForInstanceSegmentation
+from .presets import MASKFORMER_PRESETS, preset_config
 from .training_args import DataArguments, ModelArguments
 
 
@@ -36,16 +44,32 @@ def resolve_labels(data_args: DataArguments) -> list[str]:
 
 # Options that shape the network: they build a preset, and cannot reshape a saved model.
 ARCHITECTURE_OPTIONS = ("use_fam", "use_fsm", "use_point_rend", "neck_channels", "head_channels", "deformable_groups")
+# The ones a MaskFormer preset takes (`neck_channels`: the pixel decoder's and mask features' width), and its own.
+MASKFORMER_ARCHITECTURE_OPTIONS = ("neck_channels", "deformable_groups")
+MASKFORMER_ONLY_OPTIONS = ("num_queries", "decoder_layers", "decoder_hidden_size", "drop_path_rate")
 
 
-def build_model(
-    model_args: ModelArguments, label_names: Sequence[str], ignore_index: int = 255
-) -> FaPNForSemanticSegmentation:
-    """A preset with overrides, or a saved FaPN re-headed for `label_names`; the loss ignores `ignore_index`.
+def build_model(model_args: ModelArguments, label_names: Sequence[str], ignore_index: int = 255) -> PreTrainedModel:
+    """A preset with overrides, or a saved model re-headed for `label_names`; the loss ignores `ignore_index`.
 
-    A saved model keeps its architecture: architecture options that differ from it raise a `ValueError` (they are
-    never dropped silently); `freeze_backbone_norm` and `freeze_backbone_stages` apply to either."""
+    `maskformer-*` presets build a `MaskFormerFaPNForInstanceSegmentation` (`_maskformer_overrides`), the others a
+    `FaPNForSemanticSegmentation`. A saved model keeps its architecture: architecture options that differ from it
+    raise a `ValueError` (they are never dropped silently); `freeze_backbone_norm` and `freeze_backbone_stages` apply
+    to either."""
     id2label, label2id = label_maps(list(label_names))
+    if model_args.preset in MASKFORMER_PRESETS and not model_args.model_name_or_path:
+        overrides = _maskformer_overrides(model_args, ignore_index)
+        config = preset_config(model_args.preset, list(label_names), **overrides)
+        if model_args.pretrained_backbone:
+            model = MaskFormerFaPNForInstanceSegmentation.from_pretrained_backbone(config)
+        else:
+            model = MaskFormerFaPNForInstanceSegmentation(config)
+        if model_args.drop_path_rate:
+            set_stochastic_depth(model.model.pixel_level_module.encoder, model_args.drop_path_rate)
+        return model
+    given = [key for key in MASKFORMER_ONLY_OPTIONS if getattr(model_args, key) is not None]
+    if given:
+        raise ValueError(f"{given} shape a MaskFormer preset (maskformer-*), not preset={model_args.preset!r}")
     # Backbone freezing lives in the config (it travels with the weights); these arguments override it.
     freezing: dict[str, Any] = {"freeze_backbone_norm": model_args.freeze_backbone_norm}
     if model_args.freeze_backbone_stages is not None:
@@ -60,6 +84,73 @@ def build_model(
     if model_args.pretrained_backbone:
         return FaPNForSemanticSegmentation.from_pretrained_backbone(config)
     return FaPNForSemanticSegmentation(config)
+
+
+def set_stochastic_depth(backbone: torch.nn.Module, drop_path_rate: float) -> int:
+    """Gives the residual branches of a timm transformer backbone (blocks with `drop_path1` / `drop_path2`, e.g.
+    Swin) stochastic depth rising linearly from 0 at the first block to `drop_path_rate` at the last, as the
+    original Swin's DROP_PATH_RATE (0.3 for MaskFormer + FaPN Swin-L). A training setting: it has no weights and is
+    not saved with the model. Returns the number of blocks; raises `ValueError` for a rate outside [0, 1) or a
+    backbone without such blocks."""
+    from timm.layers import DropPath
+
+    if not 0 <= drop_path_rate < 1:
+        raise ValueError(f"drop_path_rate must lie in [0, 1), got {drop_path_rate}")
+    blocks = [m for m in backbone.modules() if hasattr(m, "drop_path1") and hasattr(m, "drop_path2")]
+    if not blocks:
+        raise ValueError(
+            f"drop_path_rate={drop_path_rate}: the backbone {type(backbone).__name__} has no timm transformer blocks "
+            "(drop_path1 / drop_path2) to apply stochastic depth to"
+        )
+    for index, block in enumerate(blocks):
+        rate = drop_path_rate * index / max(len(blocks) - 1, 1)
+        block.drop_path1 = DropPath(rate) if rate > 0 else torch.nn.Identity()
+        block.drop_path2 = DropPath(rate) if rate > 0 else torch.nn.Identity()
+    return len(blocks)
+
+
+def _maskformer_overrides(model_args: ModelArguments, ignore_index: int) -> dict[str, Any]:
+    """`MaskFormerFaPNConfig` settings from the model arguments of a `maskformer-*` preset.
+
+    `backbone` replaces the preset's timm backbone; `freeze_backbone_norm` freezes its BatchNorms (timm's
+    `FrozenBatchNorm2d`, detectron2's FrozenBN of the original R101; Swin has none); `neck_channels` sets the pixel
+    decoder's and the mask features' width D; `num_queries`, `decoder_layers` and `decoder_hidden_size` shape the
+    transformer decoder (feed-forward 8 x hidden and hidden / 32 heads, as the original's 256 / 2048 / 8). FaPN-only
+    options (`use_fam`, `use_fsm`, `use_point_rend`, `head_channels`, `freeze_backbone_stages`) raise a
+    `ValueError`."""
+    unsupported = {
+        key: value
+        for key in ("use_fam", "use_fsm", "use_point_rend", "head_channels", "freeze_backbone_stages")
+        if (value := getattr(model_args, key)) is not None
+    }
+    if unsupported:
+        raise ValueError(
+            f"{unsupported} do not apply to the MaskFormer preset {model_args.preset!r}: it takes backbone, "
+            f"{', '.join(MASKFORMER_ARCHITECTURE_OPTIONS + MASKFORMER_ONLY_OPTIONS)} and freeze_backbone_norm"
+        )
+    backbone = model_args.backbone or MASKFORMER_PRESETS[model_args.preset]["backbone"]
+    overrides: dict[str, Any] = {
+        "semantic_loss_ignore_index": ignore_index,
+        "backbone_config": timm_backbone_config(backbone, freeze_batch_norm_2d=model_args.freeze_backbone_norm),
+    }
+    if model_args.neck_channels is not None:
+        overrides["fpn_feature_size"] = overrides["mask_feature_size"] = model_args.neck_channels
+    if model_args.deformable_groups is not None:
+        overrides["deformable_groups"] = model_args.deformable_groups
+    decoder: dict[str, Any] = {}
+    if model_args.num_queries is not None:
+        decoder["num_queries"] = model_args.num_queries
+    if model_args.decoder_layers is not None:
+        decoder["decoder_layers"] = model_args.decoder_layers
+    if (hidden := model_args.decoder_hidden_size) is not None:
+        if hidden < 32 or hidden % 32:
+            raise ValueError(f"decoder_hidden_size must be a positive multiple of 32 (heads of 32), got {hidden}")
+        decoder |= {"d_model": hidden, "decoder_ffn_dim": 8 * hidden, "decoder_attention_heads": hidden // 32}
+    if decoder:
+        from transformers import DetrConfig
+
+        overrides["decoder_config"] = DetrConfig(**decoder)
+    return overrides
 
 
 def _load_model_to_fine_tune(
@@ -105,15 +196,32 @@ def _load_model_to_fine_tune(
     )
 
 
-def build_image_processor(data_args: DataArguments) -> FaPNImageProcessor:
+def build_image_processor(
+    data_args: DataArguments, model: PreTrainedModel | None = None
+) -> FaPNImageProcessor | MaskFormerFaPNImageProcessor:
     """The processor saved with the model, the one place images become `pixel_values`: it rescales and normalises
-    the training crops, and resizes (`eval_shortest_edge` / `eval_longest_edge`) the images of inference."""
+    the training crops, and resizes (`eval_shortest_edge` / `eval_longest_edge`) the images of inference. A
+    `MaskFormerFaPNImageProcessor` for a mask-classification `model` (same settings, plus its ignore index), else
+    a `FaPNImageProcessor`."""
     size = {"shortest_edge": data_args.eval_shortest_edge or 512}
     if data_args.eval_longest_edge:
         size["longest_edge"] = data_args.eval_longest_edge
-    return FaPNImageProcessor(
-        do_resize=data_args.eval_shortest_edge is not None, size=size, do_reduce_labels=data_args.reduce_labels
-    )
+    settings = {
+        "do_resize": data_args.eval_shortest_edge is not None,
+        "size": size,
+        "do_reduce_labels": data_args.reduce_labels,
+    }
+    if model is not None and is_mask_classification_model(model):
+        return MaskFormerFaPNImageProcessor(**settings, ignore_index=data_args.ignore_index)
+    return FaPNImageProcessor(**settings)
 
 
-__all__ = ["ARCHITECTURE_OPTIONS", "build_image_processor", "build_model", "resolve_labels"]
+__all__ = [
+    "ARCHITECTURE_OPTIONS",
+    "MASKFORMER_ARCHITECTURE_OPTIONS",
+    "MASKFORMER_ONLY_OPTIONS",
+    "build_image_processor",
+    "build_model",
+    "resolve_labels",
+    "set_stochastic_depth",
+]

@@ -70,7 +70,19 @@ CITYSCAPES_ID_TO_TRAIN_ID: dict[int, int] = {
     28: 15, 31: 16, 32: 17, 33: 18,
 }  # fmt: skip
 
-LABEL_MAPPINGS: dict[str, dict[int, int]] = {"cityscapes": CITYSCAPES_ID_TO_TRAIN_ID}
+# COCO-Stuff's raw label ids -> the 171 contiguous ids of `COCO_STUFF_LABELS`. Raw ids are the COCO category id minus
+# one (0..181, 255 unlabelled), as the stuffthingmaps PNGs store them (and the COCO-Stuff-10K .mat labels after
+# subtracting one, as MaskFormer's preparation script does); the 11 ids no category uses are ignored (255).
+_COCO_UNUSED_CATEGORY_IDS = (12, 26, 29, 30, 45, 66, 68, 69, 71, 83, 91)
+COCO_STUFF_RAW_ID_TO_CONTIGUOUS: dict[int, int] = {
+    category_id - 1: index
+    for index, category_id in enumerate(i for i in range(1, 183) if i not in _COCO_UNUSED_CATEGORY_IDS)
+}
+
+LABEL_MAPPINGS: dict[str, dict[int, int]] = {
+    "cityscapes": CITYSCAPES_ID_TO_TRAIN_ID,
+    "cocostuff": COCO_STUFF_RAW_ID_TO_CONTIGUOUS,
+}
 
 # The Cityscapes colours of the 19 train ids, used for overlays of Cityscapes models.
 CITYSCAPES_PALETTE: tuple[tuple[int, int, int], ...] = (
@@ -179,6 +191,7 @@ __all__ = [
     "CITYSCAPES_LABELS",
     "CITYSCAPES_PALETTE",
     "COCO_STUFF_LABELS",
+    "COCO_STUFF_RAW_ID_TO_CONTIGUOUS",
     "LABEL_MAPPINGS",
     "LABEL_SETS",
     "MAX_REPORTED_VALUES",

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
+from transformers import initialization as hf_init
 from transformers.backbone_utils import load_backbone
 from transformers.models.maskformer.modeling_maskformer import (
     MaskFormerForInstanceSegmentation,
@@ -264,7 +265,8 @@ class MaskFormerFaPNPreTrainedModel(FamilyCodeSavingMixin, PretrainedBackboneMix
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         """The pixel decoder as the original (c2_xavier_fill convs, zero offset/mask convs, the deformable conv's
-        U(+-1 / sqrt(fan_in))); BatchNorm at weight 1, bias 0; the rest as transformers' MaskFormer."""
+        U(+-1 / sqrt(fan_in))); BatchNorm at weight 1, bias 0; object queries N(0, 1) as the original; the rest as
+        transformers' MaskFormer."""
         scheme = getattr(module, "init_scheme", None)
         if scheme is not None:
             init_conv(module, scheme)
@@ -272,6 +274,11 @@ class MaskFormerFaPNPreTrainedModel(FamilyCodeSavingMixin, PretrainedBackboneMix
             module.reset_parameters()
         elif isinstance(module, nn.BatchNorm2d):
             PreTrainedModel._init_weights(self, module)
+        elif getattr(module, "is_object_queries", False):
+            # The original's object queries are an `nn.Embedding` at PyTorch's default N(0, 1); transformers' N(0,
+            # 0.02) starts them so close together that a small model trained from scratch keeps them interchangeable
+            # (every query the same class and mask).
+            hf_init.normal_(module.weight, mean=0.0, std=1.0)
         else:
             super()._init_weights(module)
 
@@ -297,6 +304,7 @@ class MaskFormerFaPNModel(MaskFormerFaPNPreTrainedModel, MaskFormerModel):
         self.transformer_module = MaskFormerTransformerModule(
             in_features=self.pixel_level_module.encoder.channels[-1], config=config
         )
+        self.transformer_module.queries_embedder.is_object_queries = True  # initialised as the original's
         self.post_init()
         warn_unloaded_pretrained_backbone(config, self.pixel_level_module.encoder)
 

@@ -34,6 +34,8 @@ from .data import (
     check_samples,
     load_segmentation_dataset,
 )
+from .inference import is_mask_classification_model
+from .mask_targets import MaskClassificationCollator
 from .metrics import SegmentationMetrics
 from .reports import write_run_report
 from .trainer import EpochSetter, FaPNTrainer, make_compute_metrics
@@ -60,7 +62,11 @@ def run_training(
     `training_curves.png`, prediction overlays, the FaPN model card) to `training_args.output_dir`.
 
     Refuses a non-empty `output_dir` unless resuming or `overwrite_output_dir`, and an incomplete checkpoint to
-    resume from; evaluation scores every image at its label's original resolution (`fapn_hf.evaluation`)."""
+    resume from; evaluation scores every image at its label's original resolution (`fapn_hf.evaluation`).
+
+    Both model families take this path (the preset decides, `fapn_hf.builders`): a MaskFormer + FaPN trains on the
+    `MaskClassificationCollator`'s per-class masks (the ignore index belongs to no mask) with its own loss, and is
+    evaluated on its semantic scores (no eval loss; see `FaPNTrainer`)."""
     resume = resolve_resume_checkpoint(training_args.output_dir, training_args.resume_from_checkpoint)
     check_output_dir(training_args)
     set_seed(training_args.seed)
@@ -93,7 +99,7 @@ def run_training(
             splits[split], reports[split] = check_samples(splits[split], spec, data_args.bad_sample_policy, split)
 
     model = build_model(model_args, label_names, data_args.ignore_index)
-    processor = build_image_processor(data_args)
+    processor = build_image_processor(data_args, model)
     augmentation = TrainAugmentation(
         crop_size=tuple(data_args.crop_size),
         scale_range=tuple(data_args.scale_range),
@@ -117,12 +123,20 @@ def run_training(
         "validation": validation,
         "crop_size": data_args.crop_size,
     }
+    # Evaluation batches keep per-sample sizes and labels at label resolution (scored there) for both families;
+    # a mask-classification model trains on per-class masks and classes, its own (Hungarian-matched) loss.
+    eval_collator = SegmentationCollator(data_args.ignore_index)
+    if is_mask_classification_model(model):
+        train_collator = MaskClassificationCollator(num_labels=len(label_names), ignore_index=data_args.ignore_index)
+    else:
+        train_collator = eval_collator
     trainer = FaPNTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        data_collator=SegmentationCollator(data_args.ignore_index),
+        data_collator=train_collator,
+        eval_data_collator=eval_collator,
         processing_class=processor,
         compute_metrics=make_compute_metrics(metrics),
         callbacks=[EpochSetter(train_dataset), *callbacks],

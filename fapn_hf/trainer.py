@@ -7,7 +7,8 @@ model card, and the callback that advances the augmentation epoch.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -17,9 +18,28 @@ from transformers import EvalPrediction, Trainer, TrainerCallback
 from .data import SIZE_KEYS, SegmentationDataset
 from .evaluation import predict_at_label_size
 from .hub import write_model_card
+from .inference import is_mask_classification_model
 from .labels import check_label_values
 from .metrics import SegmentationMetrics
 from .modeling_fapn import REDUCE_LABELS_HINT
+
+# Normalisation layers by type (timm's BatchNormAct2d, LayerNorm2d, ... subclass these), as detectron2's optimiser
+# builder finds them for WEIGHT_DECAY_NORM.
+NORM_LAYER_TYPES = (
+    torch.nn.modules.batchnorm._BatchNorm,
+    torch.nn.modules.instancenorm._InstanceNorm,
+    torch.nn.GroupNorm,
+    torch.nn.LayerNorm,
+    torch.nn.LocalResponseNorm,
+)
+# Where the backbone sits in each family: `fapn.backbone` (FaPN) and `model.pixel_level_module.encoder` (MaskFormer).
+BACKBONE_MODULE_NAMES = ("backbone", "pixel_level_module.encoder")
+
+
+def is_backbone_parameter(name: str) -> bool:
+    """Whether the parameter called `name` (as `named_parameters` gives it) belongs to the backbone of a FaPN or a
+    MaskFormer + FaPN model."""
+    return any(f".{module}." in f".{name}" for module in BACKBONE_MODULE_NAMES)
 
 
 def parameter_groups(
@@ -28,19 +48,31 @@ def parameter_groups(
     weight_decay: float,
     backbone_lr_multiplier: float = 1.0,
     decay_norm_and_bias: bool = False,
+    decay_bias: bool = False,
 ) -> list[dict[str, Any]]:
-    """Optimiser groups: backbone vs. the rest (learning rate), and weights vs. norms/biases (weight decay).
+    """Optimiser groups of either model family: backbone vs. the rest (learning rate), decayed vs. not (weight decay).
 
-    Parameters with one dimension (biases, norm scales and shifts) get no weight decay unless
-    `decay_norm_and_bias`.
+    The backbone (`is_backbone_parameter`) trains at `learning_rate * backbone_lr_multiplier`, the rest at
+    `learning_rate` (the original MaskFormer's BACKBONE_MULTIPLIER). No weight decay goes to the parameters of
+    normalisation layers (`NORM_LAYER_TYPES`) and embeddings (MaskFormer's query embeddings), the original's
+    WEIGHT_DECAY_NORM = WEIGHT_DECAY_EMBED = 0, nor to other one-dimensional parameters (biases) unless
+    `decay_bias` (the original MaskFormer decays them). `decay_norm_and_bias` decays everything.
+
+    Returns the non-empty groups `{"params", "lr", "weight_decay"}`; frozen parameters are left out.
     """
+    undecayed_types = (*NORM_LAYER_TYPES, torch.nn.Embedding)
     groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
-    for name, parameter in model.named_parameters():
-        if not parameter.requires_grad:
-            continue
-        in_backbone = ".backbone." in f".{name}"
-        decayed = decay_norm_and_bias or parameter.ndim > 1
-        groups.setdefault((in_backbone, decayed), []).append(parameter)
+    seen: set[int] = set()  # a parameter shared by two modules goes into one group only
+    for module_name, module in model.named_modules():
+        for name, parameter in module.named_parameters(prefix=module_name, recurse=False):
+            if not parameter.requires_grad or id(parameter) in seen:
+                continue
+            seen.add(id(parameter))
+            if isinstance(module, undecayed_types):
+                decayed = decay_norm_and_bias
+            else:
+                decayed = decay_norm_and_bias or decay_bias or parameter.ndim > 1
+            groups.setdefault((is_backbone_parameter(name), decayed), []).append(parameter)
     return [
         {
             "params": params,
@@ -85,21 +117,51 @@ class FaPNTrainer(Trainer):
     """The HF `Trainer` with FaPN's optimiser groups, per-batch class-map predictions for streaming metrics, a stop
     on a non-finite training loss, and FaPN's model card.
 
-    Args beyond the `Trainer`'s (both optional, for the model card):
-        dataset_name: the data set trained on (`"demo"`, a folder, a Hub id), as the card names it.
+    Both model families train through it: a FaPN (`labels` in, its cross-entropy out) and MaskFormer + FaPN (the
+    `MaskClassificationCollator`'s `mask_labels` / `class_labels` in, its Hungarian-matched loss out). Evaluation
+    scores class maps at label resolution either way; it reports no loss for a mask-classification model (its loss
+    needs mask targets at the image's resolution, which the label-resolution evaluation batches do not have).
+
+    Args beyond the `Trainer`'s (all optional):
+        eval_data_collator: collates the evaluation (and prediction) batches in place of `data_collator`, e.g. a
+            `SegmentationCollator` (per-sample sizes, labels at label resolution) when training batches are mask
+            targets.
+        dataset_name: the data set trained on (`"demo"`, a folder, a Hub id), as the model card names it.
         training_summary: settings listed under the card's results (name -> value), e.g. the run's arguments.
     """
 
     def __init__(
         self,
         *args: Any,
+        eval_data_collator: Callable[..., dict[str, Any]] | None = None,
         dataset_name: str | None = None,
         training_summary: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.eval_data_collator = eval_data_collator
         self.dataset_name = dataset_name
         self.training_summary = training_summary
+
+    @contextmanager
+    def _collating_for_evaluation(self) -> Iterator[None]:
+        """Builds data loaders with `eval_data_collator` (when set) instead of the training collator."""
+        if self.eval_data_collator is None:
+            yield
+            return
+        training_collator, self.data_collator = self.data_collator, self.eval_data_collator
+        try:
+            yield
+        finally:
+            self.data_collator = training_collator
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        with self._collating_for_evaluation():
+            return super().get_eval_dataloader(eval_dataset)
+
+    def get_test_dataloader(self, test_dataset):
+        with self._collating_for_evaluation():
+            return super().get_test_dataloader(test_dataset)
 
     def latest_eval_metrics(self) -> dict[str, float]:
         """The `eval_*` scores of the latest evaluation in the log history, or {} before the first evaluation."""
@@ -183,6 +245,9 @@ class FaPNTrainer(Trainer):
                 self.args.weight_decay,
                 getattr(self.args, "backbone_lr_multiplier", 1.0),
                 getattr(self.args, "weight_decay_norm_and_bias", False),
+                # The original MaskFormer decays biases (only norms and embeddings are exempt); FaPN's semantic
+                # models keep this project's convention of no decay on biases.
+                decay_bias=is_mask_classification_model(model),
             )
             optimizer_kwargs.pop("weight_decay", None)  # set per group
             self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
@@ -199,16 +264,20 @@ class FaPNTrainer(Trainer):
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """Evaluation at each label's original resolution (`fapn_hf.evaluation.predict_at_label_size`): every image
-        at its processed size through the model without padding, logits resized to its label's size; class maps
-        instead of logits are returned (num_labels times less to gather, and all the metrics need)."""
+        at its processed size through the model without padding, its scores (`fapn_hf.inference.model_scores`:
+        logits, or a mask-classification model's semantic scores) resized to its label's size; class maps instead of
+        scores are returned (num_labels times less to gather, and all the metrics need). The loss is the
+        cross-entropy at label resolution for a FaPN, None for a mask-classification model."""
         if "image_sizes" not in inputs:
             return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
         inputs = self._prepare_inputs(inputs)
         labels = inputs.get("labels")
         ignore = self.model.config.semantic_loss_ignore_index
+        # A mask-classification model's semantic scores are not logits: no cross-entropy on them (no eval loss).
+        loss_labels = None if is_mask_classification_model(model) else labels
         with torch.no_grad(), self.compute_loss_context_manager():
             loss, predictions = predict_at_label_size(
-                model, inputs["pixel_values"], inputs["image_sizes"], inputs["label_sizes"], labels, ignore
+                model, inputs["pixel_values"], inputs["image_sizes"], inputs["label_sizes"], loss_labels, ignore
             )
         loss = None if loss is None else loss.detach()
         if prediction_loss_only:
@@ -222,4 +291,12 @@ class FaPNTrainer(Trainer):
         return loss, predictions, labels
 
 
-__all__ = ["EpochSetter", "FaPNTrainer", "make_compute_metrics", "parameter_groups"]
+__all__ = [
+    "BACKBONE_MODULE_NAMES",
+    "NORM_LAYER_TYPES",
+    "EpochSetter",
+    "FaPNTrainer",
+    "is_backbone_parameter",
+    "make_compute_metrics",
+    "parameter_groups",
+]

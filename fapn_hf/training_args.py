@@ -22,16 +22,23 @@ import torch
 from transformers import TrainingArguments
 
 from .data import BAD_SAMPLE_POLICIES
-from .presets import PRESETS
+from .presets import MASKFORMER_PRESETS, PRESETS
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class ModelArguments:
-    """Which model to train: a preset (with optional overrides) or an existing FaPN folder / Hub id."""
+    """Which model to train: a preset (with optional overrides) or an existing FaPN folder / Hub id.
 
-    preset: str = field(default="fapn-r50", metadata={"help": f"model preset: {', '.join(PRESETS)}"})
+    A `maskformer-*` preset builds MaskFormer + FaPN (`fapn_hf.builders.build_model`): it takes `backbone`,
+    `neck_channels` (pixel decoder and mask features), `deformable_groups`, `freeze_backbone_norm`, the transformer
+    decoder's `num_queries`, `decoder_layers`, `decoder_hidden_size`, and `drop_path_rate` (Swin); the other
+    options are FaPN's."""
+
+    preset: str = field(
+        default="fapn-r50", metadata={"help": f"model preset: {', '.join([*PRESETS, *MASKFORMER_PRESETS])}"}
+    )
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "fine-tune a saved FaPN (folder or Hub id) instead of building a preset"}
     )
@@ -43,6 +50,18 @@ class ModelArguments:
     neck_channels: int | None = field(default=None, metadata={"help": "pyramid width D (paper: 256)"})
     head_channels: int | None = field(default=None, metadata={"help": "semantic head width (paper: 128)"})
     deformable_groups: int | None = field(default=None, metadata={"help": "FAM deformable groups (paper: 8)"})
+    num_queries: int | None = field(default=None, metadata={"help": "MaskFormer: object queries (original: 100)"})
+    decoder_layers: int | None = field(
+        default=None, metadata={"help": "MaskFormer: transformer decoder layers (original: 6)"}
+    )
+    decoder_hidden_size: int | None = field(
+        default=None,
+        metadata={"help": "MaskFormer: transformer decoder width, a multiple of 32 (original: 256, FFN 8x)"},
+    )
+    drop_path_rate: float | None = field(
+        default=None,
+        metadata={"help": "MaskFormer: stochastic depth of a timm transformer backbone, 0 -> this (Swin-L: 0.3)"},
+    )
     freeze_backbone_norm: bool = field(
         default=True, metadata={"help": "freeze the backbone's BatchNorm statistics and affine terms, as detectron2"}
     )
@@ -153,9 +172,15 @@ def _scale_range(value: Any) -> list[float]:
 class FaPNTrainingArguments(TrainingArguments):
     """`TrainingArguments` plus the optimiser options of the FaPN recipes; defaults suit semantic segmentation."""
 
-    backbone_lr_multiplier: float = field(default=1.0, metadata={"help": "backbone learning rate = lr * this"})
+    backbone_lr_multiplier: float = field(
+        default=1.0, metadata={"help": "backbone learning rate = lr * this (MaskFormer's BACKBONE_MULTIPLIER)"}
+    )
     weight_decay_norm_and_bias: bool = field(
-        default=False, metadata={"help": "also decay norm weights and biases (off: they get no weight decay)"}
+        default=False,
+        metadata={
+            "help": "also decay norms, embeddings and biases (off: none for norms and embeddings; biases only for "
+            "MaskFormer, as the original)"
+        },
     )
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "train into a non-empty output_dir (files are replaced as they are written)"}

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
@@ -434,3 +434,22 @@ def test_deep_supervision_predicts_from_the_normalised_output_of_each_earlier_la
     # Deep supervision changes the loss only: the final predictions are the same with it off.
     torch.testing.assert_close(output.class_queries_logits, without.class_queries_logits)
     torch.testing.assert_close(output.masks_queries_logits, without.masks_queries_logits)
+
+
+def test_object_queries_start_as_the_originals_and_loaded_ones_are_kept(tmp_path):
+    """N(0, 1) object queries (the original's `nn.Embedding` default), also when `from_pretrained` creates them;
+    queries a checkpoint holds are loaded untouched."""
+    model = MaskFormerFaPNForInstanceSegmentation(tiny_maskformer_config(decoder_config=MaskFormerDetrConfig(
+        decoder_layers=1, d_model=64, decoder_ffn_dim=64, decoder_attention_heads=2, num_queries=100
+    )))  # fmt: skip
+    queries = model.model.transformer_module.queries_embedder.weight
+    assert 0.9 < queries.std().item() < 1.1 and abs(queries.mean().item()) < 0.05
+    model.save_pretrained(tmp_path / "full")
+    reloaded = MaskFormerFaPNForInstanceSegmentation.from_pretrained(tmp_path / "full")
+    torch.testing.assert_close(reloaded.model.transformer_module.queries_embedder.weight, queries)
+    weights = tmp_path / "full" / "model.safetensors"
+    state = {k: v for k, v in load_file(str(weights)).items() if "queries_embedder" not in k}
+    save_file(state, str(weights), metadata={"format": "pt"})
+    recreated = MaskFormerFaPNForInstanceSegmentation.from_pretrained(tmp_path / "full")
+    new_queries = recreated.model.transformer_module.queries_embedder.weight
+    assert 0.9 < new_queries.std().item() < 1.1 and not torch.equal(new_queries, queries)

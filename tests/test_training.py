@@ -28,7 +28,7 @@ from fapn_hf.data import (
 from fapn_hf.demo_data import DEMO_LABELS
 from fapn_hf.image_processing_fapn import FaPNImageProcessor
 from fapn_hf.metrics import SegmentationMetrics
-from fapn_hf.presets import PRESETS
+from fapn_hf.presets import MASKFORMER_PRESETS, PRESETS
 from fapn_hf.train import main, run_training
 from fapn_hf.trainer import make_compute_metrics, parameter_groups
 from fapn_hf.training_args import (
@@ -377,7 +377,8 @@ def test_every_recipe_parses_into_the_argument_classes(recipe, tmp_path):
     # The GPU recipes train in bf16, which TrainingArguments refuses on a machine without a GPU.
     argv = ["--output_dir", str(tmp_path), "--bf16", str(torch.cuda.is_available()).lower()]
     model_args, data_args, training_args = parse_arguments(argv, recipe=recipe)
-    assert model_args.preset in PRESETS and len(data_args.crop_size) == 2 and data_args.crop_size[0] > 0
+    assert model_args.preset in {*PRESETS, *MASKFORMER_PRESETS}
+    assert len(data_args.crop_size) == 2 and data_args.crop_size[0] > 0
     assert training_args.max_steps > 0 and training_args.lr_scheduler_type == "polynomial"
     assert training_args.output_dir == str(tmp_path)  # the command line wins over the recipe
 
