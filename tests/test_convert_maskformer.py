@@ -163,6 +163,7 @@ def test_r101_converts_exactly_end_to_end(r101):
     _compare_float64("r101", model, reference)
 
 
+@pytest.mark.slow
 def test_r101_folder_record_and_card(r101):
     _, _, result, output = r101
     names = {p.name for p in output.iterdir()}

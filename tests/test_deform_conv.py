@@ -300,6 +300,7 @@ def test_half_precision_keeps_fractional_positions_on_wide_maps(dtype, tolerance
         torch.testing.assert_close(a.float(), e, atol=10 * tolerance, rtol=10 * tolerance)
 
 
+@pytest.mark.slow
 def test_inference_and_training_compile_without_graph_breaks():
     """The kernel traces into one graph (no data-dependent Python control flow, no host synchronisation), in
     inference and through its autograd function; dynamo-only backend, so the test stays fast."""
@@ -315,6 +316,7 @@ def test_inference_and_training_compile_without_graph_breaks():
     torch.testing.assert_close(compiled_grad, x.grad)
 
 
+@pytest.mark.slow
 def test_exports_to_onnx_and_runs_in_onnxruntime(tmp_path):
     onnxruntime = pytest.importorskip("onnxruntime", reason="ONNX export check needs the [test] extra")
     module = ModulatedDeformConv2d(8, 8, 3, padding=1, deformable_groups=2, implementation="torch").eval()

@@ -111,6 +111,7 @@ def demo_model_folder(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_evaluate_command_reports_metrics_with_tta(demo_model_folder, tmp_path, capsys):
     output = tmp_path / "metrics.json"
     assert cli.evaluate_main([
@@ -152,6 +153,7 @@ def test_boolean_flags_take_a_value_only_when_it_is_a_boolean_word():
     assert parsed.flip is True and parsed.images == [Path("true")]
 
 
+@pytest.mark.slow
 def test_predict_command_runs_as_an_installed_command(demo_model_folder, tmp_path):
     """`python -m fapn_hf predict` in a fresh process, as the `fapn-predict` console script runs it."""
     rng = np.random.default_rng(0)

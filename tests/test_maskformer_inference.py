@@ -272,6 +272,7 @@ def test_config_ignore_index_is_outside_the_classes():
         tiny_maskformer_config(semantic_loss_ignore_index=3)
 
 
+@pytest.mark.slow
 def test_evaluate_and_predict_commands_take_a_maskformer_folder_with_short_side_tta(tmp_path):
     """`fapn-evaluate` / `fapn-predict` on a saved MaskFormer + FaPN folder, with the original's kind of test-time
     augmentation (views by shorter side, flip)."""

@@ -154,6 +154,7 @@ def _labels(batch: int, size: int, num_labels: int) -> torch.Tensor:
     return torch.randint(0, num_labels, (batch, size, size))
 
 
+@pytest.mark.slow
 def test_reheading_a_saved_model_initialises_the_new_predictor(saved_19_class_model):
     """`from_pretrained(<19-class folder>, num_labels=150, ignore_mismatched_sizes=True)`, 10 times."""
     state = load_file(str(saved_19_class_model / "model.safetensors"))
@@ -213,6 +214,7 @@ def test_a_base_model_checkpoint_loads_into_the_segmentation_model(tmp_path):
         assert torch.isfinite(loss)
 
 
+@pytest.mark.slow
 def test_fine_tuning_a_saved_model_on_new_labels_builds_an_initialised_head(saved_19_class_model):
     """The library side of `fapn-train recipes/demo.yaml --model_name_or_path <saved> --labels a,b,c`."""
     state = load_file(str(saved_19_class_model / "model.safetensors"))
@@ -224,6 +226,7 @@ def test_fine_tuning_a_saved_model_on_new_labels_builds_an_initialised_head(save
         assert assert_equal_to_file(model, state) == len(state) - 2
 
 
+@pytest.mark.slow
 def test_fine_tuning_a_saved_model_trains_with_finite_losses(saved_19_class_model, tmp_path):
     """19 classes re-headed to the demo data's 6, trained for 3 steps."""
     model_args = ModelArguments(model_name_or_path=str(saved_19_class_model))
