@@ -90,6 +90,13 @@ SLOW_MODULES = frozenset(
 )
 
 
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    # `make test-fast` (-m "not slow") does not even import the integration modules (gradio, onnx, notebooks).
+    if config.getoption("markexpr") == "not slow" and collection_path.name in SLOW_MODULES:
+        return True
+    return None
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if item.path.name in SLOW_MODULES:
