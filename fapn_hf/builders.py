@@ -65,7 +65,7 @@ def build_model(model_args: ModelArguments, label_names: Sequence[str], ignore_i
         else:
             model = MaskFormerFaPNForInstanceSegmentation(config)
         if model_args.drop_path_rate:
-            set_stochastic_depth(model.model.pixel_level_module.encoder, model_args.drop_path_rate)
+            set_stochastic_depth(model.backbone_module(), model_args.drop_path_rate)
         return model
     given = [key for key in MASKFORMER_ONLY_OPTIONS if getattr(model_args, key) is not None]
     if given:

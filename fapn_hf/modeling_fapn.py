@@ -476,8 +476,27 @@ def warn_unloaded_pretrained_backbone(config: PreTrainedConfig, backbone: nn.Mod
 
 
 class PretrainedBackboneMixin:
-    """`from_pretrained_backbone`: a new model whose backbone starts from timm's pretrained weights. The base model
-    (`model.base_model`) provides `load_pretrained_backbone(checkpoint_file)`."""
+    """Where a family's backbone sits (`backbone_module_name`, inside `model.base_model`) and the explicit step that
+    loads timm's pretrained weights into it: `load_pretrained_backbone`, or `from_pretrained_backbone` for a new
+    model."""
+
+    # The backbone's name inside the base model: `get_submodule` path.
+    backbone_module_name: str = "backbone"
+
+    def backbone_module(self) -> nn.Module:
+        """The backbone (transformers' backbone API) of this model, whichever head it carries."""
+        return self.base_model.get_submodule(self.backbone_module_name)
+
+    def load_pretrained_backbone(self, checkpoint_file: str | None = None) -> None:
+        """Loads timm's pretrained weights (all parameters and BatchNorm statistics) into the backbone and records it
+        in `config.use_pretrained_backbone`. The constructor never does this (see `from_pretrained_backbone`).
+
+        Args:
+            checkpoint_file: a local `.safetensors`/`.pth` file of the timm model; by default timm fetches the
+                model's default pretrained weights (from the Hub cache, or the network).
+        """
+        load_timm_backbone_weights(self.backbone_module(), checkpoint_file)
+        self.config.use_pretrained_backbone = True
 
     @classmethod
     def from_pretrained_backbone(cls, config: PreTrainedConfig, checkpoint_file: str | None = None) -> PreTrainedModel:
@@ -496,7 +515,7 @@ class PretrainedBackboneMixin:
         # The constructor warns about a requested but unloaded backbone; here the weights follow.
         config.use_pretrained_backbone = False
         model = cls(config)
-        model.base_model.load_pretrained_backbone(checkpoint_file)
+        model.load_pretrained_backbone(checkpoint_file)
         return model
 
 
@@ -525,7 +544,7 @@ class FaPNPreTrainedModel(FamilyCodeSavingMixin, PretrainedBackboneMixin, PreTra
         loaded = super().from_pretrained(*args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded
         config = model.config
-        freeze_backbone(model.base_model.backbone, config.freeze_backbone_norm, config.freeze_backbone_stages)
+        freeze_backbone(model.backbone_module(), config.freeze_backbone_norm, config.freeze_backbone_stages)
         return loaded
 
     # Activation checkpointing (transformers 5's contract: every module with a `gradient_checkpointing` flag): FaPN's
@@ -537,7 +556,7 @@ class FaPNPreTrainedModel(FamilyCodeSavingMixin, PretrainedBackboneMixin, PreTra
         self, enable: bool = True, gradient_checkpointing_func: Callable = checkpoint, every_n_layers: int = 1
     ) -> None:
         super()._set_gradient_checkpointing(enable, gradient_checkpointing_func, every_n_layers)
-        timm_model = getattr(self.base_model.backbone, "_backbone", None)
+        timm_model = getattr(self.backbone_module(), "_backbone", None)
         if timm_model is not None:
             # timm checkpoints with its own function (non-reentrant, the stages after the stem).
             for module in timm_model.modules():
@@ -644,17 +663,6 @@ class FaPNModel(FaPNPreTrainedModel):
         if mode:
             keep_norms_frozen(self.backbone, self.config.freeze_backbone_norm, self.config.freeze_backbone_stages)
         return self
-
-    def load_pretrained_backbone(self, checkpoint_file: str | None = None) -> None:
-        """Loads timm's pretrained weights (all parameters and BatchNorm statistics) into the backbone and records it
-        in `config.use_pretrained_backbone`. The constructor never does this (see `from_pretrained_backbone`).
-
-        Args:
-            checkpoint_file: a local `.safetensors`/`.pth` file of the timm model; by default timm fetches the
-                model's default pretrained weights (from the Hub cache, or the network).
-        """
-        load_timm_backbone_weights(self.backbone, checkpoint_file)
-        self.config.use_pretrained_backbone = True
 
     def check_pixel_values(self, pixel_values: torch.Tensor) -> None:
         """Raises `ValueError` for inputs the model cannot take: not a float `(N, C, H, W)` tensor with the

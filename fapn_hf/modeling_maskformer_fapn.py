@@ -40,7 +40,6 @@ from .modeling_fapn import (
     FeatureAlignmentModule,
     PretrainedBackboneMixin,
     init_conv,
-    load_timm_backbone_weights,
     padded_size,
     warn_unloaded_pretrained_backbone,
 )
@@ -247,6 +246,7 @@ class MaskFormerFaPNPreTrainedModel(FamilyCodeSavingMixin, PretrainedBackboneMix
     accepts_loss_kwargs = False
     # save_pretrained() ships the code of every head and the image processor (remote_code.py).
     code_family = MASKFORMER_FAPN
+    backbone_module_name = "pixel_level_module.encoder"
 
     # Activation checkpointing: the transformer decoder's layers, the FAMs (GradientCheckpointingLayers), transformers
     # backbones that support it, and timm backbones through timm's own switch.
@@ -256,7 +256,7 @@ class MaskFormerFaPNPreTrainedModel(FamilyCodeSavingMixin, PretrainedBackboneMix
         self, enable: bool = True, gradient_checkpointing_func: Callable = checkpoint, every_n_layers: int = 1
     ) -> None:
         super()._set_gradient_checkpointing(enable, gradient_checkpointing_func, every_n_layers)
-        timm_model = getattr(self.base_model.pixel_level_module.encoder, "_backbone", None)
+        timm_model = getattr(self.backbone_module(), "_backbone", None)
         if timm_model is not None:
             for module in timm_model.modules():
                 if hasattr(module, "set_grad_checkpointing"):
@@ -307,17 +307,6 @@ class MaskFormerFaPNModel(MaskFormerFaPNPreTrainedModel, MaskFormerModel):
         self.transformer_module.queries_embedder.is_object_queries = True  # initialised as the original's
         self.post_init()
         warn_unloaded_pretrained_backbone(config, self.pixel_level_module.encoder)
-
-    def load_pretrained_backbone(self, checkpoint_file: str | None = None) -> None:
-        """Loads timm's pretrained weights (all parameters and BatchNorm statistics) into the backbone and records it
-        in `config.use_pretrained_backbone`. The constructor never does this (see `from_pretrained_backbone`).
-
-        Args:
-            checkpoint_file: a local `.safetensors`/`.pth` file of the timm model; by default timm fetches the
-                model's default pretrained weights (from the Hub cache, or the network).
-        """
-        load_timm_backbone_weights(self.pixel_level_module.encoder, checkpoint_file)
-        self.config.use_pretrained_backbone = True
 
     def forward(
         self,

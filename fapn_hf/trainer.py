@@ -32,14 +32,6 @@ NORM_LAYER_TYPES = (
     torch.nn.LayerNorm,
     torch.nn.LocalResponseNorm,
 )
-# Where the backbone sits in each family: `fapn.backbone` (FaPN) and `model.pixel_level_module.encoder` (MaskFormer).
-BACKBONE_MODULE_NAMES = ("backbone", "pixel_level_module.encoder")
-
-
-def is_backbone_parameter(name: str) -> bool:
-    """Whether the parameter called `name` (as `named_parameters` gives it) belongs to the backbone of a FaPN or a
-    MaskFormer + FaPN model."""
-    return any(f".{module}." in f".{name}" for module in BACKBONE_MODULE_NAMES)
 
 
 def parameter_groups(
@@ -52,7 +44,7 @@ def parameter_groups(
 ) -> list[dict[str, Any]]:
     """Optimiser groups of either model family: backbone vs. the rest (learning rate), decayed vs. not (weight decay).
 
-    The backbone (`is_backbone_parameter`) trains at `learning_rate * backbone_lr_multiplier`, the rest at
+    The backbone (`model.backbone_module()`) trains at `learning_rate * backbone_lr_multiplier`, the rest at
     `learning_rate` (the original MaskFormer's BACKBONE_MULTIPLIER). No weight decay goes to the parameters of
     normalisation layers (`NORM_LAYER_TYPES`) and embeddings (MaskFormer's query embeddings), the original's
     WEIGHT_DECAY_NORM = WEIGHT_DECAY_EMBED = 0, nor to other one-dimensional parameters (biases) unless
@@ -63,8 +55,9 @@ def parameter_groups(
     undecayed_types = (*NORM_LAYER_TYPES, torch.nn.Embedding)
     groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     seen: set[int] = set()  # a parameter shared by two modules goes into one group only
-    for module_name, module in model.named_modules():
-        for name, parameter in module.named_parameters(prefix=module_name, recurse=False):
+    backbone = {id(parameter) for parameter in model.backbone_module().parameters()}
+    for module in model.modules():
+        for parameter in module.parameters(recurse=False):
             if not parameter.requires_grad or id(parameter) in seen:
                 continue
             seen.add(id(parameter))
@@ -72,7 +65,7 @@ def parameter_groups(
                 decayed = decay_norm_and_bias
             else:
                 decayed = decay_norm_and_bias or decay_bias or parameter.ndim > 1
-            groups.setdefault((is_backbone_parameter(name), decayed), []).append(parameter)
+            groups.setdefault((id(parameter) in backbone, decayed), []).append(parameter)
     return [
         {
             "params": params,
@@ -292,11 +285,9 @@ class FaPNTrainer(Trainer):
 
 
 __all__ = [
-    "BACKBONE_MODULE_NAMES",
     "NORM_LAYER_TYPES",
     "EpochSetter",
     "FaPNTrainer",
-    "is_backbone_parameter",
     "make_compute_metrics",
     "parameter_groups",
 ]
