@@ -57,8 +57,6 @@ import torchvision
 from torch.utils import benchmark as torch_benchmark
 from torch.utils.flop_counter import FlopCounterMode
 
-from .transforms import parse_size
-
 MIB = 1024 * 1024
 PROC_STATUS = Path("/proc/self/status")
 PROC_CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -110,6 +108,17 @@ QUICK_SETTINGS = {
 # ----------------------------------------------------------------------------------------------------------------
 # Arguments and environment
 # ----------------------------------------------------------------------------------------------------------------
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """`"512x1024"` -> `(512, 1024)` (height, width); raises `ValueError` for anything else."""
+    try:
+        height, width = (int(part) for part in text.lower().split("x"))
+    except (ValueError, AttributeError) as error:
+        raise ValueError(f"expected a size HxW such as 512x1024, got {text!r}") from error
+    if height < 1 or width < 1:
+        raise ValueError(f"size must be positive (height, width), got {(height, width)!r}")
+    return height, width
 
 
 def _help(text: str) -> dict[str, str]:

@@ -46,15 +46,6 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------------------- checks
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """`"512x1024"` -> `(512, 1024)` (height, width); raises `ValueError` for anything else."""
-    try:
-        height, width = (int(part) for part in text.lower().split("x"))
-    except (ValueError, AttributeError) as error:
-        raise ValueError(f"expected a size HxW such as 512x1024, got {text!r}") from error
-    return _check_size((height, width))
-
-
 def _check_size(size: tuple[int, int], name: str = "size") -> tuple[int, int]:
     try:
         height, width = size
