@@ -18,6 +18,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -85,6 +86,15 @@ def _wait_for(url: str, process: subprocess.Popen, log: Path, timeout: float = 3
     raise AssertionError(f"the app did not answer within {timeout} s:\n{log.read_text()[-3000:]}")
 
 
+def upload(page: Any, path: Path) -> None:
+    """Picks `path` in the upload box and waits until gradio shows it, which it does once the file reached the
+    server: a click on Segment before that runs the app without an image (a race a slow CI machine lost)."""
+    from playwright.sync_api import expect
+
+    page.locator("input[type=file]").first.set_input_files(str(path))
+    expect(page.locator("#upload img")).to_be_attached(timeout=60_000)
+
+
 def drive_in_browser(url: str, tmp_path: Path) -> Path:
     """Uses the page as a visitor would (model description, upload, result, legend, table, opacity, a bad file's
     message) and returns a screenshot of the result."""
@@ -111,7 +121,7 @@ def drive_in_browser(url: str, tmp_path: Path) -> Path:
         expect(status).to_contain_text("256x256 image; 1 view(s)", timeout=120_000)
 
         page.reload(wait_until="domcontentloaded")
-        page.locator("input[type=file]").first.set_input_files(str(image))
+        upload(page, image)
         page.get_by_role("button", name="Segment").click()
         expect(status).to_contain_text("96x64 image; 1 view(s)", timeout=120_000)
         expect(status).to_contain_text("in all")
@@ -133,7 +143,7 @@ def drive_in_browser(url: str, tmp_path: Path) -> Path:
         page.screenshot(path=str(screenshot), full_page=True)
 
         page.reload(wait_until="domcontentloaded")  # a visitor who uploads a text file named like a photo
-        page.locator("input[type=file]").first.set_input_files(str(not_an_image))
+        upload(page, not_an_image)
         page.get_by_role("button", name="Segment").click()
         expect(page.get_by_text("notes.jpg could not be read").first).to_be_visible(timeout=60_000)
         page.wait_for_timeout(1000)  # the message slides in
