@@ -8,6 +8,7 @@ output conv share one GroupNorm, as in the original. `pixel_decoder="fpn"` gives
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,7 @@ from transformers import PreTrainedModel
 from transformers import initialization as hf_init
 from transformers.backbone_utils import load_backbone
 from transformers.models.maskformer.modeling_maskformer import (
+    MaskFormerDetrDecoder,
     MaskFormerForInstanceSegmentation,
     MaskFormerForInstanceSegmentationOutput,
     MaskFormerHungarianMatcher,
@@ -41,6 +43,7 @@ from .modeling_fapn import (
     PretrainedBackboneMixin,
     init_conv,
     padded_size,
+    tag_init,
     warn_unloaded_pretrained_backbone,
 )
 from .remote_code import MASKFORMER_FAPN, FamilyCodeSavingMixin
@@ -204,6 +207,9 @@ class MaskFormerFaPNPixelLevelModule(nn.Module):
                 mask_feature_size=config.mask_feature_size,
                 lateral_widths=channels[:-1],
             )
+            for conv in self.decoder.modules():  # c2_xavier_fill, as the original's BasePixelDecoder
+                if isinstance(conv, nn.Conv2d):
+                    tag_init(conv, "xavier")
 
     def backbone_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """C2..C5 as NCHW maps (after the per-stage output norms, when configured)."""
@@ -264,9 +270,18 @@ class MaskFormerFaPNPreTrainedModel(FamilyCodeSavingMixin, PretrainedBackboneMix
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """The pixel decoder as the original (c2_xavier_fill convs, zero offset/mask convs, the deformable conv's
-        U(+-1 / sqrt(fan_in))); BatchNorm at weight 1, bias 0; object queries N(0, 1) as the original; the rest as
-        transformers' MaskFormer."""
+        """The original MaskFormer's initialisation, which training from scratch depends on:
+
+        - pixel decoders: FaPN's as the original (c2_xavier_fill convs, zero offset/mask convs, the deformable conv's
+          U(+-1 / sqrt(fan_in))), MaskFormer's FPN with c2_xavier_fill convs (zero biases);
+        - the transformer decoder: `MaskFormerFaPNTransformerDecoder` initialises its own layers (DETR's scheme);
+          its input projection c2_xavier_fill, the object queries N(0, 1) (`nn.Embedding`'s default);
+        - the class and mask-embedding heads at `nn.Linear`'s default, U(+-1 / sqrt(fan_in));
+        - BatchNorm at weight 1, bias 0; the rest (LayerNorms, the loss's class weights) as transformers' MaskFormer.
+
+        Layers carry their scheme as a tag set where they are built: transformers visits a module's children first
+        and skips a parameterless parent in custom code, so only the layers themselves can be relied on here.
+        """
         scheme = getattr(module, "init_scheme", None)
         if scheme is not None:
             init_conv(module, scheme)
@@ -275,12 +290,65 @@ class MaskFormerFaPNPreTrainedModel(FamilyCodeSavingMixin, PretrainedBackboneMix
         elif isinstance(module, nn.BatchNorm2d):
             PreTrainedModel._init_weights(self, module)
         elif getattr(module, "is_object_queries", False):
-            # The original's object queries are an `nn.Embedding` at PyTorch's default N(0, 1); transformers' N(0,
-            # 0.02) starts them so close together that a small model trained from scratch keeps them interchangeable
-            # (every query the same class and mask).
+            # transformers' N(0, 0.02) starts the queries so close together that they stay interchangeable.
             hf_init.normal_(module.weight, mean=0.0, std=1.0)
+        elif getattr(module, "init_as_linear_default", False):
+            init_linear_default(module)
         else:
             super()._init_weights(module)
+
+
+def init_linear_default(linear: nn.Linear) -> None:
+    """`nn.Linear`'s own initialisation: weight and bias U(+-1 / sqrt(fan_in))."""
+    bound = 1 / math.sqrt(linear.in_features)
+    hf_init.uniform_(linear.weight, -bound, bound)
+    if linear.bias is not None:
+        hf_init.uniform_(linear.bias, -bound, bound)
+
+
+class MaskFormerFaPNTransformerDecoder(MaskFormerDetrDecoder):
+    """transformers' MaskFormer transformer decoder (DETR's post-norm decoder) with the original's initialisation.
+
+    The original builds it with DETR's `Transformer`, whose `_reset_parameters` draws every weight matrix
+    Xavier-uniform. Its attention keeps the query, key and value projections in one `(3D, D)` matrix, so each of
+    transformers' separate `(D, D)` projections is drawn with that matrix's bound, sqrt(6 / 4D); output projections
+    and both feed-forward layers are Xavier over their own shapes. Attention biases start at zero (as in
+    `nn.MultiheadAttention`), feed-forward biases at `nn.Linear`'s default, LayerNorms at weight 1, bias 0.
+
+    transformers' MaskFormer draws all of these N(0, 0.02): cross-attention then adds about 0.1% to the queries'
+    states, every query ends up predicting the same class and mask, and a small model trained from scratch does not
+    leave that state (the demo recipe stayed below chance). The weights and their names are transformers' own, so
+    checkpoints load either way.
+    """
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        role = self._detr_roles().get(module)
+        if role == "attention_input":
+            bound = math.sqrt(6 / (4 * module.in_features))
+            hf_init.uniform_(module.weight, -bound, bound)
+        elif role == "attention_output":
+            hf_init.xavier_uniform_(module.weight)
+        elif role == "feed_forward":
+            init_linear_default(module)
+            hf_init.xavier_uniform_(module.weight)
+        else:
+            super()._init_weights(module)
+            return
+        if role != "feed_forward" and module.bias is not None:
+            hf_init.zeros_(module.bias)
+
+    def _detr_roles(self) -> dict[nn.Module, str]:
+        """Each linear layer's part in DETR's scheme, found by structure: attention blocks have `q_proj`, `k_proj`,
+        `v_proj`, `o_proj`, feed-forward blocks `fc1`, `fc2`."""
+        roles = {}
+        for block in self.modules():
+            if all(hasattr(block, name) for name in ("q_proj", "k_proj", "v_proj", "o_proj")):
+                roles |= {block.q_proj: "attention_input", block.k_proj: "attention_input"}
+                roles |= {block.v_proj: "attention_input", block.o_proj: "attention_output"}
+            elif hasattr(block, "fc1") and hasattr(block, "fc2"):
+                roles |= {block.fc1: "feed_forward", block.fc2: "feed_forward"}
+        return roles
 
 
 def pad_to_multiple(pixel_values: torch.Tensor, divisor: int) -> torch.Tensor:
@@ -304,7 +372,11 @@ class MaskFormerFaPNModel(MaskFormerFaPNPreTrainedModel, MaskFormerModel):
         self.transformer_module = MaskFormerTransformerModule(
             in_features=self.pixel_level_module.encoder.channels[-1], config=config
         )
-        self.transformer_module.queries_embedder.is_object_queries = True  # initialised as the original's
+        # The original's initialisation (see `_init_weights`): its decoder, queries and input projection.
+        self.transformer_module.decoder = MaskFormerFaPNTransformerDecoder(config.decoder_config)
+        self.transformer_module.queries_embedder.is_object_queries = True
+        if self.transformer_module.input_projection is not None:
+            tag_init(self.transformer_module.input_projection, "xavier")
         self.post_init()
         warn_unloaded_pretrained_backbone(config, self.pixel_level_module.encoder)
 
@@ -357,6 +429,9 @@ class MaskFormerFaPNForInstanceSegmentation(MaskFormerFaPNPreTrainedModel, MaskF
         hidden_size = config.decoder_config.hidden_size
         self.class_predictor = nn.Linear(hidden_size, config.num_labels + 1)  # + the "no object" class
         self.mask_embedder = MaskformerMLPPredictionHead(hidden_size, hidden_size, config.mask_feature_size)
+        for linear in [self.class_predictor, *self.mask_embedder.modules()]:
+            if isinstance(linear, nn.Linear):
+                linear.init_as_linear_default = True  # the original's nn.Linear heads
         self.matcher = MaskFormerHungarianMatcher(
             cost_class=1.0, cost_dice=config.dice_weight, cost_mask=config.mask_weight
         )
@@ -462,5 +537,6 @@ __all__ = [
     "MaskFormerFaPNModel",
     "MaskFormerFaPNPixelDecoder",
     "MaskFormerFaPNPreTrainedModel",
+    "MaskFormerFaPNTransformerDecoder",
     "adapt_timm_swin",
 ]

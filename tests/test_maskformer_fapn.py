@@ -436,20 +436,124 @@ def test_deep_supervision_predicts_from_the_normalised_output_of_each_earlier_la
     torch.testing.assert_close(output.masks_queries_logits, without.masks_queries_logits)
 
 
-def test_object_queries_start_as_the_originals_and_loaded_ones_are_kept(tmp_path):
-    """N(0, 1) object queries (the original's `nn.Embedding` default), also when `from_pretrained` creates them;
-    queries a checkpoint holds are loaded untouched."""
-    model = MaskFormerFaPNForInstanceSegmentation(tiny_maskformer_config(decoder_config=MaskFormerDetrConfig(
-        decoder_layers=1, d_model=64, decoder_ffn_dim=64, decoder_attention_heads=2, num_queries=100
-    )))  # fmt: skip
-    queries = model.model.transformer_module.queries_embedder.weight
-    assert 0.9 < queries.std().item() < 1.1 and abs(queries.mean().item()) < 0.05
+class OriginalTransformerPredictor(torch.nn.Module):
+    """The parameters of the original MaskFormer's `TransformerPredictor` (with a one-layer DETR decoder), built from
+    PyTorch modules and initialised as the original is: DETR's `Transformer._reset_parameters` (Xavier-uniform on
+    every weight matrix of the decoder, the stacked `(3D, D)` query/key/value matrix included), `c2_xavier_fill` on the
+    input projection, and PyTorch's defaults for the query embedding and the class and mask-embedding heads."""
+
+    def __init__(self, in_channels: int, width: int, heads: int, ffn: int, queries: int, classes: int, mask_dim: int):
+        super().__init__()
+        nn = torch.nn
+        self.self_attn = nn.MultiheadAttention(width, heads)
+        self.cross_attn = nn.MultiheadAttention(width, heads)
+        self.linear1, self.linear2 = nn.Linear(width, ffn), nn.Linear(ffn, width)
+        self.norms = nn.ModuleList(nn.LayerNorm(width) for _ in range(4))  # three in the layer, the decoder's last
+        for parameter in self.parameters():  # DETR's Transformer._reset_parameters
+            if parameter.dim() > 1:
+                nn.init.xavier_uniform_(parameter)
+        self.query_embed = nn.Embedding(queries, width)
+        self.input_proj = nn.Conv2d(in_channels, width, 1)
+        nn.init.kaiming_uniform_(self.input_proj.weight, a=1)  # c2_xavier_fill
+        nn.init.constant_(self.input_proj.bias, 0)
+        self.class_embed = nn.Linear(width, classes + 1)
+        self.mask_embed = nn.ModuleList([nn.Linear(width, width), nn.Linear(width, width), nn.Linear(width, mask_dim)])
+
+    def counterparts(self) -> dict[str, torch.Tensor]:
+        """Our parameter names (under `model.transformer_module` or the heads) -> the original's tensors."""
+        width = self.linear1.in_features
+        names = {
+            "queries_embedder.weight": self.query_embed.weight,
+            "input_projection.weight": self.input_proj.weight,
+            "input_projection.bias": self.input_proj.bias,
+            "decoder.layers.0.mlp.fc1.weight": self.linear1.weight,
+            "decoder.layers.0.mlp.fc1.bias": self.linear1.bias,
+            "decoder.layers.0.mlp.fc2.weight": self.linear2.weight,
+            "decoder.layers.0.mlp.fc2.bias": self.linear2.bias,
+        }
+        for ours, attention in (("self_attn", self.self_attn), ("encoder_attn", self.cross_attn)):
+            for index, projection in enumerate("qkv"):
+                rows = slice(index * width, (index + 1) * width)
+                names[f"decoder.layers.0.{ours}.{projection}_proj.weight"] = attention.in_proj_weight[rows]
+                names[f"decoder.layers.0.{ours}.{projection}_proj.bias"] = attention.in_proj_bias[rows]
+            names[f"decoder.layers.0.{ours}.o_proj.weight"] = attention.out_proj.weight
+            names[f"decoder.layers.0.{ours}.o_proj.bias"] = attention.out_proj.bias
+        layer_norms = ("self_attn_layer_norm", "encoder_attn_layer_norm", "final_layer_norm")
+        for norm, ours in zip(self.norms, [f"decoder.layers.0.{name}" for name in layer_norms] + ["decoder.layernorm"]):
+            names[f"{ours}.weight"], names[f"{ours}.bias"] = norm.weight, norm.bias
+        names = {f"model.transformer_module.{key}": value for key, value in names.items()}
+        names["class_predictor.weight"], names["class_predictor.bias"] = self.class_embed.weight, self.class_embed.bias
+        for index, linear in enumerate(self.mask_embed):
+            names[f"mask_embedder.{index}.0.weight"], names[f"mask_embedder.{index}.0.bias"] = (
+                linear.weight,
+                linear.bias,
+            )
+        return names
+
+
+def assert_initialised_as(ours: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> None:
+    """Same distribution, judged by standard deviation and largest magnitude (a uniform's is its bound), within
+    sampling error; constants (zeros, ones) exactly."""
+    for name, expected in reference.items():
+        actual, expected = ours[name].detach().float(), expected.detach().float()
+        assert actual.shape == expected.shape, name
+        if expected.std() == 0:
+            torch.testing.assert_close(actual, expected, msg=name)
+            continue
+        tolerance = 0.1 if expected.numel() >= 1000 else 0.3
+        for statistic in (torch.std, lambda t: t.abs().max()):
+            ratio = (statistic(actual) / statistic(expected)).item()
+            assert abs(ratio - 1) < tolerance, f"{name}: {ratio:.3f} x the original's"
+
+
+def test_transformer_decoder_queries_and_heads_start_as_the_originals(tmp_path):
+    """The transformer decoder, its input projection, the object queries and the class and mask heads start with the
+    original's distributions, compared with the original's modules built and initialised independently here; also
+    when `from_pretrained` creates them; weights a checkpoint holds are loaded untouched.
+
+    transformers' MaskFormer draws all of these N(0, 0.02) (queries included): cross-attention then barely changes
+    the queries' states and a small model trained from scratch keeps every query predicting the same class and mask.
+    """
+    torch.manual_seed(0)
+    decoder_config = MaskFormerDetrConfig(
+        decoder_layers=1, d_model=256, decoder_ffn_dim=2048, decoder_attention_heads=8, num_queries=100
+    )
+    model = MaskFormerFaPNForInstanceSegmentation(tiny_maskformer_config(decoder_config=decoder_config))
+    original = OriginalTransformerPredictor(512, 256, 8, 2048, 100, len(LABELS), 64).counterparts()
+    ours = dict(model.named_parameters())
+    assert set(original) == {name for name in ours if not name.startswith("model.pixel_level_module")}
+    assert_initialised_as(ours, original)
+    # The point of it: at initialisation the queries' final states already differ (by about 5% of how much they
+    # differ between images here; transformers' initialisation gives 0.3%).
+    with torch.no_grad():
+        states = model.model(torch.randn(4, 3, 96, 96)).transformer_decoder_last_hidden_state
+    assert states.std(dim=1).mean() > 0.02 * states.std(dim=0).mean()
+
     model.save_pretrained(tmp_path / "full")
     reloaded = MaskFormerFaPNForInstanceSegmentation.from_pretrained(tmp_path / "full")
-    torch.testing.assert_close(reloaded.model.transformer_module.queries_embedder.weight, queries)
+    for name, parameter in reloaded.named_parameters():
+        torch.testing.assert_close(parameter, ours[name], msg=name)
     weights = tmp_path / "full" / "model.safetensors"
-    state = {k: v for k, v in load_file(str(weights)).items() if "queries_embedder" not in k}
-    save_file(state, str(weights), metadata={"format": "pt"})
-    recreated = MaskFormerFaPNForInstanceSegmentation.from_pretrained(tmp_path / "full")
-    new_queries = recreated.model.transformer_module.queries_embedder.weight
-    assert 0.9 < new_queries.std().item() < 1.1 and not torch.equal(new_queries, queries)
+    kept = {key: value for key, value in load_file(str(weights)).items() if key not in original}
+    save_file(kept, str(weights), metadata={"format": "pt"})
+    recreated = dict(MaskFormerFaPNForInstanceSegmentation.from_pretrained(tmp_path / "full").named_parameters())
+    assert_initialised_as(recreated, original)
+    queries = "model.transformer_module.queries_embedder.weight"
+    assert not torch.equal(recreated[queries], ours[queries])
+    for name in kept:
+        if name in recreated:
+            torch.testing.assert_close(recreated[name], ours[name], msg=name)
+
+
+def test_fpn_pixel_decoder_starts_as_the_originals():
+    """MaskFormer's FPN pixel decoder (the ablation's) with the original's c2_xavier_fill convs: U(+-sqrt(3 / fan_in))
+    and zero biases (transformers' is Xavier-uniform)."""
+    torch.manual_seed(0)
+    decoder = MaskFormerFaPNForInstanceSegmentation(tiny_maskformer_config(pixel_decoder="fpn")).model
+    convs = [m for m in decoder.pixel_level_module.decoder.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 8  # stem, 3 laterals, 3 outputs, the mask projection
+    for conv in convs:
+        bound = (3 / (conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1])) ** 0.5
+        assert 0.9 * bound < conv.weight.abs().max() <= bound
+        assert abs(conv.weight.std().item() / (bound / 3**0.5) - 1) < 0.1
+        assert conv.bias is None or not conv.bias.any()
