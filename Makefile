@@ -18,8 +18,8 @@ demo: $(STAMP)
 	$(VENV)/bin/fapn-train recipes/demo.yaml --overwrite_output_dir true
 
 lint: $(STAMP)
-	$(PY) -m ruff check fapn_hf scripts tests
-	$(PY) -m ruff format --check fapn_hf scripts tests
+	$(PY) -m ruff check fapn_hf scripts tests notebooks space_app
+	$(PY) -m ruff format --check fapn_hf scripts tests notebooks space_app
 
 # transformers' common model/processor tests come from its sdist (pinned to the installed version, cached).
 transformers-tests: $(STAMP)

@@ -112,3 +112,23 @@ def test_inference_notebook_takes_a_maskformer_fapn_model(tmp_path, monkeypatch)
     )
     MaskFormerFaPNImageProcessor(size={"shortest_edge": 192, "longest_edge": 256}).save_pretrained(folder)
     _execute(NOTEBOOK_DIR / "01_inference.ipynb", monkeypatch, f"LOCAL_MODEL_DIR = {str(folder)!r}")
+
+
+def test_finetune_notebook_trains_maskformer_fapn(monkeypatch):
+    """The Trainer tutorial with the MaskFormer + FaPN demo recipe in place of FaPN's (train, evaluate with and
+    without TTA, curves, overlays, the folder)."""
+    parameters = 'RECIPE = "recipes/demo_maskformer_fapn.yaml"\nMAX_STEPS = 6\nEVAL_STEPS = 3'
+    _execute(NOTEBOOK_DIR / "02_finetune_with_trainer.ipynb", monkeypatch, parameters)
+
+
+def test_share_notebook_takes_a_trained_maskformer_fapn_folder(tmp_path, monkeypatch):
+    """The sharing tutorial on a folder `fapn-train` wrote for a MaskFormer + FaPN (card, upload plan, dry-run push,
+    remote code in a process without the package)."""
+    from fapn_hf.train import run_training
+    from fapn_hf.training_args import parse_arguments
+
+    overrides = dict(max_steps=2, eval_steps=2, save_strategy="no", report_to="none", dataloader_num_workers=0)
+    overrides |= dict(demo_train_samples=16, demo_validation_samples=4, num_visualizations=1)
+    run = run_training(*parse_arguments([], REPO_ROOT / "recipes" / "demo_maskformer_fapn.yaml",
+                                        output_dir=str(tmp_path / "trained"), **overrides))  # fmt: skip
+    _execute(NOTEBOOK_DIR / "03_share_on_the_hub.ipynb", monkeypatch, f"SOURCE_MODEL = {str(run.output_dir)!r}")
