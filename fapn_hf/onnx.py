@@ -41,6 +41,10 @@ class OnnxVerificationError(ValueError):
     """The exported graph's logits differ from PyTorch's by more than the tolerance."""
 
 
+class OnnxUnsupportedModelError(ValueError):
+    """The model is of a kind `export_onnx` does not export (MaskFormer + FaPN)."""
+
+
 def _import_onnxruntime() -> Any:
     try:
         import onnxruntime
@@ -94,7 +98,16 @@ def export_onnx(
 
     Raises:
         OnnxVerificationError: when the verification finds a larger difference (the file is kept for inspection).
+        OnnxUnsupportedModelError: for a MaskFormer + FaPN model, which this export does not cover.
     """
+    from .inference import is_mask_classification_model  # (inference imports this module lazily)
+
+    if is_mask_classification_model(model):
+        raise OnnxUnsupportedModelError(
+            f"ONNX export covers FaPN's per-pixel logits; {type(model).__name__} (MaskFormer + FaPN: class and mask "
+            "predictions per query) cannot be exported yet. Run it with PyTorch: SegmentationPredictor, fapn-predict "
+            "and fapn-evaluate do."
+        )
     config = model.config
     divisor = config.size_divisibility
     path = onnx_file(path)
@@ -252,6 +265,7 @@ __all__ = [
     "DEFAULT_OPSET",
     "ONNX_FILE_NAME",
     "OnnxRuntimeModel",
+    "OnnxUnsupportedModelError",
     "OnnxVerificationError",
     "export_onnx",
     "max_logit_difference",

@@ -166,6 +166,11 @@ def test_from_pretrained_uses_pytorch_for_maskformer_models(model, processor, tm
     np.testing.assert_array_equal(predictor.predict(image), SegmentationPredictor(model, processor).predict(image))
     with pytest.raises(ValueError, match="MaskFormer \\+ FaPN model .* has no ONNX export"):
         SegmentationPredictor.from_pretrained(str(tmp_path), backend="onnxruntime")
+    # fapn-export-onnx says so too, and writes nothing.
+    (tmp_path / "model.onnx").unlink()
+    with pytest.raises(SystemExit, match="error: ONNX export covers FaPN's per-pixel logits; .*Run it with PyTorch"):
+        cli.export_onnx_main([str(tmp_path)])
+    assert not (tmp_path / "model.onnx").exists()
 
 
 # --------------------------------------------------------------------------------------------- targets
