@@ -48,7 +48,7 @@ from .inference import SegmentationPredictor, TTAConfig, check_model_source
 from .labels import palette
 from .modeling_fapn import FaPNForSemanticSegmentation
 from .modeling_maskformer_fapn import MaskFormerFaPNForInstanceSegmentation
-from .onnx import DEFAULT_OPSET, OnnxUnsupportedModelError, OnnxVerificationError, export_onnx
+from .onnx import DEFAULT_OPSET, OnnxVerificationError, export_onnx
 from .presets import PRESETS, preset_config, preset_image_processor
 from .presets_maskformer import MASKFORMER_PRESETS
 from .space import DEFAULT_SHORT_DESCRIPTION, build_space
@@ -556,7 +556,7 @@ class ExportOnnxArguments:
 def export_onnx_main(argv: Sequence[str] | None = None) -> int:
     """`fapn-export-onnx`: exports (and verifies) the folder's model as ONNX."""
     args = parse_arguments(ExportOnnxArguments, argv, "fapn-export-onnx", inspect.cleandoc(ExportOnnxArguments.__doc__))
-    with user_errors(FileNotFoundError, OnnxVerificationError, OnnxUnsupportedModelError, ImportError):
+    with user_errors(FileNotFoundError, OnnxVerificationError, ImportError):
         check_model_source(str(args.model_dir))
         model = AutoModelForSemanticSegmentation.from_pretrained(args.model_dir)
         path = export_onnx(model, args.output or args.model_dir, opset=args.opset, verify=not args.no_verify)

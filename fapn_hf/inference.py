@@ -289,8 +289,8 @@ class SegmentationPredictor:
 
     Args:
         model: a FaPN (or any) semantic segmentation model returning `.logits` at input resolution, a MaskFormer +
-            FaPN model (`MaskFormerFaPNForInstanceSegmentation`), or an `OnnxRuntimeModel` (an exported FaPN model
-            run by onnxruntime; see `from_pretrained(backend=...)`).
+            FaPN model (`MaskFormerFaPNForInstanceSegmentation`), or an `OnnxRuntimeModel` (an exported model of
+            either family run by onnxruntime; see `from_pretrained(backend=...)`).
         image_processor: makes every view's `pixel_values` (its resize rule is the base size of the TTA scales).
     """
 
@@ -311,46 +311,32 @@ class SegmentationPredictor:
 
         Args:
             backend: `"torch"` (the PyTorch model), `"onnxruntime"` (the folder's `model.onnx`, see
-                `fapn_hf.onnx.export_onnx`; CPU tensors in and out; FaPN semantic models only) or `"auto"`
-                (onnxruntime when the folder has `model.onnx`, onnxruntime is installed and the model is a FaPN
-                semantic model; PyTorch otherwise, e.g. for MaskFormer + FaPN).
+                `fapn_hf.onnx.export_onnx`; CPU tensors in and out) or `"auto"` (onnxruntime when the folder has
+                `model.onnx` and onnxruntime is installed, PyTorch otherwise).
         """
         if backend not in PREDICTOR_BACKENDS:
             raise ValueError(f"backend must be one of {PREDICTOR_BACKENDS}, got {backend!r}")
         if backend != "torch":
             check_model_source(model_name_or_path)
             onnx_path = find_onnx_file(model_name_or_path)
-            config = None
-            if backend == "onnxruntime" or onnx_path is not None:
-                from transformers import AutoConfig
-
-                config = AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
-            mask_classification = is_mask_classification_model(config)
-            if backend == "onnxruntime" and mask_classification:
-                raise ValueError(
-                    f"backend='onnxruntime' runs exported FaPN semantic models only; {model_name_or_path} is a "
-                    f"MaskFormer + FaPN model (model_type {config.model_type!r}), which has no ONNX export: use "
-                    "backend='torch' (or 'auto')"
-                )
             if backend == "onnxruntime" and onnx_path is None:
                 raise FileNotFoundError(
                     f"backend='onnxruntime': {model_name_or_path} has no model.onnx; export it with "
                     f"`fapn-export-onnx {model_name_or_path}` (fapn_hf.onnx.export_onnx) or use backend='auto'"
                 )
             use_onnx = backend == "onnxruntime" or importlib.util.find_spec("onnxruntime") is not None
-            if onnx_path is not None and use_onnx and not mask_classification:
-                return cls._from_onnx(model_name_or_path, onnx_path, config, trust_remote_code)
+            if onnx_path is not None and use_onnx:
+                return cls._from_onnx(model_name_or_path, onnx_path, trust_remote_code)
         model, processor = load_model_and_processor(model_name_or_path, trust_remote_code)
         return cls(model, processor, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
     @classmethod
-    def _from_onnx(
-        cls, model_name_or_path: str, onnx_path: Path, config: Any, trust_remote_code: bool
-    ) -> SegmentationPredictor:
-        from transformers import AutoImageProcessor
+    def _from_onnx(cls, model_name_or_path: str, onnx_path: Path, trust_remote_code: bool) -> SegmentationPredictor:
+        from transformers import AutoConfig, AutoImageProcessor
 
         from .onnx import OnnxRuntimeModel
 
+        config = AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
         processor = AutoImageProcessor.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
         return cls(OnnxRuntimeModel(onnx_path, config), processor)
 

@@ -1,17 +1,20 @@
-"""ONNX export of FaPN segmentation models and an ONNX Runtime model that the predictor runs in their place.
+"""ONNX export of FaPN and MaskFormer + FaPN models and an ONNX Runtime model that the predictor runs in their place.
 
     fapn-export-onnx outputs/demo                 # writes outputs/demo/model.onnx, verified by onnxruntime
     python -m fapn_hf export-onnx outputs/demo --opset 19    # the same command (fapn_hf.cli.export_onnx_main)
 
-- `export_onnx(model, folder_or_file)`: the model's logits as an ONNX graph (opset 19 by default, the first with
+- `export_onnx(model, folder_or_file)`: the model's outputs (`onnx_output_names`: a FaPN's `logits`, MaskFormer +
+  FaPN's `class_queries_logits` and `masks_queries_logits`) as an ONNX graph (opset 19 by default, the first with
   the standard `DeformConv` that torchvision's kernel exports to; the pure-PyTorch kernel exports as Gather, Mul
   and ReduceSum), with a dynamic batch, height and width, then checked by onnxruntime against PyTorch at two
   input sizes. In a model folder the file is `model.onnx`, next to `model.safetensors`, and ships with the folder
   to the Hub (`fapn-push --onnx` exports it on the way when the folder has none).
-- `OnnxRuntimeModel`: runs that file like the PyTorch model (`model(pixel_values=...).logits`), so
-  `SegmentationPredictor(..., backend="onnxruntime")` keeps the one pre- and post-processing path, the image
-  processor's. It pads inputs with zeros to a multiple of `size_divisibility` and crops the logits back, exactly
-  what the PyTorch model does inside `forward`; the graph itself takes sides that are multiples of it.
+- `OnnxRuntimeModel`: runs that file like the PyTorch model (`model(pixel_values=...)` gives the same output
+  class), so `SegmentationPredictor(..., backend="onnxruntime")` keeps the one pre- and post-processing path, the
+  image processor's. It pads inputs with zeros to a multiple of `size_divisibility`, exactly what the PyTorch model
+  does inside `forward`, and crops a FaPN's logits back (MaskFormer's masks stay at the padded size, with the
+  `pixel_mask` that tells the post-processing what to crop, as the PyTorch model returns them); the graph itself
+  takes sides that are multiples of it.
 
 onnxruntime is an optional dependency: `pip install fapn_hf[onnx]`.
 """
@@ -27,22 +30,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .inference import is_mask_classification_model
 from .modeling_fapn import FaPNSemanticSegmenterOutput, padded_size
+from .modeling_maskformer_fapn import MaskFormerFaPNForSegmentationOutput
 
 ONNX_FILE_NAME = "model.onnx"
 # The first opset with ONNX's DeformConv (what torchvision's kernel exports to); onnxruntime runs it.
 DEFAULT_OPSET = 19
-INPUT_NAME, OUTPUT_NAME = "pixel_values", "logits"
+INPUT_NAME = "pixel_values"
 # Largest side (in multiples of size_divisibility) the exported graph accepts: 256 * 32 = 8192 pixels.
 MAX_SIDE_MULTIPLE = 256
 
 
 class OnnxVerificationError(ValueError):
     """The exported graph's logits differ from PyTorch's by more than the tolerance."""
-
-
-class OnnxUnsupportedModelError(ValueError):
-    """The model is of a kind `export_onnx` does not export (MaskFormer + FaPN)."""
 
 
 def _import_onnxruntime() -> Any:
@@ -61,15 +62,25 @@ def onnx_file(folder_or_file: str | Path) -> Path:
     return path if path.suffix == ".onnx" else path / ONNX_FILE_NAME
 
 
-class _LogitsOnly(nn.Module):
-    """The segmentation model as a function of `pixel_values` alone, returning the logits tensor."""
+def onnx_output_names(config: Any) -> tuple[str, ...]:
+    """The graph's outputs, fields of the model's output class: MaskFormer + FaPN's class and mask logits, or a
+    FaPN's `logits`."""
+    if is_mask_classification_model(config):
+        return ("class_queries_logits", "masks_queries_logits")
+    return ("logits",)
+
+
+class _OutputTensors(nn.Module):
+    """The model as a function of `pixel_values` alone, returning the tensors `onnx_output_names` names."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        self.names = onnx_output_names(model.config)
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values=pixel_values, return_dict=True).logits
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outputs = self.model(pixel_values=pixel_values, return_dict=True)
+        return tuple(getattr(outputs, name) for name in self.names)
 
 
 def export_onnx(
@@ -81,33 +92,27 @@ def export_onnx(
     atol: float = 1e-3,
     rtol: float = 1e-3,
 ) -> Path:
-    """Exports a FaPN semantic segmentation model's logits to ONNX and checks the file with onnxruntime.
+    """Exports a FaPN semantic segmentation model's logits, or a MaskFormer + FaPN model's class and mask logits, to
+    ONNX and checks the file with onnxruntime.
 
     Args:
-        model: a [`FaPNForSemanticSegmentation`] (exported in eval mode; its mode is restored afterwards).
+        model: a [`FaPNForSemanticSegmentation`] or [`MaskFormerFaPNForInstanceSegmentation`] (exported in eval mode;
+            its mode is restored afterwards).
         path: a model folder (the file becomes `model.onnx` there) or a file path ending in `.onnx`.
         opset: ONNX opset, at least 19 when the model uses torchvision's deformable convolution.
         verify: run the file in onnxruntime at two input sizes and compare with PyTorch.
-        atol, rtol: the verification tolerance, `|onnx - torch| <= atol + rtol * |torch|` elementwise.
+        atol, rtol: the verification tolerance, `|onnx - torch| <= atol + rtol * |torch|` elementwise, per output.
 
     The graph's input is `pixel_values` `(N, 3, H, W)` float32 with dynamic N and H, W multiples of the model's
-    `size_divisibility` (up to 8192 pixels); its output `logits` `(N, num_labels, H, W)`.
+    `size_divisibility` (up to 8192 pixels); its outputs `logits` `(N, num_labels, H, W)`, or
+    `class_queries_logits` `(N, Q, num_labels + 1)` and `masks_queries_logits` `(N, Q, H / 4, W / 4)`.
 
     Returns:
         The path of the written file.
 
     Raises:
         OnnxVerificationError: when the verification finds a larger difference (the file is kept for inspection).
-        OnnxUnsupportedModelError: for a MaskFormer + FaPN model, which this export does not cover.
     """
-    from .inference import is_mask_classification_model  # (inference imports this module lazily)
-
-    if is_mask_classification_model(model):
-        raise OnnxUnsupportedModelError(
-            f"ONNX export covers FaPN's per-pixel logits; {type(model).__name__} (MaskFormer + FaPN: class and mask "
-            "predictions per query) cannot be exported yet. Run it with PyTorch: SegmentationPredictor, fapn-predict "
-            "and fapn-evaluate do."
-        )
     config = model.config
     divisor = config.size_divisibility
     path = onnx_file(path)
@@ -129,13 +134,13 @@ def export_onnx(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the exporter's notes on decompositions and deprecated arguments
             torch.onnx.export(
-                _LogitsOnly(model),
+                _OutputTensors(model),
                 (example,),
                 str(path),
                 dynamo=True,
                 opset_version=opset,
                 input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
+                output_names=list(onnx_output_names(config)),
                 dynamic_shapes=dynamic_shapes,
                 external_data=False,
                 verbose=False,
@@ -152,9 +157,11 @@ def export_onnx(
 
 @torch.no_grad()
 def max_logit_difference(model: nn.Module, onnx_model: OnnxRuntimeModel, pixel_values: torch.Tensor) -> float:
-    """Largest `|onnx - torch|` of the logits of `pixel_values` (on the model's device)."""
-    expected = model(pixel_values=pixel_values).logits.float().cpu()
-    return (onnx_model(pixel_values=pixel_values.cpu()).logits - expected).abs().max().item()
+    """Largest `|onnx - torch|` over the graph's outputs (`onnx_output_names`) for `pixel_values`."""
+    expected = model(pixel_values=pixel_values)
+    actual = onnx_model(pixel_values=pixel_values.cpu())
+    names = onnx_output_names(model.config)
+    return max((getattr(actual, n) - getattr(expected, n).float().cpu()).abs().max().item() for n in names)
 
 
 @torch.no_grad()
@@ -167,29 +174,35 @@ def verify_onnx(
     seed: int = 0,
 ) -> None:
     """Runs the ONNX file at each `(height, width)` of `sizes` on a random image and raises `OnnxVerificationError`
-    unless its logits match `model`'s within `atol + rtol * |logits|`."""
+    unless each of its outputs matches `model`'s within `atol + rtol * |output|`."""
     onnx_model = OnnxRuntimeModel(path, model.config)
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     num_channels = getattr(model.config.backbone_config, "num_channels", 3)
     for height, width in sizes:
         pixel_values = torch.randn(1, num_channels, height, width, generator=generator)
-        expected = model(pixel_values=pixel_values.to(device)).logits.float().cpu()
-        actual = onnx_model(pixel_values=pixel_values).logits
-        excess = (actual - expected).abs() - (atol + rtol * expected.abs())
-        if excess.max() > 0:
-            raise OnnxVerificationError(
-                f"{path}: onnxruntime's logits differ from PyTorch's by up to {(actual - expected).abs().max():.3g} "
-                f"at input {height}x{width} (tolerance {atol:g} + {rtol:g} * |logits|)"
-            )
+        expected_outputs = model(pixel_values=pixel_values.to(device))
+        actual_outputs = onnx_model(pixel_values=pixel_values)
+        for name in onnx_output_names(model.config):
+            expected = getattr(expected_outputs, name).float().cpu()
+            actual = getattr(actual_outputs, name)
+            excess = (actual - expected).abs() - (atol + rtol * expected.abs())
+            if excess.max() > 0:
+                raise OnnxVerificationError(
+                    f"{path}: onnxruntime's {name} differ from PyTorch's by up to "
+                    f"{(actual - expected).abs().max():.3g} at input {height}x{width} (tolerance {atol:g} + "
+                    f"{rtol:g} * |{name}|)"
+                )
 
 
 class OnnxRuntimeModel:
-    """An exported FaPN segmentation model run by onnxruntime, called like the PyTorch model.
+    """An exported FaPN or MaskFormer + FaPN model run by onnxruntime, called like the PyTorch model.
 
-    `model(pixel_values=...)` takes `(N, 3, H, W)` float tensors of any size and returns a
-    [`FaPNSemanticSegmenterOutput`] whose `logits` `(N, num_labels, H, W)` are float32 CPU tensors. Inputs are padded
-    with zeros to multiples of `config.size_divisibility` and the logits cropped back, as the PyTorch model does.
+    `model(pixel_values=...)` takes `(N, 3, H, W)` float tensors of any size, zero-padded here to multiples of
+    `config.size_divisibility` as the PyTorch model does, and returns float32 CPU tensors in the PyTorch model's
+    output class: a [`FaPNSemanticSegmenterOutput`] whose `logits` `(N, num_labels, H, W)` are cropped back to the
+    input, or a [`MaskFormerFaPNForSegmentationOutput`] with `class_queries_logits`, `masks_queries_logits` of the
+    padded input and `pixel_mask` `(N, H, W)` ones (what the post-processing crops to).
 
     Args:
         path: a model folder holding `model.onnx`, or the `.onnx` file.
@@ -232,7 +245,9 @@ class OnnxRuntimeModel:
         """The `model.onnx` of a saved model folder, with the folder's config."""
         return cls(folder, **kwargs)
 
-    def __call__(self, pixel_values: torch.Tensor, **_: Any) -> FaPNSemanticSegmenterOutput:
+    def __call__(
+        self, pixel_values: torch.Tensor, **_: Any
+    ) -> FaPNSemanticSegmenterOutput | MaskFormerFaPNForSegmentationOutput:
         if pixel_values.dim() != 4 or not pixel_values.is_floating_point():
             raise ValueError(
                 f"pixel_values must be float (batch, channels, height, width), got {pixel_values.dtype} "
@@ -241,9 +256,13 @@ class OnnxRuntimeModel:
         height, width = pixel_values.shape[-2:]
         target_h, target_w = padded_size(height, width, self.config.size_divisibility)
         padded = F.pad(pixel_values.detach().float().cpu(), (0, target_w - width, 0, target_h - height))
-        (logits,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: padded.contiguous().numpy()})
-        logits = torch.from_numpy(logits)[:, :, :height, :width].contiguous()
-        return FaPNSemanticSegmenterOutput(logits=logits)
+        names = onnx_output_names(self.config)
+        arrays = self.session.run(list(names), {INPUT_NAME: padded.contiguous().numpy()})
+        outputs = {name: torch.from_numpy(array) for name, array in zip(names, arrays)}
+        if "logits" in outputs:
+            return FaPNSemanticSegmenterOutput(logits=outputs["logits"][:, :, :height, :width].contiguous())
+        pixel_mask = torch.ones(pixel_values.shape[0], height, width, dtype=torch.long)
+        return MaskFormerFaPNForSegmentationOutput(**outputs, pixel_mask=pixel_mask)
 
     # The parts of the nn.Module interface that the predictor uses.
     def eval(self) -> OnnxRuntimeModel:
@@ -265,9 +284,9 @@ __all__ = [
     "DEFAULT_OPSET",
     "ONNX_FILE_NAME",
     "OnnxRuntimeModel",
-    "OnnxUnsupportedModelError",
     "OnnxVerificationError",
     "export_onnx",
+    "onnx_output_names",
     "max_logit_difference",
     "onnx_file",
     "verify_onnx",

@@ -154,23 +154,48 @@ def test_grayscale_rgba_and_tiny_images(model, processor, image):
     assert tiny.predict(np.full((3, 5, 3), 200, dtype=np.uint8), TTAConfig(flip=True)).shape == (3, 5)
 
 
-def test_from_pretrained_uses_pytorch_for_maskformer_models(model, processor, tmp_path):
+def test_from_pretrained_without_an_onnx_file_uses_pytorch(model, processor, tmp_path):
     model.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)
-    # Even a model.onnx in the folder is not taken for a MaskFormer model under backend="auto".
-    (tmp_path / "model.onnx").write_bytes(b"not a graph")
     predictor = SegmentationPredictor.from_pretrained(str(tmp_path), device="cpu", backend="auto")
     assert isinstance(predictor.model, MaskFormerFaPNForInstanceSegmentation) and predictor.mask_classification
     assert predictor.id2label == dict(enumerate(LABELS))
     image = np.random.default_rng(1).integers(0, 255, (30, 40, 3), dtype=np.uint8)
     np.testing.assert_array_equal(predictor.predict(image), SegmentationPredictor(model, processor).predict(image))
-    with pytest.raises(ValueError, match="MaskFormer \\+ FaPN model .* has no ONNX export"):
+    with pytest.raises(FileNotFoundError, match="has no model.onnx; export it with `fapn-export-onnx"):
         SegmentationPredictor.from_pretrained(str(tmp_path), backend="onnxruntime")
-    # fapn-export-onnx says so too, and writes nothing.
-    (tmp_path / "model.onnx").unlink()
-    with pytest.raises(SystemExit, match="error: ONNX export covers FaPN's per-pixel logits; .*Run it with PyTorch"):
-        cli.export_onnx_main([str(tmp_path)])
-    assert not (tmp_path / "model.onnx").exists()
+
+
+@pytest.mark.slow
+def test_onnx_export_gives_the_same_outputs_and_predictions(model, processor, image, tmp_path):
+    """`fapn-export-onnx` on a MaskFormer + FaPN folder: the graph's class and mask logits equal PyTorch's at a size
+    the model pads, and the predictor on onnxruntime (what backend="auto" picks for the folder now) gives the
+    PyTorch predictor's scores with the original multi-scale + flip test."""
+    from fapn_hf.onnx import OnnxRuntimeModel
+
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    assert cli.export_onnx_main([str(tmp_path)]) == 0  # verified by onnxruntime at two sizes on the way
+    onnx_model = OnnxRuntimeModel(tmp_path)
+    pixel_values = resized_input(processor, image)  # 64 x 87: padded to 64 x 96 inside
+    with torch.no_grad():
+        expected = model(pixel_values=pixel_values)
+    actual = onnx_model(pixel_values=pixel_values)
+    assert type(actual) is type(expected)
+    for name in ("class_queries_logits", "masks_queries_logits"):
+        torch.testing.assert_close(getattr(actual, name), getattr(expected, name), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(actual.pixel_mask, expected.pixel_mask)
+
+    onnx_predictor = SegmentationPredictor.from_pretrained(str(tmp_path), backend="auto")
+    assert isinstance(onnx_predictor.model, OnnxRuntimeModel) and onnx_predictor.mask_classification
+    torch_predictor = SegmentationPredictor(model, processor)
+    tta = TTAConfig(short_sides=(48, 64, 80), max_size=160, flip=True)
+    torch.testing.assert_close(
+        onnx_predictor.predict_probabilities(image, tta), torch_predictor.predict_probabilities(image, tta),
+        atol=1e-4, rtol=1e-4,
+    )  # fmt: skip
+    agreement = (onnx_predictor.predict(image, tta) == torch_predictor.predict(image, tta)).mean()
+    assert agreement > 0.999, agreement
 
 
 # --------------------------------------------------------------------------------------------- targets
