@@ -53,37 +53,43 @@ def build_model(model_args: ModelArguments, label_names: Sequence[str], ignore_i
     """A preset with overrides, or a saved model re-headed for `label_names`; the loss ignores `ignore_index`.
 
     `maskformer-*` presets build a `MaskFormerFaPNForInstanceSegmentation` (`_maskformer_overrides`), the others a
-    `FaPNForSemanticSegmentation`. A saved model keeps its architecture: architecture options that differ from it
-    raise a `ValueError` (they are never dropped silently); `freeze_backbone_norm` and `freeze_backbone_stages` apply
-    to either."""
+    `FaPNForSemanticSegmentation`; a saved model (`model_name_or_path`, either family) keeps its own
+    (`_load_model_to_fine_tune`). Architecture options that differ from the saved model raise a `ValueError` (they
+    are never dropped silently); `freeze_backbone_norm` (and FaPN's `freeze_backbone_stages`, MaskFormer's
+    `drop_path_rate`) apply either way."""
     id2label, label2id = label_maps(list(label_names))
-    if model_args.preset in MASKFORMER_PRESETS and not model_args.model_name_or_path:
+    if model_args.model_name_or_path:
+        model = _load_model_to_fine_tune(model_args, id2label, label2id, ignore_index)
+    elif model_args.preset in MASKFORMER_PRESETS:
         overrides = _maskformer_overrides(model_args, ignore_index)
         config = preset_config(model_args.preset, list(label_names), **overrides)
         if model_args.pretrained_backbone:
             model = MaskFormerFaPNForInstanceSegmentation.from_pretrained_backbone(config)
         else:
             model = MaskFormerFaPNForInstanceSegmentation(config)
-        if model_args.drop_path_rate:
-            set_stochastic_depth(model.backbone_module(), model_args.drop_path_rate)
-        return model
-    given = [key for key in MASKFORMER_ONLY_OPTIONS if getattr(model_args, key) is not None]
-    if given:
-        raise ValueError(f"{given} shape a MaskFormer preset (maskformer-*), not preset={model_args.preset!r}")
-    # Backbone freezing lives in the config (it travels with the weights); these arguments override it.
+    else:
+        given = [key for key in MASKFORMER_ONLY_OPTIONS if getattr(model_args, key) is not None]
+        if given:
+            raise ValueError(f"{given} shape a MaskFormer preset (maskformer-*), not preset={model_args.preset!r}")
+        overrides = {"semantic_loss_ignore_index": ignore_index, **_fapn_freezing(model_args)}
+        overrides |= {key: value for key in ARCHITECTURE_OPTIONS if (value := getattr(model_args, key)) is not None}
+        if model_args.backbone:
+            overrides["backbone"] = model_args.backbone
+        config = preset_config(model_args.preset, list(label_names), **overrides)
+        if model_args.pretrained_backbone:
+            return FaPNForSemanticSegmentation.from_pretrained_backbone(config)
+        return FaPNForSemanticSegmentation(config)
+    if is_mask_classification_model(model) and model_args.drop_path_rate:
+        set_stochastic_depth(model.backbone_module(), model_args.drop_path_rate)
+    return model
+
+
+def _fapn_freezing(model_args: ModelArguments) -> dict[str, Any]:
+    """A FaPN config's backbone freezing from the arguments (it lives in the config and travels with the weights)."""
     freezing: dict[str, Any] = {"freeze_backbone_norm": model_args.freeze_backbone_norm}
     if model_args.freeze_backbone_stages is not None:
         freezing["freeze_backbone_stages"] = model_args.freeze_backbone_stages
-    if model_args.model_name_or_path:
-        return _load_model_to_fine_tune(model_args, id2label, label2id, ignore_index, freezing)
-    overrides: dict[str, Any] = {"semantic_loss_ignore_index": ignore_index, **freezing}
-    overrides |= {key: value for key in ARCHITECTURE_OPTIONS if (value := getattr(model_args, key)) is not None}
-    if model_args.backbone:
-        overrides["backbone"] = model_args.backbone
-    config = preset_config(model_args.preset, list(label_names), **overrides)
-    if model_args.pretrained_backbone:
-        return FaPNForSemanticSegmentation.from_pretrained_backbone(config)
-    return FaPNForSemanticSegmentation(config)
+    return freezing
 
 
 def set_stochastic_depth(backbone: torch.nn.Module, drop_path_rate: float) -> int:
@@ -153,13 +159,27 @@ def _maskformer_overrides(model_args: ModelArguments, ignore_index: int) -> dict
     return overrides
 
 
+def _saved_architecture(config: Any) -> dict[str, Any]:
+    """The architecture options a saved config fixes, under the argument names (each family has its own)."""
+    if is_mask_classification_model(config):
+        decoder = config.decoder_config
+        return {
+            "neck_channels": config.fpn_feature_size,
+            "deformable_groups": config.deformable_groups,
+            "num_queries": decoder.num_queries,
+            "decoder_layers": decoder.decoder_layers,
+            "decoder_hidden_size": decoder.d_model,
+        }
+    return {key: getattr(config, key, None) for key in ARCHITECTURE_OPTIONS}
+
+
 def _load_model_to_fine_tune(
     model_args: ModelArguments,
     id2label: dict[int, str],
     label2id: dict[str, int],
     ignore_index: int,
-    freezing: dict[str, Any],
-) -> FaPNForSemanticSegmentation:
+) -> PreTrainedModel:
+    """The saved model (FaPN or MaskFormer + FaPN, by its `model_type`) with a new classifier for `id2label`."""
     source = model_args.model_name_or_path
     check_model_source(source)
     try:
@@ -174,10 +194,16 @@ def _load_model_to_fine_tune(
         if Path(source).is_dir():
             raise
         raise model_not_found_error(source, error) from error
+    maskformer = is_mask_classification_model(config)
+    family = "a MaskFormer + FaPN model" if maskformer else "a FaPN model"
+    saved = _saved_architecture(config)
+    options = ARCHITECTURE_OPTIONS + MASKFORMER_ONLY_OPTIONS[:3]
+    if maskformer:
+        options += ("freeze_backbone_stages",)
     conflicts = [
-        f"{key}={value!r} (the model has {getattr(config, key, None)!r})"
-        for key in ARCHITECTURE_OPTIONS
-        if (value := getattr(model_args, key)) is not None and value != getattr(config, key, None)
+        f"{key}={value!r} (the model has {saved[key]!r})" if key in saved else f"{key}={value!r} ({family} has none)"
+        for key in options
+        if (value := getattr(model_args, key)) is not None and value != saved.get(key)
     ]
     saved_backbone = getattr(config.backbone_config, "backbone", None)
     if model_args.backbone and model_args.backbone != saved_backbone:
@@ -189,8 +215,13 @@ def _load_model_to_fine_tune(
             f"model_name_or_path={source!r} is fine-tuned with its own architecture, which these options would "
             f"change: {'; '.join(conflicts)}. Drop them, or leave out model_name_or_path to build a preset with them."
         )
-    for key, value in freezing.items():
-        setattr(config, key, value)
+    if maskformer:
+        # MaskFormer's frozen BatchNorm is timm's FrozenBatchNorm2d, chosen in the backbone config.
+        if hasattr(config.backbone_config, "freeze_batch_norm_2d"):
+            config.backbone_config.freeze_batch_norm_2d = model_args.freeze_backbone_norm
+    else:
+        for key, value in _fapn_freezing(model_args).items():
+            setattr(config, key, value)
     return AutoModelForSemanticSegmentation.from_pretrained(
         source, config=config, ignore_mismatched_sizes=True, trust_remote_code=model_args.trust_remote_code
     )

@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class ModelArguments:
-    """Which model to train: a preset (with optional overrides) or an existing FaPN folder / Hub id.
+    """Which model to train: a preset (with optional overrides) or a saved model (folder or Hub id) of either family.
 
     A `maskformer-*` preset builds MaskFormer + FaPN (`fapn_hf.builders.build_model`): it takes `backbone`,
     `neck_channels` (pixel decoder and mask features), `deformable_groups`, `freeze_backbone_norm`, the transformer
@@ -40,7 +40,8 @@ class ModelArguments:
         default="fapn-r50", metadata={"help": f"model preset: {', '.join([*PRESETS, *MASKFORMER_PRESETS])}"}
     )
     model_name_or_path: str | None = field(
-        default=None, metadata={"help": "fine-tune a saved FaPN (folder or Hub id) instead of building a preset"}
+        default=None,
+        metadata={"help": "fine-tune a saved FaPN or MaskFormer + FaPN (folder or Hub id) instead of a preset"},
     )
     backbone: str | None = field(default=None, metadata={"help": "timm backbone name replacing the preset's"})
     pretrained_backbone: bool = field(default=False, metadata={"help": "start from timm's ImageNet weights"})

@@ -168,6 +168,41 @@ def test_fapn_only_options_and_bad_values_are_refused_for_maskformer():
         build_model(ModelArguments(**TINY_MASKFORMER, drop_path_rate=0.3), list(DEMO_LABELS))
 
 
+def test_a_saved_maskformer_is_fine_tuned_into_another_label_set(maskformer_run):
+    """`model_name_or_path` with a MaskFormer + FaPN folder (the demo recipe's model, 6 classes) and 3 new classes:
+    every weight but the classifier is the saved one, the classifier and the loss's class weights are new (the
+    original's `nn.Linear` initialisation, no-object weight last), and the recipe's own architecture options, which
+    match the folder, are accepted; options that would change the model are refused with what the model has."""
+    folder = str(maskformer_run.output_dir)
+    saved = MaskFormerFaPNForInstanceSegmentation.from_pretrained(folder)
+    recipe = {**TINY_MASKFORMER, "freeze_backbone_norm": False}  # as the run that wrote the folder
+    model = build_model(ModelArguments(**recipe, model_name_or_path=folder), ["sky", "road", "car"])
+    assert isinstance(model, MaskFormerFaPNForInstanceSegmentation)
+    assert model.config.id2label == {0: "sky", 1: "road", 2: "car"} and model.config.num_labels == 3
+    new_weights, old_weights = model.state_dict(), saved.state_dict()
+    renewed = {"class_predictor.weight", "class_predictor.bias", "criterion.empty_weight"}
+    for name, value in old_weights.items():
+        if name not in renewed:
+            torch.testing.assert_close(new_weights[name], value, msg=name)
+    bound = 1 / math.sqrt(model.class_predictor.in_features)
+    assert model.class_predictor.weight.shape == (4, 64) and model.class_predictor.bias.abs().max() <= bound
+    assert 0.8 * bound < model.class_predictor.weight.abs().max() <= bound and model.class_predictor.bias.any()
+    eos = model.config.no_object_weight
+    torch.testing.assert_close(model.criterion.empty_weight, torch.tensor([1.0, 1.0, 1.0, eos]))
+    # It trains on the new classes.
+    batch = MaskClassificationCollator(num_labels=3)(
+        [{"pixel_values": torch.randn(3, 64, 64), "labels": torch.randint(0, 3, (64, 64))} for _ in range(2)]
+    )
+    loss = model(**batch).loss
+    loss.backward()
+    assert torch.isfinite(loss) and model.class_predictor.weight.grad.abs().sum() > 0
+
+    with pytest.raises(ValueError, match=r"num_queries=16 \(the model has 8\)"):
+        build_model(ModelArguments(**{**recipe, "num_queries": 16}, model_name_or_path=folder), list(DEMO_LABELS))
+    with pytest.raises(ValueError, match=r"head_channels=64 \(a MaskFormer \+ FaPN model has none\)"):
+        build_model(ModelArguments(**recipe, head_channels=64, model_name_or_path=folder), list(DEMO_LABELS))
+
+
 def test_stochastic_depth_rises_linearly_over_the_swin_blocks():
     import timm
     from timm.layers import DropPath
