@@ -351,6 +351,27 @@ class MaskFormerFaPNTransformerDecoder(MaskFormerDetrDecoder):
         return roles
 
 
+def _keep_the_decoders_checkpoint_layout() -> None:
+    """Saves and loads `MaskFormerFaPNTransformerDecoder` in the checkpoint layout of transformers' own MaskFormer
+    decoder. transformers renames that decoder's keys between the checkpoint (`out_proj`, `layers.N.fc1`) and the
+    modules (`o_proj`, `layers.N.mlp.fc1`) by its class name, and applies no renaming to a class in custom code
+    unless a mapping is registered for it; without this, folders saved before the subclass existed would load with
+    their decoder weights missing."""
+    try:
+        from transformers.conversion_mapping import (
+            get_checkpoint_conversion_mapping,
+            register_checkpoint_conversion_mapping,
+        )
+    except ImportError:  # a transformers without checkpoint conversions: module names are the checkpoint's
+        return
+    mapping = get_checkpoint_conversion_mapping(MaskFormerDetrDecoder.__name__)
+    if mapping is not None:
+        register_checkpoint_conversion_mapping(MaskFormerFaPNTransformerDecoder.__name__, mapping, overwrite=True)
+
+
+_keep_the_decoders_checkpoint_layout()
+
+
 def pad_to_multiple(pixel_values: torch.Tensor, divisor: int) -> torch.Tensor:
     """Zero-pads `(N, C, H, W)` at the bottom and right to multiples of `divisor` (detectron2's `ImageList`)."""
     height, width = pixel_values.shape[-2:]

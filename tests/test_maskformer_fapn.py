@@ -545,6 +545,32 @@ def test_transformer_decoder_queries_and_heads_start_as_the_originals(tmp_path):
             torch.testing.assert_close(recreated[name], ours[name], msg=name)
 
 
+def test_transformer_decoder_checkpoint_layout_is_transformers_maskformers(tmp_path):
+    """The decoder (our subclass, for the original's initialisation) saves under the keys transformers' own MaskFormer
+    saves its decoder under, and a folder in that layout (every folder saved before the subclass) loads every
+    decoder weight."""
+    from transformers import MaskFormerConfig, MaskFormerForInstanceSegmentation
+
+    decoder_config = MaskFormerDetrConfig(decoder_layers=2, d_model=64, decoder_ffn_dim=64, decoder_attention_heads=2)
+    reference = MaskFormerForInstanceSegmentation(MaskFormerConfig(
+        backbone_config=timm_backbone_config("resnet18"), decoder_config=decoder_config, fpn_feature_size=64,
+        mask_feature_size=64, num_labels=len(LABELS),
+    ))  # fmt: skip
+    reference.save_pretrained(tmp_path / "transformers")
+    model = MaskFormerFaPNForInstanceSegmentation(tiny_maskformer_config(decoder_config=decoder_config))
+    model.save_pretrained(tmp_path / "ours")
+
+    def decoder_keys(folder):
+        keys = load_file(str(folder / "model.safetensors"))
+        return {key.split("transformer_module.decoder.")[1] for key in keys if "transformer_module.decoder." in key}
+
+    layout = decoder_keys(tmp_path / "transformers")
+    assert decoder_keys(tmp_path / "ours") == layout and "layers.0.fc1.weight" in layout
+    reloaded = MaskFormerFaPNForInstanceSegmentation.from_pretrained(tmp_path / "ours")
+    for name, parameter in model.model.transformer_module.decoder.named_parameters():
+        torch.testing.assert_close(reloaded.model.transformer_module.decoder.get_parameter(name), parameter, msg=name)
+
+
 def test_fpn_pixel_decoder_starts_as_the_originals():
     """MaskFormer's FPN pixel decoder (the ablation's) with the original's c2_xavier_fill convs: U(+-sqrt(3 / fan_in))
     and zero biases (transformers' is Xavier-uniform)."""
