@@ -46,7 +46,8 @@ def resolve_labels(data_args: DataArguments) -> list[str]:
 ARCHITECTURE_OPTIONS = ("use_fam", "use_fsm", "use_point_rend", "neck_channels", "head_channels", "deformable_groups")
 # The ones a MaskFormer preset takes (`neck_channels`: the pixel decoder's and mask features' width), and its own.
 MASKFORMER_ARCHITECTURE_OPTIONS = ("neck_channels", "deformable_groups")
-MASKFORMER_ONLY_OPTIONS = ("num_queries", "decoder_layers", "decoder_hidden_size", "drop_path_rate")
+MASKFORMER_DECODER_OPTIONS = ("num_queries", "decoder_layers", "decoder_hidden_size")
+MASKFORMER_ONLY_OPTIONS = (*MASKFORMER_DECODER_OPTIONS, "drop_path_rate")
 
 
 def build_model(model_args: ModelArguments, label_names: Sequence[str], ignore_index: int = 255) -> PreTrainedModel:
@@ -197,7 +198,7 @@ def _load_model_to_fine_tune(
     maskformer = is_mask_classification_model(config)
     family = "a MaskFormer + FaPN model" if maskformer else "a FaPN model"
     saved = _saved_architecture(config)
-    options = ARCHITECTURE_OPTIONS + MASKFORMER_ONLY_OPTIONS[:3]
+    options = ARCHITECTURE_OPTIONS + MASKFORMER_DECODER_OPTIONS
     if maskformer:
         options += ("freeze_backbone_stages",)
     conflicts = [
@@ -250,6 +251,7 @@ def build_image_processor(
 __all__ = [
     "ARCHITECTURE_OPTIONS",
     "MASKFORMER_ARCHITECTURE_OPTIONS",
+    "MASKFORMER_DECODER_OPTIONS",
     "MASKFORMER_ONLY_OPTIONS",
     "build_image_processor",
     "build_model",

@@ -393,7 +393,8 @@ class MaskFormerFaPNModel(MaskFormerFaPNPreTrainedModel, MaskFormerModel):
         self.transformer_module = MaskFormerTransformerModule(
             in_features=self.pixel_level_module.encoder.channels[-1], config=config
         )
-        # The original's initialisation (see `_init_weights`): its decoder, queries and input projection.
+        # The original's initialisation (see `_init_weights`): its decoder (replacing the one transformers' module
+        # built, which costs less than copying that module's constructor), queries and input projection.
         self.transformer_module.decoder = MaskFormerFaPNTransformerDecoder(config.decoder_config)
         self.transformer_module.queries_embedder.is_object_queries = True
         if self.transformer_module.input_projection is not None:

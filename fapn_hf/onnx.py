@@ -156,15 +156,6 @@ def export_onnx(
 
 
 @torch.no_grad()
-def max_logit_difference(model: nn.Module, onnx_model: OnnxRuntimeModel, pixel_values: torch.Tensor) -> float:
-    """Largest `|onnx - torch|` over the graph's outputs (`onnx_output_names`) for `pixel_values`."""
-    expected = model(pixel_values=pixel_values)
-    actual = onnx_model(pixel_values=pixel_values.cpu())
-    names = onnx_output_names(model.config)
-    return max((getattr(actual, n) - getattr(expected, n).float().cpu()).abs().max().item() for n in names)
-
-
-@torch.no_grad()
 def verify_onnx(
     model: nn.Module,
     path: str | Path,
@@ -287,7 +278,6 @@ __all__ = [
     "OnnxVerificationError",
     "export_onnx",
     "onnx_output_names",
-    "max_logit_difference",
     "onnx_file",
     "verify_onnx",
 ]
