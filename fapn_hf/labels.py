@@ -1,14 +1,13 @@
-"""Label maps of the data sets FaPN models are trained on, and the one check of label values.
+"""Label maps of the data sets FaPN models are trained on (names, palettes, raw-id mappings).
 
-Ships with the remote code (the modeling files import `check_label_values`): keep it free of package-only imports.
+The one check of label values lives in the shipped kernel (`modeling/label_checks.py`) and is re-exported here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import numpy as np
+
+from .modeling.label_checks import MAX_REPORTED_VALUES, check_label_values
 
 # Cityscapes' 19 evaluation classes, in train-id order (the 34 raw ids map onto these; the rest is ignored).
 CITYSCAPES_LABELS: tuple[str, ...] = (
@@ -120,52 +119,6 @@ def palette(num_labels: int, labels: tuple[str, ...] | list[str] | None = None) 
     rgb = np.stack([np.choose(index, [c[channel] for c in choices]) for channel in range(3)], axis=1)
     rgb += (lightness - chroma / 2)[:, None]
     return np.clip(np.round(rgb * 255), 0, 255).astype(np.uint8)
-
-
-# How many distinct offending values an error message lists.
-MAX_REPORTED_VALUES = 10
-
-
-def check_label_values(
-    labels: Any,
-    num_labels: int,
-    ignore_index: int | None,
-    name: str = "labels",
-    hint: str | Callable[[list[int]], str] = "",
-) -> None:
-    """Raises `ValueError` naming the values of `labels` that are neither class ids in `[0, num_labels)` nor
-    `ignore_index` (None: no ignore value, e.g. for predictions), how many pixels hold them, the allowed range and the
-    ignore index.
-
-    The one check of label values for the model, the Trainer, the data pipeline, the metrics and the colour maps.
-
-    Args:
-        labels: integer `torch.Tensor` (any device) or NumPy array of any shape. Tensors are read on the host (a
-            synchronisation): call it outside a compiled region.
-        num_labels: the number of classes.
-        ignore_index: the value that marks unlabelled pixels, or None.
-        name: what holds the values, the subject of the message (`"labels"`, `"predictions"`, a file name).
-        hint: appended to the message; a callable gets the sorted offending values (what probably went wrong).
-    """
-    invalid = (labels < 0) | (labels >= num_labels)
-    if ignore_index is not None:
-        invalid = invalid & (labels != ignore_index)
-    if not invalid.any():
-        return
-    offending = labels[invalid]
-    if not isinstance(offending, np.ndarray):  # a torch tensor; labels.py stays importable without torch
-        offending = offending.cpu().numpy()
-    values = [int(v) for v in np.unique(offending)]
-    shown = ", ".join(map(str, values[:MAX_REPORTED_VALUES]))
-    more = f", ... ({len(values)} distinct values)" if len(values) > MAX_REPORTED_VALUES else ""
-    allowed = f"class ids in [0, {num_labels})" + (
-        "" if ignore_index is None else f" or the ignore index {ignore_index}"
-    )
-    suffix = hint(values) if callable(hint) else hint
-    raise ValueError(
-        f"{name} contain values [{shown}{more}] ({int(invalid.sum())} pixels) outside the label map: "
-        f"expected {allowed}{suffix}"
-    )
 
 
 def label_maps(labels: str | list[str] | tuple[str, ...]) -> tuple[dict[int, str], dict[str, int]]:

@@ -18,8 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from fapn_hf.train import run_training
-from fapn_hf.training_args import parse_arguments
+from fapn_hf.training.args import parse_arguments
+from fapn_hf.training.run import run_training
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {"FPN": {"use_fam": False, "use_fsm": False}, "FaPN": {"use_fam": True, "use_fsm": True}}

@@ -34,9 +34,9 @@ import PIL.Image
 from gradio.processing_utils import save_pil_to_cache
 
 from fapn_hf import SegmentationPredictor, TTAConfig, decode_image
-from fapn_hf.hub import describe_architecture, is_synthetic_demo, load_model_card
+from fapn_hf.hub.cards import describe_architecture, is_synthetic_demo, load_model_card
 from fapn_hf.labels import palette
-from fapn_hf.visualization import overlay
+from fapn_hf.tasks.semantic.visualization import overlay
 
 APP_DIR = Path(__file__).resolve().parent
 EXAMPLES_DIR = APP_DIR / "examples"

@@ -1,4 +1,4 @@
-"""`fapn-benchmark` (`fapn_hf.benchmark`): it runs end to end in quick mode and reports every target of issue 13 (no
+"""`fapn-benchmark` (`fapn_hf.benchmark.run`): it runs end to end in quick mode and reports every target of issue 13 (no
 timing asserts: figures depend on the machine)."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from fapn_hf import cli
-from fapn_hf.benchmark import BenchmarkArguments
+from fapn_hf.benchmark.run import BenchmarkArguments
+from fapn_hf.cli import commands as cli
 
 
 def test_quick_defaults_and_explicit_arguments():

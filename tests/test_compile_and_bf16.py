@@ -78,8 +78,8 @@ def test_label_values_are_checked_outside_the_compiled_region():
 
 
 def test_trainer_checks_label_values_before_the_model(tmp_path):
-    from fapn_hf.trainer import FaPNTrainer
-    from fapn_hf.training_args import FaPNTrainingArguments
+    from fapn_hf.training.args import FaPNTrainingArguments
+    from fapn_hf.training.trainer import FaPNTrainer
 
     model = FaPNForSemanticSegmentation(tiny_config())
     trainer = FaPNTrainer(model=model, args=FaPNTrainingArguments(output_dir=str(tmp_path), report_to="none"))

@@ -32,15 +32,15 @@ from transformers import (
 
 import fapn_hf  # noqa: F401
 from fapn_hf import MaskFormerFaPNForInstanceSegmentation, timm_backbone_config
-from fapn_hf.convert_maskformer import MASKFORMER_FAPN
-from fapn_hf.convert_original import (
+from fapn_hf.convert.original import (
     ORIGINAL_MODELS,
     Checkpoint,
     CheckpointError,
     convert_checkpoint,
     convert_state_dict,
 )
-from fapn_hf.presets_maskformer import maskformer_preset_config
+from fapn_hf.families.maskformer_fapn.convert import MASKFORMER_FAPN
+from fapn_hf.families.maskformer_fapn.presets import maskformer_preset_config
 
 HEIGHT, WIDTH = 100, 148
 TOLERANCE = 1e-5

@@ -32,8 +32,9 @@ from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation
 
-from fapn_hf import SegmentationPredictor, cli
-from fapn_hf.convert_original import (
+from fapn_hf import SegmentationPredictor
+from fapn_hf.cli import commands as cli
+from fapn_hf.convert.original import (
     ORIGINAL_MODELS,
     SEMANTIC_FAPN,
     SEMANTIC_FAPN_RENAMES,
@@ -44,7 +45,7 @@ from fapn_hf.convert_original import (
     describe_checkpoint,
     read_checkpoint,
 )
-from fapn_hf.hub import model_card, plan_upload, read_conversion_record
+from fapn_hf.hub.cards import model_card, plan_upload, read_conversion_record
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 19
@@ -489,7 +490,7 @@ def test_console_scripts_are_declared():
     assert expected <= set(scripts)
     for name in expected:
         module, function = scripts[name].split(":")
-        assert module == "fapn_hf.cli" and callable(getattr(cli, function)), name
+        assert module == "fapn_hf.cli.commands" and callable(getattr(cli, function)), name
         assert name.removeprefix("fapn-") in cli.COMMANDS  # python -m fapn_hf runs the same command
 
 

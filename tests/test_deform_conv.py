@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 import torchvision.ops
 
-from fapn_hf.deform_conv import ModulatedDeformConv2d, deform_conv2d
+from fapn_hf.modeling.deform_conv import ModulatedDeformConv2d, deform_conv2d
 
 CASES = [
     # batch, in, out, height, width, kernel, stride, padding, dilation, deformable groups, weight groups
@@ -181,7 +181,7 @@ def test_bad_arguments_are_named(offset_channels, mask_channels, message):
 def test_bands_bound_the_column_buffer_forward_and_backward(monkeypatch, batch):
     """With a small budget the kernel samples one band of rows at a time, in the forward and in the backward
     pass: never the whole column tensor, and every band (including the shorter last one) once per gather."""
-    import fapn_hf.deform_conv as dc
+    import fapn_hf.modeling.deform_conv as dc
 
     sizes = []
     original = dc._gather_columns

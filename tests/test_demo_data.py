@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fapn_hf.demo_data import (
+from fapn_hf.tasks.semantic.demo_data import (
     DEMO_LABELS,
     IGNORE_INDEX,
     VALIDATION_START_INDEX,

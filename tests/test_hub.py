@@ -37,7 +37,7 @@ from fapn_hf import (
     MaskFormerFaPNForInstanceSegmentation,
     label_maps,
 )
-from fapn_hf.remote_code import CODE_FAMILIES, FAPN
+from fapn_hf.modeling.remote_code import CODE_FAMILIES, FAPN
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

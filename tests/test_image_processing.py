@@ -15,8 +15,8 @@ from transformers import AutoImageProcessor
 from transformers.modeling_outputs import SemanticSegmenterOutput
 
 from fapn_hf import FaPNForSemanticSegmentation, FaPNImageProcessor
-from fapn_hf.image_processing_fapn import FaPNImageProcessorKwargs
-from fapn_hf.modeling_fapn import FaPNSemanticSegmenterOutput
+from fapn_hf.modeling.image_processing_fapn import FaPNImageProcessorKwargs
+from fapn_hf.modeling.modeling_fapn import FaPNSemanticSegmenterOutput
 
 RNG = np.random.default_rng(0)
 

@@ -16,8 +16,9 @@ from conftest import tiny_config
 from PIL import Image
 from transformers.modeling_outputs import SemanticSegmenterOutput
 
-from fapn_hf import FaPNForSemanticSegmentation, FaPNImageProcessor, cli
-from fapn_hf.inference import SegmentationPredictor, TTAConfig, sliding_window_logits
+from fapn_hf import FaPNForSemanticSegmentation, FaPNImageProcessor
+from fapn_hf.cli import commands as cli
+from fapn_hf.inference.predictor import SegmentationPredictor, TTAConfig, sliding_window_logits
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -101,8 +102,8 @@ def _run(args: list[str]) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def demo_model_folder(tmp_path_factory):
-    from fapn_hf.demo_data import DEMO_LABELS
     from fapn_hf.labels import label_maps
+    from fapn_hf.tasks.semantic.demo_data import DEMO_LABELS
 
     folder = tmp_path_factory.mktemp("model")
     id2label, label2id = label_maps(list(DEMO_LABELS))

@@ -30,13 +30,14 @@ from safetensors.torch import save_file
 from transformers import TimmBackboneConfig
 from transformers.modeling_outputs import SemanticSegmenterOutput
 
-from fapn_hf import FaPNConfig, FaPNForSemanticSegmentation, FaPNImageProcessor, SegmentationPredictor, TTAConfig, cli
-from fapn_hf.builders import build_model
-from fapn_hf.data import LabelSpec, check_samples, decode_sample, load_segmentation_dataset
-from fapn_hf.image_processing_fapn import decode_image
+from fapn_hf import FaPNConfig, FaPNForSemanticSegmentation, FaPNImageProcessor, SegmentationPredictor, TTAConfig
+from fapn_hf.cli import commands as cli
 from fapn_hf.labels import label_maps
-from fapn_hf.train import run_training
-from fapn_hf.training_args import DataArguments, FaPNTrainingArguments, ModelArguments, load_recipe
+from fapn_hf.modeling.image_processing_fapn import decode_image
+from fapn_hf.tasks.semantic.data import LabelSpec, check_samples, decode_sample, load_segmentation_dataset
+from fapn_hf.training.args import DataArguments, FaPNTrainingArguments, ModelArguments, load_recipe
+from fapn_hf.training.builders import build_model
+from fapn_hf.training.run import run_training
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NAMES = ["background", "blob", "box", "wire"]

@@ -40,7 +40,7 @@ from fapn_hf import (
     preset_image_processor,
     timm_backbone_config,
 )
-from fapn_hf.remote_code import MASKFORMER_FAPN
+from fapn_hf.modeling.remote_code import MASKFORMER_FAPN
 
 LABELS = ["sky", "road", "car", "person", "tree"]
 
@@ -256,7 +256,7 @@ def test_folder_and_auto_classes(saved_maskformer):
         "image_processing_fapn.py",  # imported by the processor
         "deform_conv.py",
         "remote_code.py",
-        "labels.py",
+        "label_checks.py",
     } <= names  # noqa: E501 fmt: skip
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "maskformer_fapn"

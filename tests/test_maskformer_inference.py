@@ -14,10 +14,11 @@ from PIL import Image
 from test_maskformer_fapn import LABELS, randomise_offsets, tiny_maskformer_config
 from transformers.models.maskformer.image_processing_maskformer import MaskFormerImageProcessor
 
-from fapn_hf import MaskFormerFaPNForInstanceSegmentation, MaskFormerFaPNImageProcessor, cli, label_maps
-from fapn_hf.demo_data import DEMO_LABELS
-from fapn_hf.inference import SegmentationPredictor, TTAConfig
-from fapn_hf.mask_targets import MaskClassificationCollator, semantic_to_mask_targets
+from fapn_hf import MaskFormerFaPNForInstanceSegmentation, MaskFormerFaPNImageProcessor, label_maps
+from fapn_hf.cli import commands as cli
+from fapn_hf.families.maskformer_fapn.targets import MaskClassificationCollator, semantic_to_mask_targets
+from fapn_hf.inference.predictor import SegmentationPredictor, TTAConfig
+from fapn_hf.tasks.semantic.demo_data import DEMO_LABELS
 
 NUM_LABELS = len(LABELS)
 
@@ -171,7 +172,7 @@ def test_onnx_export_gives_the_same_outputs_and_predictions(model, processor, im
     """`fapn-export-onnx` on a MaskFormer + FaPN folder: the graph's class and mask logits equal PyTorch's at a size
     the model pads, and the predictor on onnxruntime (what backend="auto" picks for the folder now) gives the
     PyTorch predictor's scores with the original multi-scale + flip test."""
-    from fapn_hf.onnx import OnnxRuntimeModel
+    from fapn_hf.export.onnx import OnnxRuntimeModel
 
     model.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)

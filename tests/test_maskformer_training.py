@@ -12,15 +12,15 @@ import torch
 from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
 from fapn_hf import MaskFormerFaPNForInstanceSegmentation, MaskFormerFaPNImageProcessor
-from fapn_hf.builders import build_model, set_stochastic_depth
-from fapn_hf.data import SegmentationCollator
-from fapn_hf.demo_data import DEMO_LABELS
-from fapn_hf.inference import SegmentationPredictor
+from fapn_hf.families.maskformer_fapn.targets import MaskClassificationCollator
+from fapn_hf.inference.predictor import SegmentationPredictor
 from fapn_hf.labels import COCO_STUFF_LABELS, COCO_STUFF_RAW_ID_TO_CONTIGUOUS, LABEL_MAPPINGS
-from fapn_hf.mask_targets import MaskClassificationCollator
-from fapn_hf.train import run_training
-from fapn_hf.trainer import parameter_groups
-from fapn_hf.training_args import DataArguments, FaPNTrainingArguments, ModelArguments
+from fapn_hf.tasks.semantic.data import SegmentationCollator
+from fapn_hf.tasks.semantic.demo_data import DEMO_LABELS
+from fapn_hf.training.args import DataArguments, FaPNTrainingArguments, ModelArguments
+from fapn_hf.training.builders import build_model, set_stochastic_depth
+from fapn_hf.training.run import run_training
+from fapn_hf.training.trainer import parameter_groups
 
 # A MaskFormer + FaPN on timm's ResNet-18 with a 64-wide pixel decoder, one 64-wide decoder layer and 8 queries.
 TINY_MASKFORMER = dict(

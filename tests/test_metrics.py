@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from fapn_hf.metrics import SegmentationMetrics, boundary_band, confusion_matrix, scores_from_confusion
+from fapn_hf.tasks.semantic.metrics import SegmentationMetrics, boundary_band, confusion_matrix, scores_from_confusion
 
 IGNORE = 255
 

@@ -14,7 +14,7 @@ from transformers import SwinConfig
 
 from fapn_hf import FaPNConfig, FaPNForSemanticSegmentation, FaPNModel
 from fapn_hf.labels import check_label_values
-from fapn_hf.modeling_fapn import (
+from fapn_hf.modeling.modeling_fapn import (
     FeatureAlignmentModule,
     FeatureSelectionModule,
     most_uncertain_grid_points,

@@ -102,8 +102,8 @@ def test_inference_notebook_takes_a_maskformer_fapn_model(tmp_path, monkeypatch)
     from test_maskformer_fapn import tiny_maskformer_config
 
     from fapn_hf import MaskFormerFaPNForInstanceSegmentation, MaskFormerFaPNImageProcessor
-    from fapn_hf.demo_data import DEMO_LABELS
     from fapn_hf.labels import label_maps
+    from fapn_hf.tasks.semantic.demo_data import DEMO_LABELS
 
     id2label, label2id = label_maps(list(DEMO_LABELS))
     folder = tmp_path / "maskformer-fapn"
@@ -124,8 +124,8 @@ def test_finetune_notebook_trains_maskformer_fapn(monkeypatch):
 def test_share_notebook_takes_a_trained_maskformer_fapn_folder(tmp_path, monkeypatch):
     """The sharing tutorial on a folder `fapn-train` wrote for a MaskFormer + FaPN (card, upload plan, dry-run push,
     remote code in a process without the package)."""
-    from fapn_hf.train import run_training
-    from fapn_hf.training_args import parse_arguments
+    from fapn_hf.training.args import parse_arguments
+    from fapn_hf.training.run import run_training
 
     overrides = dict(max_steps=2, eval_steps=2, save_strategy="no", report_to="none", dataloader_num_workers=0)
     overrides |= dict(demo_train_samples=16, demo_validation_samples=4, num_visualizations=1)

@@ -3,8 +3,8 @@
 For each kind of image file (EXIF-rotated photos, 16-bit, float, transparency, animation, ...): the decoded pixels
 match an independent computation of the documented rule, and the data pipeline, the processor, `pipeline`, the
 predictor and `fapn-predict` agree exactly. The Trainer's evaluation, `fapn-evaluate` and
-`fapn_hf.evaluation.evaluate` give identical metrics, equal to a brute-force computation at each label's original
-resolution.
+`fapn_hf.inference.evaluation.evaluate` give identical metrics, equal to a brute-force computation at each label's
+original resolution.
 """
 
 from __future__ import annotations
@@ -29,13 +29,19 @@ from fapn_hf import (
     SegmentationPredictor,
     cli,
 )
-from fapn_hf.data import LabelSpec, SegmentationCollator, SegmentationDataset, decode_sample, load_segmentation_dataset
-from fapn_hf.evaluation import evaluate
-from fapn_hf.image_processing_fapn import decode_image, open_image
+from fapn_hf.inference.evaluation import evaluate
 from fapn_hf.labels import label_maps
-from fapn_hf.metrics import SegmentationMetrics
-from fapn_hf.trainer import FaPNTrainer, make_compute_metrics
-from fapn_hf.training_args import FaPNTrainingArguments
+from fapn_hf.modeling.image_processing_fapn import decode_image, open_image
+from fapn_hf.tasks.semantic.data import (
+    LabelSpec,
+    SegmentationCollator,
+    SegmentationDataset,
+    decode_sample,
+    load_segmentation_dataset,
+)
+from fapn_hf.tasks.semantic.metrics import SegmentationMetrics
+from fapn_hf.training.args import FaPNTrainingArguments
+from fapn_hf.training.trainer import FaPNTrainer, make_compute_metrics
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NAMES = ["background", "blob", "box", "wire"]

@@ -1,4 +1,4 @@
-"""The ONNX Runtime inference path: `fapn_hf.onnx.export_onnx` (dynamic batch, height and width, verified by
+"""The ONNX Runtime inference path: `fapn_hf.export.onnx.export_onnx` (dynamic batch, height and width, verified by
 onnxruntime), `OnnxRuntimeModel`, and `SegmentationPredictor`'s `backend="onnxruntime"` / `"auto"`.
 
 One export of a tiny FaPN (non-zero offsets, so the deformable sampling is exercised) serves the module; exporting
@@ -13,9 +13,10 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from fapn_hf import FaPNForSemanticSegmentation, FaPNImageProcessor, SegmentationPredictor, cli
-from fapn_hf.inference import TTAConfig
-from fapn_hf.onnx import ONNX_FILE_NAME, OnnxRuntimeModel, OnnxVerificationError, export_onnx, verify_onnx
+from fapn_hf import FaPNForSemanticSegmentation, FaPNImageProcessor, SegmentationPredictor
+from fapn_hf.cli import commands as cli
+from fapn_hf.export.onnx import ONNX_FILE_NAME, OnnxRuntimeModel, OnnxVerificationError, export_onnx, verify_onnx
+from fapn_hf.inference.predictor import TTAConfig
 
 onnxruntime = pytest.importorskip("onnxruntime", reason="the ONNX Runtime path needs the [onnx] or [test] extra")
 
@@ -105,7 +106,7 @@ def test_verification_catches_a_model_that_differs(exported_folder):
 
 
 def test_command_line_export_loads_the_folder_and_writes_model_onnx(tmp_path, capsys, monkeypatch):
-    from fapn_hf import onnx as fapn_onnx
+    from fapn_hf.export import onnx as fapn_onnx
 
     FaPNForSemanticSegmentation(tiny_config()).save_pretrained(tmp_path)
     calls = []
@@ -125,8 +126,8 @@ def test_command_line_export_loads_the_folder_and_writes_model_onnx(tmp_path, ca
 
 
 def test_upload_plan_ships_the_onnx_file_and_exports_one_without_touching_the_folder(exported_folder, monkeypatch):
-    from fapn_hf import onnx as fapn_onnx
-    from fapn_hf.hub import plan_upload
+    from fapn_hf.export import onnx as fapn_onnx
+    from fapn_hf.hub.cards import plan_upload
 
     folder, model, path = exported_folder
     plan = plan_upload(folder, repo_id="org/fapn-tiny")

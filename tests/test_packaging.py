@@ -32,7 +32,7 @@ def test_wheel_and_sdist_build_with_complete_metadata(tmp_path):
         metadata_name = next(name for name in names if name.endswith(".dist-info/METADATA"))
         metadata = email.message_from_bytes(archive.read(metadata_name))
         entry_points = archive.read(metadata_name.replace("METADATA", "entry_points.txt")).decode()
-    assert {f"fapn_hf/{p.name}" for p in (REPO_ROOT / "fapn_hf").glob("*.py")} <= set(names)
+    assert {p.relative_to(REPO_ROOT).as_posix() for p in (REPO_ROOT / "fapn_hf").rglob("*.py")} <= set(names)
     assert metadata["Name"] == "fapn_hf" and metadata["License-Expression"] == "Apache-2.0"
     assert metadata["Requires-Python"] == ">=3.10" and metadata["Author"]
     assert metadata["Description-Content-Type"] == "text/markdown" and "# fapn_hf" in metadata.get_payload()
@@ -56,4 +56,4 @@ def test_wheel_and_sdist_build_with_complete_metadata(tmp_path):
 
     with tarfile.open(sdist) as archive:
         members = {Path(m.name).relative_to(Path(m.name).parts[0]).as_posix() for m in archive.getmembers()}
-    assert {"pyproject.toml", "README.md", "PKG-INFO", "fapn_hf/modeling_fapn.py"} <= members
+    assert {"pyproject.toml", "README.md", "PKG-INFO", "fapn_hf/modeling/modeling_fapn.py"} <= members

@@ -14,7 +14,7 @@ from conftest import tiny_config
 from huggingface_hub import ModelCard
 
 from fapn_hf import FaPNForSemanticSegmentation, FaPNImageProcessor, label_maps, preset_config
-from fapn_hf.hub import is_synthetic_demo, model_card, plan_upload, push_folder
+from fapn_hf.hub.cards import is_synthetic_demo, model_card, plan_upload, push_folder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 METRICS = {"eval_mean_iou": 0.6116, "eval_boundary_mean_iou": 0.5836, "eval_pixel_accuracy": 0.95, "eval_loss": 0.2}

@@ -16,7 +16,7 @@ from image_kinds import KINDS
 from PIL import Image
 
 from fapn_hf import FaPNForSemanticSegmentation, FaPNImageProcessor
-from fapn_hf.hub import write_model_card
+from fapn_hf.hub.cards import write_model_card
 from fapn_hf.labels import label_maps, palette
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -193,7 +193,7 @@ def test_running_app_over_gradio_client(running_app, tmp_path):
 
 
 def test_the_gradio_client_example_of_the_space_readme_runs_against_the_app(running_app, tmp_path, monkeypatch):
-    from fapn_hf.space import space_card
+    from fapn_hf.hub.space import space_card
 
     card = str(space_card("org/fapn-tiny-demo", "FaPN", "FaPN semantic segmentation", ["gradio==6"]))
     example = card.split("```python\n", 1)[1].split("```", 1)[0]
@@ -207,7 +207,7 @@ def test_the_gradio_client_example_of_the_space_readme_runs_against_the_app(runn
 
 
 def test_build_space_checks_its_inputs_before_writing_anything(tmp_path):
-    from fapn_hf.space import build_space
+    from fapn_hf.hub.space import build_space
 
     with pytest.raises(ValueError, match="invalid model repo id 'not an id'"):
         build_space("not an id", tmp_path / "a")
@@ -225,7 +225,7 @@ def test_build_space_checks_its_inputs_before_writing_anything(tmp_path):
 def test_build_space_ships_given_examples_as_they_are(tmp_path, model_folder):
     from huggingface_hub import SpaceCard
 
-    from fapn_hf.space import build_space
+    from fapn_hf.hub.space import build_space
 
     photo = _save(tmp_path, "Street.JPG", np.zeros((8, 8, 3), np.uint8))
     space = build_space("org/fapn-city", tmp_path / "space", model_path=model_folder, examples=[photo])

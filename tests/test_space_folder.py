@@ -27,10 +27,10 @@ from huggingface_hub import SpaceCard
 from PIL import Image
 
 from fapn_hf import FaPNForSemanticSegmentation, FaPNImageProcessor
-from fapn_hf.demo_data import DEMO_LABELS
-from fapn_hf.hub import write_model_card
+from fapn_hf.hub.cards import write_model_card
+from fapn_hf.hub.space import build_space
 from fapn_hf.labels import label_maps
-from fapn_hf.space import build_space
+from fapn_hf.tasks.semantic.demo_data import DEMO_LABELS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL_ID = "fapn-test/fapn-tiny-demo"

@@ -17,7 +17,9 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModelForSemanticSegmentation, EvalPrediction, TrainerCallback
 
-from fapn_hf.data import (
+from fapn_hf.families.fapn.presets import MASKFORMER_PRESETS, PRESETS
+from fapn_hf.modeling.image_processing_fapn import FaPNImageProcessor
+from fapn_hf.tasks.semantic.data import (
     DataError,
     LabelSpec,
     SegmentationCollator,
@@ -25,20 +27,18 @@ from fapn_hf.data import (
     check_samples,
     load_segmentation_dataset,
 )
-from fapn_hf.demo_data import DEMO_LABELS
-from fapn_hf.image_processing_fapn import FaPNImageProcessor
-from fapn_hf.metrics import SegmentationMetrics
-from fapn_hf.presets import MASKFORMER_PRESETS, PRESETS
-from fapn_hf.train import main, run_training
-from fapn_hf.trainer import make_compute_metrics, parameter_groups
-from fapn_hf.training_args import (
+from fapn_hf.tasks.semantic.demo_data import DEMO_LABELS
+from fapn_hf.tasks.semantic.metrics import SegmentationMetrics
+from fapn_hf.tasks.semantic.transforms import TrainAugmentation
+from fapn_hf.training.args import (
     DataArguments,
     FaPNTrainingArguments,
     ModelArguments,
     load_recipe,
     parse_arguments,
 )
-from fapn_hf.transforms import TrainAugmentation
+from fapn_hf.training.run import main, run_training
+from fapn_hf.training.trainer import make_compute_metrics, parameter_groups
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -334,7 +334,7 @@ def test_gradient_checkpointing_trains(tmp_path):
 
 def _train_command(output_dir: Path, per_device_batch: int) -> list[str]:
     return [
-        "-m", "fapn_hf.train", str(REPO_ROOT / "recipes" / "demo.yaml"),
+        "-m", "fapn_hf.training.run", str(REPO_ROOT / "recipes" / "demo.yaml"),
         "--output_dir", str(output_dir), "--max_steps", "3", "--per_device_train_batch_size", str(per_device_batch),
         "--per_device_eval_batch_size", "2", "--neck_channels", "32", "--head_channels", "64",
         "--deformable_groups", "4", "--demo_train_samples", "12", "--demo_validation_samples", "5",
@@ -441,7 +441,7 @@ def test_fapn_train_command_is_the_train_modules_main():
     module, name = entry.groups()
     assert getattr(importlib.import_module(module), name) is main
     help_text = subprocess.run(
-        [sys.executable, "-m", "fapn_hf.train", "--help"], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "fapn_hf.training.run", "--help"], capture_output=True, text=True, timeout=300
     )
     assert help_text.returncode == 0 and "--crop_size CROP_SIZE [CROP_SIZE ...]" in help_text.stdout
 

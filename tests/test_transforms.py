@@ -11,8 +11,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from fapn_hf import transforms as T
-from fapn_hf.transforms import (
+from fapn_hf.tasks.semantic import transforms as T
+from fapn_hf.tasks.semantic.transforms import (
     CategoryCappedRandomCrop,
     PadToSize,
     PhotometricDistortion,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fapn_hf.labels import CITYSCAPES_LABELS, CITYSCAPES_PALETTE, palette
-from fapn_hf.visualization import colorize, overlay, plot_training_curves, prediction_panel
+from fapn_hf.tasks.semantic.visualization import colorize, overlay, plot_training_curves, prediction_panel
 
 
 def test_palettes_are_distinct_and_cityscapes_uses_its_own_colours():

@@ -17,9 +17,9 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForSemanticSegmentation, TrainerCallback
 
 from fapn_hf import FaPNForSemanticSegmentation, FaPNModel
-from fapn_hf.builders import build_model
-from fapn_hf.train import run_training
-from fapn_hf.training_args import DataArguments, FaPNTrainingArguments, ModelArguments
+from fapn_hf.training.args import DataArguments, FaPNTrainingArguments, ModelArguments
+from fapn_hf.training.builders import build_model
+from fapn_hf.training.run import run_training
 
 REPEATS = 10
 

@@ -1,0 +1,262 @@
+"""The folder of a Hugging Face Space that serves one FaPN model: `build_space(model_id, output_dir)`.
+
+The folder works on its own, the way a Space's builder sees it after a push:
+
+- `app.py`: the Gradio app (`space_app/app.py` of the source checkout);
+- `README.md`: front matter by the Spaces configuration reference (`sdk_version` = the gradio installed here,
+  `python_version`, `app_file`, `models:` naming the model repo the app serves, `license`, a `short_description` of
+  at most 60 characters), then the page's API with a `gradio_client` example;
+- `requirements.txt`: packages from the package registry only, pinned to the versions installed where the folder is
+  built (the versions the tests ran with): the dependencies of `fapn_hf` and gradio;
+- `fapn_hf/`: the package itself, vendored next to the app, so `import fapn_hf` needs neither a git URL nor a wheel
+  path that depends on the directory the Space's builder installs requirements.txt from;
+- `examples/`: example images. For a model trained on the synthetic demo data (its card's tag), the demo
+  validation images it segments best are chosen by measuring it; other models take the images passed in.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .cards import check_repo_id, is_synthetic_demo, load_model_card
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+SOURCE_ROOT = PACKAGE_DIR.parent
+APP_SOURCE = SOURCE_ROOT / "space_app" / "app.py"
+PYPROJECT = SOURCE_ROOT / "pyproject.toml"
+SHORT_DESCRIPTION_LIMIT = 60  # characters, by the Spaces configuration reference
+DEFAULT_SHORT_DESCRIPTION = "FaPN semantic segmentation: upload an image"
+EXAMPLE_SIZE = (256, 256)
+EXAMPLE_CANDIDATES = 16
+
+
+@dataclass
+class SpaceFolder:
+    """What `build_space` wrote: the folder, the served model, the pinned requirements and the examples (with the
+    mIoU the model reached on each demo example, when they were chosen by measuring it)."""
+
+    folder: Path
+    model_id: str
+    requirements: list[str]
+    examples: list[Path]
+    example_scores: dict[str, float] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        lines = [f"Space folder {self.folder} for {self.model_id}:"]
+        lines += [f"  {path.relative_to(self.folder)}" for path in sorted(self.folder.rglob("*")) if path.is_file()]
+        lines.append("requirements: " + ", ".join(self.requirements))
+        for name, score in self.example_scores.items():
+            lines.append(f"example {name}: mIoU {score:.3f} against its ground truth")
+        if not self.examples:
+            lines.append(
+                "no examples: the model is not the demo model; pass images that show it doing well (--examples)"
+            )
+        return "\n".join(lines)
+
+
+def pinned_requirements() -> list[str]:
+    """`name==version` for every dependency of `fapn_hf` (pyproject.toml) and for gradio, at the installed versions.
+
+    Raises `ModuleNotFoundError` naming a dependency that is not installed here (its version cannot be pinned)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        raise ModuleNotFoundError(
+            "building a Space reads pyproject.toml with tomllib: use Python 3.11 or newer"
+        ) from None
+    from packaging.requirements import Requirement
+
+    names = [Requirement(spec).name for spec in tomllib.loads(PYPROJECT.read_text())["project"]["dependencies"]]
+    pins = []
+    for name in [*names, "gradio"]:
+        try:
+            pins.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            raise ModuleNotFoundError(
+                f"{name} is not installed, so the Space's requirements cannot pin it: pip install {name}"
+            ) from None
+    return pins
+
+
+def space_card(model_id: str, title: str, short_description: str, requirements: list[str], emoji: str = "🧩") -> Any:
+    """The Space's README.md (a `huggingface_hub.SpaceCard`): front matter and the API with a client example."""
+    from huggingface_hub import SpaceCard, SpaceCardData
+
+    if len(short_description) > SHORT_DESCRIPTION_LIMIT:
+        raise ValueError(
+            f"short_description has {len(short_description)} characters; the Spaces configuration allows at most "
+            f"{SHORT_DESCRIPTION_LIMIT}: {short_description!r}"
+        )
+    data = SpaceCardData(
+        title=title,
+        sdk="gradio",
+        sdk_version=metadata.version("gradio"),
+        python_version=f"{sys.version_info.major}.{sys.version_info.minor}",
+        app_file="app.py",
+        license="apache-2.0",
+        models=[model_id],
+        tags=["fapn", "semantic-segmentation", "image-segmentation"],
+        emoji=emoji,
+        colorFrom="indigo",
+        colorTo="green",
+        pinned=False,
+        short_description=short_description,
+    )
+    body = f"""
+# {title}
+
+Semantic segmentation with [{model_id}](https://huggingface.co/{model_id}), a FaPN model (Feature-aligned Pyramid
+Network, ICCV 2021). Upload an image and get the class overlay (its opacity and a "hide background" switch are
+controls), a legend, the area of each class and the time the request took. Flip and multi-scale test-time
+augmentation are switches.
+
+Images are read like everywhere in `fapn_hf`: phone photos upright by their EXIF orientation, 16-bit images scaled
+by their range, transparent pixels composited over white, the first frame of an animation (said in the status).
+Images above one megapixel are reduced right after reading; the result is shown at that size. An unreadable file
+(empty, or not an image) fails the request with a message saying so.
+
+The model is `models:` above, or the `FAPN_MODEL` variable when one is set in the Space settings. If it cannot be
+loaded, the page says why and what to do.
+
+## API
+
+One endpoint, `/segment`, with these parameters:
+
+| name | type | meaning |
+|---|---|---|
+| `image` | image file | the image to segment (PNG, JPEG, WebP, GIF, TIFF or BMP) |
+| `flip` | bool | also predict the mirrored image and average (default `False`) |
+| `multiscale` | bool | predict at 0.75, 1 and 1.25 times the processor's size and average (default `False`) |
+| `opacity` | float in [0, 1] | opacity of the class colours over the image (default 0.5) |
+| `hide_background` | bool | leave pixels of the background class unpainted (models with such a class) |
+
+It returns the overlay (a PNG), the legend (HTML), the area per class (`class`, `area (%)`, `pixels`) and a status
+line with the sizes and timings. An unreadable image raises an error with the message.
+
+```python
+from gradio_client import Client, handle_file
+
+client = Client("OWNER/SPACE-NAME")  # this Space's id, or http://127.0.0.1:7860 when run locally
+overlay, legend, areas, status = client.predict(
+    image=handle_file("photo.jpg"), flip=False, multiscale=False, opacity=0.5, hide_background=True,
+    api_name="/segment",
+)
+print(status)
+print(areas["headers"], areas["data"])
+```
+
+## Run it locally
+
+```bash
+pip install -r requirements.txt
+python app.py                      # serves {model_id}; FAPN_MODEL=ORG/NAME or --model FOLDER for another
+```
+
+Built by `fapn_hf`'s `fapn-build-space` with {", ".join(requirements)}.
+"""
+    return SpaceCard(f"---\n{data.to_yaml()}\n---\n{body}")
+
+
+def pick_demo_examples(
+    predictor: Any, count: int, candidates: int = EXAMPLE_CANDIDATES, size: tuple[int, int] = EXAMPLE_SIZE
+) -> list[tuple[np.ndarray, float, int]]:
+    """The `count` demo validation images (of `candidates`, without unlabelled regions) that the model segments
+    best: `(image, mIoU against the ground truth, sample index)`, best first."""
+    from ..tasks.semantic.demo_data import VALIDATION_START_INDEX, render_sample
+    from ..tasks.semantic.metrics import SegmentationMetrics
+
+    scored = []
+    num_labels = len(predictor.id2label)
+    for index in range(VALIDATION_START_INDEX, VALIDATION_START_INDEX + candidates):
+        image, truth = render_sample(index, size=size, ignore_region=False)
+        metrics = SegmentationMetrics(num_labels, boundary_widths=())
+        metrics.update(predictor.predict(image)[None], truth[None].astype(np.int64))
+        scored.append((image, float(metrics.compute()["mean_iou"]), index))
+    scored.sort(key=lambda item: -item[1])
+    return scored[:count]
+
+
+def build_space(
+    model_id: str,
+    output_dir: str | Path,
+    *,
+    model_path: str | Path | None = None,
+    examples: list[str | Path] | None = None,
+    num_examples: int = 3,
+    title: str = "FaPN semantic segmentation",
+    short_description: str = DEFAULT_SHORT_DESCRIPTION,
+) -> SpaceFolder:
+    """Writes the Space folder serving Hub model `model_id` into `output_dir` (new or empty; nothing is overwritten).
+
+    Args:
+        model_id: the model repo the Space serves (ORG/NAME), written to the front matter's `models:`.
+        output_dir: the folder to write.
+        model_path: a local copy of the model (a saved folder) to read its card from and to choose demo examples
+            with; default: `model_id` itself, from the Hub or its cache.
+        examples: image files to ship as examples; default: for a model trained on the synthetic demo data, the
+            `num_examples` demo images it segments best, else none.
+        num_examples: how many demo examples to choose.
+        title, short_description: the Space's title and card description (at most 60 characters).
+
+    Raises `ValueError` for an invalid id, a description that is too long or a non-empty `output_dir`,
+    `FileNotFoundError` outside a source checkout (no `space_app/app.py`) or for missing example files.
+    """
+    from PIL import Image
+
+    check_repo_id(model_id)
+    output_dir = Path(output_dir)
+    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
+        raise ValueError(f"{output_dir} exists and is not an empty folder; choose a new one (nothing was written)")
+    if not APP_SOURCE.is_file():
+        raise FileNotFoundError(f"the Space's app is missing: {APP_SOURCE} (build from a source checkout of fapn_hf)")
+    missing = [str(path) for path in examples or [] if not Path(path).is_file()]
+    if missing:
+        raise FileNotFoundError(f"example images not found: {', '.join(missing)}")
+    requirements = pinned_requirements()
+    card = space_card(model_id, title, short_description, requirements)  # checks the description before writing
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(APP_SOURCE, output_dir / "app.py")
+    card.save(output_dir / "README.md")
+    (output_dir / "requirements.txt").write_text(
+        "# Registry packages at the versions fapn_hf was tested with; fapn_hf itself is the folder next to app.py.\n"
+        + "\n".join(requirements)
+        + "\n"
+    )
+    shutil.copytree(PACKAGE_DIR, output_dir / "fapn_hf", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+
+    example_dir = output_dir / "examples"
+    example_dir.mkdir()
+    written, scores = [], {}
+    if examples:
+        for i, path in enumerate(examples):
+            target = example_dir / f"example_{i}{Path(path).suffix.lower()}"
+            shutil.copy2(path, target)  # as it is: the app reads it like any upload (EXIF orientation included)
+            written.append(target)
+    else:
+        source = str(model_path or model_id)
+        card = load_model_card(source)
+        if card is not None and is_synthetic_demo(card.data):
+            from ..inference.predictor import SegmentationPredictor
+
+            predictor = SegmentationPredictor.from_pretrained(source, device="cpu")
+            for rank, (image, score, index) in enumerate(pick_demo_examples(predictor, num_examples)):
+                target = example_dir / f"demo_{rank}_sample_{index}.png"
+                Image.fromarray(image).save(target)
+                written.append(target)
+                scores[target.name] = score
+    (output_dir / "build.json").write_text(
+        json.dumps({"model_id": model_id, "requirements": requirements, "example_miou": scores}, indent=2) + "\n"
+    )
+    return SpaceFolder(output_dir, model_id, requirements, written, scores)
+
+
+__all__ = ["SpaceFolder", "build_space", "pick_demo_examples", "pinned_requirements", "space_card"]

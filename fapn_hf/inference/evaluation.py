@@ -1,0 +1,204 @@
+"""One evaluation path for the Trainer, `fapn-evaluate` and the notebooks.
+
+Every image goes through the model's image processor (its resize rule), through the model without padding (padding
+inside a batch would change a FaPN's output, whose feature selection pools over the whole map: images of one size run
+as a batch, the others alone), and its logits are resized bilinearly to the label's original resolution, where it is
+scored: the mmseg / detectron2 convention, and what `pipeline("image-segmentation")` returns.
+
+`predict_at_label_size` is that step for a collated batch (the Trainer's evaluation); `evaluate` runs a
+`SegmentationPredictor`, with optional test-time augmentation, over a data set's decoded samples (the command line
+and the notebooks): the one evaluation loop outside the Trainer. Without augmentation both give the same class maps
+(up to the floating-point summation order of a batch), hence the same metrics.
+
+    from fapn_hf.evaluation import evaluate
+    scores = evaluate("outputs/demo", "demo", tta=TTAConfig(scales=(0.75, 1.0, 1.25), flip=True))
+    scores["mean_iou"], scores["boundary_mean_iou"], scores["per_class_iou"]
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from datasets import Dataset
+
+from ..tasks.semantic.data import LabelSpec, SegmentationDataset, check_samples, load_segmentation_dataset
+from ..tasks.semantic.metrics import SegmentationMetrics
+from .predictor import SegmentationPredictor, TTAConfig, logits_at_size
+
+
+def predict_at_label_size(
+    model: torch.nn.Module,
+    pixel_values: torch.Tensor,
+    image_sizes: torch.Tensor,
+    label_sizes: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    ignore_index: int = 255,
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Class maps of a collated batch at each label's original size, and the loss there.
+
+    Args:
+        pixel_values: `(N, 3, h, w)`, sample `i` in its top-left `image_sizes[i]` (the rest is padding).
+        image_sizes, label_sizes: `(N, 2)` unpadded (height, width) of each image and of its label map.
+        labels: `(N, H, W)` class ids padded with `ignore_index`, or None.
+
+    Returns:
+        The cross-entropy over every labelled pixel of the batch (None without labels; 0 when none is labelled), and
+        the predictions `(N, H, W)` int64, 0 outside each label's size. Images never see padding: those of one size
+        (with labels of one size) run together, the others alone.
+    """
+    height, width = label_sizes.max(dim=0).values.tolist()
+    predictions = torch.zeros(len(pixel_values), height, width, dtype=torch.long, device=pixel_values.device)
+    loss_sum, labelled = pixel_values.new_zeros((), dtype=torch.float32), 0
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, sizes in enumerate(torch.cat([image_sizes, label_sizes], dim=1).tolist()):
+        groups.setdefault(tuple(sizes), []).append(index)
+    for (image_h, image_w, label_h, label_w), indices in groups.items():
+        members = torch.tensor(indices, device=pixel_values.device)
+        images = pixel_values[members, :, :image_h, :image_w]
+        logits = logits_at_size(model, images, (label_h, label_w))
+        predictions[members, :label_h, :label_w] = logits.argmax(dim=1)
+        if labels is not None:
+            target = labels[members, :label_h, :label_w].long()
+            loss_sum = loss_sum + F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="sum")
+            labelled += int((target != ignore_index).sum())
+    loss = None if labels is None else loss_sum / max(labelled, 1)
+    return loss, predictions
+
+
+def evaluate(
+    model: SegmentationPredictor | torch.nn.Module | str | os.PathLike,
+    dataset: str | os.PathLike | Dataset | SegmentationDataset = "demo",
+    *,
+    image_processor: Any = None,
+    split: str = "validation",
+    validation_fraction: float | None = None,
+    seed: int = 0,
+    dataset_config: str | None = None,
+    dataset_revision: str | None = None,
+    image_column: str = "image",
+    label_column: str = "label",
+    label_mapping: str | dict[int, int] | None = None,
+    reduce_labels: bool = False,
+    demo_options: dict[str, Any] | None = None,
+    max_samples: int | None = None,
+    bad_sample_policy: Literal["fail", "skip"] = "fail",
+    tta: TTAConfig | None = None,
+    device: str | torch.device | None = None,
+    trust_remote_code: bool = False,
+) -> dict[str, Any]:
+    """Scores a model on a segmentation data set, each image at its label's original resolution.
+
+    Args:
+        model: a `SegmentationPredictor`, a model (with `image_processor`), or a model folder / Hub id (loaded with
+            `device` and `trust_remote_code`).
+        dataset: `"demo"`, a local folder or a Hub data set id (loaded by `load_segmentation_dataset` with
+            `split`, `validation_fraction`, `seed`, `dataset_config`, `dataset_revision`, the columns and
+            `demo_options`); a split already loaded that way (a `datasets.Dataset` with undecoded `"image"` and
+            `"label"`); or a `SegmentationDataset` (e.g. `trainer.eval_dataset`), whose label spec and samples are
+            used as they are.
+        split: the source's split to evaluate (it must exist), unless `validation_fraction` holds a fraction of
+            `"train"` out instead, as training's `--validation_fraction` does.
+        label_mapping, reduce_labels: how raw label values become class ids (`LabelSpec`), for the model's
+            `num_labels` and `semantic_loss_ignore_index`.
+        max_samples: score only the first `max_samples` samples.
+        bad_sample_policy: `"fail"` raises on an unreadable sample or out-of-range label, `"skip"` leaves it out.
+        tta: test-time augmentation (scales, flip, sliding window); None: one view at scale 1.
+
+    Returns:
+        `mean_iou`, `mean_accuracy`, `pixel_accuracy`, the boundary IoUs and `boundary_mean_iou` (floats),
+        `per_class_iou` (class name -> IoU), `num_images`, `split` (its description), `data` (what
+        `check_samples` found, None for a `SegmentationDataset`), `tta` (`scales`, `flip`, `window`) and `seconds`.
+
+    Raises `ValueError` for a missing split, bad samples under `"fail"`, or when no pixel is labelled (the scores
+    would be NaN), `FileNotFoundError` for a missing model or data set.
+    """
+    started = time.perf_counter()
+    predictor = _as_predictor(model, image_processor, device, trust_remote_code)
+    config = predictor.model.config
+    tta = tta or TTAConfig()
+    report = None
+    if isinstance(dataset, SegmentationDataset):
+        split_name, spec, samples = split, dataset.spec, dataset
+    else:
+        spec = LabelSpec(config.num_labels, config.semantic_loss_ignore_index, label_mapping, reduce_labels)
+        split_name = split
+        if isinstance(dataset, Dataset):
+            rows = dataset
+        else:
+            held_out = validation_fraction is not None
+            rows = load_segmentation_dataset(
+                str(dataset),
+                config_name=dataset_config,
+                revision=dataset_revision,
+                image_column=image_column,
+                label_column=label_column,
+                train_split="train" if held_out else None,
+                validation_split=split,
+                validation_fraction=validation_fraction,
+                seed=seed,
+                demo_options=demo_options,
+            )["validation"]
+            if held_out:
+                split_name = f"{validation_fraction:.0%} of train, seed {seed}"
+        if max_samples is not None:
+            rows = rows.select(range(min(max_samples, len(rows))))
+        rows, report = check_samples(rows, spec, bad_sample_policy, split_name)
+        samples = SegmentationDataset(rows, spec, None, predictor.processor, random=False)
+    count = len(samples) if max_samples is None else min(max_samples, len(samples))
+    scores = _score(predictor, (samples.load(index) for index in range(count)), tta, spec.ignore_index)
+    return {
+        **scores,
+        "split": split_name,
+        "data": None if report is None else report.to_dict(),
+        "tta": {"scales": list(tta.scales), "flip": tta.flip, "window": tta.window}
+        | ({"short_sides": list(tta.short_sides), "max_size": tta.max_size} if tta.short_sides else {}),
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def _as_predictor(
+    model: SegmentationPredictor | torch.nn.Module | str | os.PathLike,
+    image_processor: Any,
+    device: str | torch.device | None,
+    trust_remote_code: bool,
+) -> SegmentationPredictor:
+    if isinstance(model, SegmentationPredictor):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        return SegmentationPredictor.from_pretrained(str(model), device, trust_remote_code)
+    if image_processor is None:
+        raise ValueError(f"image_processor is required with a model object ({type(model).__name__})")
+    return SegmentationPredictor(model, image_processor, device)
+
+
+def _score(
+    predictor: SegmentationPredictor,
+    samples: Iterable[tuple[Any, np.ndarray]],
+    tta: TTAConfig,
+    ignore_index: int,
+) -> dict[str, Any]:
+    """Scores of `predictor` over `(image, labels)` pairs (labels `(H, W)` class ids at the image's resolution):
+    mIoU, accuracies, boundary mIoU and `per_class_iou`, plus `num_images`. Raises `ValueError` when no pixel of the
+    samples is labelled."""
+    config = predictor.model.config
+    metrics = SegmentationMetrics(config.num_labels, ignore_index, id2label=config.id2label)
+    num_images, labelled = 0, 0
+    for image, labels in samples:
+        labels = np.asarray(labels)
+        metrics.update(predictor.predict(image, tta), labels)
+        num_images += 1
+        labelled += int(np.count_nonzero(labels != ignore_index))
+    if labelled == 0:
+        raise ValueError(
+            f"nothing to score: {num_images} images without a labelled pixel (all ignore_index={ignore_index})"
+        )
+    return {**metrics.compute(), "num_images": num_images}
+
+
+__all__ = ["evaluate", "predict_at_label_size"]
