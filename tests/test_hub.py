@@ -37,7 +37,8 @@ from fapn_hf import (
     MaskFormerFaPNForInstanceSegmentation,
     label_maps,
 )
-from fapn_hf.modeling.remote_code import CODE_FAMILIES, FAPN
+from fapn_hf.modeling.configuration_fapn import FAPN_CODE
+from fapn_hf.modeling.configuration_maskformer_fapn import MASKFORMER_FAPN_CODE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,7 +78,7 @@ def test_save_writes_safetensors_config_processor_and_code(saved_model):
     assert config["model_type"] == "fapn"
     assert (
         config["auto_map"]
-        == FAPN.auto_map()
+        == FAPN_CODE.auto_map()
         == {
             "AutoConfig": "configuration_fapn.FaPNConfig",
             "AutoModel": "modeling_fapn.FaPNModel",
@@ -91,7 +92,7 @@ def test_save_writes_safetensors_config_processor_and_code(saved_model):
     assert "auto_map" not in processor and "image_processor_type" not in processor
 
 
-@pytest.mark.parametrize("family", CODE_FAMILIES, ids=lambda family: family.config)
+@pytest.mark.parametrize("family", [FAPN_CODE, MASKFORMER_FAPN_CODE], ids=lambda family: family.config)
 def test_each_family_is_registered_as_remote_code_declares_it(family):
     """`import fapn_hf` registers exactly what `remote_code` declares, and the modules that carry the save logic ship
     on their own (no relative imports: a saved folder needs nothing else)."""

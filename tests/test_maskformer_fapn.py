@@ -40,7 +40,7 @@ from fapn_hf import (
     preset_image_processor,
     timm_backbone_config,
 )
-from fapn_hf.modeling.remote_code import MASKFORMER_FAPN
+from fapn_hf.modeling.configuration_maskformer_fapn import MASKFORMER_FAPN_CODE
 
 LABELS = ["sky", "road", "car", "person", "tree"]
 
@@ -260,7 +260,7 @@ def test_folder_and_auto_classes(saved_maskformer):
     } <= names  # noqa: E501 fmt: skip
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "maskformer_fapn"
-    assert config["auto_map"] == MASKFORMER_FAPN.auto_map()
+    assert config["auto_map"] == MASKFORMER_FAPN_CODE.auto_map()
     assert config["auto_map"]["AutoModelForSemanticSegmentation"].endswith("MaskFormerFaPNForInstanceSegmentation")
     assert isinstance(AutoConfig.from_pretrained(folder), MaskFormerFaPNConfig)
     assert isinstance(AutoImageProcessor.from_pretrained(folder), MaskFormerFaPNImageProcessor)

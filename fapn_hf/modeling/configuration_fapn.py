@@ -13,6 +13,7 @@ from transformers import AutoConfig, PreTrainedConfig, TimmBackboneConfig
 from transformers.configuration_utils import SubConfigSpec
 
 from .deform_conv import DEFORM_CONV_IMPLEMENTATIONS
+from .remote_code import CodeFamily
 
 NECK_NORMS = ("", "GN", "BN")
 # FaPN consumes the C2..C5 maps of the backbone.
@@ -330,4 +331,16 @@ class FaPNConfig(PreTrainedConfig):
         self._check_values()
 
 
-__all__ = ["FaPNConfig", "timm_backbone_config"]
+# What a saved FaPN folder ships and `import fapn_hf` registers: the config, the two heads and the image processor
+# (remote_code.py turns this into Auto-class registrations and config.json's `auto_map`).
+FAPN_CODE = CodeFamily(
+    config="configuration_fapn.FaPNConfig",
+    models={
+        "AutoModel": "modeling_fapn.FaPNModel",
+        "AutoModelForSemanticSegmentation": "modeling_fapn.FaPNForSemanticSegmentation",
+    },
+    processor="image_processing_fapn.FaPNImageProcessor",
+)
+
+
+__all__ = ["FAPN_CODE", "FaPNConfig", "timm_backbone_config"]

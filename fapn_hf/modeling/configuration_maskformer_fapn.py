@@ -6,6 +6,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import MaskFormerConfig
 
 from .deform_conv import DEFORM_CONV_IMPLEMENTATIONS
+from .remote_code import CodeFamily
 
 PIXEL_DECODERS = ("fapn", "fpn")
 
@@ -102,4 +103,21 @@ class MaskFormerFaPNConfig(MaskFormerConfig):
         )
 
 
-__all__ = ["PIXEL_DECODERS", "MaskFormerFaPNConfig"]
+# What a saved MaskFormer + FaPN folder ships and `import fapn_hf` registers. One segmentation class (class and mask
+# predictions, MaskFormer's universal head) registered where transformers puts MaskFormer (instance, universal) and
+# where the image-segmentation pipeline loads semantic models from; its processor makes semantic output the
+# pipeline's default.
+_SEGMENTATION_HEAD = "modeling_maskformer_fapn.MaskFormerFaPNForInstanceSegmentation"
+MASKFORMER_FAPN_CODE = CodeFamily(
+    config="configuration_maskformer_fapn.MaskFormerFaPNConfig",
+    models={
+        "AutoModel": "modeling_maskformer_fapn.MaskFormerFaPNModel",
+        "AutoModelForInstanceSegmentation": _SEGMENTATION_HEAD,
+        "AutoModelForUniversalSegmentation": _SEGMENTATION_HEAD,
+        "AutoModelForSemanticSegmentation": _SEGMENTATION_HEAD,
+    },
+    processor="image_processing_maskformer_fapn.MaskFormerFaPNImageProcessor",
+)
+
+
+__all__ = ["MASKFORMER_FAPN_CODE", "PIXEL_DECODERS", "MaskFormerFaPNConfig"]

@@ -25,10 +25,10 @@ from transformers.models.resnet.modeling_resnet import ResNetBackbone, ResNetSta
 from transformers.utils import ModelOutput, logging
 
 from .backbone_freezing import freeze_backbone, keep_norms_frozen
-from .configuration_fapn import FaPNConfig
+from .configuration_fapn import FAPN_CODE, FaPNConfig
 from .deform_conv import ModulatedDeformConv2d
 from .label_checks import check_label_values
-from .remote_code import FAPN, FamilyCodeSavingMixin
+from .remote_code import FamilyCodeSavingMixin
 
 logger = logging.get_logger(__name__)
 
@@ -535,7 +535,7 @@ class FaPNPreTrainedModel(FamilyCodeSavingMixin, PretrainedBackboneMixin, PreTra
     accepts_loss_kwargs = False
     _no_split_modules = []
     # save_pretrained() ships the code of every FaPN head and the image processor (remote_code.py).
-    code_family = FAPN
+    code_family = FAPN_CODE
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):

@@ -35,7 +35,7 @@ from transformers.models.maskformer.modeling_maskformer import (
     MaskFormerTransformerModule,
 )
 
-from .configuration_maskformer_fapn import MaskFormerFaPNConfig
+from .configuration_maskformer_fapn import MASKFORMER_FAPN_CODE, MaskFormerFaPNConfig
 from .deform_conv import ModulatedDeformConv2d
 from .modeling_fapn import (
     ConvNormAct,
@@ -46,7 +46,7 @@ from .modeling_fapn import (
     tag_init,
     warn_unloaded_pretrained_backbone,
 )
-from .remote_code import MASKFORMER_FAPN, FamilyCodeSavingMixin
+from .remote_code import FamilyCodeSavingMixin
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Pixel decoder
@@ -251,7 +251,7 @@ class MaskFormerFaPNPreTrainedModel(FamilyCodeSavingMixin, PretrainedBackboneMix
     # forward() takes no loss kwargs: the Trainer must not rescale the loss under DDP.
     accepts_loss_kwargs = False
     # save_pretrained() ships the code of every head and the image processor (remote_code.py).
-    code_family = MASKFORMER_FAPN
+    code_family = MASKFORMER_FAPN_CODE
     backbone_module_name = "pixel_level_module.encoder"
 
     # Activation checkpointing: the transformer decoder's layers, the FAMs (GradientCheckpointingLayers), transformers

@@ -13,13 +13,16 @@ Each model family is a `CodeFamily`: its config, its model classes per Auto clas
   then takes the class from the model config: the registered class with fapn_hf imported, the shipped code with
   `trust_remote_code=True` otherwise.
 
-The modeling and image processing modules import this module, so it ships with them as remote code: it depends on
-nothing of the package (no relative imports), and it names classes instead of importing them.
+This module is the mechanism only: each family declares its `CodeFamily` in its own configuration module
+(`configuration_fapn.FAPN_CODE`, ...), and the package registers them. It is part of the shipped kernel
+(`KERNEL_MODULES`: the modules every family's shipped code may import, and that import nothing else of the package),
+depends on nothing of the package (no relative imports), and names classes instead of importing them.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -28,6 +31,14 @@ from typing import Any
 
 import transformers
 from transformers.dynamic_module_utils import get_relative_import_files
+
+# The shared kernel of the shipped code: every family's configuration, modeling and image-processing modules import
+# only these (and their own family's modules), and these import only each other (tests/test_remote_code_closure.py).
+KERNEL_MODULES: tuple[str, ...] = (
+    "remote_code",
+    "deform_conv",
+    "label_checks",
+)
 
 
 @dataclass(frozen=True)
@@ -48,40 +59,18 @@ class CodeFamily:
         """config.json's `auto_map`: the config, every model head and the image processor."""
         return {"AutoConfig": self.config, **self.models, "AutoImageProcessor": self.processor}
 
-    def module_files(self, directory: Path) -> list[Path]:
-        """The processor's module file in `directory` (where the shipped code sits) and the files it imports
-        relatively; empty when the processor module is not there (remote code loaded without it)."""
-        processor_file = directory / f"{self.processor.split('.')[0]}.py"
-        if not processor_file.is_file():
+    def module_files(self, package: str) -> list[Path]:
+        """The file of the processor's own module, `package.<module>` (the package the family's classes are found in:
+        `fapn_hf.modeling`, or a `transformers_modules` folder for remote code), and the files it imports
+        relatively; empty when that module cannot be found (remote code loaded without the processor)."""
+        try:
+            spec = importlib.util.find_spec(f"{package}.{self.processor.split('.')[0]}")
+        except ImportError:  # `package` itself is not importable
+            spec = None
+        if spec is None or spec.origin is None or not Path(spec.origin).is_file():
             return []
-        return [processor_file, *map(Path, get_relative_import_files(processor_file))]
-
-
-FAPN = CodeFamily(
-    config="configuration_fapn.FaPNConfig",
-    models={
-        "AutoModel": "modeling_fapn.FaPNModel",
-        "AutoModelForSemanticSegmentation": "modeling_fapn.FaPNForSemanticSegmentation",
-    },
-    processor="image_processing_fapn.FaPNImageProcessor",
-)
-
-# One segmentation class (class and mask predictions, MaskFormer's universal head) registered where transformers puts
-# MaskFormer (instance, universal) and where the image-segmentation pipeline loads semantic models from; its
-# processor makes semantic output the pipeline's default.
-_MASKFORMER_SEGMENTATION = "modeling_maskformer_fapn.MaskFormerFaPNForInstanceSegmentation"
-MASKFORMER_FAPN = CodeFamily(
-    config="configuration_maskformer_fapn.MaskFormerFaPNConfig",
-    models={
-        "AutoModel": "modeling_maskformer_fapn.MaskFormerFaPNModel",
-        "AutoModelForInstanceSegmentation": _MASKFORMER_SEGMENTATION,
-        "AutoModelForUniversalSegmentation": _MASKFORMER_SEGMENTATION,
-        "AutoModelForSemanticSegmentation": _MASKFORMER_SEGMENTATION,
-    },
-    processor="image_processing_maskformer_fapn.MaskFormerFaPNImageProcessor",
-)
-
-CODE_FAMILIES: tuple[CodeFamily, ...] = (FAPN, MASKFORMER_FAPN)
+        processor_file = Path(spec.origin)
+        return [processor_file, *map(Path, get_relative_import_files(str(processor_file)))]
 
 
 def _resolve(package: str, name: str) -> type:
@@ -134,8 +123,7 @@ class FamilyCodeSavingMixin:
         """Saves like any transformers model; for `trust_remote_code=True` users also writes an `auto_map` entry for
         every Auto class of the family and copies the image processor's code."""
         ships_code = self._auto_class is not None
-        code_directory = Path(__file__).parent
-        processor_files = self.code_family.module_files(code_directory) if ships_code else []
+        processor_files = self.code_family.module_files(self._code_package()) if ships_code else []
         if ships_code:
             auto_map = {**(getattr(self.config, "auto_map", None) or {}), **self.code_family.auto_map()}
             if not processor_files:
@@ -147,6 +135,13 @@ class FamilyCodeSavingMixin:
         if processor_files:
             defer_processor_class_to_model_config(save_directory)  # a processor saved there first
         return result
+
+    @classmethod
+    def _code_package(cls) -> str:
+        """The package of the module that declares `code_family` (a subclass defined elsewhere, e.g. in a user's
+        script, still ships the family's processor from where the family's code sits)."""
+        owner = next(klass for klass in cls.__mro__ if "code_family" in vars(klass))
+        return owner.__module__.rpartition(".")[0]
 
 
 class ProcessorCodeMixin:
@@ -165,9 +160,7 @@ class ProcessorCodeMixin:
 
 
 __all__ = [
-    "CODE_FAMILIES",
-    "FAPN",
-    "MASKFORMER_FAPN",
+    "KERNEL_MODULES",
     "CodeFamily",
     "FamilyCodeSavingMixin",
     "ProcessorCodeMixin",
