@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import tiny_config
+from find_chromium import CANDIDATES, OVERRIDE, find_chromium
 from huggingface_hub import SpaceCard
 from PIL import Image
 
@@ -35,7 +36,6 @@ from fapn_hf.tasks.semantic.demo_data import DEMO_LABELS
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL_ID = "fapn-test/fapn-tiny-demo"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
-CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -95,9 +95,9 @@ def upload(page: Any, path: Path) -> None:
     expect(page.locator("#upload img")).to_be_attached(timeout=60_000)
 
 
-def drive_in_browser(url: str, tmp_path: Path) -> Path:
+def drive_in_browser(url: str, tmp_path: Path, chromium: str) -> Path:
     """Uses the page as a visitor would (model description, upload, result, legend, table, opacity, a bad file's
-    message) and returns a screenshot of the result."""
+    message) in the Chromium at path `chromium` and returns a screenshot of the result."""
     from playwright.sync_api import expect, sync_playwright
 
     image = tmp_path / "upload.png"
@@ -106,7 +106,7 @@ def drive_in_browser(url: str, tmp_path: Path) -> Path:
     not_an_image.write_text("a text file named like a photo")
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         page.goto(url, wait_until="domcontentloaded")
         description = page.locator("#model-description")
@@ -154,7 +154,8 @@ def drive_in_browser(url: str, tmp_path: Path) -> Path:
 
 @pytest.mark.slow
 def test_built_space_starts_from_a_fresh_virtualenv_and_works_in_a_browser(tmp_path):
-    assert Path(CHROMIUM).exists(), "Debian's chromium is needed (.ci/run installs it)"
+    chromium = find_chromium()
+    assert chromium, f"no Chromium found ({', '.join(CANDIDATES)}, Playwright's): `make browser` installs Debian's one"
     model = save_demo_model(tmp_path / "model")
     hf_home = tmp_path / "hf_home"
     populate_hub_cache(hf_home / "hub", MODEL_ID, model)
@@ -198,7 +199,7 @@ def test_built_space_starts_from_a_fresh_virtualenv_and_works_in_a_browser(tmp_p
     try:
         url = f"http://127.0.0.1:{port}/"
         _wait_for(url, process, log)
-        screenshot = drive_in_browser(url, tmp_path)
+        screenshot = drive_in_browser(url, tmp_path, chromium)
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -206,3 +207,39 @@ def test_built_space_starts_from_a_fresh_virtualenv_and_works_in_a_browser(tmp_p
     if (REPO_ROOT / "outputs").is_dir():
         shutil.copy(screenshot, REPO_ROOT / "outputs" / "space_screenshot.png")
         shutil.copy(tmp_path / "space_error.png", REPO_ROOT / "outputs" / "space_error_screenshot.png")
+
+
+def test_the_makefile_looks_for_the_browsers_the_test_does():
+    """`make test` installs Debian's chromium only when tests/find_chromium.py finds none: its browser target must run
+    that finder (not a list of its own that could drift) and tell users about the same override."""
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    assert "FIND_CHROMIUM ?= $(PY) tests/find_chromium.py" in makefile
+    browser_recipe = makefile.split("\nbrowser:", 1)[1].split("\n\n", 1)[0]
+    assert browser_recipe.count("$(FIND_CHROMIUM)") >= 2  # before installing, and to check the install
+    assert f"{OVERRIDE}=" in browser_recipe and "apt-get install -y -qq chromium" in browser_recipe
+    commands = [line for line in makefile.splitlines() if not line.lstrip().startswith("#")]
+    assert not any("playwright install" in line for line in commands)  # its download does not work everywhere
+    test_target = next(line for line in makefile.splitlines() if line.startswith("test:"))
+    assert "browser" in test_target.split(":", 1)[1].split()
+
+
+def test_find_chromium_prefers_the_override_and_refuses_a_wrong_one(monkeypatch, tmp_path):
+    import find_chromium as finder
+
+    fake = tmp_path / "chrome"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv(OVERRIDE, str(fake))
+    assert finder.find_chromium() == str(fake)
+    monkeypatch.setenv(OVERRIDE, str(tmp_path / "missing"))
+    with pytest.raises(finder.BrowserOverrideError, match="missing"):
+        finder.find_chromium()
+    monkeypatch.delenv(OVERRIDE)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "google-chrome").symlink_to(fake)
+    monkeypatch.setenv("PATH", str(bin_dir))  # only Google Chrome on PATH: found by name, before Playwright's
+    assert finder.find_chromium() == str(bin_dir / "google-chrome")
+    monkeypatch.setattr(finder, "playwright_chromium", lambda: None)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert finder.find_chromium() is None
