@@ -1,10 +1,13 @@
 """FaPN (Feature-aligned Pyramid Network) for the Hugging Face ecosystem.
 
-Importing the package registers the FaPN classes with transformers' Auto classes.
+Importing the package registers every model family (`fapn_hf.families`) with transformers' Auto classes, so that
+`save_pretrained` ships each family's code with an `auto_map` for `trust_remote_code=True` users.
 """
 
 from ._version import __version__
-from .families.fapn.presets import MASKFORMER_PRESETS, PRESETS, preset_config, preset_image_processor
+from .families import FAMILIES, family_of, preset_config, preset_image_processor
+from .families.fapn.presets import PRESETS
+from .families.maskformer_fapn.presets import MASKFORMER_PRESETS
 from .families.maskformer_fapn.targets import MaskClassificationCollator, semantic_to_mask_targets
 from .inference.predictor import SegmentationPredictor, TTAConfig
 from .labels import ADE20K_LABELS, CITYSCAPES_LABELS, COCO_STUFF_LABELS, label_maps
@@ -20,15 +23,10 @@ from .modeling.modeling_maskformer_fapn import (
     MaskFormerFaPNModel,
     MaskFormerFaPNPreTrainedModel,
 )
-from .modeling.remote_code import CODE_FAMILIES, register_family
 from .tasks.semantic.metrics import SegmentationMetrics
 
-# Both model families with transformers' Auto classes; save_pretrained() then ships their code with an `auto_map`,
-# for `trust_remote_code=True` users (remote_code.py owns which classes and how).
-for _family in CODE_FAMILIES:
-    register_family(_family, f"{__name__}.modeling")
-
 __all__ = [
+    "FAMILIES",
     "__version__",
     "ADE20K_LABELS",
     "CITYSCAPES_LABELS",
@@ -54,6 +52,7 @@ __all__ = [
     "TTAConfig",
     "decode_image",
     "deform_conv2d",
+    "family_of",
     "label_maps",
     "open_image",
     "preset_config",

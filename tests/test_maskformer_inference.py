@@ -159,7 +159,7 @@ def test_from_pretrained_without_an_onnx_file_uses_pytorch(model, processor, tmp
     model.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)
     predictor = SegmentationPredictor.from_pretrained(str(tmp_path), device="cpu", backend="auto")
-    assert isinstance(predictor.model, MaskFormerFaPNForInstanceSegmentation) and predictor.mask_classification
+    assert isinstance(predictor.model, MaskFormerFaPNForInstanceSegmentation) and predictor.scores_are_probabilities
     assert predictor.id2label == dict(enumerate(LABELS))
     image = np.random.default_rng(1).integers(0, 255, (30, 40, 3), dtype=np.uint8)
     np.testing.assert_array_equal(predictor.predict(image), SegmentationPredictor(model, processor).predict(image))
@@ -188,7 +188,7 @@ def test_onnx_export_gives_the_same_outputs_and_predictions(model, processor, im
     torch.testing.assert_close(actual.pixel_mask, expected.pixel_mask)
 
     onnx_predictor = SegmentationPredictor.from_pretrained(str(tmp_path), backend="auto")
-    assert isinstance(onnx_predictor.model, OnnxRuntimeModel) and onnx_predictor.mask_classification
+    assert isinstance(onnx_predictor.model, OnnxRuntimeModel) and onnx_predictor.scores_are_probabilities
     torch_predictor = SegmentationPredictor(model, processor)
     tta = TTAConfig(short_sides=(48, 64, 80), max_size=160, flip=True)
     torch.testing.assert_close(

@@ -12,13 +12,14 @@ import torch
 from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
 from fapn_hf import MaskFormerFaPNForInstanceSegmentation, MaskFormerFaPNImageProcessor
+from fapn_hf.families.maskformer_fapn.options import set_stochastic_depth
 from fapn_hf.families.maskformer_fapn.targets import MaskClassificationCollator
 from fapn_hf.inference.predictor import SegmentationPredictor
 from fapn_hf.labels import COCO_STUFF_LABELS, COCO_STUFF_RAW_ID_TO_CONTIGUOUS, LABEL_MAPPINGS
 from fapn_hf.tasks.semantic.data import SegmentationCollator
 from fapn_hf.tasks.semantic.demo_data import DEMO_LABELS
 from fapn_hf.training.args import DataArguments, FaPNTrainingArguments, ModelArguments
-from fapn_hf.training.builders import build_model, set_stochastic_depth
+from fapn_hf.training.builders import build_model
 from fapn_hf.training.run import run_training
 from fapn_hf.training.trainer import parameter_groups
 

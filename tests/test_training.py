@@ -17,7 +17,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModelForSemanticSegmentation, EvalPrediction, TrainerCallback
 
-from fapn_hf.families.fapn.presets import MASKFORMER_PRESETS, PRESETS
+from fapn_hf import MASKFORMER_PRESETS, PRESETS
 from fapn_hf.modeling.image_processing_fapn import FaPNImageProcessor
 from fapn_hf.tasks.semantic.data import (
     DataError,

@@ -30,9 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..inference.predictor import is_mask_classification_model
-from ..modeling.modeling_fapn import FaPNSemanticSegmenterOutput, padded_size
-from ..modeling.modeling_maskformer_fapn import MaskFormerFaPNForSegmentationOutput
+from ..families import ExportSpec, family_of
+from ..modeling.modeling_fapn import padded_size
 
 ONNX_FILE_NAME = "model.onnx"
 # The first opset with ONNX's DeformConv (what torchvision's kernel exports to); onnxruntime runs it.
@@ -62,12 +61,18 @@ def onnx_file(folder_or_file: str | Path) -> Path:
     return path if path.suffix == ".onnx" else path / ONNX_FILE_NAME
 
 
+def export_spec(config: Any) -> ExportSpec:
+    """The family's ONNX outputs (`Family.export`); `ValueError` saying why for a family that cannot be exported."""
+    family = family_of(config)
+    if family.export is None:
+        raise ValueError(f"{family.display_name} models cannot be exported to ONNX")
+    return family.export
+
+
 def onnx_output_names(config: Any) -> tuple[str, ...]:
-    """The graph's outputs, fields of the model's output class: MaskFormer + FaPN's class and mask logits, or a
-    FaPN's `logits`."""
-    if is_mask_classification_model(config):
-        return ("class_queries_logits", "masks_queries_logits")
-    return ("logits",)
+    """The graph's outputs, fields of the model's output class (the family's `ExportSpec`): a FaPN's `logits`,
+    MaskFormer + FaPN's class and mask logits."""
+    return export_spec(config).output_names
 
 
 class _OutputTensors(nn.Module):
@@ -236,9 +241,7 @@ class OnnxRuntimeModel:
         """The `model.onnx` of a saved model folder, with the folder's config."""
         return cls(folder, **kwargs)
 
-    def __call__(
-        self, pixel_values: torch.Tensor, **_: Any
-    ) -> FaPNSemanticSegmenterOutput | MaskFormerFaPNForSegmentationOutput:
+    def __call__(self, pixel_values: torch.Tensor, **_: Any) -> Any:
         if pixel_values.dim() != 4 or not pixel_values.is_floating_point():
             raise ValueError(
                 f"pixel_values must be float (batch, channels, height, width), got {pixel_values.dtype} "
@@ -247,13 +250,10 @@ class OnnxRuntimeModel:
         height, width = pixel_values.shape[-2:]
         target_h, target_w = padded_size(height, width, self.config.size_divisibility)
         padded = F.pad(pixel_values.detach().float().cpu(), (0, target_w - width, 0, target_h - height))
-        names = onnx_output_names(self.config)
-        arrays = self.session.run(list(names), {INPUT_NAME: padded.contiguous().numpy()})
-        outputs = {name: torch.from_numpy(array) for name, array in zip(names, arrays)}
-        if "logits" in outputs:
-            return FaPNSemanticSegmenterOutput(logits=outputs["logits"][:, :, :height, :width].contiguous())
-        pixel_mask = torch.ones(pixel_values.shape[0], height, width, dtype=torch.long)
-        return MaskFormerFaPNForSegmentationOutput(**outputs, pixel_mask=pixel_mask)
+        spec = export_spec(self.config)
+        arrays = self.session.run(list(spec.output_names), {INPUT_NAME: padded.contiguous().numpy()})
+        outputs = {name: torch.from_numpy(array) for name, array in zip(spec.output_names, arrays)}
+        return spec.wrap(outputs, pixel_values, self.config)
 
     # The parts of the nn.Module interface that the predictor uses.
     def eval(self) -> OnnxRuntimeModel:
@@ -277,6 +277,7 @@ __all__ = [
     "OnnxRuntimeModel",
     "OnnxVerificationError",
     "export_onnx",
+    "export_spec",
     "onnx_output_names",
     "onnx_file",
     "verify_onnx",

@@ -1,4 +1,5 @@
-"""Model cards for FaPN folders: Hub metadata (`model-index` with the measured mIoU), usage and citation."""
+"""Model cards for fapn_hf folders of every family: Hub metadata (`model-index` with the measured scores of the
+family's task), usage and citation. The family (`fapn_hf.families`) and its task fill in what differs."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from ..modeling.configuration_fapn import FaPNConfig
+from ..convert.checkpoint_io import file_sha256
+from ..families import family_of
 
 CITATION = """@inproceedings{huang2021fapn,
   title     = {FaPN: Feature-aligned Pyramid Network for Dense Image Prediction},
@@ -35,37 +37,11 @@ KNOWN_DATASETS = {
     "images of indoor and outdoor scenes, 150 classes)",
 }
 
-# Metrics written to `model-index`: (key in the evaluation metrics, metric type, display name).
-CARD_METRICS = (
-    ("mean_iou", "mean_iou", "mIoU"),
-    ("boundary_mean_iou", "boundary_mean_iou", "boundary mIoU (mean of 3/5/8/12 px)"),
-    ("pixel_accuracy", "accuracy", "pixel accuracy"),
-)
 
-
-def describe_architecture(config: FaPNConfig) -> str:
-    """One line such as 'FaPN (FAM + FSM) on resnet50, semantic FPN head + PointRend, 19 classes'."""
-    if getattr(config, "model_type", None) == "maskformer_fapn":
-        decoder = "the FaPN pixel decoder (FAM)" if config.pixel_decoder == "fapn" else "its FPN pixel decoder"
-        backbone = getattr(config.backbone_config, "backbone", None) or config.backbone_config.model_type
-        return f"MaskFormer with {decoder} on {backbone}, {config.num_labels} classes"
-    if config.use_fam and config.use_fsm:
-        neck = "FaPN (FAM + FSM)"
-    elif config.use_fam:
-        neck = "FPN + FAM"
-    elif config.use_fsm:
-        neck = "FPN + FSM"
-    else:
-        neck = "FPN"
-    backbone_config = config.backbone_config
-    backbone = getattr(backbone_config, "backbone", None) or backbone_config.model_type
-    if backbone_config.model_type == "resnet":  # a transformers ResNet, e.g. the MSRA trunk of converted models
-        bottleneck = backbone_config.layer_type == "bottleneck"
-        backbone = f"ResNet-{sum(backbone_config.depths) * (3 if bottleneck else 2) + 2}"
-        if bottleneck and backbone_config.downsample_in_bottleneck:
-            backbone += " (MSRA, stride in the 1x1 conv)"
-    head = "semantic FPN head" + (" + PointRend" if config.use_point_rend else "")
-    return f"{neck} on {backbone}, {head}, {config.num_labels} classes"
+def describe_architecture(config: Any) -> str:
+    """One line naming the model's architecture, by its family (`Family.describe`), e.g. 'FaPN (FAM + FSM) on
+    resnet50, semantic FPN head + PointRend, 19 classes'."""
+    return family_of(config).describe(config)
 
 
 def check_repo_id(repo_id: str, kind: str = "model") -> str:
@@ -148,17 +124,6 @@ def _intended_use(dataset_name: str | None, conversion: dict[str, Any] | None) -
     )
 
 
-def file_sha256(path: str | Path) -> str:
-    """The sha256 of a file, read in 1 MiB blocks."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def weights_digest(folder: str | Path) -> dict[str, str]:
     """sha256 of each weights file (`model*.safetensors`) in `folder`, by file name."""
     return {path.name: file_sha256(path) for path in sorted(Path(folder).glob("model*.safetensors"))}
@@ -189,7 +154,7 @@ def read_conversion_record(folder: str | Path) -> dict[str, Any] | None:
 
 
 def model_card(
-    config: FaPNConfig,
+    config: Any,
     eval_metrics: dict[str, Any] | None = None,
     dataset_name: str | None = None,
     model_name: str = "fapn",
@@ -198,17 +163,19 @@ def model_card(
 ) -> ModelCard:
     """A `ModelCard` whose metadata holds the measured metrics (keys with or without the `eval_` prefix) and, for
     weights converted from the authors' release (`conversion`, the converter's record), their reported figures."""
+    family = family_of(config)
+    task = family.task
     metrics = {key.removeprefix("eval_"): value for key, value in (eval_metrics or {}).items()}
     dataset = dataset_name or "unknown"
     measured = [
         (metric_type, display, float(metrics[key]))
-        for key, metric_type, display in CARD_METRICS
+        for key, metric_type, display in task.card_metrics
         if isinstance(metrics.get(key), (int, float))
     ]
     eval_results = [
         EvalResult(
-            task_type="image-segmentation",
-            task_name="Semantic Segmentation",
+            task_type=task.pipeline_tag,
+            task_name=task.display_name,
             dataset_type=dataset,
             dataset_name=dataset,
             metric_type=metric_type,
@@ -219,12 +186,12 @@ def model_card(
     ]
     synthetic = dataset_name == DEMO_DATASET and not conversion
     reported = conversion.get("reported", []) if conversion else []
-    display_names = {metric_type: display for _, metric_type, display in CARD_METRICS}
+    display_names = {metric_type: display for _, metric_type, display in task.card_metrics}
     for result in reported:
         eval_results.append(
             EvalResult(
-                task_type="image-segmentation",
-                task_name="Semantic Segmentation",
+                task_type=task.pipeline_tag,
+                task_name=task.display_name,
                 dataset_type=result["dataset"],
                 dataset_name=f"{result['dataset'].capitalize()} ({result['split']}), reported by the authors",
                 dataset_split=result["split"],
@@ -239,10 +206,9 @@ def model_card(
     data = ModelCardData(
         model_name=model_name,
         library_name="transformers",
-        pipeline_tag="image-segmentation",
+        pipeline_tag=task.pipeline_tag,
         license="apache-2.0",
-        tags=["fapn", "semantic-segmentation", "vision", "image-segmentation"]
-        + ([SYNTHETIC_DATA_TAG] if synthetic else []),
+        tags=["fapn", *task.card_tags] + ([SYNTHETIC_DATA_TAG] if synthetic else []),
         datasets=[dataset] if dataset_name and "/" in dataset_name else None,
         eval_results=eval_results or None,
     )
@@ -264,8 +230,7 @@ def model_card(
 
 # {model_name}
 
-{describe_architecture(config)}. FaPN (Feature-aligned Pyramid Network, ICCV 2021) aligns upsampled features with
-a learnt deformable convolution (FAM) and re-weights lateral features (FSM) in the top-down path of an FPN.
+{family.describe(config)}. {family.card_summary}
 {provenance}
 ## Training data
 
@@ -315,9 +280,9 @@ class_ids = predictor.predict("image.jpg", TTAConfig(scales=(0.75, 1.0, 1.25), f
 Without the `fapn_hf` package, the modeling code shipped in this repository loads with remote code:
 
 ```python
-from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
+from transformers import AutoImageProcessor, {family.head_auto_class}
 
-model = AutoModelForSemanticSegmentation.from_pretrained("{model_name}", trust_remote_code=True)
+model = {family.head_auto_class}.from_pretrained("{model_name}", trust_remote_code=True)
 processor = AutoImageProcessor.from_pretrained("{model_name}", trust_remote_code=True)
 ```
 
@@ -406,8 +371,8 @@ def plan_upload(
     missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
     if not list(folder.glob("model*.safetensors")):
         missing.append("model.safetensors")
-    config = FaPNConfig.from_pretrained(folder) if (folder / "config.json").is_file() else None
-    for module in {v.split(".")[0] + ".py" for v in (getattr(config, "auto_map", None) or {}).values()}:
+    config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
+    for module in {v.split(".")[0] + ".py" for v in (config.get("auto_map") or {}).values()}:
         if not (folder / module).is_file():
             missing.append(f"{module} (remote code named in config.json's auto_map)")
     if missing:
@@ -492,7 +457,7 @@ def push_folder(
     return commit.commit_url
 
 
-def write_model_card(folder: str | Path, config: FaPNConfig, **kwargs: Any) -> Path:
+def write_model_card(folder: str | Path, config: Any, **kwargs: Any) -> Path:
     """Writes `README.md` (the model card) into `folder`; see `model_card` for the arguments."""
     path = Path(folder) / "README.md"
     kwargs.setdefault("model_name", Path(folder).name)

@@ -19,10 +19,9 @@ scores, exactly what `pipeline("image-segmentation")` returns.
 
 from __future__ import annotations
 
-import difflib
 import importlib.util
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,9 +30,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..modeling.configuration_maskformer_fapn import MaskFormerFaPNConfig
+from ..families import find_family
 from ..modeling.image_processing_fapn import decode_image
-from ..modeling.image_processing_maskformer_fapn import mask_classification_scores
+from .sources import check_model_source, find_onnx_file, load_model_and_processor
 
 # The original MaskFormer + FaPN multi-scale test (FaPN-full's ADE20K Swin-L and COCO-Stuff-10K configs, TEST.AUG):
 # ResizeShortestEdge to each of MIN_SIZES with the longer side capped at MAX_SIZE, each view also flipped.
@@ -133,21 +132,22 @@ def _window_starts(size: int, window: int, stride: int) -> list[int]:
     return sorted(set(starts))
 
 
-def is_mask_classification_model(model_or_config: Any) -> bool:
-    """Whether a model (or its config) is MaskFormer + FaPN (class and mask predictions) rather than per-pixel.
-    Decided by `model_type`, so that remote-code copies of the classes count too."""
-    config = getattr(model_or_config, "config", model_or_config)
-    return getattr(config, "model_type", None) == MaskFormerFaPNConfig.model_type
+def scores_rule(model_or_config: Any) -> tuple[Callable[[Any], torch.Tensor], bool]:
+    """How a model's outputs become per-pixel class scores `(N, K, h, w)`, and whether those are probabilities: its
+    family's rule (`Family.class_scores`), or `outputs.logits` for a semantic segmentation model of transformers
+    outside the registry."""
+    family = find_family(model_or_config)
+    if family is None:
+        return (lambda outputs: outputs.logits), False
+    return family.class_scores, family.scores_are_probabilities
 
 
 def model_scores(model: Any, pixel_values: torch.Tensor) -> torch.Tensor:
-    """Class scores `(N, K, h, w)` at the resolution of `pixel_values` `(N, 3, h, w)`: a FaPN model's logits, or a
-    mask-classification model's semantic inference scores (`mask_classification_scores`; no padding, so the
-    model's `pixel_mask` crops its own padding to a multiple of 32)."""
-    outputs = model(pixel_values=pixel_values)
-    if is_mask_classification_model(model):
-        return torch.stack(mask_classification_scores(outputs))
-    return outputs.logits
+    """Class scores `(N, K, h, w)` at the resolution of `pixel_values` `(N, 3, h, w)` (`scores_rule`: a FaPN
+    model's logits, a MaskFormer + FaPN model's semantic inference scores; no padding, so the model's `pixel_mask`
+    crops its own padding to a multiple of 32)."""
+    class_scores, _ = scores_rule(model)
+    return class_scores(model(pixel_values=pixel_values))
 
 
 def sliding_window_logits(
@@ -196,87 +196,7 @@ def logits_at_size(
     return F.interpolate(logits.float(), size=tuple(size), mode="bilinear", align_corners=False)
 
 
-def check_model_source(name: str) -> None:
-    """Raises `FileNotFoundError` when `name` can be neither a saved model folder nor a Hub model id, with the
-    closest existing folder as a hint; a Hub id is left for the loader to find."""
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
-    path = Path(name).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"model not found: {name} is a folder without config.json (not a saved model)")
-        return
-    if path.exists():
-        raise FileNotFoundError(f"model not found: {name} is a file; a model is a folder (save_pretrained) or Hub id")
-    try:
-        validate_repo_id(name)
-        local_path = name.startswith((".", "/", "~"))
-    except HFValidationError:
-        local_path = True
-    if local_path:
-        raise FileNotFoundError(f"model not found: there is no folder {name}{_closest_folder_hint(path)}")
-
-
-def _closest_folder_hint(path: Path) -> str:
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        return ""
-    folders = [p.name for p in parent.iterdir() if p.is_dir() and (p / "config.json").is_file()]
-    match = difflib.get_close_matches(path.name, folders, n=1, cutoff=0.6)
-    return f" (did you mean {parent / match[0]}?)" if match else ""
-
-
-def load_model_and_processor(model_name_or_path: str, trust_remote_code: bool = False) -> tuple[Any, Any]:
-    """A semantic segmentation model (eval mode) and its image processor from a folder or Hub id; a name that is
-    neither raises `FileNotFoundError` saying so (not transformers' "Repo id must be in the form ...")."""
-    from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
-
-    check_model_source(model_name_or_path)
-    try:
-        model = AutoModelForSemanticSegmentation.from_pretrained(
-            model_name_or_path, trust_remote_code=trust_remote_code
-        )
-        processor = AutoImageProcessor.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
-    except OSError as error:
-        if Path(model_name_or_path).expanduser().is_dir():
-            raise
-        raise model_not_found_error(model_name_or_path, error) from error
-    return model.eval(), processor
-
-
-def model_not_found_error(name: str, error: Exception) -> FileNotFoundError:
-    """The error for a model name that is no local folder and failed to load as a Hub id (`error`)."""
-    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return FileNotFoundError(
-        f"model not found: {name} is not a local folder{_closest_folder_hint(Path(name))}, and as a Hub id it "
-        f"failed to load ({first_line})"
-    )
-
-
 PREDICTOR_BACKENDS = ("torch", "onnxruntime", "auto")
-
-
-def find_onnx_file(model_name_or_path: str) -> Path | None:
-    """The `model.onnx` of a model folder or Hub repo (downloaded to the Hub cache), or None when there is none."""
-    from ..export.onnx import ONNX_FILE_NAME
-
-    folder = Path(model_name_or_path).expanduser()
-    if folder.is_dir():
-        path = folder / ONNX_FILE_NAME
-        return path if path.is_file() else None
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-    )
-
-    try:
-        return Path(hf_hub_download(model_name_or_path, ONNX_FILE_NAME))
-    except (EntryNotFoundError, LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError):
-        return None  # the PyTorch loader then says what is missing, in its own words
 
 
 def _model_device(model: Any) -> torch.device:
@@ -345,9 +265,10 @@ class SegmentationPredictor:
         return dict(self.model.config.id2label)
 
     @property
-    def mask_classification(self) -> bool:
-        """Whether the model is MaskFormer + FaPN (its views' scores are averaged as they are, not softmaxed)."""
-        return is_mask_classification_model(self.model)
+    def scores_are_probabilities(self) -> bool:
+        """Whether the model's class scores are averaged over views as they are (MaskFormer + FaPN's semantic
+        inference) rather than after a softmax (logits)."""
+        return scores_rule(self.model)[1]
 
     def pixel_values(self, image: Any, size: tuple[int, int] | None = None) -> torch.Tensor:
         """The processor's `(1, 3, h, w)` input for `image`, at its own size rule or resized to `size` = (h, w)."""
@@ -389,7 +310,7 @@ class SegmentationPredictor:
         tta = tta or TTAConfig()
         total = None
         for scores in self._view_scores(image, tta):
-            scores = scores[0] if self.mask_classification else scores.softmax(dim=1)[0]
+            scores = scores[0] if self.scores_are_probabilities else scores.softmax(dim=1)[0]
             total = scores if total is None else total + scores
         return total / tta.num_views
 
@@ -409,13 +330,9 @@ __all__ = [
     "PREDICTOR_BACKENDS",
     "SegmentationPredictor",
     "TTAConfig",
-    "check_model_source",
-    "find_onnx_file",
-    "is_mask_classification_model",
-    "load_model_and_processor",
     "logits_at_size",
-    "model_not_found_error",
     "model_scores",
+    "scores_rule",
     "shortest_edge_size",
     "sliding_window_logits",
 ]

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from transformers import TrainingArguments
 
-from ..families.fapn.presets import MASKFORMER_PRESETS, PRESETS
+from ..families import all_presets
 from ..tasks.semantic.data import BAD_SAMPLE_POLICIES
 
 logger = logging.getLogger(__name__)
@@ -29,16 +29,12 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class ModelArguments:
-    """Which model to train: a preset (with optional overrides) or a saved model (folder or Hub id) of either family.
+    """Which model to train: a preset (with optional overrides) or a saved model (folder or Hub id) of any family.
 
-    A `maskformer-*` preset builds MaskFormer + FaPN (`fapn_hf.builders.build_model`): it takes `backbone`,
-    `neck_channels` (pixel decoder and mask features), `deformable_groups`, `freeze_backbone_norm`, the transformer
-    decoder's `num_queries`, `decoder_layers`, `decoder_hidden_size`, and `drop_path_rate` (Swin); the other
-    options are FaPN's."""
+    The preset's family (`fapn_hf.families`) says which of the options below it takes (`Family.options`,
+    `Family.training_options`); one it does not take is an error (`fapn_hf.training.builders.build_model`)."""
 
-    preset: str = field(
-        default="fapn-r50", metadata={"help": f"model preset: {', '.join([*PRESETS, *MASKFORMER_PRESETS])}"}
-    )
+    preset: str = field(default="fapn-r50", metadata={"help": f"model preset: {', '.join(all_presets())}"})
     model_name_or_path: str | None = field(
         default=None,
         metadata={"help": "fine-tune a saved FaPN or MaskFormer + FaPN (folder or Hub id) instead of a preset"},

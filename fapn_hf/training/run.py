@@ -24,20 +24,9 @@ from typing import Any
 
 from transformers import TrainerCallback, set_seed
 
-from ..families.maskformer_fapn.targets import MaskClassificationCollator
-from ..inference.predictor import is_mask_classification_model
-from ..tasks.semantic.data import (
-    DataError,
-    LabelSpec,
-    SegmentationCollator,
-    SegmentationDataset,
-    check_samples,
-    load_segmentation_dataset,
-)
-from ..tasks.semantic.metrics import SegmentationMetrics
-from ..tasks.semantic.transforms import TrainAugmentation
+from ..tasks.semantic.data import DataError
 from .args import DataArguments, FaPNTrainingArguments, ModelArguments, parse_arguments
-from .builders import build_image_processor, build_model, resolve_labels
+from .builders import build_image_processor, build_model, resolve_family, resolve_labels
 from .checkpoints import check_output_dir, resolve_resume_checkpoint
 from .reports import write_run_report
 from .trainer import EpochSetter, FaPNTrainer, make_compute_metrics
@@ -71,8 +60,11 @@ def run_training(
     check_output_dir(training_args)
     set_seed(training_args.seed)
     label_names = resolve_labels(data_args)
-    spec = LabelSpec(len(label_names), data_args.ignore_index, data_args.label_mapping, data_args.reduce_labels)
-    splits = load_segmentation_dataset(
+    # The family (of the preset, or of the saved model) says which task's data, augmentation and metrics apply.
+    family = resolve_family(model_args)
+    task = family.task
+    spec = task.label_spec(len(label_names), data_args.ignore_index, data_args.label_mapping, data_args.reduce_labels)
+    splits = task.load_splits(
         data_args.dataset,
         config_name=data_args.dataset_config,
         revision=data_args.dataset_revision,
@@ -96,22 +88,15 @@ def run_training(
         if len(splits[split]) == 0:
             raise DataError(f"the {split} split of {data_args.dataset!r} is empty")
         if data_args.check_data:
-            splits[split], reports[split] = check_samples(splits[split], spec, data_args.bad_sample_policy, split)
+            splits[split], reports[split] = task.check_samples(splits[split], spec, data_args.bad_sample_policy, split)
 
     model = build_model(model_args, label_names, data_args.ignore_index)
     processor = build_image_processor(data_args, model)
-    augmentation = TrainAugmentation(
-        crop_size=tuple(data_args.crop_size),
-        scale_range=tuple(data_args.scale_range),
-        cat_max_ratio=data_args.cat_max_ratio,
-        hflip_probability=data_args.hflip_probability,
-        photometric=data_args.photometric_distortion,
-        ignore_index=data_args.ignore_index,
-    )
-    train_dataset = SegmentationDataset(splits["train"], spec, augmentation, processor, seed=training_args.seed)
+    augmentation = task.train_augmentation(data_args)
+    train_dataset = task.make_dataset(splits["train"], spec, augmentation, processor, seed=training_args.seed)
     # No transform: the processor resizes the images, the labels keep their resolution, where they are scored.
-    eval_dataset = SegmentationDataset(splits["validation"], spec, None, processor, random=False)
-    metrics = SegmentationMetrics(len(label_names), data_args.ignore_index, id2label=dict(enumerate(label_names)))
+    eval_dataset = task.make_dataset(splits["validation"], spec, None, processor, random=False)
+    metrics = task.make_metrics(len(label_names), data_args.ignore_index, id2label=dict(enumerate(label_names)))
     if data_args.validation_fraction is not None:
         fraction, seed = data_args.validation_fraction, training_args.seed
         validation = f"{fraction:.0%} of the {data_args.train_split!r} split held out (seed {seed})"
@@ -123,13 +108,10 @@ def run_training(
         "validation": validation,
         "crop_size": data_args.crop_size,
     }
-    # Evaluation batches keep per-sample sizes and labels at label resolution (scored there) for both families;
-    # a mask-classification model trains on per-class masks and classes, its own (Hungarian-matched) loss.
-    eval_collator = SegmentationCollator(data_args.ignore_index)
-    if is_mask_classification_model(model):
-        train_collator = MaskClassificationCollator(num_labels=len(label_names), ignore_index=data_args.ignore_index)
-    else:
-        train_collator = eval_collator
+    # Evaluation batches are the task's (per-sample sizes, labels at label resolution, scored there); training
+    # batches are the family's (MaskFormer + FaPN trains on per-class masks and classes).
+    eval_collator = task.eval_collator(data_args.ignore_index)
+    train_collator = family.train_collator(len(label_names), data_args.ignore_index)
     trainer = FaPNTrainer(
         model=model,
         args=training_args,

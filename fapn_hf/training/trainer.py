@@ -15,9 +15,9 @@ import torch
 from huggingface_hub import ModelCard
 from transformers import EvalPrediction, Trainer, TrainerCallback
 
+from ..families import family_of
 from ..hub.cards import write_model_card
 from ..inference.evaluation import predict_at_label_size
-from ..inference.predictor import is_mask_classification_model
 from ..labels import check_label_values
 from ..modeling.modeling_fapn import REDUCE_LABELS_HINT
 from ..tasks.semantic.data import SIZE_KEYS, SegmentationDataset
@@ -238,9 +238,7 @@ class FaPNTrainer(Trainer):
                 self.args.weight_decay,
                 getattr(self.args, "backbone_lr_multiplier", 1.0),
                 getattr(self.args, "weight_decay_norm_and_bias", False),
-                # The original MaskFormer decays biases (only norms and embeddings are exempt); FaPN's semantic
-                # models keep this project's convention of no decay on biases.
-                decay_bias=is_mask_classification_model(model),
+                decay_bias=family_of(model).decay_bias,
             )
             optimizer_kwargs.pop("weight_decay", None)  # set per group
             self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
@@ -266,8 +264,8 @@ class FaPNTrainer(Trainer):
         inputs = self._prepare_inputs(inputs)
         labels = inputs.get("labels")
         ignore = self.model.config.semantic_loss_ignore_index
-        # A mask-classification model's semantic scores are not logits: no cross-entropy on them (no eval loss).
-        loss_labels = None if is_mask_classification_model(model) else labels
+        # A family whose class scores are not logits (MaskFormer + FaPN's) has no evaluation loss.
+        loss_labels = labels if family_of(model).eval_loss else None
         with torch.no_grad(), self.compute_loss_context_manager():
             loss, predictions = predict_at_label_size(
                 model, inputs["pixel_values"], inputs["image_sizes"], inputs["label_sizes"], loss_labels, ignore

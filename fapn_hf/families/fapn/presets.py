@@ -1,6 +1,5 @@
-"""Named configurations of the models users look for: `fapn-r50`, `fapn-r50-pointrend`, their `fpn-*` baselines, and
-the MaskFormer + FaPN models of the paper (`maskformer-fapn-swin-l-ade20k`, `maskformer-fapn-r101-cocostuff`) with
-their `maskformer-fpn-*` baselines (`MASKFORMER_PRESETS`)."""
+"""Named configurations of the FaPN semantic models: `fapn-r18` ... `fapn-r101`, the paper's Cityscapes models
+`fapn-r50-pointrend` / `fapn-r101-pointrend`, and their `fpn-*` baselines (`PRESETS`)."""
 
 from __future__ import annotations
 
@@ -9,7 +8,6 @@ from typing import Any
 from ...labels import label_maps
 from ...modeling.configuration_fapn import FaPNConfig
 from ...modeling.image_processing_fapn import FaPNImageProcessor
-from ..maskformer_fapn.presets import MASKFORMER_PRESETS, maskformer_preset_config, maskformer_preset_image_processor
 
 _BACKBONES = {"r18": "resnet18", "r34": "resnet34", "r50": "resnet50", "r101": "resnet101"}
 
@@ -34,33 +32,25 @@ _PROCESSOR_SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
-def preset_config(name: str, labels: str | list[str] | tuple[str, ...] | None = None, **overrides: Any) -> FaPNConfig:
-    """The config of preset `name` with the given label set (`"cityscapes"`, `"ade20k"`, `"cocostuff"` or class
-    names; by default the preset's own: Cityscapes for the semantic FPN presets).
-
-    `overrides` are passed on to the config class, e.g. `use_point_rend=False`. MaskFormer presets give a
-    `MaskFormerFaPNConfig`. For timm's pretrained backbone weights build the model with
-    `from_pretrained_backbone(config)`.
-    """
-    if name in MASKFORMER_PRESETS:
-        return maskformer_preset_config(name, labels, **overrides)
+def fapn_preset_config(
+    name: str, labels: str | list[str] | tuple[str, ...] | None = None, **overrides: Any
+) -> FaPNConfig:
+    """The `FaPNConfig` of preset `name` with the given label set (default: Cityscapes' 19 classes); `overrides` set
+    config fields, e.g. `backbone="resnet18"` or `use_point_rend=False`."""
     if name not in PRESETS:
-        raise ValueError(f"Unknown preset {name!r}; available: {', '.join([*PRESETS, *MASKFORMER_PRESETS])}")
+        raise ValueError(f"Unknown FaPN preset {name!r}; available: {', '.join(PRESETS)}")
+    id2label, label2id = label_maps("cityscapes" if labels is None else labels)
+    return FaPNConfig(**{**PRESETS[name], "id2label": id2label, "label2id": label2id, **overrides})
+
+
+def fapn_preset_image_processor(
+    name: str = "fapn-r50", labels: str | list[str] | tuple[str, ...] | None = None, **overrides: Any
+) -> FaPNImageProcessor:
+    """The processor for a label set (default Cityscapes): Cityscapes at full resolution, ADE20K at shorter side 512;
+    the same for every FaPN preset."""
     labels = "cityscapes" if labels is None else labels
-    id2label, label2id = label_maps(labels)
-    settings = {**PRESETS[name], "id2label": id2label, "label2id": label2id, **overrides}
-    return FaPNConfig(**settings)
-
-
-def preset_image_processor(
-    labels: str | list[str] | tuple[str, ...] = "cityscapes", preset: str | None = None, **overrides: Any
-):
-    """The image processor for a label set: Cityscapes at full resolution, ADE20K at shorter side 512; for a
-    MaskFormer `preset`, that model's processor (its test size, label reduction)."""
-    if preset in MASKFORMER_PRESETS:
-        return maskformer_preset_image_processor(preset, **overrides)
     settings = _PROCESSOR_SETTINGS.get(labels, {}) if isinstance(labels, str) else {}
     return FaPNImageProcessor(**{**settings, **overrides})
 
 
-__all__ = ["MASKFORMER_PRESETS", "PRESETS", "preset_config", "preset_image_processor"]
+__all__ = ["PRESETS", "fapn_preset_config", "fapn_preset_image_processor"]

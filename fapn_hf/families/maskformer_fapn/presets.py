@@ -1,5 +1,5 @@
 """MaskFormer + FaPN presets: the paper's ADE20K (Swin-L, 640) and COCO-Stuff-10K (ResNet-101) models and their
-baselines with MaskFormer's own FPN pixel decoder. Reached through `preset_config` / `preset_image_processor`."""
+baselines with MaskFormer's own FPN pixel decoder (`MASKFORMER_PRESETS`)."""
 
 from __future__ import annotations
 
@@ -38,23 +38,60 @@ def _build() -> dict[str, dict[str, Any]]:
 
 MASKFORMER_PRESETS: dict[str, dict[str, Any]] = _build()
 
+# The transformer decoder options a preset takes (feed-forward 8 x hidden and hidden / 32 heads, as the original's
+# 256 / 2048 / 8).
+DECODER_OPTIONS = ("num_queries", "decoder_layers", "decoder_hidden_size")
+
+
+def decoder_config(num_queries: int | None, decoder_layers: int | None, decoder_hidden_size: int | None) -> Any:
+    """transformers' `DetrConfig` for the transformer decoder with the given (or the original's) sizes."""
+    from transformers import DetrConfig
+
+    settings: dict[str, Any] = {}
+    if num_queries is not None:
+        settings["num_queries"] = num_queries
+    if decoder_layers is not None:
+        settings["decoder_layers"] = decoder_layers
+    if (hidden := decoder_hidden_size) is not None:
+        if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 32 or hidden % 32:
+            raise ValueError(f"decoder_hidden_size must be a positive multiple of 32 (heads of 32), got {hidden!r}")
+        settings |= {"d_model": hidden, "decoder_ffn_dim": 8 * hidden, "decoder_attention_heads": hidden // 32}
+    return DetrConfig(**settings)
+
 
 def maskformer_preset_config(
-    name: str, labels: str | list[str] | tuple[str, ...] | None = None, **overrides: Any
+    name: str,
+    labels: str | list[str] | tuple[str, ...] | None = None,
+    *,
+    backbone: str | None = None,
+    neck_channels: int | None = None,
+    num_queries: int | None = None,
+    decoder_layers: int | None = None,
+    decoder_hidden_size: int | None = None,
+    freeze_backbone_norm: bool = False,
+    **overrides: Any,
 ) -> MaskFormerFaPNConfig:
     """The `MaskFormerFaPNConfig` of preset `name`: its backbone (timm), pixel decoder, the original MaskFormer
     settings (100 queries, 6 decoder layers, D = 256, deep supervision, loss weights 1 / 20 / 1, no-object 0.1) and
-    its label set unless `labels` names another."""
+    its label set unless `labels` names another.
+
+    The options every family takes the same way: `backbone` (a timm model name) replaces the preset's backbone,
+    `neck_channels` sets the pixel decoder's and the mask features' width D, `num_queries`, `decoder_layers` and
+    `decoder_hidden_size` shape the transformer decoder, `freeze_backbone_norm` freezes the backbone's BatchNorms
+    (timm's `FrozenBatchNorm2d`); other `overrides` set config fields."""
     if name not in MASKFORMER_PRESETS:
         raise ValueError(f"Unknown MaskFormer preset {name!r}; available: {', '.join(MASKFORMER_PRESETS)}")
     preset = MASKFORMER_PRESETS[name]
     id2label, label2id = label_maps(preset["labels"] if labels is None else labels)
-    settings = {
-        "backbone_config": timm_backbone_config(preset["backbone"]),
+    width = 256 if neck_channels is None else neck_channels
+    settings: dict[str, Any] = {
+        "backbone_config": timm_backbone_config(
+            backbone or preset["backbone"], freeze_batch_norm_2d=freeze_backbone_norm
+        ),
         "backbone_output_norms": preset["backbone_output_norms"],
         "pixel_decoder": preset["pixel_decoder"],
-        "fpn_feature_size": 256,
-        "mask_feature_size": 256,
+        "fpn_feature_size": width,
+        "mask_feature_size": width,
         "use_auxiliary_loss": True,  # DEEP_SUPERVISION: True in the original configs
         "no_object_weight": 0.1,
         "dice_weight": 1.0,
@@ -62,16 +99,26 @@ def maskformer_preset_config(
         "cross_entropy_weight": 1.0,
         "id2label": id2label,
         "label2id": label2id,
-        **overrides,
     }
-    return MaskFormerFaPNConfig(**settings)
+    if any(value is not None for value in (num_queries, decoder_layers, decoder_hidden_size)):
+        settings["decoder_config"] = decoder_config(num_queries, decoder_layers, decoder_hidden_size)
+    return MaskFormerFaPNConfig(**{**settings, **overrides})
 
 
-def maskformer_preset_image_processor(name: str, **overrides: Any) -> MaskFormerFaPNImageProcessor:
-    """The processor of preset `name`: shorter side 640 (longer <= 2560), ImageNet mean/std, RGB."""
+def maskformer_preset_image_processor(
+    name: str, labels: str | list[str] | tuple[str, ...] | None = None, **overrides: Any
+) -> MaskFormerFaPNImageProcessor:
+    """The processor of preset `name`: shorter side 640 (longer <= 2560), ImageNet mean/std, RGB; its label
+    reduction follows the preset's data set (the label set does not change the test size)."""
     if name not in MASKFORMER_PRESETS:
         raise ValueError(f"Unknown MaskFormer preset {name!r}; available: {', '.join(MASKFORMER_PRESETS)}")
     return MaskFormerFaPNImageProcessor(**{**MASKFORMER_PRESETS[name]["processor"], "ignore_index": 255, **overrides})
 
 
-__all__ = ["MASKFORMER_PRESETS", "maskformer_preset_config", "maskformer_preset_image_processor"]
+__all__ = [
+    "DECODER_OPTIONS",
+    "MASKFORMER_PRESETS",
+    "decoder_config",
+    "maskformer_preset_config",
+    "maskformer_preset_image_processor",
+]

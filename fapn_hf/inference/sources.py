@@ -1,0 +1,95 @@
+"""Where a model comes from: a saved folder or a Hub id, checked before loading so that a mistyped path is named
+with the closest existing folder, and loaded with its family's Auto class."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+from ..families import find_family
+
+
+def check_model_source(name: str) -> None:
+    """Raises `FileNotFoundError` when `name` can be neither a saved model folder nor a Hub model id, with the
+    closest existing folder as a hint; a Hub id is left for the loader to find."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"model not found: {name} is a folder without config.json (not a saved model)")
+        return
+    if path.exists():
+        raise FileNotFoundError(f"model not found: {name} is a file; a model is a folder (save_pretrained) or Hub id")
+    try:
+        validate_repo_id(name)
+        local_path = name.startswith((".", "/", "~"))
+    except HFValidationError:
+        local_path = True
+    if local_path:
+        raise FileNotFoundError(f"model not found: there is no folder {name}{_closest_folder_hint(path)}")
+
+
+def _closest_folder_hint(path: Path) -> str:
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        return ""
+    folders = [p.name for p in parent.iterdir() if p.is_dir() and (p / "config.json").is_file()]
+    match = difflib.get_close_matches(path.name, folders, n=1, cutoff=0.6)
+    return f" (did you mean {parent / match[0]}?)" if match else ""
+
+
+def load_model_and_processor(model_name_or_path: str, trust_remote_code: bool = False) -> tuple[Any, Any]:
+    """A model (eval mode, its family's head class) and its image processor from a folder or Hub id; a name that is
+    neither raises `FileNotFoundError` saying so (not transformers' "Repo id must be in the form ...")."""
+    from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation
+
+    check_model_source(model_name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
+        family = find_family(config)
+        # A family's head class; a semantic segmentation model of transformers outside the registry as it is.
+        auto_class = AutoModelForSemanticSegmentation if family is None else family.auto_class
+        model = auto_class.from_pretrained(model_name_or_path, config=config, trust_remote_code=trust_remote_code)
+        processor = AutoImageProcessor.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
+    except OSError as error:
+        if Path(model_name_or_path).expanduser().is_dir():
+            raise
+        raise model_not_found_error(model_name_or_path, error) from error
+    return model.eval(), processor
+
+
+def model_not_found_error(name: str, error: Exception) -> FileNotFoundError:
+    """The error for a model name that is no local folder and failed to load as a Hub id (`error`)."""
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return FileNotFoundError(
+        f"model not found: {name} is not a local folder{_closest_folder_hint(Path(name))}, and as a Hub id it "
+        f"failed to load ({first_line})"
+    )
+
+
+def find_onnx_file(model_name_or_path: str) -> Path | None:
+    """The `model.onnx` of a model folder or Hub repo (downloaded to the Hub cache), or None when there is none."""
+    from ..export.onnx import ONNX_FILE_NAME
+
+    folder = Path(model_name_or_path).expanduser()
+    if folder.is_dir():
+        path = folder / ONNX_FILE_NAME
+        return path if path.is_file() else None
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+    )
+
+    try:
+        return Path(hf_hub_download(model_name_or_path, ONNX_FILE_NAME))
+    except (EntryNotFoundError, LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError):
+        return None  # the PyTorch loader then says what is missing, in its own words
+
+
+__all__ = ["check_model_source", "find_onnx_file", "load_model_and_processor", "model_not_found_error"]

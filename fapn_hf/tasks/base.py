@@ -1,0 +1,48 @@
+"""What a task is to the engines: how its data is read, augmented, batched and scored, and how its predictions are
+shown, written and described on a model card. One `Task` per task (semantic segmentation today; detection, instance
+and panoptic segmentation next), defined in its own sub-package; families point at theirs (`Family.task`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, kw_only=True)
+class Task:
+    """A task's pieces, as the training, evaluation, prediction, card and Space engines use them.
+
+    Args:
+        name: the task's name, e.g. `"semantic-segmentation"`.
+        display_name: the model-index task name of a card, e.g. `"Semantic Segmentation"`.
+        pipeline_tag: the Hub pipeline tag (`"image-segmentation"`, `"object-detection"`).
+        card_tags: tags a model card of this task carries.
+        card_metrics: `(metrics key, model-index metric type, display name)` for each metric a card reports.
+        load_splits: `(dataset, **options) -> DatasetDict` with `train` and `validation` splits.
+        check_samples: the bad-sample policy over one split: `(split, spec, policy, name) -> (split, report)`.
+        label_spec: `(num_labels, ignore_index, label_mapping, reduce_labels) -> spec` of the labels samples carry.
+        make_dataset: `(split, spec, augmentation, processor, **options) -> torch Dataset` of model inputs.
+        train_augmentation: `(data_args) -> callable` applied to training samples.
+        eval_collator: `(ignore_index) -> collator` of evaluation batches (the family's training collator may
+            differ, `Family.train_collator`).
+        make_metrics: `(num_labels, ignore_index, id2label) -> streaming metrics` with `update` and `compute`.
+        render: `(image, prediction, num_labels, id2label) -> RGB uint8 array`: a prediction drawn over its image.
+    """
+
+    name: str
+    display_name: str
+    pipeline_tag: str
+    card_tags: tuple[str, ...]
+    card_metrics: tuple[tuple[str, str, str], ...]
+    load_splits: Callable[..., Any]
+    check_samples: Callable[..., Any]
+    label_spec: Callable[..., Any]
+    make_dataset: Callable[..., Any]
+    train_augmentation: Callable[[Any], Callable[..., Any]]
+    eval_collator: Callable[[int], Callable[..., Any]]
+    make_metrics: Callable[..., Any]
+    render: Callable[..., Any]
+
+
+__all__ = ["Task"]
