@@ -26,7 +26,7 @@ lint: $(STAMP)
 transformers-tests: $(STAMP)
 	$(PY) scripts/fetch_transformers_tests.py
 
-# A Chromium for tests/test_space_folder.py, found as tests/find_chromium.py finds it ($$FAPN_CHROMIUM, chromium,
+# A Chromium for tests/test_space_folder.py, found as tests/find_chromium.py finds it ($FAPN_CHROMIUM, chromium,
 # chromium-browser, google-chrome on PATH, Playwright's own); if there is none, Debian's chromium from apt-get (as root,
 # or through sudo). Playwright's own download (`playwright install`) is not used: it does not work everywhere.
 FIND_CHROMIUM ?= $(PY) tests/find_chromium.py
