@@ -32,16 +32,13 @@ from transformers import (
 
 import fapn_hf  # noqa: F401
 from fapn_hf import MaskFormerFaPNForInstanceSegmentation, timm_backbone_config
-from fapn_hf.convert.original import (
-    ORIGINAL_MODELS,
-    Checkpoint,
-    CheckpointError,
-    convert_checkpoint,
-    convert_state_dict,
-)
-from fapn_hf.families.maskformer_fapn.convert import MASKFORMER_FAPN
+from fapn_hf.convert import Checkpoint, CheckpointError, convert_state_dict
+from fapn_hf.families import original_models
+from fapn_hf.families.maskformer_fapn.convert import CONVERTER as MASKFORMER_FAPN
 from fapn_hf.families.maskformer_fapn.presets import maskformer_preset_config
+from fapn_hf.hub.conversion import convert_checkpoint
 
+ORIGINAL_MODELS = original_models()
 HEIGHT, WIDTH = 100, 148
 TOLERANCE = 1e-5
 MEASURED: dict[str, dict[str, float]] = {}

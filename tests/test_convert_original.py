@@ -18,6 +18,7 @@ truncates sizes, so a test with a real resize would compare the resizers, not th
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 import os
 import pickle
@@ -34,18 +35,14 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSeg
 
 from fapn_hf import SegmentationPredictor
 from fapn_hf.cli import commands as cli
-from fapn_hf.convert.original import (
-    ORIGINAL_MODELS,
-    SEMANTIC_FAPN,
-    SEMANTIC_FAPN_RENAMES,
-    CheckpointError,
-    RenameRule,
-    convert_checkpoint,
-    convert_state_dict,
-    describe_checkpoint,
-    read_checkpoint,
-)
+from fapn_hf.convert import CheckpointError, RenameRule, convert_state_dict, describe_checkpoint, read_checkpoint
+from fapn_hf.families import original_models
+from fapn_hf.families.fapn.convert import CONVERTER as SEMANTIC_FAPN
+from fapn_hf.families.fapn.convert import SEMANTIC_FAPN_RENAMES
 from fapn_hf.hub.cards import model_card, plan_upload, read_conversion_record
+from fapn_hf.hub.conversion import convert_checkpoint, converters
+
+ORIGINAL_MODELS = original_models()  # every family's released models, as the command line lists them
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 19
@@ -465,7 +462,7 @@ def test_other_architectures_are_refused_with_what_they_look_like(tmp_path, keys
     with pytest.raises(CheckpointError, match=rf"model_final.pth looks like .*{looks_like}.*not like .*FaPN"):
         convert_checkpoint(path, "fapn-r50-pointrend-cityscapes", tmp_path / "out")
     assert not (tmp_path / "out").exists()
-    assert describe_checkpoint(keys)
+    assert describe_checkpoint(keys, converters())
 
 
 def test_unknown_model_names_list_the_available_ones(tmp_path):
@@ -490,7 +487,8 @@ def test_console_scripts_are_declared():
     assert expected <= set(scripts)
     for name in expected:
         module, function = scripts[name].split(":")
-        assert module == "fapn_hf.cli.commands" and callable(getattr(cli, function)), name
+        # The entry point (fapn_hf.cli re-exports the commands) is the command module's own function.
+        assert getattr(importlib.import_module(module), function) is getattr(cli, function), name
         assert name.removeprefix("fapn-") in cli.COMMANDS  # python -m fapn_hf runs the same command
 
 

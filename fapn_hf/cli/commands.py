@@ -40,11 +40,12 @@ import torch
 from transformers import AutoModelForSemanticSegmentation, HfArgumentParser
 
 from .._version import __version__
-from ..convert.original import ORIGINAL_MODELS, convert_checkpoint
 from ..export.onnx import DEFAULT_OPSET, OnnxVerificationError, export_onnx
+from ..families import original_models
 from ..families.fapn.presets import PRESETS, preset_config, preset_image_processor
 from ..families.maskformer_fapn.presets import MASKFORMER_PRESETS
 from ..hub.cards import plan_upload, push_folder, require_token
+from ..hub.conversion import convert_checkpoint
 from ..hub.space import DEFAULT_SHORT_DESCRIPTION, build_space
 from ..inference.evaluation import evaluate
 from ..inference.predictor import SegmentationPredictor, TTAConfig, check_model_source
@@ -495,10 +496,10 @@ def push_main(argv: Sequence[str] | None = None) -> int:
 @dataclass
 class ConvertArguments:
     """`fapn-convert`: converts the authors' detectron2 checkpoint into a Hub-ready FaPN folder whose model gives the
-    original outputs (see `fapn_hf.convert_original` for what it checks and writes)."""
+    original outputs (see `fapn_hf.hub.conversion` for what it checks and writes)."""
 
     checkpoint: Path = field(metadata=_help("the original detectron2 .pth or .pkl file"))
-    model: str = field(metadata=_help("which original model", choices=sorted(ORIGINAL_MODELS)))
+    model: str = field(metadata=_help("which original model", choices=sorted(original_models())))
     output_dir: Path = field(metadata=_help("folder to write (created if missing)"))
     trust_pickle: bool = field(
         default=False,
@@ -513,8 +514,8 @@ class ConvertArguments:
 
 
 def convert_main(argv: Sequence[str] | None = None) -> int:
-    """`fapn-convert`: runs `fapn_hf.convert_original.convert_checkpoint` and prints what it wrote."""
-    models = "\n".join(f"  {name:32s} {m.description}" for name, m in ORIGINAL_MODELS.items())
+    """`fapn-convert`: runs `fapn_hf.hub.conversion.convert_checkpoint` and prints what it wrote."""
+    models = "\n".join(f"  {name:32s} {m.description}" for name, m in original_models().items())
     description = f"{inspect.cleandoc(ConvertArguments.__doc__)}\n\nmodels:\n{models}"
     args = parse_arguments(ConvertArguments, argv, "fapn-convert", description)
     with user_errors(ValueError, FileNotFoundError):

@@ -1,6 +1,7 @@
-"""The MaskFormer + FaPN family of the converter (`convert_original`): the authors' ADE20K Swin-L and COCO-Stuff-10K
-ResNet-101 checkpoints (MaskFormer's detectron2 layout with the `BasePixelFANDecoder` keys of SPEC 3) into
-`MaskFormerFaPNForInstanceSegmentation` folders.
+"""The MaskFormer + FaPN family's conversion: the authors' ADE20K Swin-L and COCO-Stuff-10K ResNet-101 checkpoints
+(MaskFormer's detectron2 layout with the `BasePixelFANDecoder` keys of SPEC 3) into
+`MaskFormerFaPNForInstanceSegmentation` folders. Built on the toolkit (`fapn_hf.convert`); the registry collects
+`CONVERTER` and `ORIGINAL_MODELS` through this family's `FAMILY`.
 
     fapn-convert --checkpoint model_final.pth --model maskformer-fapn-r101-cocostuff --output_dir maskformer-fapn-r101
 
@@ -17,15 +18,16 @@ from collections.abc import Sequence
 
 import torch
 
-from ...convert.original import (
-    ORIGINAL_MODELS,
+from ...convert import (
     Checkpoint,
     CheckpointError,
-    ModelFamily,
+    Converter,
     OriginalModel,
     RenameTable,
     ReportedResult,
-    _bgr_statistic,
+    detectron2_resnet_renames,
+    feature_alignment_renames,
+    pixel_statistic,
 )
 from ...modeling.configuration_maskformer_fapn import MaskFormerFaPNConfig
 from ...modeling.image_processing_maskformer_fapn import MaskFormerFaPNImageProcessor
@@ -43,20 +45,14 @@ _FUSED_PROJECTIONS = {"self_attn": "self_attn", "multihead_attn": "encoder_attn"
 MASKFORMER_FAPN_RENAMES = RenameTable.of(
     [
         # detectron2's ResNet with a basic stem, stride in the 3x3 conv (torchvision layout), FrozenBN -> timm ResNet.
-        ("backbone.stem.conv1.weight", f"{_BACKBONE}.conv1.weight"),
-        ("backbone.stem.conv1.norm.{stat}", f"{_BACKBONE}.bn1.{{stat}}"),
-        (
-            "backbone.res{stage}.{block}.conv{conv}.weight",
-            f"{_BACKBONE}.layer{{stage-1}}.{{block}}.conv{{conv}}.weight",
-        ),
-        (
-            "backbone.res{stage}.{block}.conv{conv}.norm.{stat}",
-            f"{_BACKBONE}.layer{{stage-1}}.{{block}}.bn{{conv}}.{{stat}}",
-        ),
-        ("backbone.res{stage}.{block}.shortcut.weight", f"{_BACKBONE}.layer{{stage-1}}.{{block}}.downsample.0.weight"),
-        (
-            "backbone.res{stage}.{block}.shortcut.norm.{stat}",
-            f"{_BACKBONE}.layer{{stage-1}}.{{block}}.downsample.1.{{stat}}",
+        *detectron2_resnet_renames(
+            "backbone",
+            stem=f"{_BACKBONE}.conv1.weight",
+            stem_norm=f"{_BACKBONE}.bn1.{{stat}}",
+            conv=f"{_BACKBONE}.layer{{stage-1}}.{{block}}.conv{{conv}}.weight",
+            conv_norm=f"{_BACKBONE}.layer{{stage-1}}.{{block}}.bn{{conv}}.{{stat}}",
+            shortcut=f"{_BACKBONE}.layer{{stage-1}}.{{block}}.downsample.0.weight",
+            shortcut_norm=f"{_BACKBONE}.layer{{stage-1}}.{{block}}.downsample.1.{{stat}}",
         ),
         # D2SwinTransformer -> timm's Swin (patch merging closes stage i in the original, opens stage i + 1 in timm)
         # plus the four per-stage output norms.
@@ -107,21 +103,8 @@ MASKFORMER_FAPN_RENAMES = RenameTable.of(
             f"{_DECODER_IN}.adapter_{{fam_level}}.norm.{{param}}",
             f"{_DECODER}.lateral_convs.{{fam_level-1}}.norm.{{param}}",
         ),
-        (
-            f"{_DECODER_IN}.align_{{fam_level}}.offset.weight",
-            f"{_DECODER}.alignments.{{fam_level-1}}.offset_conv.conv.weight",
-        ),
-        (
-            f"{_DECODER_IN}.align_{{fam_level}}.offset.norm.{{param}}",
-            f"{_DECODER}.alignments.{{fam_level-1}}.offset_conv.norm.{{param}}",
-        ),
-        (
-            f"{_DECODER_IN}.align_{{fam_level}}.dcpack_L2.{{param}}",
-            f"{_DECODER}.alignments.{{fam_level-1}}.deform_conv.{{param}}",
-        ),
-        (
-            f"{_DECODER_IN}.align_{{fam_level}}.dcpack_L2.conv_offset_mask.{{param}}",
-            f"{_DECODER}.alignments.{{fam_level-1}}.deform_conv.offset_mask_conv.{{param}}",
+        *feature_alignment_renames(
+            f"{_DECODER_IN}.align_{{fam_level}}", f"{_DECODER}.alignments.{{fam_level-1}}", offset_norm=True
         ),
         (f"{_DECODER_IN}.layer_{{fam_level}}.weight", f"{_DECODER}.output_convs.{{fam_level-1}}.conv.weight"),
         (
@@ -168,7 +151,9 @@ MASKFORMER_FAPN_RENAMES = RenameTable.of(
         (f"{_PREDICTOR}.class_embed.{{param}}", "class_predictor.{param}"),
         (f"{_PREDICTOR}.mask_embed.layers.{{layer}}.{{param}}", "mask_embedder.{layer}.0.{param}"),
         ("criterion.empty_weight", "criterion.empty_weight"),
-    ]
+    ],
+    # BasePixelFANDecoder: adapter_k / align_k / layer_k for the levels below the top layer_4.
+    patterns={"fam_level": r"[1-3]"},
 )
 
 # MaskFormer's PIXEL_MEAN / PIXEL_STD (RGB, 0..255) in both released configs.
@@ -176,14 +161,10 @@ MASKFORMER_PIXEL_MEAN_RGB = (123.675, 116.280, 103.530)
 MASKFORMER_PIXEL_STD_RGB = (58.395, 57.120, 57.375)
 
 
-def _preset_of(model: OriginalModel) -> str:
-    return model.name  # the converter's model names are the presets' names
-
-
 def _maskformer_config(model: OriginalModel) -> MaskFormerFaPNConfig:
     """The preset's config (timm Swin-L with output norms / timm ResNet-101, FaPN decoder, the original MaskFormer
     settings) with the original model's label set."""
-    return maskformer_preset_config(_preset_of(model), model.labels)
+    return maskformer_preset_config(model.settings["preset"], model.labels)
 
 
 def _split_fused_projections(tensors: dict[str, torch.Tensor]) -> None:
@@ -232,8 +213,8 @@ def _maskformer_transform(
 def _maskformer_processor(model: OriginalModel, checkpoint: Checkpoint) -> MaskFormerFaPNImageProcessor:
     """RGB in, `(x / 255 - PIXEL_MEAN / 255) / (PIXEL_STD / 255)`, the shorter side resized to MIN_SIZE_TEST (longer
     capped at MAX_SIZE_TEST); the model pads to 32 as the original `ImageList`."""
-    mean = _bgr_statistic(checkpoint, "pixel_mean", MASKFORMER_PIXEL_MEAN_RGB)  # stored in the config's (RGB) order
-    std = _bgr_statistic(checkpoint, "pixel_std", MASKFORMER_PIXEL_STD_RGB)
+    mean = pixel_statistic(checkpoint, "pixel_mean", MASKFORMER_PIXEL_MEAN_RGB, order="R, G, B")
+    std = pixel_statistic(checkpoint, "pixel_std", MASKFORMER_PIXEL_STD_RGB, order="R, G, B")
     if min(std) <= 0:
         raise CheckpointError(f"{checkpoint.path}: pixel_std must be positive, got {std}")
     return MaskFormerFaPNImageProcessor(
@@ -255,15 +236,15 @@ def _check_maskformer_fapn(model: OriginalModel, checkpoint: Checkpoint) -> None
     keys = checkpoint.keys
     is_swin = any(k.startswith("backbone.layers.") for k in keys)
     is_resnet = any(k.startswith("backbone.res4.") for k in keys)
-    wanted_swin = model.depth == 0
+    wanted_swin = model.settings["backbone"] == "swin"
     if is_swin != wanted_swin or is_resnet == wanted_swin:
         found = "a Swin backbone" if is_swin else "a ResNet backbone" if is_resnet else "an unknown backbone"
-        matching = [m.name for m in MASKFORMER_ORIGINAL_MODELS.values() if (m.depth == 0) == is_swin]
+        matching = [m.name for m in ORIGINAL_MODELS.values() if (m.settings["backbone"] == "swin") == is_swin]
         hint = f"; use --model {matching[0]}" if matching and (is_swin or is_resnet) else ""
         raise CheckpointError(f"{checkpoint.path} is MaskFormer + FaPN on {found}, not what {model.name} is{hint}")
 
 
-MASKFORMER_FAPN = ModelFamily(
+CONVERTER = Converter(
     name="MaskFormer with the FaPN pixel decoder (BasePixelFANDecoder)",
     renames=MASKFORMER_FAPN_RENAMES,
     recognise=_recognise_maskformer_fapn,
@@ -273,6 +254,10 @@ MASKFORMER_FAPN = ModelFamily(
     processor_tensors=("pixel_mean", "pixel_std"),
     build_processor=_maskformer_processor,
     check=_check_maskformer_fapn,
+    # Any MaskFormer (its pixel decoder or transformer predictor), with the FaPN decoder or not.
+    checkpoint_signatures=(
+        (("sem_seg_head.pixel_decoder.", "sem_seg_head.predictor.transformer"), "a MaskFormer model"),
+    ),
 )
 
 _FAPN_FULL = "https://github.com/ShihuaHuang95/FaPN-full"
@@ -283,15 +268,14 @@ def _reported(dataset: str, split: str, value: float, source: str) -> ReportedRe
     return ReportedResult(dataset, split, "mean_iou", value, source, "https://arxiv.org/abs/2108.07058")
 
 
-MASKFORMER_ORIGINAL_MODELS: dict[str, OriginalModel] = {
+# settings: `preset` (the package preset whose config it is) and `backbone` (`"swin"` or `"resnet"`, for `check`).
+ORIGINAL_MODELS: dict[str, OriginalModel] = {
     model.name: model
     for model in (
         OriginalModel(
             name="maskformer-fapn-swin-l-ade20k",
-            family=MASKFORMER_FAPN,
+            converter=CONVERTER,
             description="MaskFormer + FaPN, Swin-L (IN-21k, 384), ADE20K-150, 640",
-            depth=0,  # not a ResNet: the Swin-L backbone
-            point_rend=False,
             labels="ade20k",
             original_config=f"{_CONFIGS}/ade20k-150/swin/maskformer_swin_large+FaPN_IN21k_384_bs16_160k_res640.yaml",
             test_shortest_edge=640,
@@ -299,13 +283,12 @@ MASKFORMER_ORIGINAL_MODELS: dict[str, OriginalModel] = {
             evaluate_arguments="--dataset <ADE20K-150 validation> --split validation",
             release_url=_FAPN_FULL,
             reported=(_reported("ade20k", "validation", 55.2, "FaPN paper, single-scale"),),
+            settings={"preset": "maskformer-fapn-swin-l-ade20k", "backbone": "swin"},
         ),
         OriginalModel(
             name="maskformer-fapn-r101-cocostuff",
-            family=MASKFORMER_FAPN,
+            converter=CONVERTER,
             description="MaskFormer + FaPN, ResNet-101 (torchvision layout), COCO-Stuff-10K (171 classes)",
-            depth=101,
-            point_rend=False,
             labels="cocostuff",
             original_config=f"{_CONFIGS}/coco-stuff-10k-171/maskformer_R101+FaPN_bs32_60k.yaml",
             test_shortest_edge=640,
@@ -313,10 +296,9 @@ MASKFORMER_ORIGINAL_MODELS: dict[str, OriginalModel] = {
             evaluate_arguments="--dataset <COCO-Stuff-10K test> --split test",
             release_url=_FAPN_FULL,
             reported=(_reported("coco-stuff-10k", "test", 39.6, "FaPN paper, single-scale"),),
+            settings={"preset": "maskformer-fapn-r101-cocostuff", "backbone": "resnet"},
         ),
     )
 }
 
-ORIGINAL_MODELS.update(MASKFORMER_ORIGINAL_MODELS)
-
-__all__ = ["MASKFORMER_FAPN", "MASKFORMER_FAPN_RENAMES", "MASKFORMER_ORIGINAL_MODELS"]
+__all__ = ["CONVERTER", "MASKFORMER_FAPN_RENAMES", "ORIGINAL_MODELS"]
