@@ -12,7 +12,6 @@ from ...modeling.configuration_fapn import FAPN_CODE, FaPNConfig
 from ...modeling.image_processing_fapn import FaPNImageProcessor
 from ...modeling.modeling_fapn import FaPNSemanticSegmenterOutput
 from ...tasks.semantic import TASK as SEMANTIC_SEGMENTATION
-from ...tasks.semantic.data import SegmentationCollator
 from ..base import ExportSpec, Family
 from . import convert, options
 from .presets import PRESETS, fapn_preset_config, fapn_preset_image_processor
@@ -44,7 +43,8 @@ FAMILY = Family(
     saved_options=options.saved_options,
     apply_freezing=options.apply_freezing,
     build_processor=lambda settings, ignore_index: FaPNImageProcessor(**settings),
-    train_collator=lambda num_labels, ignore_index: SegmentationCollator(ignore_index),
+    # The task's batches: per-sample sizes kept for evaluation, labels padded with the ignore index.
+    train_collator=lambda num_labels, ignore_index: SEMANTIC_SEGMENTATION.eval_collator(ignore_index),
     class_scores=_logits,
     describe=options.describe,
     card_summary=(

@@ -1,22 +1,35 @@
 """Semantic segmentation: one class per pixel. Data (`data`), augmentation (`transforms`), metrics (`metrics`: mIoU,
-boundary mIoU, pixel accuracy), drawing (`visualization`) and the built-in demo set (`demo_data`)."""
+boundary mIoU, pixel accuracy), drawing (`visualization`) and the built-in demo set (`demo_data`).
+
+The task's pieces are imported when first used: a model, the predictor or a Space need none of the training stack
+(`datasets`, the augmentation), and `import fapn_hf` stays light."""
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from ...labels import palette
 from ..base import Task
-from .data import LabelSpec, SegmentationCollator, SegmentationDataset, check_samples, load_segmentation_dataset
-from .metrics import SegmentationMetrics
-from .transforms import TrainAugmentation
-from .visualization import overlay
 
 
-def train_augmentation(data_args: Any) -> TrainAugmentation:
+def _on_first_use(module: str, name: str) -> Callable[..., Any]:
+    """`name` of this package's `module`, imported when first called."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(f"{__name__}.{module}"), name)(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    call.__doc__ = f"`fapn_hf.tasks.semantic.{module}.{name}` (imported on first use)."
+    return call
+
+
+def train_augmentation(data_args: Any) -> Any:
     """The recipe's training augmentation: random scale, category-capped crop, flip, photometric distortion."""
+    from .transforms import TrainAugmentation
+
     return TrainAugmentation(
         crop_size=tuple(data_args.crop_size),
         scale_range=tuple(data_args.scale_range),
@@ -29,6 +42,9 @@ def train_augmentation(data_args: Any) -> TrainAugmentation:
 
 def render(image: np.ndarray, class_map: np.ndarray, id2label: dict[int, str], alpha: float = 0.5) -> np.ndarray:
     """The class map `(H, W)` coloured with the label set's palette over `image` `(H, W, 3)` uint8."""
+    from ...labels import palette
+    from .visualization import overlay
+
     labels = [id2label[i] for i in range(len(id2label))]
     return overlay(image, class_map, palette(len(labels), labels), alpha)
 
@@ -43,13 +59,13 @@ TASK = Task(
         ("boundary_mean_iou", "boundary_mean_iou", "boundary mIoU (mean of 3/5/8/12 px)"),
         ("pixel_accuracy", "accuracy", "pixel accuracy"),
     ),
-    load_splits=load_segmentation_dataset,
-    check_samples=check_samples,
-    label_spec=LabelSpec,
-    make_dataset=SegmentationDataset,
+    load_splits=_on_first_use("data", "load_segmentation_dataset"),
+    check_samples=_on_first_use("data", "check_samples"),
+    label_spec=_on_first_use("data", "LabelSpec"),
+    make_dataset=_on_first_use("data", "SegmentationDataset"),
     train_augmentation=train_augmentation,
-    eval_collator=SegmentationCollator,
-    make_metrics=SegmentationMetrics,
+    eval_collator=_on_first_use("data", "SegmentationCollator"),
+    make_metrics=_on_first_use("metrics", "SegmentationMetrics"),
     render=render,
 )
 
