@@ -9,7 +9,7 @@ from conftest import set_backbone_gammas_to_one, tiny_config
 from transformers import AutoModelForSemanticSegmentation, ResNetConfig
 
 from fapn_hf import FaPNConfig, FaPNForSemanticSegmentation
-from fapn_hf.modeling.backbone_freezing import backbone_stem_and_stages, frozen_modules
+from fapn_hf.modeling.backbone_utils import backbone_stem_and_stages, frozen_modules
 from fapn_hf.training.args import ModelArguments
 from fapn_hf.training.builders import build_model
 

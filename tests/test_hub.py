@@ -72,7 +72,7 @@ def test_save_writes_safetensors_config_processor_and_code(saved_model):
     names = {p.name for p in folder.iterdir()}
     assert {"config.json", "model.safetensors", "preprocessor_config.json"} <= names
     assert {"configuration_fapn.py", "modeling_fapn.py", "deform_conv.py", "image_processing_fapn.py",
-            "backbone_freezing.py", "labels.py", "remote_code.py"} <= names  # fmt: skip
+            "backbone_utils.py", "label_checks.py", "remote_code.py"} <= names  # fmt: skip
     assert not any(name.endswith((".bin", ".pt", ".pth", ".pkl")) for name in names)
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "fapn"
@@ -105,9 +105,9 @@ def test_each_family_is_registered_as_remote_code_declares_it(family):
     assert marked <= set(family.models) and config_class._auto_class == "AutoConfig"
     processor_class = IMAGE_PROCESSOR_MAPPING[config_class]["torchvision"]
     assert f"{processor_class.__module__.split('.')[-1]}.{processor_class.__name__}" == family.processor
-    code = Path(fapn_hf.__file__).parent
+    code = Path(fapn_hf.__file__).parent / "modeling"
     assert get_relative_import_files(code / "remote_code.py") == []
-    assert get_relative_import_files(code / "labels.py") == []
+    assert get_relative_import_files(code / "label_checks.py") == []
 
 
 def test_round_trip_through_auto_classes(saved_model):

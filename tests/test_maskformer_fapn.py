@@ -253,11 +253,12 @@ def test_folder_and_auto_classes(saved_maskformer):
         "configuration_maskformer_fapn.py",
         "modeling_maskformer_fapn.py",
         "image_processing_maskformer_fapn.py",
-        "image_processing_fapn.py",  # imported by the processor
         "deform_conv.py",
         "remote_code.py",
         "label_checks.py",
     } <= names  # noqa: E501 fmt: skip
+    # The shared kernel ships, FaPN's semantic family does not (tests/test_remote_code_closure.py has the whole set).
+    assert not names & {"configuration_fapn.py", "modeling_fapn.py", "image_processing_fapn.py"}
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "maskformer_fapn"
     assert config["auto_map"] == MASKFORMER_FAPN_CODE.auto_map()

@@ -83,8 +83,8 @@ def test_upload_plan_takes_the_model_files_and_leaves_pickles_and_checkpoints(ru
     plan = plan_upload(run_folder, repo_id="org/fapn-demo")
     assert set(plan.files) == {
         "config.json", "model.safetensors", "preprocessor_config.json", "metrics.json",
-        "configuration_fapn.py", "modeling_fapn.py", "deform_conv.py", "image_processing_fapn.py",
-        "backbone_freezing.py", "labels.py", "remote_code.py",
+        "configuration_fapn.py", "modeling_fapn.py", "image_processing_fapn.py", "backbone_utils.py", "deform_conv.py",
+        "fapn_layers.py", "image_decoding.py", "initialisation.py", "label_checks.py", "remote_code.py",
     }  # fmt: skip
     assert {r.metric_type for r in plan.card.data.eval_results} == {"mean_iou", "boundary_mean_iou", "accuracy"}
     description = plan.describe()

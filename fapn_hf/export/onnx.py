@@ -27,11 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..families import ExportSpec, family_of
-from ..modeling.modeling_fapn import padded_size
+from ..modeling.fapn_layers import pad_to_multiple
 
 ONNX_FILE_NAME = "model.onnx"
 # The first opset with ONNX's DeformConv (what torchvision's kernel exports to); onnxruntime runs it.
@@ -247,9 +246,7 @@ class OnnxRuntimeModel:
                 f"pixel_values must be float (batch, channels, height, width), got {pixel_values.dtype} "
                 f"{tuple(pixel_values.shape)}"
             )
-        height, width = pixel_values.shape[-2:]
-        target_h, target_w = padded_size(height, width, self.config.size_divisibility)
-        padded = F.pad(pixel_values.detach().float().cpu(), (0, target_w - width, 0, target_h - height))
+        padded = pad_to_multiple(pixel_values.detach().float().cpu(), self.config.size_divisibility)
         spec = export_spec(self.config)
         arrays = self.session.run(list(spec.output_names), {INPUT_NAME: padded.contiguous().numpy()})
         outputs = {name: torch.from_numpy(array) for name, array in zip(spec.output_names, arrays)}

@@ -9,40 +9,15 @@ import warnings
 from typing import Any
 
 from huggingface_hub.dataclasses import strict
-from transformers import AutoConfig, PreTrainedConfig, TimmBackboneConfig
+from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-from .deform_conv import DEFORM_CONV_IMPLEMENTATIONS
+from .backbone_utils import PYRAMID_STRIDES, check_pyramid_backbone, timm_backbone_config
+from .deform_conv import check_deform_conv_implementation, check_deformable_groups
+from .label_checks import check_ignore_index
 from .remote_code import CodeFamily
 
 NECK_NORMS = ("", "GN", "BN")
-# FaPN consumes the C2..C5 maps of the backbone.
-PYRAMID_STRIDES = (4, 8, 16, 32)
-
-
-def timm_backbone_config(name: str, **kwargs) -> TimmBackboneConfig:
-    """Builds a `TimmBackboneConfig` that returns the stride-4/8/16/32 maps of the timm model `name`.
-
-    The model is instantiated on the meta device to read its feature strides, so this is instant and needs no
-    network access. Raises `ValueError` for names timm does not know or models without those four strides.
-    """
-    import timm
-    import torch
-
-    if not timm.is_model(name):
-        similar = timm.list_models(f"*{name.split('.')[0][:6]}*")[:8]
-        hint = f" Similar timm models: {', '.join(similar)}." if similar else ""
-        raise ValueError(f"Unknown backbone {name!r}: timm has no model of that name.{hint}")
-    with torch.device("meta"):
-        features = timm.create_model(name, pretrained=False, features_only=True)
-    reductions = features.feature_info.reduction()
-    missing = [s for s in PYRAMID_STRIDES if s not in reductions]
-    if missing:
-        raise ValueError(
-            f"Backbone {name!r} has feature strides {reductions}; FaPN needs maps at strides {PYRAMID_STRIDES}"
-        )
-    out_indices = [reductions.index(s) for s in PYRAMID_STRIDES]
-    return TimmBackboneConfig(backbone=name, out_indices=out_indices, **kwargs)
 
 
 def _stacklevel_outside_configs() -> int:
@@ -260,18 +235,9 @@ class FaPNConfig(PreTrainedConfig):
                 raise ValueError(f"FaPNConfig: {message}")
 
         self._check_types()
-        backbone = self.backbone_config
-        outputs = getattr(backbone, "out_indices", None) or getattr(backbone, "out_features", None) or []
-        require(
-            len(outputs) == 4,
-            f"the backbone must return 4 feature maps (strides 4, 8, 16, 32), it is set to return {list(outputs)}",
-        )
+        check_pyramid_backbone(self.backbone_config, "FaPNConfig")
         require(self.neck_norm in NECK_NORMS, f"neck_norm must be one of {NECK_NORMS}, got {self.neck_norm!r}")
-        require(
-            self.deform_conv_implementation in DEFORM_CONV_IMPLEMENTATIONS,
-            f"deform_conv_implementation must be one of {DEFORM_CONV_IMPLEMENTATIONS}, "
-            f"got {self.deform_conv_implementation!r}",
-        )
+        check_deform_conv_implementation(self.deform_conv_implementation, "FaPNConfig")
         require(self.neck_channels > 0, f"neck_channels must be positive, got {self.neck_channels}")
         require(self.head_channels > 0, f"head_channels must be positive, got {self.head_channels}")
         # GroupNorm(32) needs 2+ channels per group: with one, a single image's 1x1 top level cannot be normalised.
@@ -287,21 +253,12 @@ class FaPNConfig(PreTrainedConfig):
                 "and at least 64",
             )
         if self.use_fam:
-            require(self.deformable_groups > 0, f"deformable_groups must be positive, got {self.deformable_groups}")
-            require(
-                self.neck_channels % self.deformable_groups == 0,
-                f"neck_channels ({self.neck_channels}) must be divisible by deformable_groups "
-                f"({self.deformable_groups})",
-            )
+            check_deformable_groups(self.neck_channels, self.deformable_groups, "FaPNConfig", "neck_channels")
         require(self.size_divisibility >= 1, f"size_divisibility must be >= 1, got {self.size_divisibility}")
         require(
             self.num_labels >= 2, f"semantic segmentation needs at least 2 labels, got num_labels={self.num_labels}"
         )
-        require(
-            not 0 <= self.semantic_loss_ignore_index < self.num_labels,
-            f"semantic_loss_ignore_index ({self.semantic_loss_ignore_index}) is a valid class id for "
-            f"num_labels={self.num_labels}; choose a value outside [0, {self.num_labels})",
-        )
+        check_ignore_index(self.semantic_loss_ignore_index, self.num_labels, "FaPNConfig")
         if self.use_point_rend:
             require(self.point_head_channels > 0, "point_head_channels must be positive")
             require(self.point_head_num_layers >= 1, "point_head_num_layers must be >= 1")
@@ -343,4 +300,6 @@ FAPN_CODE = CodeFamily(
 )
 
 
-__all__ = ["FAPN_CODE", "FaPNConfig", "timm_backbone_config"]
+# `timm_backbone_config` and `PYRAMID_STRIDES` are the kernel's (backbone_utils), re-exported: the package and its
+# users import them from here.
+__all__ = ["FAPN_CODE", "NECK_NORMS", "PYRAMID_STRIDES", "FaPNConfig", "timm_backbone_config"]

@@ -5,7 +5,9 @@ from __future__ import annotations
 from huggingface_hub.dataclasses import strict
 from transformers import MaskFormerConfig
 
-from .deform_conv import DEFORM_CONV_IMPLEMENTATIONS
+from .backbone_utils import check_pyramid_backbone
+from .deform_conv import check_deform_conv_implementation, check_deformable_groups
+from .label_checks import check_ignore_index
 from .remote_code import CodeFamily
 
 PIXEL_DECODERS = ("fapn", "fpn")
@@ -72,35 +74,18 @@ class MaskFormerFaPNConfig(MaskFormerConfig):
             self.pixel_decoder in PIXEL_DECODERS,
             f"pixel_decoder must be one of {PIXEL_DECODERS}, got {self.pixel_decoder!r}",
         )
-        require(
-            self.deform_conv_implementation in DEFORM_CONV_IMPLEMENTATIONS,
-            f"deform_conv_implementation must be one of {DEFORM_CONV_IMPLEMENTATIONS}, "
-            f"got {self.deform_conv_implementation!r}",
-        )
+        check_deform_conv_implementation(self.deform_conv_implementation, "MaskFormerFaPNConfig")
         require(
             self.fpn_feature_size % 32 == 0 and self.fpn_feature_size >= 64,
             f"fpn_feature_size ({self.fpn_feature_size}) must be a multiple of 32 and at least 64 (GroupNorm(32))",
         )
         if self.pixel_decoder == "fapn":
-            require(self.deformable_groups > 0, f"deformable_groups must be positive, got {self.deformable_groups}")
-            require(
-                self.fpn_feature_size % self.deformable_groups == 0,
-                f"fpn_feature_size ({self.fpn_feature_size}) must be divisible by deformable_groups "
-                f"({self.deformable_groups})",
+            check_deformable_groups(
+                self.fpn_feature_size, self.deformable_groups, "MaskFormerFaPNConfig", "fpn_feature_size"
             )
         require(self.size_divisibility >= 1, f"size_divisibility must be >= 1, got {self.size_divisibility}")
-        require(
-            not 0 <= self.semantic_loss_ignore_index < self.num_labels,
-            f"semantic_loss_ignore_index ({self.semantic_loss_ignore_index}) is a valid class id for "
-            f"num_labels={self.num_labels}; choose a value outside [0, {self.num_labels})",
-        )
-        outputs = getattr(self.backbone_config, "out_indices", None) or getattr(
-            self.backbone_config, "out_features", None
-        )
-        require(
-            outputs is not None and len(outputs) == 4,
-            f"the backbone must return 4 feature maps (strides 4, 8, 16, 32), it is set to return {outputs}",
-        )
+        check_ignore_index(self.semantic_loss_ignore_index, self.num_labels, "MaskFormerFaPNConfig")
+        check_pyramid_backbone(self.backbone_config, "MaskFormerFaPNConfig")
 
 
 # What a saved MaskFormer + FaPN folder ships and `import fapn_hf` registers. One segmentation class (class and mask

@@ -547,4 +547,30 @@ class ModulatedDeformConv2d(nn.Module):
         )
 
 
-__all__ = ["DEFORM_CONV_IMPLEMENTATIONS", "ModulatedDeformConv2d", "deform_conv2d", "resolve_implementation"]
+def check_deform_conv_implementation(implementation: str, owner: str) -> None:
+    """Raises `ValueError` (prefixed `owner: `) for an unknown `deform_conv_implementation`: the check of every
+    family's config."""
+    if implementation not in DEFORM_CONV_IMPLEMENTATIONS:
+        raise ValueError(
+            f"{owner}: deform_conv_implementation must be one of {DEFORM_CONV_IMPLEMENTATIONS}, got {implementation!r}"
+        )
+
+
+def check_deformable_groups(channels: int, deformable_groups: int, owner: str, width: str) -> None:
+    """Raises `ValueError` (prefixed `owner: `) unless `deformable_groups` is positive and divides `channels`, the
+    width of the maps a deformable convolution aligns (named `width` in the message, e.g. `neck_channels`): the
+    check of every family's config."""
+    if deformable_groups <= 0:
+        raise ValueError(f"{owner}: deformable_groups must be positive, got {deformable_groups}")
+    if channels % deformable_groups:
+        raise ValueError(f"{owner}: {width} ({channels}) must be divisible by deformable_groups ({deformable_groups})")
+
+
+__all__ = [
+    "DEFORM_CONV_IMPLEMENTATIONS",
+    "ModulatedDeformConv2d",
+    "check_deform_conv_implementation",
+    "check_deformable_groups",
+    "deform_conv2d",
+    "resolve_implementation",
+]

@@ -1,16 +1,16 @@
-"""Image processor for FaPN semantic segmentation models."""
+"""Image processor for FaPN semantic segmentation models.
+
+The decoding rule and the image helpers are the kernel's (`image_decoding`); the names that lived here before
+(`decode_image`, `open_image`, `upright`, ...) are re-exported, as the package and its users import them from here.
+"""
 
 from __future__ import annotations
 
-import os
-import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import PIL.Image
-import PIL.ImageOps
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as tvF
@@ -20,220 +20,22 @@ from transformers.image_processing_utils import BatchFeature
 from transformers.image_utils import ChannelDimension, SizeDict
 from transformers.processing_utils import ImagesKwargs, Unpack
 
+from .image_decoding import (
+    TRANSPARENT_BACKGROUND,
+    DecodedImagesMixin,
+    as_rgb_tensor,
+    decode_image,
+    flat_list,
+    open_image,
+    size_of,
+    to_channels_first,
+    upright,
+    valid_size,
+)
 from .remote_code import ProcessorCodeMixin
-
-# Transparent pixels are composited over this colour (white, as image viewers show them), never revealed.
-TRANSPARENT_BACKGROUND: tuple[int, int, int] = (255, 255, 255)
-_EXIF_ORIENTATION = 0x0112
-# Float images are taken as [0, 1]; a value counts as inside when it rounds into 0..255 on 8 bits.
-_FLOAT_LOW, _FLOAT_HIGH = -0.5 / 255, 1 + 0.5 / 255
-_UINT16_MAX = 65535
-
-
-def upright(image: PIL.Image.Image) -> PIL.Image.Image:
-    """`image` turned by its EXIF orientation tag (`ImageOps.exif_transpose`); the image itself when it has none."""
-    try:
-        orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
-        return image if orientation in (None, 0, 1) else PIL.ImageOps.exif_transpose(image)
-    except Exception:  # malformed EXIF data: the pixels as stored
-        return image
-
-
-def _decode_pil(image: PIL.Image.Image, name: str) -> np.ndarray:
-    frames = getattr(image, "n_frames", 1)
-    if frames > 1:
-        warnings.warn(f"{name} is animated ({frames} frames): FaPN segments its first frame", stacklevel=3)
-        image.seek(0)
-    image = upright(image)
-    if image.mode.startswith("I;16"):  # 16-bit PNG / TIFF: uint16 values
-        return _decode_array(np.asarray(image), name)
-    if image.mode == "I":  # 32-bit integers; PIL's mode for many 16-bit files: taken as 16-bit
-        values = np.asarray(image)
-        if values.size and (values.min() < 0 or values.max() > _UINT16_MAX):
-            raise ValueError(
-                f"{name}: a 32-bit integer (mode I) image is taken as 16-bit, but its values span "
-                f"[{values.min()}, {values.max()}], outside [0, {_UINT16_MAX}]"
-            )
-        return _decode_array(values.astype(np.uint16), name)
-    if image.mode == "F":
-        return _decode_array(np.asarray(image), name)
-    if image.has_transparency_data:  # alpha band, or a transparent palette entry / colour key
-        return _decode_array(np.asarray(image.convert("RGBA")), name)
-    return np.array(image if image.mode == "RGB" else image.convert("RGB"))
-
-
-def _unit_range(values: np.ndarray, name: str) -> np.ndarray:
-    """uint8 / uint16 / float values as float32 in [0, 1], by the range of their type."""
-    if values.dtype == np.uint8:
-        return values.astype(np.float32) / 255
-    if values.dtype.kind == "u" and values.dtype.itemsize == 2:  # either byte order (PIL's I;16B is big-endian)
-        return values.astype(np.float32) / _UINT16_MAX
-    if values.dtype.kind == "f":
-        values = values.astype(np.float32)
-        if not np.isfinite(values).all():
-            raise ValueError(f"{name} holds NaN or infinite values")
-        low, high = float(values.min()), float(values.max())
-        if low < _FLOAT_LOW or high >= _FLOAT_HIGH:
-            raise ValueError(
-                f"{name}: float pixels are taken as [0, 1], but these span [{low:.4g}, {high:.4g}]; divide "
-                "0..255 data by 255, or pass it as uint8"
-            )
-        return np.clip(values, 0, 1)
-    kind = "boolean" if values.dtype == np.bool_ else str(values.dtype)
-    raise ValueError(
-        f"{name}: {kind} pixels have no defined value range; pass uint8 (0..255), uint16 (0..65535) or float "
-        "(0..1) pixels, e.g. `image.astype(np.uint8)`"
-    )
-
-
-def _decode_array(values: np.ndarray, name: str) -> np.ndarray:
-    """`(H, W)` or channels-last `(H, W, C)` pixels -> RGB `(H, W, 3)` uint8."""
-    if values.ndim == 2:
-        values = values[:, :, None]
-    if values.ndim != 3:
-        raise ValueError(f"{name} must be (H, W) or have a channel axis, got shape {values.shape}")
-    height, width, channels = values.shape
-    if channels not in (1, 2, 3, 4):
-        raise ValueError(
-            f"{name} must have 1 (gray), 2 (gray + alpha), 3 (RGB) or 4 (RGBA) channels, got shape {values.shape}"
-        )
-    if height == 0 or width == 0:
-        raise ValueError(f"{name} is empty ({height}x{width} pixels)")
-    if values.dtype == np.uint8 and channels in (1, 3):  # the common case, without a float round trip
-        return np.array(np.broadcast_to(values, (height, width, 3)))
-    units = _unit_range(values, name)
-    if channels in (2, 4):  # straight (not premultiplied) alpha, composited over the background
-        alpha = units[:, :, -1:]
-        background = np.asarray(TRANSPARENT_BACKGROUND, dtype=np.float32) / 255
-        units = units[:, :, :-1] * alpha + background * (1 - alpha)
-    return np.rint(np.broadcast_to(units, (height, width, 3)) * 255).astype(np.uint8)
-
-
-def decode_image(image: Any, name: str | None = None) -> np.ndarray:
-    """Any image FaPN accepts as RGB `(H, W, 3)` uint8: the one decoding rule of every path (processor, predictor,
-    training and evaluation data, scripts, Space).
-
-    Sources: a file path (`str` / `os.PathLike`), a PIL image, a NumPy array `(H, W)` or channels-last `(H, W, C)`,
-    or a torch tensor `(H, W)` or channels-first `(C, H, W)`, with C = 1 (gray), 2 (gray + alpha), 3 (RGB) or
-    4 (RGBA). Rules:
-
-    - Orientation: files and PIL images are turned upright by their EXIF orientation tag, as transformers'
-      `load_image` and `datasets` do; arrays and tensors are taken as they are.
-    - Bit depth, by the range of the type: uint8 as it is; uint16 and 16-bit PIL images (`I;16*`) scaled by
-      255 / 65535; 32-bit integer PIL images (mode `I`, what PIL makes of many 16-bit files) taken as 16-bit, values
-      outside [0, 65535] refused; float pixels (mode `F`, float arrays and tensors) taken as [0, 1], values outside
-      (beyond half an 8-bit step), NaN and infinity refused. Other integer types and booleans are refused: their
-      range is a guess. Everything is rounded to 8 bits, the depth FaPN models are trained on.
-    - Transparency: RGBA, gray + alpha, and palette or colour-key transparency are composited over
-      `TRANSPARENT_BACKGROUND` (white): transparent pixels are white, never the colour stored under them.
-    - Animation: animated GIF / PNG / WebP and multi-page TIFF files give their first frame, with a warning.
-    - Other PIL modes (1, L, P, CMYK, YCbCr, LAB, HSV) are converted by PIL.
-
-    Raises `ValueError` (`FileNotFoundError` for a missing file) naming the problem and the file; `name` is how
-    messages call the image (default: its path, or "the image").
-    """
-    if isinstance(image, (str, os.PathLike)):
-        path = Path(image)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{path} is a folder, not an image file" if path.is_dir() else f"image file not found: {path}"
-            )
-        try:
-            with PIL.Image.open(path) as opened:
-                opened.load()
-                return _decode_pil(opened, name or str(path))
-        except (OSError, SyntaxError, PIL.Image.DecompressionBombError) as error:
-            raise ValueError(f"{path} is not an image that can be read ({error})") from error
-    if isinstance(image, PIL.Image.Image):
-        return _decode_pil(image, name or "the image")
-    if isinstance(image, torch.Tensor):
-        tensor = image.detach().cpu()
-        if tensor.ndim == 3:
-            if tensor.shape[0] not in (1, 2, 3, 4):
-                raise ValueError(
-                    f"{name or 'the image'}: a tensor image is (H, W) or channels-first (C, H, W) with C = 1 (gray), "
-                    f"2 (gray + alpha), 3 (RGB) or 4 (RGBA), got shape {tuple(tensor.shape)}"
-                )
-            tensor = tensor.permute(1, 2, 0)  # (C, H, W) -> (H, W, C)
-        if tensor.dtype == torch.bfloat16:  # NumPy has no bfloat16
-            tensor = tensor.float()
-        return _decode_array(tensor.numpy(), name or "the image")
-    if isinstance(image, np.ndarray):
-        return _decode_array(image, name or "the image")
-    raise ValueError(
-        f"expected an image: a file path, a PIL image, a NumPy array or a torch tensor, got {type(image).__name__}"
-    )
-
-
-def open_image(image: Any) -> PIL.Image.Image:
-    """`decode_image(image)` as a PIL RGB image: hand it to transformers' `pipeline`, whose own file reading keeps
-    8 bits only and drops transparency without compositing."""
-    return PIL.Image.fromarray(decode_image(image))
-
-
-def as_rgb_tensor(image: Any) -> torch.Tensor:
-    """`decode_image(image)` as a `(3, H, W)` uint8 tensor: what the processor resizes and normalises."""
-    return torch.from_numpy(decode_image(image)).permute(2, 0, 1)
-
 
 # Label value of the padding the processor adds around segmentation maps (and of `do_reduce_labels`' background).
 LABEL_PADDING = 255
-# Channel counts an image may have: gray, gray + alpha, RGB, RGBA.
-IMAGE_CHANNELS = (1, 2, 3, 4)
-
-
-def to_channels_first(
-    image: np.ndarray | torch.Tensor, input_data_format: str | ChannelDimension | None
-) -> torch.Tensor:
-    """An `(H, W)` or 3-D array/tensor as a `(C, H, W)` tensor (a copy for arrays, which PIL often makes read-only).
-
-    `input_data_format` (`"channels_first"` / `"channels_last"`) is followed when given. Otherwise the channel axis is
-    the one end of the shape that can hold an image's channels (1 to 4); when both ends can (e.g. `(3, 5, 4)`, or a
-    1x1 RGB image), the usual convention decides: NumPy arrays are channels-last (PIL, OpenCV), tensors channels-first
-    (torchvision).
-    """
-    is_array = isinstance(image, np.ndarray)
-    tensor = torch.from_numpy(np.array(image)) if is_array else image
-    if tensor.ndim == 2:
-        return tensor.unsqueeze(0)
-    if tensor.ndim != 3:
-        raise ValueError(f"an image must be (H, W) or have a channel axis, got shape {tuple(tensor.shape)}")
-    if input_data_format is not None:
-        channels_last = ChannelDimension(input_data_format) == ChannelDimension.LAST
-    else:
-        first, last = tensor.shape[0] in IMAGE_CHANNELS, tensor.shape[-1] in IMAGE_CHANNELS
-        if not (first or last):
-            raise ValueError(
-                f"an image must have 1 (gray), 2 (gray + alpha), 3 (RGB) or 4 (RGBA) channels on its first or last "
-                f"axis, got shape {tuple(tensor.shape)}; pass input_data_format for other channel counts"
-            )
-        channels_last = last and (not first or is_array)
-    return tensor.permute(2, 0, 1) if channels_last else tensor
-
-
-def _size_of(image: Any) -> tuple[int, int]:
-    """(H, W) of a segmentation map (PIL, or a 2-D array/tensor)."""
-    if isinstance(image, PIL.Image.Image):
-        return image.height, image.width
-    return tuple(image.shape[-2:])
-
-
-def _is_local_file(image: Any) -> bool:
-    return isinstance(image, os.PathLike) or (isinstance(image, str) and not image.startswith(("http://", "https://")))
-
-
-def _flat_list(items: Any) -> list:
-    """One image (PIL, 2-D or 3-D array/tensor), a 4-D batch, or a (nested) list of them, as a flat list."""
-    if isinstance(items, (list, tuple)):
-        return [image for item in items for image in _flat_list(item)]
-    if isinstance(items, (np.ndarray, torch.Tensor)) and items.ndim == 4:
-        return list(items)
-    return [items]
-
-
-def valid_size(pixel_mask: torch.Tensor) -> tuple[int, int]:
-    """(H, W) of the image inside a `(H', W')` mask that pads it at the bottom and right."""
-    return int(pixel_mask.any(dim=1).sum()), int(pixel_mask.any(dim=0).sum())
 
 
 class FaPNImageProcessorKwargs(ImagesKwargs, total=False):
@@ -244,47 +46,6 @@ class FaPNImageProcessorKwargs(ImagesKwargs, total=False):
     """
 
     do_reduce_labels: bool
-
-
-class DecodedImagesMixin:
-    """Image decoding of every FaPN processor (mixed into transformers' torchvision-backend processors): local files,
-    PIL images, arrays and tensors go through `decode_image` (EXIF orientation, 16-bit depth, transparency) when
-    `do_convert_rgb` is on; URLs are left to transformers' reader. With `do_convert_rgb=False` arrays and tensors keep
-    their channels and dtype."""
-
-    def _prepare_images_structure(self, images: Any, expected_ndims: int = 3) -> list:
-        # Local files are read by `decode_image` (in `process_image`), which keeps 16-bit depth and transparency;
-        # transformers' own reader is left the URLs.
-        images = [image if _is_local_file(image) else self.fetch_images(image) for image in _flat_list(images)]
-        if not images:
-            raise ValueError("no images to process (an empty batch)")
-        return images
-
-    def process_image(
-        self,
-        image: Any,
-        do_convert_rgb: bool | None = None,
-        input_data_format: str | ChannelDimension | None = None,
-        device: str | torch.device | None = None,
-        **kwargs: Any,
-    ) -> torch.Tensor:
-        """One image as a `(C, H, W)` tensor of its dtype: RGB with `do_convert_rgb`, its own channels otherwise."""
-        if _is_local_file(image):
-            image = as_rgb_tensor(image)
-        elif isinstance(image, PIL.Image.Image):
-            image = (
-                as_rgb_tensor(image) if do_convert_rgb else to_channels_first(np.array(upright(image)), "channels_last")
-            )
-        elif isinstance(image, (np.ndarray, torch.Tensor)):
-            image = to_channels_first(image, input_data_format)
-            if do_convert_rgb:
-                image = as_rgb_tensor(image)
-        else:
-            raise ValueError(
-                f"expected an image file path, a PIL image, a NumPy array or a torch tensor, got {type(image).__name__}"
-            )
-        image = image.contiguous()
-        return image if device is None else image.to(device)
 
 
 class FaPNImageProcessor(ProcessorCodeMixin, DecodedImagesMixin, SegformerImageProcessor):
@@ -344,7 +105,7 @@ class FaPNImageProcessor(ProcessorCodeMixin, DecodedImagesMixin, SegformerImageP
             # An (N, H, W) stack for N images; anything else 3-D is a malformed single map.
             maps = list(segmentation_maps) if len(segmentation_maps) == len(images) else [segmentation_maps]
         else:
-            maps = _flat_list(segmentation_maps)
+            maps = flat_list(segmentation_maps)
         if len(maps) != len(images):
             raise ValueError(f"got {len(images)} images but {len(maps)} segmentation maps")
         prepared = []
@@ -356,9 +117,9 @@ class FaPNImageProcessor(ProcessorCodeMixin, DecodedImagesMixin, SegformerImageP
                 raise ValueError(
                     f"segmentation map {index} must be 2-D (height, width) class ids, got shape {array.shape}"
                 )
-            if tuple(image.shape[-2:]) != _size_of(segmentation_map):
+            if tuple(image.shape[-2:]) != size_of(segmentation_map):
                 raise ValueError(
-                    f"segmentation map {index} has size {_size_of(segmentation_map)} (H, W) but its image has "
+                    f"segmentation map {index} has size {size_of(segmentation_map)} (H, W) but its image has "
                     f"size {tuple(image.shape[-2:])}"
                 )
             prepared.append(torch.from_numpy(np.array(array)).unsqueeze(0).to(image.device))
@@ -480,4 +241,5 @@ __all__ = [
     "open_image",
     "to_channels_first",
     "upright",
+    "valid_size",
 ]

@@ -16,7 +16,7 @@ from transformers.models.maskformer.image_processing_maskformer import (
 )
 from transformers.processing_utils import Unpack
 
-from .image_processing_fapn import DecodedImagesMixin, valid_size
+from .image_decoding import DecodedImagesMixin, valid_size
 from .remote_code import ProcessorCodeMixin
 
 

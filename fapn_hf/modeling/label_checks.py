@@ -56,4 +56,15 @@ def check_label_values(
     )
 
 
-__all__ = ["MAX_REPORTED_VALUES", "check_label_values"]
+def check_ignore_index(ignore_index: int, num_labels: int, owner: str) -> None:
+    """Raises `ValueError` (prefixed `owner: `) when the label value the loss and the metrics ignore,
+    `semantic_loss_ignore_index`, is a class id in `[0, num_labels)`: that class would never be learnt or scored.
+    The check of every family's config."""
+    if 0 <= ignore_index < num_labels:
+        raise ValueError(
+            f"{owner}: semantic_loss_ignore_index ({ignore_index}) is a valid class id for num_labels={num_labels}; "
+            f"choose a value outside [0, {num_labels})"
+        )
+
+
+__all__ = ["MAX_REPORTED_VALUES", "check_ignore_index", "check_label_values"]

@@ -9,15 +9,13 @@ output conv share one GroupNorm, as in the original. `pixel_decoder="fpn"` gives
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
-from transformers import PreTrainedModel
 from transformers import initialization as hf_init
 from transformers.backbone_utils import load_backbone
 from transformers.models.maskformer.modeling_maskformer import (
@@ -35,17 +33,17 @@ from transformers.models.maskformer.modeling_maskformer import (
     MaskFormerTransformerModule,
 )
 
-from .configuration_maskformer_fapn import MASKFORMER_FAPN_CODE, MaskFormerFaPNConfig
-from .deform_conv import ModulatedDeformConv2d
-from .modeling_fapn import (
-    ConvNormAct,
-    FeatureAlignmentModule,
+from .backbone_utils import (
     PretrainedBackboneMixin,
-    init_conv,
-    padded_size,
-    tag_init,
+    adapt_timm_swin,
+    channels_first,
+    returns_channels_last,
+    timm_model,
     warn_unloaded_pretrained_backbone,
 )
+from .configuration_maskformer_fapn import MASKFORMER_FAPN_CODE, MaskFormerFaPNConfig
+from .fapn_layers import ConvNormAct, FeatureAlignmentModule, check_pixel_mask, pad_to_multiple, padded_size
+from .initialisation import InitWeightsMixin, init_linear_default, tag_init
 from .remote_code import FamilyCodeSavingMixin
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -109,76 +107,6 @@ class MaskFormerFaPNPixelDecoder(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Backbone adaptation: timm's Swin with the original (detectron2) window semantics
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def _timm_swin_block_class() -> type | None:
-    try:
-        from timm.models.swin_transformer import SwinTransformerBlock
-    except ImportError:  # timm absent: no timm Swin to adapt
-        return None
-    return SwinTransformerBlock
-
-
-def make_original_swin_block_class(base: type) -> type:
-    """A subclass of timm's `SwinTransformerBlock` whose window attention follows the original Swin (and
-    detectron2's `D2SwinTransformer`): pad the map to a multiple of the window first, then shift, with the shift
-    mask computed for the padded size; the window never shrinks and odd blocks always shift by half a window.
-    timm shifts before padding and drops the shift when a stage's map is no larger than a window, which changes
-    the output for inputs other than 384 x 384. Same parameters and state-dict keys as timm's block."""
-    from timm.models.swin_transformer import window_partition, window_reverse
-
-    class OriginalWindowSwinBlock(base):
-        def _attn(self, x: torch.Tensor) -> torch.Tensor:
-            _, height, width, channels = x.shape
-            window_h, window_w = self.window_size
-            pad_h, pad_w = (window_h - height % window_h) % window_h, (window_w - width % window_w) % window_w
-            x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
-            padded_h, padded_w = height + pad_h, width + pad_w
-            shift = tuple(self.shift_size)
-            if any(shift):
-                x = torch.roll(x, shifts=(-shift[0], -shift[1]), dims=(1, 2))
-                mask = self.get_attn_mask(x)
-            else:
-                mask = None
-            windows = window_partition(x, self.window_size).view(-1, window_h * window_w, channels)
-            windows = self.attn(windows, mask=mask).view(-1, window_h, window_w, channels)
-            x = window_reverse(windows, self.window_size, padded_h, padded_w)
-            if any(shift):
-                x = torch.roll(x, shifts=shift, dims=(1, 2))
-            return x[:, :height, :width, :].contiguous()
-
-    OriginalWindowSwinBlock.__name__ = OriginalWindowSwinBlock.__qualname__ = "OriginalWindowSwinBlock"
-    return OriginalWindowSwinBlock
-
-
-def adapt_timm_swin(backbone: nn.Module) -> bool:
-    """Makes a timm Swin (v1) inside `backbone` take any input size with the original window semantics: the patch
-    embedding pads to the patch size instead of asserting 384 x 384, every block gets the model's window (12) and
-    its original shift (half a window on odd blocks, whatever the stage's resolution). Returns whether it found one.
-    """
-    block_class = _timm_swin_block_class()
-    if block_class is None:
-        return False
-    blocks = [m for m in backbone.modules() if type(m) is block_class]
-    if not blocks:
-        return False
-    original_class = make_original_swin_block_class(block_class)
-    window = max((tuple(b.attn.window_size) for b in blocks), key=lambda size: size[0] * size[1])
-    for block in blocks:
-        block.dynamic_mask = True  # no fixed-size mask buffer: the mask follows each input's padded size
-        block.__class__ = original_class
-        block.set_input_size(block.input_resolution, window, always_partition=True)
-        block.register_buffer("attn_mask", None, persistent=False)  # timm's 384 x 384 mask, unused here
-    for module in backbone.modules():
-        if hasattr(module, "strict_img_size") and hasattr(module, "dynamic_img_pad"):
-            module.strict_img_size = False
-            module.dynamic_img_pad = True
-    return True
-
-
-# ---------------------------------------------------------------------------------------------------------------------
 # Models
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -192,9 +120,9 @@ class MaskFormerFaPNPixelLevelModule(nn.Module):
         self.encoder = load_backbone(config)
         adapt_timm_swin(self.encoder)
         channels = list(self.encoder.channels)
-        timm_model = getattr(self.encoder, "_backbone", None)
-        self.encoder_is_timm = timm_model is not None
-        self.encoder_channels_last = str(getattr(timm_model, "output_fmt", "")) in ("NHWC", "Format.NHWC")
+        self.encoder_is_timm = timm_model(self.encoder) is not None
+        # timm's transformer backbones (Swin) return NHWC maps.
+        self.encoder_channels_last = returns_channels_last(self.encoder)
         self.encoder_output_norms = (
             nn.ModuleList(nn.LayerNorm(c) for c in channels) if config.backbone_output_norms else None
         )
@@ -217,9 +145,7 @@ class MaskFormerFaPNPixelLevelModule(nn.Module):
         kwargs = {"output_attentions": False} if self.encoder_is_timm else {}
         features = tuple(self.encoder(pixel_values, **kwargs).feature_maps)
         if self.encoder_output_norms is None:
-            if self.encoder_channels_last:
-                features = tuple(f.permute(0, 3, 1, 2).contiguous() for f in features)
-            return features
+            return channels_first(features, self.encoder_channels_last)
         normed = []
         for feature, norm in zip(features, self.encoder_output_norms):
             channels_last = feature if self.encoder_channels_last else feature.permute(0, 2, 3, 1)
@@ -245,7 +171,21 @@ class MaskFormerFaPNPixelLevelModule(nn.Module):
         return outputs
 
 
-class MaskFormerFaPNPreTrainedModel(FamilyCodeSavingMixin, PretrainedBackboneMixin, MaskFormerPreTrainedModel):
+class MaskFormerFaPNPreTrainedModel(
+    FamilyCodeSavingMixin, PretrainedBackboneMixin, InitWeightsMixin, MaskFormerPreTrainedModel
+):
+    """Base of the MaskFormer + FaPN models. Initialisation (`InitWeightsMixin`, the kernel's one rule) gives the
+    original MaskFormer's, which training from scratch depends on, through the tags set where the layers are built:
+
+    - pixel decoders: FaPN's as the original (c2_xavier_fill convs, zero offset/mask convs, the deformable conv's
+      U(+-1 / sqrt(fan_in))), MaskFormer's FPN with c2_xavier_fill convs (zero biases);
+    - the transformer decoder: `MaskFormerFaPNTransformerDecoder` initialises its own layers (DETR's scheme); its
+      input projection c2_xavier_fill, the object queries N(0, 1) (`nn.Embedding`'s default);
+    - the class and mask-embedding heads at `nn.Linear`'s default, U(+-1 / sqrt(fan_in));
+    - BatchNorm at weight 1, bias 0; the rest (LayerNorms, the loss's class weights) as transformers' MaskFormer;
+    - a timm backbone's weights that a checkpoint lacks as a fresh timm model's.
+    """
+
     config_class = MaskFormerFaPNConfig
     config: MaskFormerFaPNConfig
     # forward() takes no loss kwargs: the Trainer must not rescale the loss under DDP.
@@ -255,55 +195,8 @@ class MaskFormerFaPNPreTrainedModel(FamilyCodeSavingMixin, PretrainedBackboneMix
     backbone_module_name = "pixel_level_module.encoder"
 
     # Activation checkpointing: the transformer decoder's layers, the FAMs (GradientCheckpointingLayers), transformers
-    # backbones that support it, and timm backbones through timm's own switch.
+    # backbones that support it, and timm backbones through timm's own switch (`PretrainedBackboneMixin`).
     supports_gradient_checkpointing = True
-
-    def _set_gradient_checkpointing(
-        self, enable: bool = True, gradient_checkpointing_func: Callable = checkpoint, every_n_layers: int = 1
-    ) -> None:
-        super()._set_gradient_checkpointing(enable, gradient_checkpointing_func, every_n_layers)
-        timm_model = getattr(self.backbone_module(), "_backbone", None)
-        if timm_model is not None:
-            for module in timm_model.modules():
-                if hasattr(module, "set_grad_checkpointing"):
-                    module.set_grad_checkpointing(enable)
-
-    @torch.no_grad()
-    def _init_weights(self, module: nn.Module) -> None:
-        """The original MaskFormer's initialisation, which training from scratch depends on:
-
-        - pixel decoders: FaPN's as the original (c2_xavier_fill convs, zero offset/mask convs, the deformable conv's
-          U(+-1 / sqrt(fan_in))), MaskFormer's FPN with c2_xavier_fill convs (zero biases);
-        - the transformer decoder: `MaskFormerFaPNTransformerDecoder` initialises its own layers (DETR's scheme);
-          its input projection c2_xavier_fill, the object queries N(0, 1) (`nn.Embedding`'s default);
-        - the class and mask-embedding heads at `nn.Linear`'s default, U(+-1 / sqrt(fan_in));
-        - BatchNorm at weight 1, bias 0; the rest (LayerNorms, the loss's class weights) as transformers' MaskFormer.
-
-        Layers carry their scheme as a tag set where they are built: transformers visits a module's children first
-        and skips a parameterless parent in custom code, so only the layers themselves can be relied on here.
-        """
-        scheme = getattr(module, "init_scheme", None)
-        if scheme is not None:
-            init_conv(module, scheme)
-        elif isinstance(module, ModulatedDeformConv2d):
-            module.reset_parameters()
-        elif isinstance(module, nn.BatchNorm2d):
-            PreTrainedModel._init_weights(self, module)
-        elif getattr(module, "is_object_queries", False):
-            # transformers' N(0, 0.02) starts the queries so close together that they stay interchangeable.
-            hf_init.normal_(module.weight, mean=0.0, std=1.0)
-        elif getattr(module, "init_as_linear_default", False):
-            init_linear_default(module)
-        else:
-            super()._init_weights(module)
-
-
-def init_linear_default(linear: nn.Linear) -> None:
-    """`nn.Linear`'s own initialisation: weight and bias U(+-1 / sqrt(fan_in))."""
-    bound = 1 / math.sqrt(linear.in_features)
-    hf_init.uniform_(linear.weight, -bound, bound)
-    if linear.bias is not None:
-        hf_init.uniform_(linear.bias, -bound, bound)
 
 
 class MaskFormerFaPNTransformerDecoder(MaskFormerDetrDecoder):
@@ -372,13 +265,6 @@ def _keep_the_decoders_checkpoint_layout() -> None:
 _keep_the_decoders_checkpoint_layout()
 
 
-def pad_to_multiple(pixel_values: torch.Tensor, divisor: int) -> torch.Tensor:
-    """Zero-pads `(N, C, H, W)` at the bottom and right to multiples of `divisor` (detectron2's `ImageList`)."""
-    height, width = pixel_values.shape[-2:]
-    target_h, target_w = padded_size(height, width, divisor)
-    return F.pad(pixel_values, (0, target_w - width, 0, target_h - height))
-
-
 class MaskFormerFaPNModel(MaskFormerFaPNPreTrainedModel, MaskFormerModel):
     """MaskFormer's backbone + pixel decoder + transformer decoder with the FaPN pixel decoder.
 
@@ -396,7 +282,8 @@ class MaskFormerFaPNModel(MaskFormerFaPNPreTrainedModel, MaskFormerModel):
         # The original's initialisation (see `_init_weights`): its decoder (replacing the one transformers' module
         # built, which costs less than copying that module's constructor), queries and input projection.
         self.transformer_module.decoder = MaskFormerFaPNTransformerDecoder(config.decoder_config)
-        self.transformer_module.queries_embedder.is_object_queries = True
+        # transformers' N(0, 0.02) starts the queries so close together that they stay interchangeable.
+        tag_init(self.transformer_module.queries_embedder, "unit_normal")
         if self.transformer_module.input_projection is not None:
             tag_init(self.transformer_module.input_projection, "xavier")
         self.post_init()
@@ -453,7 +340,7 @@ class MaskFormerFaPNForInstanceSegmentation(MaskFormerFaPNPreTrainedModel, MaskF
         self.mask_embedder = MaskformerMLPPredictionHead(hidden_size, hidden_size, config.mask_feature_size)
         for linear in [self.class_predictor, *self.mask_embedder.modules()]:
             if isinstance(linear, nn.Linear):
-                linear.init_as_linear_default = True  # the original's nn.Linear heads
+                tag_init(linear, "linear_default")  # the original's nn.Linear heads
         self.matcher = MaskFormerHungarianMatcher(
             cost_class=1.0, cost_dice=config.dice_weight, cost_mask=config.mask_weight
         )
@@ -514,13 +401,9 @@ class MaskFormerFaPNForInstanceSegmentation(MaskFormerFaPNPreTrainedModel, MaskF
         """
         return_dict = self.config.return_dict if return_dict is None else return_dict
         batch, _, height, width = pixel_values.shape
+        check_pixel_mask(pixel_mask, pixel_values)
         if pixel_mask is None:
             pixel_mask = torch.ones((batch, height, width), dtype=torch.long, device=pixel_values.device)
-        elif tuple(pixel_mask.shape) != (batch, height, width):
-            raise ValueError(
-                f"pixel_mask must have shape (batch, height, width) = {(batch, height, width)}, "
-                f"got {tuple(pixel_mask.shape)}"
-            )
         if mask_labels is not None:
             if class_labels is None or len(mask_labels) != batch or len(class_labels) != batch:
                 raise ValueError(

@@ -35,9 +35,13 @@ from transformers.dynamic_module_utils import get_relative_import_files
 # The shared kernel of the shipped code: every family's configuration, modeling and image-processing modules import
 # only these (and their own family's modules), and these import only each other (tests/test_remote_code_closure.py).
 KERNEL_MODULES: tuple[str, ...] = (
-    "remote_code",
+    "backbone_utils",
     "deform_conv",
+    "fapn_layers",
+    "image_decoding",
+    "initialisation",
     "label_checks",
+    "remote_code",
 )
 
 
