@@ -240,19 +240,20 @@ class Case:
 
 
 def build_model(args: BenchmarkArguments, device: torch.device, feature_aligned: bool) -> torch.nn.Module:
-    """FaPN (`feature_aligned=True`) or the FPN baseline on the same code path, in eval mode on `device`."""
-    from ..modeling.configuration_fapn import FaPNConfig
-    from ..modeling.modeling_fapn import FaPNForSemanticSegmentation
+    """FaPN (`feature_aligned=True`, preset `fapn-r50`) or the FPN baseline (`fpn-r50`) on the same code path, with
+    the benchmark's backbone and number of classes, in eval mode on `device`."""
+    from ..families import family_of_preset
 
     torch.manual_seed(args.seed)
-    config = FaPNConfig(
+    preset = "fapn-r50" if feature_aligned else "fpn-r50"
+    family = family_of_preset(preset)
+    config = family.preset_config(
+        preset,
+        [f"class {i}" for i in range(args.num_labels)],
         backbone=args.backbone,
-        num_labels=args.num_labels,
-        use_fam=feature_aligned,
-        use_fsm=feature_aligned,
         deform_conv_implementation=args.deform_conv_implementation,
     )
-    return FaPNForSemanticSegmentation(config).eval().to(device)
+    return family.head_class(config).eval().to(device)
 
 
 def make_dcn_inputs(case: Case, device: torch.device, seed: int) -> dict[str, torch.Tensor]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...labels import label_maps
-from ...modeling.configuration_fapn import timm_backbone_config
+from ...modeling.backbone_utils import timm_backbone_config
 from ...modeling.configuration_maskformer_fapn import MaskFormerFaPNConfig
 from ...modeling.image_processing_maskformer_fapn import MaskFormerFaPNImageProcessor
 
