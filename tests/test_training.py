@@ -465,3 +465,59 @@ def test_an_evaluation_only_source_loads_but_cannot_be_trained_on(tmp_path):
     )
     with pytest.raises(ValueError, match=r"no split 'train' to train on; it has \['validation'\]"):
         run_training(model_args, data_args, training_args)
+
+
+@pytest.mark.slow
+def test_evaluate_scores_the_images_the_run_held_out_and_says_so(tmp_path, capsys):
+    """A folder whose only split is `train`, trained with `--validation_fraction 0.4 --seed 1`: the run records its
+    hold-out in metrics.json, `fapn-evaluate` without flags scores exactly those images (the same scores as with the
+    two flags) and says so, `--split train` warns that those are training images, and a data set without the split
+    names the two flags (never `--split train`) as the fix."""
+    from fapn_hf.cli import commands as cli
+
+    photos = tmp_path / "photos"
+    _write_imagefolder(photos / "train", [_sample(seed=i) for i in range(5)])
+    output_dir = tmp_path / "run"
+    model_args, data_args, training_args = _arguments(
+        output_dir,
+        data={"dataset": str(photos), "labels": "a,b,c", "validation_fraction": 0.4, "crop_size": [16, 16]},
+        max_steps=2,
+        seed=1,
+    )
+    run_training(model_args, data_args, training_args)
+    record = json.loads((output_dir / "metrics.json").read_text())["validation_data"]
+    assert record == {
+        "dataset": str(photos),
+        "train_split": "train",
+        "validation_split": None,
+        "validation_fraction": 0.4,
+        "seed": 1,
+    }
+    capsys.readouterr()
+
+    recorded, explicit = tmp_path / "recorded.json", tmp_path / "explicit.json"
+    assert cli.evaluate_main(["--model", str(output_dir), "--dataset", str(photos), "--output", str(recorded)]) == 0
+    printed = capsys.readouterr().out
+    assert "note: scored the images the training run held out (40% of 'train' held out with seed 1)" in printed
+    flags = ["--validation_fraction", "0.4", "--seed", "1"]
+    assert (
+        cli.evaluate_main(["--model", str(output_dir), "--dataset", str(photos), *flags, "--output", str(explicit)])
+        == 0
+    )
+    by_record, by_flags = json.loads(recorded.read_text()), json.loads(explicit.read_text())
+    assert by_record["num_images"] == by_flags["num_images"] == 2
+    assert by_record["mean_iou"] == by_flags["mean_iou"] and by_record["split"] == by_flags["split"]
+
+    assert cli.evaluate_main(["--model", str(output_dir), "--dataset", str(photos), "--split", "train"]) == 0
+    printed = capsys.readouterr().out
+    assert "5 images" in printed and "these scores are on training images" in printed
+    assert "--validation_fraction 0.4 --seed 1 scores exactly the held-out ones" in printed
+
+    # Another folder with the same layout, which the run did not record: the message names the two flags.
+    other = tmp_path / "other"
+    _write_imagefolder(other / "train", [_sample(seed=i) for i in range(3)])
+    with pytest.raises(SystemExit, match=r"no split 'validation'; it has \['train'\]\. If the model was trained on "):
+        cli.evaluate_main(["--model", str(output_dir), "--dataset", str(other)])
+    with pytest.raises(SystemExit, match=r"pass the same two flags to score exactly those images") as raised:
+        cli.evaluate_main(["--model", str(output_dir), "--dataset", str(other)])
+    assert "--split" not in str(raised.value)

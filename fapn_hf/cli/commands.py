@@ -37,22 +37,19 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 import PIL.Image
 import torch
-from transformers import AutoModelForSemanticSegmentation, HfArgumentParser
+from transformers import HfArgumentParser
 
 from .._version import __version__
 from ..export.onnx import DEFAULT_OPSET, OnnxVerificationError, export_onnx
-from ..families import original_models
-from ..families.fapn.presets import PRESETS, preset_config, preset_image_processor
-from ..families.maskformer_fapn.presets import MASKFORMER_PRESETS
+from ..families import all_presets, family_of_preset, original_models
 from ..hub.cards import plan_upload, push_folder, require_token
 from ..hub.conversion import convert_checkpoint
 from ..hub.space import DEFAULT_SHORT_DESCRIPTION, build_space
 from ..inference.evaluation import evaluate
-from ..inference.predictor import SegmentationPredictor, TTAConfig, check_model_source
+from ..inference.predictor import SegmentationPredictor, TTAConfig
+from ..inference.sources import load_model_and_processor
 from ..labels import palette
 from ..modeling.image_processing_fapn import decode_image
-from ..modeling.modeling_fapn import FaPNForSemanticSegmentation
-from ..modeling.modeling_maskformer_fapn import MaskFormerFaPNForInstanceSegmentation
 from ..tasks.semantic.visualization import overlay
 
 ArgumentsT = TypeVar("ArgumentsT")
@@ -184,7 +181,13 @@ class EvaluateArguments(TTAArguments):
     dataset: str = field(default="demo", metadata=_help("'demo', a local folder, or a Hub data set id"))
     dataset_config: str | None = field(default=None, metadata=_help("configuration of a Hub data set"))
     dataset_revision: str | None = field(default=None, metadata=_help("revision of a Hub data set"))
-    split: str = field(default="validation", metadata=_help("split of the source to evaluate (it must exist)"))
+    split: str | None = field(
+        default=None,
+        metadata=_help(
+            "split of the source to evaluate (it must exist); default 'validation', or for a folder written by "
+            "fapn-train the images its run held out of this data set (--validation_fraction)"
+        ),
+    )
     validation_fraction: float | None = field(
         default=None,
         metadata=_help("evaluate this fraction held out of 'train' instead, as train's --validation_fraction does"),
@@ -243,6 +246,8 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
         print(f"    {name:20s} {value:.4f}")
     if data["num_skipped"]:
         print(f"  skipped {data['num_skipped']} unusable samples")
+    for note in result["notes"]:
+        print(f"note: {note}")
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(result, indent=2) + "\n")
@@ -359,18 +364,16 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
 
 @dataclass
 class CreateModelArguments:
-    """`fapn-create-model`: builds a FaPN preset and writes a Hub-ready folder (config, safetensors weights,
-    processor config, remote code).
+    """`fapn-create-model`: builds a preset of any family and writes a Hub-ready folder (config, safetensors
+    weights, processor config, remote code).
 
-    The folder loads with `AutoModelForSemanticSegmentation.from_pretrained(folder)` (MaskFormer presets: also
-    `AutoModelForUniversalSegmentation`) after `import fapn_hf`, or with `trust_remote_code=True` without it, and with
-    `pipeline("image-segmentation", model=folder)`. The command reloads what it wrote and checks that the reloaded
-    model reproduces the original's logits."""
+    The folder loads with its family's Auto class (`AutoModelForSemanticSegmentation` for FaPN,
+    `AutoModelForUniversalSegmentation` for MaskFormer + FaPN) after `import fapn_hf`, or with
+    `trust_remote_code=True` without it, and with `pipeline("image-segmentation", model=folder)`.
+    The command reloads what it wrote and checks that the reloaded model reproduces the original's outputs."""
 
     output_dir: Path = field(metadata=_help("folder to write (created if missing)"))
-    preset: str = field(
-        default="fapn-r50", metadata=_help("model preset", choices=sorted([*PRESETS, *MASKFORMER_PRESETS]))
-    )
+    preset: str = field(default="fapn-r50", metadata=_help("model preset", choices=sorted(all_presets())))
     labels: str | None = field(
         default=None,
         metadata=_help(
@@ -399,15 +402,15 @@ def create_model_main(argv: Sequence[str] | None = None) -> int:
         CreateModelArguments, argv, "fapn-create-model", inspect.cleandoc(CreateModelArguments.__doc__)
     )
     torch.manual_seed(args.seed)
-    maskformer = args.preset in MASKFORMER_PRESETS
-    labels = _parse_labels(args.labels) if args.labels else (None if maskformer else "cityscapes")
+    family = family_of_preset(args.preset)
+    labels = _parse_labels(args.labels) if args.labels else None  # None: the preset's own label set
     started = time.perf_counter()
     if args.backbone_weights is not None and not args.backbone_weights.is_file():
         raise SystemExit(f"error: --backbone_weights: no such file: {args.backbone_weights}")
     with user_errors(ValueError):
-        config = preset_config(args.preset, labels)
-        processor = preset_image_processor(labels, preset=args.preset)
-    model_class = MaskFormerFaPNForInstanceSegmentation if maskformer else FaPNForSemanticSegmentation
+        config = family.preset_config(args.preset, labels)
+        processor = family.preset_image_processor(args.preset, labels)
+    model_class = family.head_class
     if args.pretrained_backbone or args.backbone_weights:
         # The explicit step that loads timm's weights (a constructor never does).
         weights = str(args.backbone_weights) if args.backbone_weights else None
@@ -436,10 +439,7 @@ def create_model_main(argv: Sequence[str] | None = None) -> int:
         if path.is_file():
             print(f"  {path.name:28s} {path.stat().st_size / 1e6:9.2f} MB")
     print(f"reload check: max |output difference| {difference:.1e}")
-    print(
-        f"load it with: {'AutoModelForUniversalSegmentation' if maskformer else 'AutoModelForSemanticSegmentation'}"
-        f'.from_pretrained("{args.output_dir}", trust_remote_code=True)'
-    )
+    print(f'load it with: {family.head_auto_class}.from_pretrained("{args.output_dir}", trust_remote_code=True)')
     return 0
 
 
@@ -558,8 +558,7 @@ def export_onnx_main(argv: Sequence[str] | None = None) -> int:
     """`fapn-export-onnx`: exports (and verifies) the folder's model as ONNX."""
     args = parse_arguments(ExportOnnxArguments, argv, "fapn-export-onnx", inspect.cleandoc(ExportOnnxArguments.__doc__))
     with user_errors(FileNotFoundError, OnnxVerificationError, ImportError):
-        check_model_source(str(args.model_dir))
-        model = AutoModelForSemanticSegmentation.from_pretrained(args.model_dir)
+        model, _ = load_model_and_processor(str(args.model_dir))
         path = export_onnx(model, args.output or args.model_dir, opset=args.opset, verify=not args.no_verify)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)" + ("" if args.no_verify else ", verified"))
     return 0

@@ -17,9 +17,12 @@ and the notebooks): the one evaluation loop outside the Trainer. Without augment
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -27,7 +30,13 @@ import torch
 import torch.nn.functional as F
 from datasets import Dataset
 
-from ..tasks.semantic.data import LabelSpec, SegmentationDataset, check_samples, load_segmentation_dataset
+from ..tasks.semantic.data import (
+    LabelSpec,
+    MissingSplitError,
+    SegmentationDataset,
+    check_samples,
+    load_segmentation_dataset,
+)
 from ..tasks.semantic.metrics import SegmentationMetrics
 from .predictor import SegmentationPredictor, TTAConfig, logits_at_size
 
@@ -71,12 +80,50 @@ def predict_at_label_size(
     return loss, predictions
 
 
+# Where a training run records its validation data (`fapn_hf.training.run_training`), in the model folder.
+RUN_RECORD = "metrics.json"
+VALIDATION_DATA_KEY = "validation_data"
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """The validation images a training run held out of its training split, as it recorded them."""
+
+    dataset: str
+    train_split: str
+    fraction: float
+    seed: int
+    record: Path
+
+    @property
+    def flags(self) -> str:
+        return f"--validation_fraction {self.fraction} --seed {self.seed}"
+
+    def describe(self) -> str:
+        return f"{self.fraction:.0%} of {self.train_split!r} held out with seed {self.seed}"
+
+
+def recorded_hold_out(model: Any, dataset: Any) -> HeldOut | None:
+    """The hold-out that the run which wrote the model folder `model` made of `dataset` (its `metrics.json`), or
+    None: another data set, a validation split of the source, a Hub model, or no record."""
+    if not isinstance(model, (str, os.PathLike)) or not isinstance(dataset, (str, os.PathLike)):
+        return None
+    record = Path(model).expanduser() / RUN_RECORD
+    try:
+        data = json.loads(record.read_text()).get(VALIDATION_DATA_KEY) or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    if data.get("validation_fraction") is None or str(data.get("dataset")) != str(dataset):
+        return None
+    return HeldOut(str(dataset), data["train_split"], float(data["validation_fraction"]), int(data["seed"]), record)
+
+
 def evaluate(
     model: SegmentationPredictor | torch.nn.Module | str | os.PathLike,
     dataset: str | os.PathLike | Dataset | SegmentationDataset = "demo",
     *,
     image_processor: Any = None,
-    split: str = "validation",
+    split: str | None = None,
     validation_fraction: float | None = None,
     seed: int = 0,
     dataset_config: str | None = None,
@@ -103,7 +150,9 @@ def evaluate(
             `"label"`); or a `SegmentationDataset` (e.g. `trainer.eval_dataset`), whose label spec and samples are
             used as they are.
         split: the source's split to evaluate (it must exist), unless `validation_fraction` holds a fraction of
-            `"train"` out instead, as training's `--validation_fraction` does.
+            `"train"` out instead, as training's `--validation_fraction` does. None: `"validation"`, or, for a model
+            folder whose training run held its validation images out of this same data set (`metrics.json`,
+            `recorded_hold_out`), exactly those images.
         label_mapping, reduce_labels: how raw label values become class ids (`LabelSpec`), for the model's
             `num_labels` and `semantic_loss_ignore_index`.
         max_samples: score only the first `max_samples` samples.
@@ -113,12 +162,24 @@ def evaluate(
     Returns:
         `mean_iou`, `mean_accuracy`, `pixel_accuracy`, the boundary IoUs and `boundary_mean_iou` (floats),
         `per_class_iou` (class name -> IoU), `num_images`, `split` (its description), `data` (what
-        `check_samples` found, None for a `SegmentationDataset`), `tta` (`scales`, `flip`, `window`) and `seconds`.
+        `check_samples` found, None for a `SegmentationDataset`), `tta` (`scales`, `flip`, `window`), `notes`
+        (what a user should know about the choice of images, e.g. that they were used for training) and `seconds`.
 
     Raises `ValueError` for a missing split, bad samples under `"fail"`, or when no pixel is labelled (the scores
     would be NaN), `FileNotFoundError` for a missing model or data set.
     """
     started = time.perf_counter()
+    held, notes, train_split = recorded_hold_out(model, dataset), [], "train"
+    if held is not None and validation_fraction is None:
+        if split is None:
+            validation_fraction, seed, train_split = held.fraction, held.seed, held.train_split
+            notes.append(f"scored the images the training run held out ({held.describe()}), as {held.record} records")
+        elif split == held.train_split:
+            notes.append(
+                f"{split!r} holds the images this model was trained on ({held.describe()} for validation): these "
+                f"scores are on training images; {held.flags} scores exactly the held-out ones"
+            )
+    split = "validation" if split is None else split
     predictor = _as_predictor(model, image_processor, device, trust_remote_code)
     config = predictor.model.config
     tta = tta or TTAConfig()
@@ -132,20 +193,23 @@ def evaluate(
             rows = dataset
         else:
             held_out = validation_fraction is not None
-            rows = load_segmentation_dataset(
-                str(dataset),
-                config_name=dataset_config,
-                revision=dataset_revision,
-                image_column=image_column,
-                label_column=label_column,
-                train_split="train" if held_out else None,
-                validation_split=split,
-                validation_fraction=validation_fraction,
-                seed=seed,
-                demo_options=demo_options,
-            )["validation"]
+            try:
+                rows = load_segmentation_dataset(
+                    str(dataset),
+                    config_name=dataset_config,
+                    revision=dataset_revision,
+                    image_column=image_column,
+                    label_column=label_column,
+                    train_split=train_split if held_out else None,
+                    validation_split=split,
+                    validation_fraction=validation_fraction,
+                    seed=seed,
+                    demo_options=demo_options,
+                )["validation"]
+            except MissingSplitError as error:
+                raise MissingSplitError(_missing_split_advice(error), error.split, error.available) from None
             if held_out:
-                split_name = f"{validation_fraction:.0%} of train, seed {seed}"
+                split_name = f"{validation_fraction:.0%} of {train_split}, seed {seed}"
         if max_samples is not None:
             rows = rows.select(range(min(max_samples, len(rows))))
         rows, report = check_samples(rows, spec, bad_sample_policy, split_name)
@@ -158,8 +222,24 @@ def evaluate(
         "data": None if report is None else report.to_dict(),
         "tta": {"scales": list(tta.scales), "flip": tta.flip, "window": tta.window}
         | ({"short_sides": list(tta.short_sides), "max_size": tta.max_size} if tta.short_sides else {}),
+        "notes": notes,
         "seconds": time.perf_counter() - started,
     }
+
+
+def _missing_split_advice(error: MissingSplitError) -> str:
+    """What to do when the split to score is missing: the hold-out a run made, never the training images."""
+    # Never the training split: scoring it would score the images a model learnt from.
+    others = [name for name in error.available if name not in (error.split, "train", "training")]
+    advice = (
+        f"the data set has no split {error.split!r}; it has {error.available}. If the model was trained on it with "
+        "--validation_fraction F --seed S (its validation images held out of 'train'), pass the same two flags to "
+        "score exactly those images; a model folder written by fapn-train records them and is scored on them "
+        "without flags"
+    )
+    if others:
+        advice += f". Otherwise name one of {others} with --split (not the split the model was trained on)"
+    return advice
 
 
 def _as_predictor(
@@ -201,4 +281,4 @@ def _score(
     return {**metrics.compute(), "num_images": num_images}
 
 
-__all__ = ["evaluate", "predict_at_label_size"]
+__all__ = ["RUN_RECORD", "VALIDATION_DATA_KEY", "HeldOut", "evaluate", "predict_at_label_size", "recorded_hold_out"]

@@ -24,6 +24,7 @@ from typing import Any
 
 from transformers import TrainerCallback, set_seed
 
+from ..inference.evaluation import VALIDATION_DATA_KEY
 from ..tasks.semantic.data import DataError
 from .args import DataArguments, FaPNTrainingArguments, ModelArguments, parse_arguments
 from .builders import build_image_processor, build_model, resolve_family, resolve_labels
@@ -136,6 +137,14 @@ def run_training(
         "model": {"preset": model_args.preset, "parameters": sum(p.numel() for p in model.parameters())},
         "dataset": data_args.dataset,
         "settings": settings,
+        # What fapn-evaluate scores by default on this data set (`fapn_hf.inference.evaluation.recorded_hold_out`).
+        VALIDATION_DATA_KEY: {
+            "dataset": data_args.dataset,
+            "train_split": data_args.train_split,
+            "validation_split": None if data_args.validation_fraction is not None else data_args.validation_split,
+            "validation_fraction": data_args.validation_fraction,
+            "seed": training_args.seed,
+        },
     }
     write_run_report(trainer, eval_dataset, results, data_args.num_visualizations)
     return TrainingRun(Path(training_args.output_dir), results, trainer)

@@ -43,6 +43,14 @@ class DataError(ValueError):
     """A sample that cannot be used: unreadable file, image/label size mismatch, label values outside the map."""
 
 
+class MissingSplitError(ValueError):
+    """The data set has no split of that name (`split`); `available` lists the ones it has."""
+
+    def __init__(self, message: str, split: str, available: list[str]) -> None:
+        super().__init__(message)
+        self.split, self.available = split, available
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Loading
 # ---------------------------------------------------------------------------------------------------------------------
@@ -167,9 +175,11 @@ def _select_splits(
         return DatasetDict({"train": held_out["train"], "validation": held_out["test"]})
     if validation_split not in splits:
         carve = f", or validation_fraction to hold one out of {train_split!r}" if train_split else ""
-        raise ValueError(
+        raise MissingSplitError(
             f"the data set has no split {validation_split!r}; it has {available}. Name an existing one as the "
-            f"validation split{carve}"
+            f"validation split{carve}",
+            validation_split,
+            available,
         )
     result = DatasetDict({"validation": splits[validation_split]})
     if train_split is not None:
@@ -476,6 +486,7 @@ __all__ = [
     "BAD_SAMPLE_POLICIES",
     "SIZE_KEYS",
     "DataError",
+    "MissingSplitError",
     "DataReport",
     "LabelSpec",
     "SegmentationCollator",
