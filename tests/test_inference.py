@@ -170,3 +170,26 @@ def test_predict_command_runs_as_an_installed_command(demo_model_folder, tmp_pat
     labels = Image.open(out / "photo_labels.png")
     assert labels.mode == "P" and labels.size == (45, 30) and np.array(labels).max() < 6
     assert Image.open(out / "gray_overlay.png").size == (20, 25)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--model", "m", "--window", "512", "512", "a.jpg", "b.png"],
+        ["--model", "m", "a.jpg", "b.png", "--window", "512", "512"],
+        ["--model", "m", "--scales", "0.5", "1", "a.jpg", "--window", "512", "512", "b.png"],
+        ["--window", "512", "512", "--model", "m", "--", "a.jpg", "b.png"],
+        ["--model", "m", "--window", "512", "512", "a.jpg", "--", "b.png"],
+    ],
+)
+def test_images_may_follow_a_list_of_numbers(argv):
+    """A list-valued flag ends at its first word that is not a number: the images after `--window 512 512` are
+    images, wherever they stand (it once read them as window sides: "invalid int value: 'a.jpg'")."""
+    args = cli.parse_arguments(cli.PredictArguments, argv, "fapn-predict", "")
+    assert [str(path) for path in args.images] == ["a.jpg", "b.png"] and args.model == "m"
+    assert args.window == [512, 512] and args.scales in ([1.0], [0.5, 1.0])
+
+
+def test_a_number_list_still_refuses_a_bad_number():
+    with pytest.raises(SystemExit):
+        cli.parse_arguments(cli.PredictArguments, ["--model", "m", "--scales", "-", "a.jpg"], "fapn-predict", "")

@@ -87,6 +87,8 @@ def parse_arguments(
         parser.add_argument(item.name, **item.metadata)
     argv = sys.argv[1:] if argv is None else list(argv)
     with user_errors(ValueError):
+        if positional:
+            argv = _inputs_after_number_lists(parser, argv)
         parsed, *rest = parser.parse_args_into_dataclasses(
             args=_explicit_booleans(parser, argv), look_for_args_file=False
         )
@@ -97,6 +99,47 @@ def parse_arguments(
 
 # What HfArgumentParser's boolean flags accept as a value (transformers.hf_argparser.string_to_bool).
 BOOLEAN_WORDS = frozenset({"yes", "no", "true", "false", "t", "f", "y", "n", "1", "0"})
+
+
+def _inputs_after_number_lists(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """`argv` with the positional inputs that follow a list of numbers moved behind `--`.
+
+    argparse lets a list-valued flag (`--scales`, `--window`, `--short_sides`) take every word up to the next flag,
+    so `fapn-predict --window 512 512 photo.jpg` would read `photo.jpg` as a window side. A list of numbers ends at
+    its first word that is not a number here; the words from there to the next flag are inputs."""
+    number_lists = {
+        option: action.type
+        for action in parser._actions  # the parser's own list of arguments
+        if action.nargs in ("+", "*") and action.type in (int, float)
+        for option in action.option_strings
+    }
+
+    def is_number(word: str, kind: type) -> bool:
+        try:
+            kind(word)
+        except ValueError:
+            return False
+        return True
+
+    kept, inputs = [], []
+    index = 0
+    while index < len(argv):
+        word = argv[index]
+        if word == "--":
+            inputs += argv[index + 1 :]
+            break
+        kept.append(word)
+        index += 1
+        kind = number_lists.get(word)
+        if kind is None:
+            continue
+        while index < len(argv) and is_number(argv[index], kind):
+            kept.append(argv[index])
+            index += 1
+        while index < len(argv) and argv[index] != "--" and not argv[index].startswith("-"):
+            inputs.append(argv[index])
+            index += 1
+    return kept + (["--", *inputs] if inputs else [])
 
 
 def _explicit_booleans(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
