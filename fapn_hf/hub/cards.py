@@ -371,12 +371,12 @@ def plan_upload(
     missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
     if not list(folder.glob("model*.safetensors")):
         missing.append("model.safetensors")
-    config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
-    for module in {v.split(".")[0] + ".py" for v in (config.get("auto_map") or {}).values()}:
+    saved = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
+    for module in {v.split(".")[0] + ".py" for v in (saved.get("auto_map") or {}).values()}:
         if not (folder / module).is_file():
             missing.append(f"{module} (remote code named in config.json's auto_map)")
     if missing:
-        raise FileNotFoundError(f"{folder} is not a complete FaPN model folder; missing: {', '.join(missing)}")
+        raise FileNotFoundError(f"{folder} is not a complete fapn_hf model folder; missing: {', '.join(missing)}")
     files = {
         path.name: path
         for path in sorted(folder.iterdir())
@@ -386,12 +386,11 @@ def plan_upload(
     if onnx and "model.onnx" not in files:
         import tempfile
 
-        from transformers import AutoModelForSemanticSegmentation
-
         from ..export.onnx import export_onnx
+        from ..inference.sources import load_model_and_processor
 
         scratch = tempfile.TemporaryDirectory(prefix="fapn_onnx_")
-        files["model.onnx"] = export_onnx(AutoModelForSemanticSegmentation.from_pretrained(folder), scratch.name)
+        files["model.onnx"] = export_onnx(load_model_and_processor(str(folder))[0], scratch.name)
     if keep_card:
         if not (folder / "README.md").is_file():
             raise FileNotFoundError(f"keep_card: {folder} has no README.md")
@@ -399,8 +398,10 @@ def plan_upload(
     else:
         metrics_file = folder / "metrics.json"
         metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+        from transformers import AutoConfig
+
         card = model_card(
-            config,
+            AutoConfig.from_pretrained(folder),
             eval_metrics=metrics.get("eval"),
             dataset_name=metrics.get("dataset"),
             model_name=repo_id or folder.name,
