@@ -37,7 +37,7 @@ class MaskFormerFaPNConfig(MaskFormerConfig):
             original's `ImageList`; the mask logits cover the padded input.
         semantic_loss_ignore_index (`int`, *optional*, defaults to 255):
             Label value of semantic maps that belongs to no class: no mask target is made for it
-            (`fapn_hf.mask_targets`), and the metrics skip it, as `FaPNConfig`'s.
+            (`fapn_hf.families.maskformer_fapn.targets`), and the metrics skip it, as `FaPNConfig`'s.
 
     Example:
 

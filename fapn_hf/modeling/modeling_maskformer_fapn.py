@@ -279,8 +279,9 @@ class MaskFormerFaPNModel(MaskFormerFaPNPreTrainedModel, MaskFormerModel):
         self.transformer_module = MaskFormerTransformerModule(
             in_features=self.pixel_level_module.encoder.channels[-1], config=config
         )
-        # The original's initialisation (see `_init_weights`): its decoder (replacing the one transformers' module
-        # built, which costs less than copying that module's constructor), queries and input projection.
+        # The original's initialisation (see `MaskFormerFaPNPreTrainedModel`): its decoder (replacing the one
+        # transformers' module built, which costs less than copying that module's constructor), queries and input
+        # projection.
         self.transformer_module.decoder = MaskFormerFaPNTransformerDecoder(config.decoder_config)
         # transformers' N(0, 0.02) starts the queries so close together that they stay interchangeable.
         tag_init(self.transformer_module.queries_embedder, "unit_normal")
