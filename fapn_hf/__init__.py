@@ -14,7 +14,8 @@ from .labels import ADE20K_LABELS, CITYSCAPES_LABELS, COCO_STUFF_LABELS, label_m
 from .modeling.configuration_fapn import FaPNConfig, timm_backbone_config
 from .modeling.configuration_maskformer_fapn import MaskFormerFaPNConfig
 from .modeling.deform_conv import ModulatedDeformConv2d, deform_conv2d
-from .modeling.image_processing_fapn import FaPNImageProcessor, decode_image, open_image
+from .modeling.image_decoding import decode_image, open_image
+from .modeling.image_processing_fapn import FaPNImageProcessor
 from .modeling.image_processing_maskformer_fapn import MaskFormerFaPNImageProcessor
 from .modeling.modeling_fapn import FaPNForSemanticSegmentation, FaPNModel, FaPNModelOutput, FaPNPreTrainedModel
 from .modeling.modeling_maskformer_fapn import (

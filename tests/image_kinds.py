@@ -1,5 +1,5 @@
 """Image files as people have them, each with the RGB pixels FaPN must see, computed here independently
-of `fapn_hf.modeling.image_processing_fapn.decode_image`: from the stored pixels and the documented rule
+of `fapn_hf.decode_image`: from the stored pixels and the documented rule
 (EXIF orientation, bit depth scaled by the type's range, transparency over white, first frame of an animation)."""
 
 from __future__ import annotations

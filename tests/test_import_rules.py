@@ -17,10 +17,11 @@ The rules, one test each:
    family file: a family's shipped set is the kernel plus its own files.
 3. `fapn_hf.families.<a>` imports no `fapn_hf.families.<b>` (the registry, `families/__init__.py` and `base.py`,
    may), nor family b's shipped files in `fapn_hf/modeling`.
-4. Layers, bottom to top: `modeling` < `labels`, `tasks`, `convert` < `families` < the engines `inference`,
-   `export`, `training`, `hub` < the applications `benchmark`, `cli`. Nothing imports a higher layer (the package root, which imports every layer,
-   included); peers in a layer import each other without a cycle between them, except that `tasks` and `convert`
-   never import each other. `fapn_hf/__init__.py` and `__main__.py` stand outside; `_version.py` imports nothing.
+4. Layers, bottom to top: `modeling` < `labels`, `tasks`, `convert` < `families` < the engines `inference`, `export`,
+   `training`, `hub` < the applications `benchmark`, `cli`. Nothing imports a higher layer (the package root, which
+   imports every layer, included); peers in a layer import each other without a cycle between them, except that
+   `tasks` and `convert` never import each other. `fapn_hf/__init__.py` and `__main__.py` stand outside;
+   `_version.py` imports nothing.
 5. No import cycle between modules, counting lazy imports: a cycle hidden by an import inside a function is still one.
 
 The checker itself is tested on small synthetic packages at the end of this file.

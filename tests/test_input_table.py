@@ -30,10 +30,16 @@ from safetensors.torch import save_file
 from transformers import TimmBackboneConfig
 from transformers.modeling_outputs import SemanticSegmenterOutput
 
-from fapn_hf import FaPNConfig, FaPNForSemanticSegmentation, FaPNImageProcessor, SegmentationPredictor, TTAConfig
+from fapn_hf import (
+    FaPNConfig,
+    FaPNForSemanticSegmentation,
+    FaPNImageProcessor,
+    SegmentationPredictor,
+    TTAConfig,
+    decode_image,
+)
 from fapn_hf.cli import commands as cli
 from fapn_hf.labels import label_maps
-from fapn_hf.modeling.image_processing_fapn import decode_image
 from fapn_hf.tasks.semantic.data import LabelSpec, check_samples, decode_sample, load_segmentation_dataset
 from fapn_hf.training.args import DataArguments, FaPNTrainingArguments, ModelArguments, load_recipe
 from fapn_hf.training.builders import build_model

@@ -28,10 +28,11 @@ from fapn_hf import (
     MaskFormerFaPNImageProcessor,
     SegmentationPredictor,
     cli,
+    decode_image,
+    open_image,
 )
 from fapn_hf.inference.evaluation import evaluate
 from fapn_hf.labels import label_maps
-from fapn_hf.modeling.image_processing_fapn import decode_image, open_image
 from fapn_hf.tasks.semantic.data import (
     LabelSpec,
     SegmentationCollator,

@@ -524,9 +524,10 @@ def test_evaluate_scores_the_images_the_run_held_out_and_says_so(tmp_path, capsy
 
 
 def test_a_polynomial_schedule_needs_steps_after_its_warmup(tmp_path):
-    """transformers' polynomial schedule divides by max_steps - warmup_steps: a run as long as its warm-up once ended
-    in a ZeroDivisionError from inside the scheduler; the arguments refuse it, naming both values."""
-    with pytest.raises(ValueError, match=r"warmup_steps \(2\) must be fewer than max_steps \(2\)"):
+    """transformers' polynomial schedule divides by max_steps - warmup_steps: a run exactly as long as its warm-up
+    once ended in a ZeroDivisionError from inside the scheduler; the arguments refuse it, naming both values."""
+    with pytest.raises(ValueError, match=r"warmup_steps \(2\) must differ from max_steps \(2\)"):
         FaPNTrainingArguments(output_dir=str(tmp_path), max_steps=2, warmup_steps=2, lr_scheduler_type="polynomial")
     FaPNTrainingArguments(output_dir=str(tmp_path), max_steps=3, warmup_steps=2, lr_scheduler_type="polynomial")
+    FaPNTrainingArguments(output_dir=str(tmp_path), max_steps=2, warmup_steps=20, lr_scheduler_type="polynomial")
     FaPNTrainingArguments(output_dir=str(tmp_path), max_steps=2, warmup_steps=2, lr_scheduler_type="linear")

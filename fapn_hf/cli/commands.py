@@ -49,7 +49,7 @@ from ..inference.evaluation import evaluate
 from ..inference.predictor import SegmentationPredictor, TTAConfig
 from ..inference.sources import load_model_and_processor
 from ..labels import palette
-from ..modeling.image_processing_fapn import decode_image
+from ..modeling.image_decoding import decode_image
 from ..tasks.semantic.visualization import overlay
 
 ArgumentsT = TypeVar("ArgumentsT")
@@ -307,7 +307,7 @@ class PredictArguments(TTAArguments):
     """`fapn-predict`: segments images with a FaPN model: a label PNG (class ids, with the palette) and a colour
     overlay per image.
 
-    Images are read like everywhere in fapn_hf (`fapn_hf.image_processing_fapn.decode_image`: EXIF orientation,
+    Images are read like everywhere in fapn_hf (`fapn_hf.decode_image`: EXIF orientation,
     16-bit and float images, transparency over white, first frame of animations). Outputs are
     `<stem>_labels.png` and `<stem>_overlay.png`, in sub-folders mirroring the inputs' folders below their common
     folder; inputs of one folder that share a stem keep their extension in the name (`photo_png`, `photo_jpg`).

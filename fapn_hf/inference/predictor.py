@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ..families import find_family
-from ..modeling.image_processing_fapn import decode_image
+from ..modeling.image_decoding import decode_image
 from .sources import check_model_source, find_onnx_file, load_model_and_processor
 
 # The original MaskFormer + FaPN multi-scale test (FaPN-full's ADE20K Swin-L and COCO-Stuff-10K configs, TEST.AUG):

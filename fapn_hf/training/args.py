@@ -196,10 +196,10 @@ class FaPNTrainingArguments(TrainingArguments):
         super().__post_init__()
         scheduler = getattr(self.lr_scheduler_type, "value", self.lr_scheduler_type)
         warmup = self.warmup_steps if self.warmup_steps >= 1 else 0  # below 1: a ratio of the training steps
-        if scheduler == "polynomial" and 0 < self.max_steps <= warmup:
+        if scheduler == "polynomial" and 0 < self.max_steps == warmup:
             # transformers' polynomial schedule divides by (max_steps - warmup_steps): a ZeroDivisionError otherwise.
             raise ValueError(
-                f"warmup_steps ({self.warmup_steps}) must be fewer than max_steps ({self.max_steps}) with the "
+                f"warmup_steps ({self.warmup_steps}) must differ from max_steps ({self.max_steps}) with the "
                 "polynomial learning-rate schedule, which decays over the steps after the warm-up"
             )
 

@@ -32,7 +32,7 @@ from datasets import Dataset, DatasetDict, Image, load_dataset, load_from_disk
 from torchvision import tv_tensors
 
 from ...labels import LABEL_MAPPINGS, check_label_values, lookup_table
-from ...modeling.image_processing_fapn import decode_image, upright
+from ...modeling.image_decoding import decode_image, upright
 
 logger = logging.getLogger(__name__)
 
