@@ -250,7 +250,7 @@ class EvaluateArguments(TTAArguments):
 
 
 def evaluate_main(argv: Sequence[str] | None = None) -> int:
-    """`fapn-evaluate`: prints the scores of `fapn_hf.evaluation.evaluate` (and writes them with `--output`)."""
+    """`fapn-evaluate`: prints the scores of `fapn_hf.inference.evaluation.evaluate` (writes them with `--output`)."""
     args = parse_arguments(EvaluateArguments, argv, "fapn-evaluate", inspect.cleandoc(EvaluateArguments.__doc__))
     with user_errors(ValueError, FileNotFoundError):
         result = evaluate(
@@ -585,7 +585,7 @@ def convert_main(argv: Sequence[str] | None = None) -> int:
 @dataclass
 class ExportOnnxArguments:
     """`fapn-export-onnx MODEL_DIR`: writes MODEL_DIR/model.onnx for the model saved there and verifies it with
-    onnxruntime (see `fapn_hf.onnx.export_onnx`)."""
+    onnxruntime (see `fapn_hf.export.onnx.export_onnx`)."""
 
     output: Path | None = field(default=None, metadata=_help("file to write (default: MODEL_DIR/model.onnx)"))
     opset: int = field(default=DEFAULT_OPSET, metadata=_help("ONNX opset (19: the first with DeformConv)"))

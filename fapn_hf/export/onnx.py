@@ -220,7 +220,7 @@ class OnnxRuntimeModel:
         self.path = onnx_file(path)
         if not self.path.is_file():
             raise FileNotFoundError(
-                f"no ONNX model at {self.path}; export one with fapn_hf.onnx.export_onnx(model, folder) or "
+                f"no ONNX model at {self.path}; export one with fapn_hf.export.onnx.export_onnx(model, folder) or "
                 f"`fapn-export-onnx {self.path.parent}`"
             )
         if config is None:

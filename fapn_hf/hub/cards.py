@@ -24,8 +24,9 @@ PAPER_URL = "https://arxiv.org/abs/2108.07058"
 # The provenance record the converter writes next to converted weights (see `read_conversion_record`).
 CONVERSION_RECORD = "conversion.json"
 
-# The data set name of the built-in synthetic demo data (`fapn_hf.demo_data`), and the card tag that marks models
-# trained on it: the Space reads the tag to tell visitors that the model knows synthetic shapes, not photos.
+# The data set name of the built-in synthetic demo data (`fapn_hf.tasks.semantic.demo_data`), and the card tag that
+# marks models trained on it: the Space reads the tag to tell visitors that the model knows synthetic shapes, not
+# photos.
 DEMO_DATASET = "demo"
 SYNTHETIC_DATA_TAG = "synthetic-shapes"
 
@@ -99,9 +100,9 @@ def describe_training_data(dataset_name: str | None, conversion: dict[str, Any] 
         )
     if dataset_name == DEMO_DATASET:
         return (
-            "Synthetic shapes: `fapn_hf.demo_data` draws coloured blobs, boxes, shards, clusters of dots and thin "
-            "wires on textured backgrounds, with random colour casts and noise. The data is generated, not "
-            "photographed: the model has never seen a real photo."
+            "Synthetic shapes: `fapn_hf.tasks.semantic.demo_data` draws coloured blobs, boxes, shards, clusters of "
+            "dots and thin wires on textured backgrounds, with random colour casts and noise. The data is generated, "
+            "not photographed: the model has never seen a real photo."
         )
     if dataset_name:
         known = KNOWN_DATASETS.get(dataset_name.lower().rsplit("/", 1)[-1])
@@ -357,7 +358,7 @@ def plan_upload(
     """Checks a model folder (and `repo_id`: `ValueError` when invalid) and lists what `push_folder` uploads. The
     card is generated from the folder's config and metrics.json, named after `repo_id` (or, with `keep_card`, the
     folder's own README.md). The folder's `model.onnx` goes with it; with `onnx=True` a folder without one gets it
-    exported (and verified) into a temporary directory for the upload (`fapn_hf.onnx.export_onnx`). Nothing is
+    exported (and verified) into a temporary directory for the upload (`fapn_hf.export.onnx.export_onnx`). Nothing is
     written into the folder.
     """
     import fnmatch

@@ -10,7 +10,7 @@ scored: the mmseg / detectron2 convention, and what `pipeline("image-segmentatio
 and the notebooks): the one evaluation loop outside the Trainer. Without augmentation both give the same class maps
 (up to the floating-point summation order of a batch), hence the same metrics.
 
-    from fapn_hf.evaluation import evaluate
+    from fapn_hf.inference.evaluation import evaluate
     scores = evaluate("outputs/demo", "demo", tta=TTAConfig(scales=(0.75, 1.0, 1.25), flip=True))
     scores["mean_iou"], scores["boundary_mean_iou"], scores["per_class_iou"]
 """
@@ -80,7 +80,7 @@ def predict_at_label_size(
     return loss, predictions
 
 
-# Where a training run records its validation data (`fapn_hf.training.run_training`), in the model folder.
+# Where a training run records its validation data (`fapn_hf.training.run.run_training`), in the model folder.
 RUN_RECORD = "metrics.json"
 VALIDATION_DATA_KEY = "validation_data"
 

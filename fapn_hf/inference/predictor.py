@@ -231,7 +231,7 @@ class SegmentationPredictor:
 
         Args:
             backend: `"torch"` (the PyTorch model), `"onnxruntime"` (the folder's `model.onnx`, see
-                `fapn_hf.onnx.export_onnx`; CPU tensors in and out) or `"auto"` (onnxruntime when the folder has
+                `fapn_hf.export.onnx.export_onnx`; CPU tensors in and out) or `"auto"` (onnxruntime when the folder has
                 `model.onnx` and onnxruntime is installed, PyTorch otherwise).
         """
         if backend not in PREDICTOR_BACKENDS:
@@ -242,7 +242,7 @@ class SegmentationPredictor:
             if backend == "onnxruntime" and onnx_path is None:
                 raise FileNotFoundError(
                     f"backend='onnxruntime': {model_name_or_path} has no model.onnx; export it with "
-                    f"`fapn-export-onnx {model_name_or_path}` (fapn_hf.onnx.export_onnx) or use backend='auto'"
+                    f"`fapn-export-onnx {model_name_or_path}` (fapn_hf.export.onnx.export_onnx) or use backend='auto'"
                 )
             use_onnx = backend == "onnxruntime" or importlib.util.find_spec("onnxruntime") is not None
             if onnx_path is not None and use_onnx:

@@ -1,7 +1,7 @@
 """What a finished run leaves next to its model: `metrics.json`, `training_curves.png`, prediction overlays of
 validation images (`predictions/`) and the model card (`README.md`).
 
-This is a report step that `fapn_hf.training.run_training` calls after the final evaluation and `save_model`, not a
+This is a report step that `fapn_hf.training.run.run_training` calls after the final evaluation and `save_model`, not a
 `TrainerCallback`: `on_train_end` fires inside `Trainer.train`, before that final evaluation and save, so a
 callback would report the scores of the last in-training evaluation (or none) and write the card into a folder
 that does not hold the final model yet.

@@ -8,7 +8,7 @@ command (also `python -m fapn_hf.training`, which `torchrun -m` launches).
     fapn-train recipes/demo.yaml --resume_from_checkpoint last     # after an interruption
 
 The recipe (YAML or JSON) sets any field of `ModelArguments`, `DataArguments` and `FaPNTrainingArguments`
-(`fapn_hf.training_args`, or `--help`); command-line flags override it. A run is the same on one CPU, one GPU or
+(`fapn_hf.training.args`, or `--help`); command-line flags override it. A run is the same on one CPU, one GPU or
 many processes under `torchrun`/`accelerate launch`. The pieces live by job: `training_args` (arguments, recipes),
 `builders` (labels, model, processor), `checkpoints` (resume and output-folder checks), `trainer` (the `Trainer`
 subclass), `reports` (metrics.json, curves, overlays, card).
@@ -48,15 +48,15 @@ def run_training(
     training_args: FaPNTrainingArguments,
     callbacks: Sequence[TrainerCallback] = (),
 ) -> TrainingRun:
-    """Trains and evaluates, then writes a Hub-ready folder and its report (`fapn_hf.reports`: `metrics.json`,
+    """Trains and evaluates, then writes a Hub-ready folder and its report (`fapn_hf.training.reports`: `metrics.json`,
     `training_curves.png`, prediction overlays, the FaPN model card) to `training_args.output_dir`.
 
     Refuses a non-empty `output_dir` unless resuming or `overwrite_output_dir`, and an incomplete checkpoint to
-    resume from; evaluation scores every image at its label's original resolution (`fapn_hf.evaluation`).
+    resume from; evaluation scores every image at its label's original resolution (`fapn_hf.inference.evaluation`).
 
-    Both model families take this path (the preset decides, `fapn_hf.builders`): a MaskFormer + FaPN trains on the
-    `MaskClassificationCollator`'s per-class masks (the ignore index belongs to no mask) with its own loss, and is
-    evaluated on its semantic scores (no eval loss; see `FaPNTrainer`)."""
+    Every family takes this path: the preset's (or the saved model's) family (`fapn_hf.families`) says which task's
+    data, augmentation, batches and metrics apply and how it trains (MaskFormer + FaPN: per-class masks from the
+    family's collator, its own loss, no evaluation loss on its semantic scores)."""
     resume = resolve_resume_checkpoint(training_args.output_dir, training_args.resume_from_checkpoint)
     check_output_dir(training_args)
     set_seed(training_args.seed)

@@ -1,7 +1,7 @@
 """The FaPN `Trainer`: optimiser groups, per-batch streaming metrics, evaluation at label resolution, the FaPN
 model card, and the callback that advances the augmentation epoch.
 
-`fapn_hf.training.run_training` assembles these into a run; they also work in a hand-written `Trainer` setup.
+`fapn_hf.training.run.run_training` assembles these into a run; they also work in a hand-written `Trainer` setup.
 """
 
 from __future__ import annotations
@@ -176,8 +176,9 @@ class FaPNTrainer(Trainer):
         dataset: str | list[str] | None = None,
         dataset_args: str | list[str] | None = None,
     ) -> None:
-        """Writes FaPN's card (`fapn_hf.hub.write_model_card`) as `README.md` in `args.output_dir`, in place of the
-        Trainer's generic one; `push_to_hub` calls this before uploading, and only world process zero writes.
+        """Writes the model's card (`fapn_hf.hub.cards.write_model_card`) as `README.md` in `args.output_dir`, in
+        place of the Trainer's generic one; `push_to_hub` calls this before uploading, and only world process zero
+        writes.
 
         The card's results (and its `model-index`) are the latest evaluation in the trainer's log history; its data
         set is `dataset` or the trainer's `dataset_name`; `training_summary` lists the settings. `model_name` titles
@@ -254,11 +255,12 @@ class FaPNTrainer(Trainer):
         return super().compute_loss(model, inputs, *args, **kwargs)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        """Evaluation at each label's original resolution (`fapn_hf.evaluation.predict_at_label_size`): every image
-        at its processed size through the model without padding, its scores (`fapn_hf.inference.model_scores`:
-        logits, or a mask-classification model's semantic scores) resized to its label's size; class maps instead of
-        scores are returned (num_labels times less to gather, and all the metrics need). The loss is the
-        cross-entropy at label resolution for a FaPN, None for a mask-classification model."""
+        """Evaluation at each label's original resolution (`fapn_hf.inference.evaluation.predict_at_label_size`):
+        every image at its processed size through the model without padding, its scores
+        (`fapn_hf.inference.predictor.model_scores`: logits, or a mask-classification model's semantic scores)
+        resized to its label's size; class maps instead of scores are returned (num_labels times less to gather, and
+        all the metrics need). The loss is the cross-entropy at label resolution for a family with an evaluation
+        loss (`Family.eval_loss`), None otherwise."""
         if "image_sizes" not in inputs:
             return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
         inputs = self._prepare_inputs(inputs)

@@ -2,7 +2,7 @@
 
 Three kinds of source load the same way (`load_segmentation_dataset`):
 
-- `"demo"`: the built-in synthetic set (`fapn_hf.demo_data`), generated from a seed, no download;
+- `"demo"`: the built-in synthetic set (`fapn_hf.tasks.semantic.demo_data`), generated from a seed, no download;
 - a local folder: a dataset saved with `save_to_disk`, parquet files (e.g. a downloaded copy of a Hub data set), or
   an `imagefolder` whose `metadata.csv` has the columns `file_name,annotation_file_name` (images and label PNGs side
   by side);
@@ -80,7 +80,7 @@ def load_segmentation_dataset(
         validation_split: the source's split that becomes `"validation"`.
         validation_fraction: only when set, the validation split is instead a deterministic (by `seed`) fraction
             held out of `train_split`; the source's own validation split, if any, is then not used.
-        demo_options: keyword arguments of `fapn_hf.demo_data.make_demo_splits` for `name="demo"`.
+        demo_options: keyword arguments of `fapn_hf.tasks.semantic.demo_data.make_demo_splits` for `name="demo"`.
 
     Raises `ValueError` naming the available splits when a requested split does not exist: nothing is carved out of
     the training data unless `validation_fraction` asks for it.

@@ -18,7 +18,7 @@ caller's generator state is left as it was: seeding per sample with `(seed, epoc
 in any process or data loader worker, which makes resumed and distributed runs exact.
 
 Evaluation has no transform here: the model's image processor resizes inference images, and labels are scored at
-their original resolution (`fapn_hf.evaluation`).
+their original resolution (`fapn_hf.inference.evaluation`).
 """
 
 from __future__ import annotations
