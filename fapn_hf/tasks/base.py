@@ -1,6 +1,7 @@
-"""What a task is to the engines: how its data is read, augmented, batched and scored, and how its predictions are
-shown, written and described on a model card. One `Task` per task (semantic segmentation today; detection, instance
-and panoptic segmentation next), defined in its own sub-package; families point at theirs (`Family.task`)."""
+"""What a task is to the engines: how its data is read, augmented, batched and scored, and how a model card reports
+it. One `Task` per task (semantic segmentation today; detection, instance and panoptic segmentation next), defined in
+its own sub-package; families point at theirs (`Family.task`). How a task's predictions are drawn and written
+(`fapn-predict`, the Space) joins this interface with the second task: today both are the semantic class map's."""
 
 from __future__ import annotations
 
@@ -27,7 +28,6 @@ class Task:
         eval_collator: `(ignore_index) -> collator` of evaluation batches (the family's training collator may
             differ, `Family.train_collator`).
         make_metrics: `(num_labels, ignore_index, id2label) -> streaming metrics` with `update` and `compute`.
-        render: `(image, prediction, num_labels, id2label) -> RGB uint8 array`: a prediction drawn over its image.
     """
 
     name: str
@@ -42,7 +42,6 @@ class Task:
     train_augmentation: Callable[[Any], Callable[..., Any]]
     eval_collator: Callable[[int], Callable[..., Any]]
     make_metrics: Callable[..., Any]
-    render: Callable[..., Any]
 
 
 __all__ = ["Task"]

@@ -10,8 +10,6 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
 from ..base import Task
 
 
@@ -40,15 +38,6 @@ def train_augmentation(data_args: Any) -> Any:
     )
 
 
-def render(image: np.ndarray, class_map: np.ndarray, id2label: dict[int, str], alpha: float = 0.5) -> np.ndarray:
-    """The class map `(H, W)` coloured with the label set's palette over `image` `(H, W, 3)` uint8."""
-    from ...labels import palette
-    from .visualization import overlay
-
-    labels = [id2label[i] for i in range(len(id2label))]
-    return overlay(image, class_map, palette(len(labels), labels), alpha)
-
-
 TASK = Task(
     name="semantic-segmentation",
     display_name="Semantic Segmentation",
@@ -66,7 +55,6 @@ TASK = Task(
     train_augmentation=train_augmentation,
     eval_collator=_on_first_use("data", "SegmentationCollator"),
     make_metrics=_on_first_use("metrics", "SegmentationMetrics"),
-    render=render,
 )
 
-__all__ = ["TASK", "render", "train_augmentation"]
+__all__ = ["TASK", "train_augmentation"]
