@@ -650,6 +650,7 @@ class BuildSpaceArguments:
     num_examples: int = field(default=3, metadata=_help("demo examples to choose"))
     title: str = field(default="FaPN semantic segmentation", metadata=_help("the Space's title"))
     short_description: str = field(default=DEFAULT_SHORT_DESCRIPTION, metadata=_help("at most 60 characters"))
+    gpu: bool = field(default=False, metadata=_help("a GPU Space: CUDA torch (default: PyTorch's CPU-only build)"))
 
 
 def build_space_main(argv: Sequence[str] | None = None) -> int:
@@ -664,6 +665,7 @@ def build_space_main(argv: Sequence[str] | None = None) -> int:
             num_examples=args.num_examples,
             title=args.title,
             short_description=args.short_description,
+            gpu=args.gpu,
         )
     print(space.describe())
     return 0

@@ -6,8 +6,10 @@ The folder works on its own, the way a Space's builder sees it after a push:
 - `README.md`: front matter by the Spaces configuration reference (`sdk_version` = the gradio installed here,
   `python_version`, `app_file`, `models:` naming the model repo the app serves, `license`, a `short_description` of
   at most 60 characters), then the page's API with a `gradio_client` example;
-- `requirements.txt`: packages from the package registry only, pinned to the versions installed where the folder is
-  built (the versions the tests ran with): the dependencies of `fapn_hf` and gradio;
+- `requirements.txt`: the packages the app, the predictor and `import fapn_hf` import (fapn_hf's dependencies less
+  the training-only ones, and gradio), pinned to the versions installed where the folder is built (the versions the
+  tests ran with); for a CPU Space torch and torchvision are PyTorch's CPU-only builds from its own wheel index
+  (`+cpu`: no CUDA libraries, a few hundred MB instead of several GB), for a GPU Space (`gpu=True`) the default build;
 - `fapn_hf/`: the package itself, vendored next to the app, so `import fapn_hf` needs neither a git URL nor a wheel
   path that depends on the directory the Space's builder installs requirements.txt from;
 - `examples/`: example images. For a model trained on the synthetic demo data (its card's tag), the demo
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from packaging.version import Version
 
 from .cards import check_repo_id, is_synthetic_demo, load_model_card
 
@@ -36,6 +39,15 @@ SHORT_DESCRIPTION_LIMIT = 60  # characters, by the Spaces configuration referenc
 DEFAULT_SHORT_DESCRIPTION = "FaPN semantic segmentation: upload an image"
 EXAMPLE_SIZE = (256, 256)
 EXAMPLE_CANDIDATES = 16
+# Dependencies of fapn_hf that only training and evaluation import; the app, the predictor and `import fapn_hf` run
+# without them (tests/test_space_folder.py starts the app in a virtualenv that lacks them).
+TRAINING_ONLY = frozenset({"datasets", "accelerate", "matplotlib"})
+# PyTorch's own index of CPU-only wheels; its Linux builds carry the local version `+cpu`. Elsewhere (macOS, Windows)
+# the registry's torch has no CUDA libraries anyway.
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+TORCH_CPU_PACKAGES = ("torch", "torchvision")
+CPU_PLATFORM, OTHER_PLATFORMS = 'sys_platform == "linux"', 'sys_platform != "linux"'  # PEP 508 markers have no `not`
+CPU_HARDWARE, GPU_HARDWARE = "cpu-basic", "t4-small"  # the front matter's `suggested_hardware`
 
 
 @dataclass
@@ -62,10 +74,14 @@ class SpaceFolder:
         return "\n".join(lines)
 
 
-def pinned_requirements() -> list[str]:
-    """`name==version` for every dependency of `fapn_hf` (pyproject.toml) and for gradio, at the installed versions.
+def pinned_requirements(gpu: bool = False) -> list[str]:
+    """The Space's requirements, one line each: `name==version` for every dependency of `fapn_hf` (pyproject.toml)
+    but `TRAINING_ONLY`, and for gradio, at the installed versions.
 
-    Raises `ModuleNotFoundError` naming a dependency that is not installed here (its version cannot be pinned)."""
+    Without `gpu`, torch and torchvision are pinned to PyTorch's CPU-only builds on Linux (`torch==2.14.1+cpu;
+    sys_platform == "linux"`, from `TORCH_CPU_INDEX`, which `requirements_file` names) and to the registry's build
+    elsewhere; with `gpu`, to the registry's build (CUDA on Linux). Raises `ModuleNotFoundError` naming a dependency
+    that is not installed here (its version cannot be pinned)."""
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
@@ -76,18 +92,45 @@ def pinned_requirements() -> list[str]:
 
     names = [Requirement(spec).name for spec in tomllib.loads(PYPROJECT.read_text())["project"]["dependencies"]]
     pins = []
-    for name in [*names, "gradio"]:
+    for name in [*(name for name in names if name not in TRAINING_ONLY), "gradio"]:
         try:
-            pins.append(f"{name}=={metadata.version(name)}")
+            version = Version(metadata.version(name)).public  # without a local build tag such as +cu130
         except metadata.PackageNotFoundError:
             raise ModuleNotFoundError(
                 f"{name} is not installed, so the Space's requirements cannot pin it: pip install {name}"
             ) from None
+        if name in TORCH_CPU_PACKAGES and not gpu:
+            pins += [f"{name}=={version}+cpu; {CPU_PLATFORM}", f"{name}=={version}; {OTHER_PLATFORMS}"]
+        else:
+            pins.append(f"{name}=={version}")
     return pins
 
 
-def space_card(model_id: str, title: str, short_description: str, requirements: list[str], emoji: str = "🧩") -> Any:
-    """The Space's README.md (a `huggingface_hub.SpaceCard`): front matter and the API with a client example."""
+def requirements_file(requirements: list[str]) -> str:
+    """The text of the Space's requirements.txt: a comment, PyTorch's CPU index when a requirement pins a `+cpu`
+    build, then `requirements`."""
+    lines = [
+        "# What the Space's app imports, at the versions fapn_hf was tested with; fapn_hf is the folder next to app.py."
+    ]
+    if any("+cpu" in requirement for requirement in requirements):
+        lines += [
+            "# CPU-only torch and torchvision (no CUDA libraries) from PyTorch's own index; a GPU Space is built with",
+            "# `fapn-build-space --gpu`.",
+            f"--extra-index-url {TORCH_CPU_INDEX}",
+        ]
+    return "\n".join([*lines, *requirements]) + "\n"
+
+
+def space_card(
+    model_id: str,
+    title: str,
+    short_description: str,
+    requirements: list[str],
+    emoji: str = "🧩",
+    hardware: str = CPU_HARDWARE,
+) -> Any:
+    """The Space's README.md (a `huggingface_hub.SpaceCard`): front matter (`suggested_hardware`: `hardware`) and the
+    API with a client example."""
     from huggingface_hub import SpaceCard, SpaceCardData
 
     if len(short_description) > SHORT_DESCRIPTION_LIMIT:
@@ -109,6 +152,7 @@ def space_card(model_id: str, title: str, short_description: str, requirements: 
         colorTo="green",
         pinned=False,
         short_description=short_description,
+        suggested_hardware=hardware,
     )
     body = f"""
 # {title}
@@ -120,11 +164,13 @@ augmentation are switches.
 
 Images are read like everywhere in `fapn_hf`: phone photos upright by their EXIF orientation, 16-bit images scaled
 by their range, transparent pixels composited over white, the first frame of an animation (said in the status).
-Images above one megapixel are reduced right after reading; the result is shown at that size. An unreadable file
-(empty, or not an image) fails the request with a message saying so.
+Images above one megapixel are reduced right after reading (the status says to what size); the result is shown at
+that size. A format browsers cannot display (TIFF) is previewed as a PNG of the decoded image; the file itself is
+what gets segmented. What the page shows always belongs to the image in the input: a new image clears the result, and
+a file that cannot be segmented (empty, cut short, not an image) clears it and says why in the status.
 
 The model is `models:` above, or the `FAPN_MODEL` variable when one is set in the Space settings. If it cannot be
-loaded, the page says why and what to do.
+loaded, the page says why and what to do, and the Space's log says so with the traceback.
 
 ## API
 
@@ -138,8 +184,16 @@ One endpoint, `/segment`, with these parameters:
 | `opacity` | float in [0, 1] | opacity of the class colours over the image (default 0.5) |
 | `hide_background` | bool | leave pixels of the background class unpainted (models with such a class) |
 
-It returns the overlay (a PNG), the legend (HTML), the area per class (`class`, `area (%)`, `pixels`) and a status
-line with the sizes and timings. An unreadable image raises an error with the message.
+It returns, in this order:
+
+| name | type | meaning |
+|---|---|---|
+| `Overlay` | image file (PNG) | the class colours over the (reduced) image |
+| `Legend` | str (HTML) | the classes present, in the overlay's colours, largest first |
+| `Areas` | table | a row per class present: `class` (str), `area (%)` (number, 3 significant digits), `pixels` (int) |
+| `Status` | str (Markdown) | the image size, any reduction, the number of views and the timings |
+
+A file that cannot be segmented fails the call with the message (`gradio_client` raises `AppError`).
 
 ```python
 from gradio_client import Client, handle_file
@@ -193,6 +247,7 @@ def build_space(
     num_examples: int = 3,
     title: str = "FaPN semantic segmentation",
     short_description: str = DEFAULT_SHORT_DESCRIPTION,
+    gpu: bool = False,
 ) -> SpaceFolder:
     """Writes the Space folder serving Hub model `model_id` into `output_dir` (new or empty; nothing is overwritten).
 
@@ -205,6 +260,8 @@ def build_space(
             `num_examples` demo images it segments best, else none.
         num_examples: how many demo examples to choose.
         title, short_description: the Space's title and card description (at most 60 characters).
+        gpu: the Space runs on a GPU: requirements.txt pins the registry's (CUDA) torch, the front matter suggests
+            GPU hardware; default: a CPU Space with PyTorch's CPU-only build.
 
     Raises `ValueError` for an invalid id, a description that is too long or a non-empty `output_dir`,
     `FileNotFoundError` outside a source checkout (no `space_app/app.py`) or for missing example files.
@@ -220,17 +277,14 @@ def build_space(
     missing = [str(path) for path in examples or [] if not Path(path).is_file()]
     if missing:
         raise FileNotFoundError(f"example images not found: {', '.join(missing)}")
-    requirements = pinned_requirements()
-    card = space_card(model_id, title, short_description, requirements)  # checks the description before writing
+    requirements = pinned_requirements(gpu=gpu)
+    # Checks the description before writing.
+    card = space_card(model_id, title, short_description, requirements, hardware=GPU_HARDWARE if gpu else CPU_HARDWARE)
 
     output_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy2(APP_SOURCE, output_dir / "app.py")
     card.save(output_dir / "README.md")
-    (output_dir / "requirements.txt").write_text(
-        "# Registry packages at the versions fapn_hf was tested with; fapn_hf itself is the folder next to app.py.\n"
-        + "\n".join(requirements)
-        + "\n"
-    )
+    (output_dir / "requirements.txt").write_text(requirements_file(requirements))
     shutil.copytree(PACKAGE_DIR, output_dir / "fapn_hf", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
     example_dir = output_dir / "examples"
@@ -259,4 +313,11 @@ def build_space(
     return SpaceFolder(output_dir, model_id, requirements, written, scores)
 
 
-__all__ = ["SpaceFolder", "build_space", "pick_demo_examples", "pinned_requirements", "space_card"]
+__all__ = [
+    "SpaceFolder",
+    "build_space",
+    "pick_demo_examples",
+    "pinned_requirements",
+    "requirements_file",
+    "space_card",
+]
