@@ -6,20 +6,26 @@
 
 `fapn-build-space` turns this file into a Space folder (app, front matter, examples, requirements, the
 package); the model comes from `--model`, else FAPN_MODEL, else the first entry of `models:` in the README.md next to
-this file. A model that does not load leaves the page up with a message saying what failed and what to do.
+this file. A model that does not load leaves the page up with a message saying what failed and what to do, and the
+server log (where a Space owner looks) says the same with the traceback.
 
 Upload an image and get the class overlay (opacity and "hide background" are controls that do not re-run the
 model), a legend in the model's palette, the area of each class and the time the request took. Images are read by
 `fapn_hf.decode_image`, the package's one decoding rule (EXIF orientation, 16-bit, transparency over white, first
 frame of an animation); images above MAX_PIXELS are reduced right after decoding, so memory stays bounded and the
-result is shown at the reduced size. Unreadable uploads fail the request with a message (`gr.Error`), in the page
-and for API clients alike.
+result is shown at the reduced size. A file browsers cannot display (TIFF) is previewed as a PNG of the decoded
+image; the file itself is what gets segmented.
+
+What the page shows always belongs to the image in the input: a new upload clears the result, a failed request
+clears it and says why once, in the status (no toast, no error badge on every output), and a result that arrives
+after the visitor changed the image is dropped. API clients call `/segment`, which fails with the message instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import html
+import logging
 import math
 import os
 import time
@@ -45,7 +51,15 @@ MULTI_SCALES = (0.75, 1.0, 1.25)
 DEFAULT_OPACITY = 0.5
 BACKGROUND_NAMES = frozenset({"background"})  # classes the "hide background" switch leaves unpainted
 TABLE_HEADERS = ["class", "area (%)", "pixels"]
+TABLE_TYPES = ["str", "number", "number"]  # numbers stay numbers for API clients
+AREA_DIGITS = 3  # significant digits of an area: 24 pixels of a megapixel is 0.00229 %, not 0.0 %
 READABLE_FORMATS = "PNG, JPEG, WebP, GIF, TIFF or BMP"
+# PIL formats an <img> shows in every current browser; the others (TIFF, ...) get a PNG preview in the input.
+BROWSER_FORMATS = frozenset({"PNG", "JPEG", "MPO", "GIF", "WEBP", "BMP", "ICO", "AVIF"})
+PIL_DIR = Path(PIL.__file__).resolve().parent
+ERROR_MARK = "⚠️"  # starts a status that says why nothing was segmented
+
+logger = logging.getLogger("fapn_space")
 
 
 def model_id_from_settings(app_dir: Path = APP_DIR) -> str | None:
@@ -86,8 +100,9 @@ class Segmenter:
 
 
 def visitor_error(message: str, title: str) -> gr.Error:
-    """The error a request fails with: shown in the page until closed, returned to API clients; no traceback."""
-    return gr.Error(message, duration=None, title=title, print_exception=False)
+    """The error a request fails with: its message (in the app's words, no traceback) reaches API clients; the page
+    shows it in the status instead (`page_segment`)."""
+    return gr.Error(message, title=title, print_exception=False)
 
 
 def _load_error(model_id: str | None, error: Exception | None) -> str:
@@ -106,23 +121,51 @@ def _load_error(model_id: str | None, error: Exception | None) -> str:
 
 
 def load_segmenter(model_id: str | None) -> Segmenter:
-    """The app's one way to build its predictor from a model id (Hub id or folder); never raises."""
+    """The app's one way to build its predictor from a model id (Hub id or folder); never raises.
+
+    A failure becomes the page's message and an error in the server log (with the traceback, for the owner)."""
     if model_id is None:
-        return Segmenter(None, error=_load_error(None, None))
+        segmenter = Segmenter(None, error=_load_error(None, None))
+        logger.error(segmenter.error)
+        return segmenter
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # a GPU Space uses its GPU
     try:
         # ONNX Runtime when the model repo ships model.onnx and onnxruntime is installed, PyTorch otherwise.
-        predictor = SegmentationPredictor.from_pretrained(model_id, device="cpu", backend="auto")
+        predictor = SegmentationPredictor.from_pretrained(model_id, device=device, backend="auto")
     except Exception as error:  # any failure becomes a message in the page rather than a dead app
-        return Segmenter(model_id, error=_load_error(model_id, error))
+        segmenter = Segmenter(model_id, error=_load_error(model_id, error))
+        logger.error(segmenter.error, exc_info=error)
+        return segmenter
     card = load_model_card(model_id)
     names = [predictor.id2label[i] for i in range(len(predictor.id2label))]
     return Segmenter(model_id, predictor, synthetic=card is not None and is_synthetic_demo(card.data), names=names)
 
 
+def _is_truncation(error: BaseException | None) -> bool:
+    # PIL says "image file is truncated (N bytes not processed)" when the data ends before the image does.
+    return isinstance(error, OSError) and "truncated" in str(error).lower()
+
+
+def _notes(caught: list[warnings.WarningMessage]) -> list[str]:
+    """The decoding warnings a visitor should read (the package's own, e.g. "first frame of an animation").
+
+    PIL's warnings are its own words for the server log, never the page: the decompression-bomb warning of a large
+    photo is said by the status in the app's words ("reduced to N pixels"), the others are details of a file."""
+    notes = []
+    for caught_warning in caught:
+        if Path(caught_warning.filename).resolve().is_relative_to(PIL_DIR):
+            logger.info("PIL: %s", caught_warning.message)
+        else:
+            notes.append(str(caught_warning.message))
+    return notes
+
+
 def read_upload(path: str | None) -> tuple[np.ndarray, list[str]]:
     """The upload decoded by `decode_image` (RGB uint8) and its notes (e.g. "first frame of an animation").
 
-    Raises `gr.Error` with a message for a missing, empty or unreadable file."""
+    Raises `gr.Error` with a message for a missing, empty, cut-short or unreadable file."""
     if path is None:
         raise visitor_error(f"Upload an image first ({READABLE_FORMATS}).", "No image")
     name = Path(path).name
@@ -136,12 +179,18 @@ def read_upload(path: str | None) -> tuple[np.ndarray, list[str]]:
             cause = error.__cause__
             if isinstance(cause, PIL.Image.DecompressionBombError):
                 reason = f"it has more pixels than this app reads ({2 * PIL.Image.MAX_IMAGE_PIXELS:,} at most)"
+            elif _is_truncation(cause):
+                raise visitor_error(
+                    f"{name} is cut short (truncated): the file ends before its image does, as after an interrupted "
+                    "download or copy, so the browser may show only part of it. Upload the complete file.",
+                    name,
+                ) from None
             elif isinstance(cause, (OSError, SyntaxError)):
                 reason = f"its content is not an image this app can read ({READABLE_FORMATS})"
             else:
                 reason = str(error)
             raise visitor_error(f"{name} could not be read: {reason}.", name) from None
-    return image, [str(warning.message) for warning in caught]
+    return image, _notes(caught)
 
 
 def fit_pixels(image: np.ndarray, max_pixels: int) -> np.ndarray:
@@ -152,6 +201,11 @@ def fit_pixels(image: np.ndarray, max_pixels: int) -> np.ndarray:
     scale = math.sqrt(max_pixels / (height * width))
     size = (max(1, math.floor(width * scale)), max(1, math.floor(height * scale)))
     return np.asarray(PIL.Image.fromarray(image).resize(size, PIL.Image.BILINEAR, reducing_gap=3.0))
+
+
+def area_percent(pixels: int, total: int, digits: int = AREA_DIGITS) -> float:
+    """`pixels` of `total` in percent, to `digits` significant digits (never 0 for a class that has pixels)."""
+    return float(f"{100 * pixels / total:.{digits}g}")
 
 
 @dataclass
@@ -165,7 +219,8 @@ class Segmentation:
 def render(
     segmenter: Segmenter, result: Segmentation, opacity: float, hide_background: bool, cache_dir: str
 ) -> tuple[str, str, list[list[Any]]]:
-    """The overlay (a PNG in gradio's cache), the legend (HTML) and the area table of `result`."""
+    """The overlay (a PNG in gradio's cache), the legend (HTML) and the area table `[class, area %, pixels]`
+    (largest first) of `result`."""
     names, colors = segmenter.names, segmenter.colors
     hidden = segmenter.background_ids if hide_background else []
     painted = np.where(np.isin(result.labels, hidden), 255, result.labels) if hidden else result.labels
@@ -174,7 +229,7 @@ def render(
 
     ids, counts = np.unique(result.labels, return_counts=True)
     order = np.argsort(-counts, kind="stable")
-    table = [[names[ids[i]], round(100 * counts[i] / result.labels.size, 2), int(counts[i])] for i in order]
+    table = [[names[ids[i]], area_percent(int(counts[i]), result.labels.size), int(counts[i])] for i in order]
     items = []
     for i in order:
         r, g, b = colors[ids[i]].tolist()
@@ -185,6 +240,17 @@ def render(
         )
     legend = f'<div class="fapn-legend">{"".join(items)}</div>'
     return path, legend, table
+
+
+def describe_size(height: int, width: int, shown: tuple[int, int]) -> str:
+    """The status's words for the image size: `96x64 image`, or for an image reduced to `shown` (H, W)
+    `12000x9000 image (108 megapixels): reduced to 1182x886 (1,047,252 pixels) for segmentation`."""
+    if shown == (height, width):
+        return f"{width}x{height} image"
+    return (
+        f"{width}x{height} image ({height * width / 1e6:.3g} megapixels): reduced to {shown[1]}x{shown[0]} "
+        f"({shown[0] * shown[1]:,} pixels) for segmentation"
+    )
 
 
 def segment(
@@ -199,7 +265,7 @@ def segment(
 ) -> tuple[str, str, list[list[Any]], str, Segmentation]:
     """Segments one upload: `(overlay path, legend HTML, area table, status, result)`.
 
-    Raises `gr.Error` (a message in the page, a failed call for API clients) when there is no model or the upload
+    Raises `gr.Error` (a failed call for API clients, the status for the page) when there is no model or the upload
     cannot be read. The time in the status covers everything from the upload on disk to the encoded overlay."""
     started = time.perf_counter()
     if segmenter.predictor is None:
@@ -215,17 +281,152 @@ def segment(
     overlay_path, legend, table = render(segmenter, result, opacity, hide_background, cache_dir)
     done = time.perf_counter()
 
-    reduced = ""
-    if rgb.shape[:2] != (height, width):
-        reduced = (
-            f", segmented and shown at {rgb.shape[1]}x{rgb.shape[0]} (uploads above {max_pixels:,} pixels are reduced)"
-        )
     status = (
-        f"{width}x{height} image{reduced}; {tta.num_views} view(s); **{done - started:.2f} s** in all "
+        f"{describe_size(height, width, rgb.shape[:2])}; {tta.num_views} view(s); **{done - started:.2f} s** in all "
         f"(reading {read - started:.2f} s, model {predicted - read:.2f} s, overlay {done - predicted:.2f} s)"
     )
     status += "".join(f"\n\nNote: {note}" for note in notes)
     return overlay_path, legend, table, status, result
+
+
+@dataclass
+class PageState:
+    """What one visitor's page shows, kept by gradio for the session (`gr.State`).
+
+    Gradio hands every event of the session this same object (a State input is not copied), so an upload that
+    `new_image` records while a segmentation runs is seen by that segmentation when it ends, and its result is
+    dropped instead of being shown next to the new image."""
+
+    shown: str | None = None  # the uploaded file the input shows (for a PNG preview: the file behind it)
+    preview: str | None = None  # the PNG preview the input shows for a format browsers cannot display
+    result: Segmentation | None = None  # the result on the page, for the overlay controls; always of `shown`
+
+    def file_of(self, image: str | None) -> str | None:
+        """The uploaded file behind the input's value `image` (the preview's source, or `image` itself)."""
+        return self.shown if image is not None and _same(image, self.preview) else image
+
+
+def _same(a: str | None, b: str | None) -> bool:
+    """Whether two values of the input name the same file (gradio may hand the same file under another spelling);
+    no file is the same as no file."""
+    if a is None or b is None:
+        return a is b
+    return Path(a).resolve() == Path(b).resolve()
+
+
+def browser_preview(path: str, cache_dir: str, max_pixels: int = MAX_PIXELS) -> tuple[str, str] | None:
+    """`(PNG path in gradio's cache, PIL format)`: `path` decoded as it is segmented, for a format browsers cannot
+    display (TIFF); None for the formats they show, and for files that cannot be read (Segment says why)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a large image's decompression-bomb warning: not news here
+            with PIL.Image.open(path) as opened:
+                if opened.format in BROWSER_FORMATS:
+                    return None
+                kind = opened.format
+        rgb, _ = read_upload(path)
+    except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError, gr.Error):
+        return None
+    preview = PIL.Image.fromarray(fit_pixels(rgb, max_pixels))
+    return save_pil_to_cache(preview, cache_dir=cache_dir, name=f"{Path(path).stem}-preview", format="png"), kind
+
+
+def cleared(status: str = "") -> tuple[None, str, list[list[Any]], str]:
+    """The outputs of a page that shows no result: `(overlay, legend, table, status)`."""
+    return None, "", [], status
+
+
+def failure_status(message: str) -> str:
+    return f"{ERROR_MARK} **Not segmented.** {message}"
+
+
+def new_image(page: PageState, image: str | None, cache_dir: str) -> tuple[Any, ...]:
+    """The input changed (upload, example, clear, or this app's preview): `(overlay, legend, table, status, input)`.
+
+    A new file clears the result (it belonged to the previous image) and, for a format browsers cannot display, puts
+    a PNG preview into the input; the preview coming back as the input's value, or the file already shown, keeps
+    the page as it is."""
+    if image is not None and _same(image, page.preview):
+        return (gr.skip(),) * 5
+    fresh = image is None or not _same(image, page.shown)
+    if fresh:
+        page.shown, page.preview, page.result = image, None, None
+    note, input_value = "", gr.skip()
+    if image is not None and page.preview is None:
+        preview = browser_preview(image, cache_dir)
+        if preview is not None:
+            input_value, kind = preview
+            page.preview = input_value
+            note = f"Browsers cannot show {kind} files: the input shows a PNG preview; Segment reads the file itself."
+    return (*cleared(note), input_value) if fresh else (*(gr.skip(),) * 4, input_value)
+
+
+def page_segment(
+    segmenter: Segmenter,
+    page: PageState,
+    image: str | None,
+    flip: bool,
+    multiscale: bool,
+    opacity: float,
+    hide_background: bool,
+    cache_dir: str,
+) -> tuple[Any, ...]:
+    """The Segment button: `(overlay, legend, table, status)`; never raises.
+
+    A failure clears the outputs and says why in the status, once; an unexpected error is logged with its traceback
+    and the page says so in a sentence. A result for an image the visitor replaced meanwhile is not shown: the
+    request still runs (a queued request is not cancelled, as a cancel sent with the new upload could also catch the
+    click that follows it), and `new_image` has already cleared the page."""
+    file = page.file_of(image)
+    try:
+        overlay_path, legend, table, status, result = segment(
+            segmenter, file, flip, multiscale, opacity, hide_background, cache_dir
+        )
+    except gr.Error as error:
+        outputs, result = cleared(failure_status(error.message)), None
+    except Exception:
+        logger.exception("segmenting %s failed", file)
+        outputs, result = cleared(failure_status("Something went wrong on the server; try again.")), None
+    else:
+        outputs = overlay_path, legend, table, status
+    if not _same(file, page.shown):  # a new image arrived meanwhile (or `new_image` has not seen this one yet)
+        logger.info("the result for %s is not shown: the visitor changed the image meanwhile", Path(file or "").name)
+        return (gr.skip(),) * 4
+    page.result = result
+    return outputs
+
+
+def redraw(
+    segmenter: Segmenter, page: PageState, opacity: float, hide_background: bool, cache_dir: str
+) -> tuple[Any, Any]:
+    """The overlay controls: the kept result re-drawn `(overlay, legend)`; nothing when the page shows no result."""
+    result = page.result
+    if result is None:
+        return gr.skip(), gr.skip()
+    path, legend_html, _ = render(segmenter, result, opacity, hide_background, cache_dir)
+    if page.result is not result:  # the image changed while drawing
+        return gr.skip(), gr.skip()
+    return path, legend_html
+
+
+def api_segment(
+    segmenter: Segmenter,
+    image: str | None,
+    flip: bool,
+    multiscale: bool,
+    opacity: float,
+    hide_background: bool,
+    cache_dir: str,
+) -> tuple[str, str, list[list[Any]], str]:
+    """`/segment` for API clients: `(overlay, legend, areas, status)`; a request that cannot be served fails with
+    the message (`gr.Error`), an unexpected error with a sentence (its traceback goes to the server log)."""
+    try:
+        return segment(segmenter, image, flip, multiscale, opacity, hide_background, cache_dir)[:4]
+    except gr.Error:
+        raise
+    except Exception:
+        logger.exception("segmenting %s failed", image)
+        raise visitor_error("Something went wrong on the server; try again.", "Server error") from None
 
 
 def describe_model(segmenter: Segmenter) -> str:
@@ -247,22 +448,36 @@ def describe_model(segmenter: Segmenter) -> str:
     return text
 
 
+RAW_UPLOAD = "fapn-raw-upload"  # the elem_classes mark of the upload box: gradio hands it the file as it is
+
+
+def _pass_files_as_they_are(preprocess: Any) -> Any:
+    """gradio's `Image.preprocess` made to hand a marked box's uploaded file to the app as it is: gradio's own check
+    opens it with PIL and answers a zero-byte, cut-short or non-image file with a bare "Error" (and a badge) before the
+    app can say what is wrong.
+
+    The class is patched, not the instance: an event that updates the box (an example click, a preview) makes gradio
+    rebuild it for that session from its constructor arguments, which keep the mark but not an instance attribute; a
+    subclass would make gradio write a .pyi stub next to this file. Other `gr.Image`s are left as gradio has them."""
+
+    def preprocess_marked(self: gr.Image, payload: Any) -> Any:
+        marked = RAW_UPLOAD in (self.elem_classes or [])
+        if marked and payload is not None and payload.path is not None and not (payload.url or "").startswith("data:"):
+            return str(payload.path)
+        return preprocess(self, payload)
+
+    preprocess_marked.passes_files_as_they_are = True
+    return preprocess_marked
+
+
+if not getattr(gr.Image.preprocess, "passes_files_as_they_are", False):  # once, even when this file is loaded twice
+    gr.Image.preprocess = _pass_files_as_they_are(gr.Image.preprocess)
+
+
 def image_upload(**kwargs: Any) -> gr.Image:
-    """A `gr.Image` that hands the uploaded file to the app as it is: gradio's own check opens it with PIL and
-    answers a zero-byte or non-image file with a bare "Error" before the app can say what is wrong.
-
-    The override is set on the instance: a subclass of a gradio component makes gradio write a .pyi stub next to
-    this file on import."""
-    component = gr.Image(type="filepath", image_mode=None, **kwargs)
-    check_and_convert = component.preprocess
-
-    def preprocess(payload: Any) -> str | None:
-        if payload is None or payload.path is None or (payload.url or "").startswith("data:"):
-            return check_and_convert(payload)
-        return str(payload.path)
-
-    component.preprocess = preprocess
-    return component
+    """The upload box: a `gr.Image` whose file reaches the app as it is (`type="filepath"`, no mode conversion, and
+    no check by gradio, see `_pass_files_as_they_are`)."""
+    return gr.Image(type="filepath", image_mode=None, elem_classes=[RAW_UPLOAD], **kwargs)
 
 
 CSS = """
@@ -273,8 +488,8 @@ CSS = """
 
 
 def build_app(segmenter: Segmenter) -> gr.Blocks:
-    """The page. API: `/segment(image, flip, multiscale, opacity, hide_background)` -> overlay, legend, table,
-    status."""
+    """The page. API: `/segment(image, flip, multiscale, opacity, hide_background)` -> `(overlay, legend, areas,
+    status)`."""
     examples = sorted(str(p) for p in EXAMPLES_DIR.iterdir() if p.is_file()) if EXAMPLES_DIR.is_dir() else []
     has_background = bool(segmenter.background_ids)
     with gr.Blocks(title=f"FaPN semantic segmentation: {segmenter.display_name}", delete_cache=(1800, 3600)) as app:
@@ -294,12 +509,7 @@ def build_app(segmenter: Segmenter) -> gr.Blocks:
                     gr.Examples(examples=examples, inputs=upload, cache_examples=False, elem_id="examples")
             with gr.Column():
                 overlay_image = gr.Image(
-                    label="Segmentation",
-                    type="filepath",
-                    format="png",
-                    interactive=False,
-                    elem_id="overlay",
-                    height=360,
+                    label="Overlay", type="filepath", format="png", interactive=False, elem_id="overlay", height=360
                 )
                 opacity = gr.Slider(0, 1, value=DEFAULT_OPACITY, step=0.05, label="Overlay opacity", elem_id="opacity")
                 hide_background = gr.Checkbox(
@@ -309,37 +519,56 @@ def build_app(segmenter: Segmenter) -> gr.Blocks:
                     visible=has_background,
                 )
                 legend = gr.HTML(label="Legend")
-                status = gr.Markdown(elem_id="status")
-                table = gr.Dataframe(headers=TABLE_HEADERS, label="Area per class", interactive=False, elem_id="areas")
-        result = gr.State(None)
+                status = gr.Markdown(label="Status", elem_id="status")  # the label names the API's output
+                table = gr.Dataframe(
+                    headers=TABLE_HEADERS,
+                    datatype=TABLE_TYPES,
+                    label="Areas",
+                    interactive=False,
+                    elem_id="areas",
+                )
+        page = gr.State(PageState())  # each session gets its own copy
+        api_trigger = gr.Button(visible=False)  # `/segment` for API clients: the page uses `page_segment`
         cache_dir = overlay_image.GRADIO_CACHE
+        outputs = [overlay_image, legend, table, status]
 
-        def run(
+        def on_segment(page: PageState, *controls: Any) -> tuple[Any, ...]:
+            return page_segment(segmenter, page, *controls, cache_dir)
+
+        def on_api(  # its parameter names are the API's
             image: str | None, flip: bool, multiscale: bool, opacity: float, hide_background: bool
-        ) -> tuple[str, str, list[list[Any]], str, Segmentation]:
-            return segment(segmenter, image, flip, multiscale, opacity, hide_background, cache_dir)
+        ) -> tuple[str, str, list[list[Any]], str]:
+            return api_segment(segmenter, image, flip, multiscale, opacity, hide_background, cache_dir)
 
-        def redraw(result: Segmentation | None, opacity: float, hide_background: bool) -> tuple[Any, Any]:
-            if result is None:
-                return gr.skip(), gr.skip()
-            path, legend_html, _ = render(segmenter, result, opacity, hide_background, cache_dir)
-            return path, legend_html
-
+        controls = [upload, flip, multiscale, opacity, hide_background]
+        # One inference at a time, page and API together: visitors wait in the queue instead of sharing the CPU.
+        # A click while a request is running (e.g. for the previous image) runs once that one ends: gradio's default
+        # for clicks would drop it.
         submit.click(
-            run,
-            inputs=[upload, flip, multiscale, opacity, hide_background],
-            outputs=[overlay_image, legend, table, status, result],
-            api_name="segment",
+            on_segment,
+            [page, *controls],
+            outputs,
+            api_visibility="private",
+            concurrency_id="model",
+            trigger_mode="always_last",
+        )
+        api_trigger.click(on_api, controls, outputs, api_name="segment", concurrency_id="model")
+        upload.change(
+            lambda page, image: new_image(page, image, cache_dir),
+            [page, upload],
+            [*outputs, upload],
+            api_visibility="private",
+            show_progress="hidden",
         )
         for control in (opacity, hide_background):
             control.change(
-                redraw,
-                inputs=[result, opacity, hide_background],
-                outputs=[overlay_image, legend],
+                lambda page, opacity, hide: redraw(segmenter, page, opacity, hide, cache_dir),
+                [page, opacity, hide_background],
+                [overlay_image, legend],
                 api_visibility="private",
                 trigger_mode="always_last",
+                show_progress="hidden",
             )
-    # One inference at a time: concurrent visitors wait in the queue instead of sharing the CPU.
     app.queue(default_concurrency_limit=1, max_size=32)
     return app
 
@@ -350,8 +579,15 @@ def main() -> None:
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     args = parser.parse_args()
-    app = build_app(load_segmenter(args.model or model_id_from_settings()))
-    app.launch(server_name=args.host, server_port=args.port, css=CSS)
+    # The server log is where a Space owner looks: errors (a model that does not load) and PIL's notes go there.
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # other libraries: warnings up
+    logger.setLevel(logging.INFO)
+    segmenter = load_segmenter(args.model or model_id_from_settings())
+    if segmenter.predictor is None:
+        print(f"FaPN Space: serving no model. {segmenter.error}", flush=True)
+    else:
+        print(f"FaPN Space: serving {segmenter.display_name} ({len(segmenter.names)} classes)", flush=True)
+    build_app(segmenter).launch(server_name=args.host, server_port=args.port, css=CSS)
 
 
 if __name__ == "__main__":

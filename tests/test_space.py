@@ -5,6 +5,8 @@ and a real browser: tests/test_space_folder.py."""
 from __future__ import annotations
 
 import importlib.util
+import logging
+import re
 import sys
 from pathlib import Path
 
@@ -112,11 +114,36 @@ def test_huge_uploads_are_reduced_right_after_reading(app_module, segmenter, tmp
     )
     assert Image.open(overlay).size == (129, 77) and result.labels.shape == (77, 129)  # 129 * 77 <= 100 * 100
     assert sum(row[2] for row in table) == 77 * 129
-    assert status.startswith("500x300 image, segmented and shown at 129x77")
+    assert status.startswith("500x300 image (0.15 megapixels): reduced to 129x77 (9,933 pixels) for segmentation; ")
+
+
+def test_a_decompression_bomb_warning_is_said_in_the_apps_words_and_logged(
+    app_module, segmenter, tmp_path, cache_dir, monkeypatch, caplog
+):
+    """PIL warns above MAX_IMAGE_PIXELS (89 megapixels: a 108-megapixel photo): the page says what the app did with
+    the image, the server log keeps PIL's words. The limit is lowered here so that a small file crosses it."""
+    path = _save(tmp_path, "large.png", np.random.default_rng(6).integers(0, 255, (90, 120, 3), dtype=np.uint8))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100 * 100)  # 120 * 90 = 10,800 pixels: a warning, not an error
+    with caplog.at_level(logging.INFO, logger="fapn_space"):
+        *_, status, result = app_module.segment(segmenter, path, False, False, 0.5, True, cache_dir, max_pixels=2500)
+    assert result.labels.shape == (43, 57)
+    assert status.startswith("120x90 image (0.0108 megapixels): reduced to 57x43 (2,451 pixels) for segmentation; ")
+    assert "bomb" not in status and "Note" not in status
+    assert any("decompression bomb" in record.getMessage() for record in caplog.records)
 
 
 def _message(error: pytest.ExceptionInfo) -> str:
     return str(error.value.message if hasattr(error.value, "message") else error.value)
+
+
+def _truncated_jpeg(tmp_path: Path, name: str = "cut.jpg") -> str:
+    """A JPEG whose second half is missing, as after an interrupted download: PIL reads its header, not its pixels."""
+    full = tmp_path / f"full-{name}"
+    Image.fromarray(np.random.default_rng(7).integers(0, 255, (60, 80, 3), dtype=np.uint8)).save(full)
+    data = full.read_bytes()
+    path = tmp_path / name
+    path.write_bytes(data[: len(data) // 2])
+    return str(path)
 
 
 def test_bad_uploads_fail_with_a_message_naming_the_file(app_module, segmenter, tmp_path, cache_dir):
@@ -127,15 +154,36 @@ def test_bad_uploads_fail_with_a_message_naming_the_file(app_module, segmenter, 
     for path, expected in (
         (empty, "empty.png is empty (0 bytes)"),
         (text, "notes.jpg could not be read: its content is not an image"),
+        (_truncated_jpeg(tmp_path), "cut.jpg is cut short (truncated)"),
         (None, "Upload an image first"),
     ):
         with pytest.raises(gr.Error) as error:
             app_module.segment(segmenter, None if path is None else str(path), False, False, 0.5, True, cache_dir)
         assert expected in _message(error) and str(tmp_path) not in _message(error)
+    with pytest.raises(gr.Error) as error:  # PIL knows it is a JPEG: it is not called "not an image"
+        app_module.segment(segmenter, _truncated_jpeg(tmp_path, "photo.jpg"), False, False, 0.5, True, cache_dir)
+    assert "not an image" not in _message(error) and "Upload the complete file" in _message(error)
 
 
-def test_a_model_that_does_not_load_leaves_the_page_with_a_message(app_module, tmp_path, cache_dir):
-    missing = app_module.load_segmenter("org/no-such-model-anywhere")
+def test_small_areas_keep_three_significant_digits(app_module, segmenter, cache_dir):
+    """24 pixels of a megapixel is 0.00229 %, not 0.0 %: every class present has a positive area."""
+    labels = np.zeros((1024, 1024), np.uint16)
+    labels.flat[:24] = 1
+    labels[512:, :] = 2
+    result = app_module.Segmentation(np.zeros((1024, 1024, 3), np.uint8), labels)
+    _, _, table = app_module.render(segmenter, result, 0.5, False, cache_dir)
+    assert table == [["box", 50.0, 524288], ["background", 50.0, 524264], ["blob", 0.00229, 24]]
+    assert all(isinstance(row[1], float) and isinstance(row[2], int) for row in table)
+    assert app_module.area_percent(1, 3) == 33.3 and app_module.area_percent(2, 3) == 66.7
+    assert app_module.area_percent(3, 3) == 100.0 and app_module.area_percent(1, 10**9) == 1e-7
+
+
+def test_a_model_that_does_not_load_leaves_the_page_with_a_message(app_module, tmp_path, cache_dir, caplog):
+    with caplog.at_level(logging.ERROR, logger="fapn_space"):
+        missing = app_module.load_segmenter("org/no-such-model-anywhere")
+    # The server log, where a Space owner looks, says what the page says, with the traceback.
+    (record,) = [record for record in caplog.records if record.name == "fapn_space"]
+    assert record.levelno == logging.ERROR and record.getMessage() == missing.error and record.exc_info is not None
     assert missing.predictor is None and "org/no-such-model-anywhere could not be loaded" in missing.error
     assert "HF_TOKEN" in missing.error and "FAPN_MODEL" in missing.error
     with pytest.raises(gr.Error, match="could not be loaded"):
@@ -162,6 +210,112 @@ def test_the_page_names_the_model_its_classes_and_its_synthetic_training_data(ap
     assert not app_module.Segmenter("org/x", names=["road", "sky"]).background_ids
 
 
+def test_start_up_says_in_the_server_log_what_is_served(app_module, model_folder, monkeypatch, capsys):
+    launched = []
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kwargs: launched.append(kwargs))
+    for model, expected in (
+        (str(model_folder), f"FaPN Space: serving local folder {model_folder.name} (4 classes)"),
+        ("org/no-such-model-anywhere", "FaPN Space: serving no model. The model org/no-such-model-anywhere could not"),
+    ):
+        monkeypatch.setattr(sys, "argv", ["app.py", "--model", model, "--port", "7999"])
+        app_module.main()
+        assert expected in capsys.readouterr().out and launched.pop()["server_port"] == 7999
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=[kind.name for kind in KINDS])
+def test_files_browsers_cannot_show_get_a_png_preview_of_what_is_segmented(app_module, tmp_path, cache_dir, kind):
+    """TIFF (the kinds stored as .tif) is previewed as a PNG holding exactly the pixels the model is given; files
+    browsers display themselves get no preview."""
+    path, expected = kind.make(tmp_path)
+    preview = app_module.browser_preview(str(path), cache_dir)
+    assert (preview is not None) == (kind.suffix == ".tif"), kind.name
+    if preview is not None:
+        preview_path, format_name = preview
+        assert format_name == "TIFF" and preview_path.endswith(".png") and preview_path.startswith(cache_dir)
+        assert np.array_equal(np.asarray(Image.open(preview_path)), expected)
+
+
+def test_a_new_image_clears_the_result_and_a_preview_stands_for_its_file(app_module, segmenter, tmp_path, cache_dir):
+    page = app_module.PageState()
+    photo = _save(tmp_path, "photo.png", np.random.default_rng(8).integers(0, 255, (30, 40, 3), dtype=np.uint8))
+    assert app_module.new_image(page, photo, cache_dir) == (None, "", [], "", gr.skip())  # a PNG: no preview
+    overlay, legend, table, status = app_module.page_segment(segmenter, page, photo, False, False, 0.5, True, cache_dir)
+    assert status.startswith("40x30 image") and page.result is not None and Path(overlay).is_file() and table
+
+    skip = gr.skip()
+    tiff = tmp_path / "scan.tif"
+    Image.fromarray(np.random.default_rng(9).integers(0, 255, (24, 36, 3), dtype=np.uint8)).save(tiff)
+    cleared = app_module.new_image(page, str(tiff), cache_dir)
+    assert cleared[:3] == (None, "", []) and "Browsers cannot show TIFF files" in cleared[3]
+    assert cleared[4] == page.preview and page.shown == str(tiff) and page.result is None
+    assert app_module.redraw(segmenter, page, 0.9, True, cache_dir) == (skip, skip)  # no result: nothing to draw
+    assert app_module.new_image(page, page.preview, cache_dir) == (skip,) * 5  # the preview coming back changes nothing
+    *_, status = app_module.page_segment(segmenter, page, page.preview, False, False, 0.5, True, cache_dir)
+    assert status.startswith("36x24 image") and np.array_equal(page.result.image, np.asarray(Image.open(tiff)))
+    overlay, _ = app_module.redraw(segmenter, page, 1.0, False, cache_dir)
+    assert Image.open(overlay).size == (36, 24)
+
+    assert app_module.new_image(page, str(tiff), cache_dir)[:4] == (skip,) * 4  # the same file again: kept
+    assert app_module.new_image(page, None, cache_dir)[:4] == (None, "", [], "")  # cleared by the visitor
+    assert page.shown is None and page.preview is None and page.result is None
+
+
+def test_a_failed_request_clears_the_page_and_says_why_once(app_module, segmenter, tmp_path, cache_dir):
+    page = app_module.PageState()
+    photo = _save(tmp_path, "photo.png", np.zeros((16, 16, 3), np.uint8))
+    app_module.new_image(page, photo, cache_dir)
+    app_module.page_segment(segmenter, page, photo, False, False, 0.5, True, cache_dir)
+    notes = tmp_path / "notes.jpg"
+    notes.write_text("not an image")
+    app_module.new_image(page, str(notes), cache_dir)
+    outputs = app_module.page_segment(segmenter, page, str(notes), False, False, 0.5, True, cache_dir)
+    assert outputs[:3] == (None, "", []) and page.result is None  # no result of the previous image survives
+    assert outputs[3].startswith("⚠️ **Not segmented.** notes.jpg could not be read: its content is not an image")
+    assert app_module.redraw(segmenter, page, 0.2, False, cache_dir) == (gr.skip(), gr.skip())
+    app_module.new_image(page, None, cache_dir)  # the visitor cleared the input
+    *_, status = app_module.page_segment(segmenter, page, None, False, False, 0.5, True, cache_dir)
+    assert status == "⚠️ **Not segmented.** Upload an image first (PNG, JPEG, WebP, GIF, TIFF or BMP)."
+
+
+def test_a_result_that_arrives_after_the_image_changed_is_dropped(app_module, segmenter, tmp_path, cache_dir):
+    first = _save(tmp_path, "first.png", np.zeros((16, 16, 3), np.uint8))
+    second = _save(tmp_path, "second.png", np.full((16, 24, 3), 255, np.uint8))
+    page = app_module.PageState()
+    app_module.new_image(page, first, cache_dir)
+
+    class VisitorUploadsWhileTheModelRuns:
+        def __init__(self, predictor):
+            self.predictor = predictor
+
+        def predict(self, *args, **kwargs):
+            app_module.new_image(page, second, cache_dir)  # the upload event, served while the model runs
+            return self.predictor.predict(*args, **kwargs)
+
+    busy = app_module.Segmenter(
+        segmenter.model_id, VisitorUploadsWhileTheModelRuns(segmenter.predictor), names=segmenter.names
+    )
+    assert app_module.page_segment(busy, page, first, False, False, 0.5, True, cache_dir) == (gr.skip(),) * 4
+    assert page.shown == second and page.result is None
+    *_, status = app_module.page_segment(segmenter, page, second, False, False, 0.5, True, cache_dir)
+    assert status.startswith("24x16 image") and page.result.image.shape == (16, 24, 3)
+
+
+def test_the_upload_box_hands_any_file_to_the_app_also_after_gradio_rebuilt_it(app_module, tmp_path):
+    """gradio opens an upload with PIL before the app runs, failing a text file with a bare "Error"; the app's box
+    passes the file on, also as gradio rebuilds it per session from its constructor arguments (after an example
+    click or a preview), while every other gr.Image keeps gradio's check."""
+    from gradio.data_classes import ImageData
+
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    payload = ImageData(path=str(text), orig_name="notes.jpg")
+    box = app_module.image_upload(label="Image")
+    rebuilt = gr.Image(**{**box.constructor_args, "render": False})
+    assert box.preprocess(payload) == rebuilt.preprocess(payload) == str(text)
+    with pytest.raises(Exception, match="cannot identify image file"):
+        gr.Image(type="filepath", image_mode=None).preprocess(payload)
+
+
 @pytest.fixture(scope="module")
 def running_app(app_module, segmenter):
     app = app_module.build_app(segmenter)
@@ -175,21 +329,29 @@ def test_running_app_over_gradio_client(running_app, tmp_path):
 
     path = _save(tmp_path, "client.png", np.random.default_rng(2).integers(0, 255, (40, 56, 3), dtype=np.uint8))
     client = Client(running_app.local_url, verbose=False)
-    endpoint = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/segment"]
+    api = client.view_api(print_info=False, return_format="dict")
+    assert list(api["named_endpoints"]) == ["/segment"] and not api["unnamed_endpoints"]  # page events: private
+    endpoint = api["named_endpoints"]["/segment"]
     assert [p["parameter_name"] for p in endpoint["parameters"]] == [
         "image", "flip", "multiscale", "opacity", "hide_background",
+    ]  # fmt: skip
+    assert [(r["label"], r["component"]) for r in endpoint["returns"]] == [
+        ("Overlay", "Image"), ("Legend", "Html"), ("Areas", "Dataframe"), ("Status", "Markdown"),
     ]  # fmt: skip
     overlay, legend, table, status = client.predict(
         image=handle_file(path), flip=False, multiscale=False, opacity=0.5, hide_background=True, api_name="/segment"
     )
     assert Image.open(overlay).size == (56, 40)
-    assert sum(row[2] for row in table["data"]) == 40 * 56 and table["headers"] == ["class", "area (%)", "pixels"]
+    assert table["headers"] == ["class", "area (%)", "pixels"]
+    assert all(type(row[0]) is str and type(row[1]) is float and type(row[2]) is int for row in table["data"])
+    assert sum(row[2] for row in table["data"]) == 40 * 56 and all(row[1] > 0 for row in table["data"])
     assert status.startswith("56x40 image; 1 view(s)") and "fapn-legend" in legend
 
     text = tmp_path / "notes.jpg"
     text.write_text("not an image")
-    with pytest.raises(Exception, match="notes.jpg could not be read"):  # the call fails, with the message
+    with pytest.raises(Exception, match="notes.jpg could not be read") as error:  # the call fails, with the message
         client.predict(image=handle_file(str(text)), api_name="/segment")
+    assert "Traceback" not in str(error.value)
 
 
 def test_the_gradio_client_example_of_the_space_readme_runs_against_the_app(running_app, tmp_path, monkeypatch):
@@ -233,6 +395,46 @@ def test_build_space_ships_given_examples_as_they_are(tmp_path, model_folder):
     assert (space.folder / "examples" / "example_0.jpg").read_bytes() == Path(photo).read_bytes()
     assert SpaceCard.load(space.folder / "README.md").data.models == ["org/fapn-city"]
     assert (space.folder / "fapn_hf" / "__init__.py").is_file() and (space.folder / "app.py").is_file()
+
+
+def test_the_space_installs_cpu_only_torch_and_only_what_the_app_imports(tmp_path, model_folder):
+    """requirements.txt of a CPU Space: PyTorch's CPU index and `+cpu` builds on Linux (the Space's platform), the
+    registry's torch elsewhere, no CUDA package, no training-only package; a GPU Space pins the registry's torch."""
+    from importlib import metadata
+
+    from huggingface_hub import SpaceCard
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    from fapn_hf.hub.space import build_space, pinned_requirements, requirements_file
+
+    torch_version = Version(metadata.version("torch")).public
+    photo = _save(tmp_path, "photo.png", np.zeros((8, 8, 3), np.uint8))
+    space = build_space("org/fapn-city", tmp_path / "space", model_path=model_folder, examples=[photo])
+    lines = [line for line in (space.folder / "requirements.txt").read_text().splitlines() if not line.startswith("#")]
+    assert lines[0] == "--extra-index-url https://download.pytorch.org/whl/cpu"
+    requirements = [Requirement(line) for line in lines[1:]]
+    assert {r.name for r in requirements} == {
+        "torch", "torchvision", "timm", "transformers", "safetensors", "huggingface-hub", "pillow", "numpy",
+        "pyyaml", "scipy", "gradio",
+    }  # fmt: skip
+
+    def torch_pins(platform: str) -> list[str]:
+        return [
+            str(r.specifier)
+            for r in requirements
+            if r.name == "torch" and r.marker.evaluate({"sys_platform": platform})
+        ]
+
+    assert torch_pins("linux") == [f"=={torch_version}+cpu"] and torch_pins("darwin") == [f"=={torch_version}"]
+    assert not any(re.search(r"nvidia|cuda|triton|\+cu\d", line.lower()) for line in lines)
+    assert SpaceCard.load(space.folder / "README.md").data.suggested_hardware == "cpu-basic"
+
+    gpu = pinned_requirements(gpu=True)
+    assert f"torch=={torch_version}" in gpu and not any("+cpu" in line or ";" in line for line in gpu)
+    assert "--extra-index-url" not in requirements_file(gpu)
+    gpu_space = build_space("org/fapn-gpu", tmp_path / "gpu", model_path=model_folder, examples=[photo], gpu=True)
+    assert SpaceCard.load(gpu_space.folder / "README.md").data.suggested_hardware == "t4-small"
 
 
 def test_a_maskformer_fapn_model_segments_too(app_module, tmp_path, cache_dir):
