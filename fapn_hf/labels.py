@@ -57,10 +57,18 @@ COCO_STUFF_LABELS: tuple[str, ...] = (
     "water-other", "waterdrops", "window-blind", "window-other", "wood",
 )  # fmt: skip
 
+# Pascal VOC 2012's 21 classes: background and the 20 object classes, in the order of the SegmentationClass PNGs'
+# palette indices (255 marks object boundaries and "difficult" regions, which are ignored).
+VOC_LABELS: tuple[str, ...] = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)  # fmt: skip
+
 LABEL_SETS: dict[str, tuple[str, ...]] = {
     "cityscapes": CITYSCAPES_LABELS,
     "ade20k": ADE20K_LABELS,
     "cocostuff": COCO_STUFF_LABELS,
+    "voc": VOC_LABELS,
 }
 
 # Cityscapes' raw label ids (gtFine_labelIds) -> the 19 train ids; every other id is ignored (255).
@@ -91,6 +99,22 @@ CITYSCAPES_PALETTE: tuple[tuple[int, int, int], ...] = (
 )  # fmt: skip
 
 
+def voc_palette(size: int = 256) -> np.ndarray:
+    """`(size, 3)` uint8: the colour map of Pascal VOC's palette PNGs (the devkit's `labelcolormap`): the bits of an
+    index, taken three at a time from the lowest, fill red, green and blue from their highest bit down, so class 1 is
+    (128, 0, 0), class 2 (0, 128, 0) and 255 (the boundary) is (224, 224, 192)."""
+    index = np.arange(size)
+    colours = np.zeros((size, 3), dtype=np.int64)
+    for step in range(8):
+        for channel in range(3):
+            colours[:, channel] |= ((index >> (3 * step + channel)) & 1) << (7 - step)
+    return colours.astype(np.uint8)
+
+
+# The VOC colours of the 21 classes, used for overlays of VOC models (the PNG palette holds all 256).
+VOC_PALETTE: tuple[tuple[int, int, int], ...] = tuple(tuple(int(v) for v in row) for row in voc_palette(21))
+
+
 def lookup_table(mapping: dict[int, int], ignore_index: int = 255, size: int = 65536) -> np.ndarray:
     """A lookup array turning raw label values into class ids: `table[raw]`; unmapped values become ignore."""
     table = np.full(size, ignore_index, dtype=np.int64)
@@ -100,9 +124,12 @@ def lookup_table(mapping: dict[int, int], ignore_index: int = 255, size: int = 6
 
 
 def palette(num_labels: int, labels: tuple[str, ...] | list[str] | None = None) -> np.ndarray:
-    """`(num_labels, 3)` uint8 colours: Cityscapes' own for its 19 classes, else well-spread deterministic colours."""
+    """`(num_labels, 3)` uint8 colours: Cityscapes' and Pascal VOC's own for their classes, else well-spread
+    deterministic colours."""
     if labels is not None and tuple(labels) == CITYSCAPES_LABELS:
         return np.array(CITYSCAPES_PALETTE, dtype=np.uint8)
+    if labels is not None and tuple(labels) == VOC_LABELS:
+        return np.array(VOC_PALETTE, dtype=np.uint8)
     # Golden-ratio hue steps with alternating lightness keep neighbouring ids distinguishable.
     hues = (np.arange(num_labels) * 0.618033988749895) % 1.0
     lightness = np.where(np.arange(num_labels) % 2 == 0, 0.55, 0.4)
@@ -122,8 +149,8 @@ def palette(num_labels: int, labels: tuple[str, ...] | list[str] | None = None) 
 
 
 def label_maps(labels: str | list[str] | tuple[str, ...]) -> tuple[dict[int, str], dict[str, int]]:
-    """`(id2label, label2id)` for a known label set name (`"cityscapes"`, `"ade20k"`, `"cocostuff"`) or a list of
-    class names."""
+    """`(id2label, label2id)` for a known label set name (`"cityscapes"`, `"ade20k"`, `"cocostuff"`, `"voc"`) or a
+    list of class names."""
     if isinstance(labels, str):
         if labels not in LABEL_SETS:
             raise ValueError(f"Unknown label set {labels!r}; known sets: {', '.join(LABEL_SETS)} (or pass a list)")
@@ -148,8 +175,11 @@ __all__ = [
     "LABEL_MAPPINGS",
     "LABEL_SETS",
     "MAX_REPORTED_VALUES",
+    "VOC_LABELS",
+    "VOC_PALETTE",
     "check_label_values",
     "label_maps",
     "lookup_table",
     "palette",
+    "voc_palette",
 ]

@@ -221,7 +221,13 @@ class EvaluateArguments(TTAArguments):
     segmentation data set, at each label's original resolution (the Trainer's evaluation scores the same way)."""
 
     model: str = field(metadata=_help("model folder or Hub id"))
-    dataset: str = field(default="demo", metadata=_help("'demo', a local folder, or a Hub data set id"))
+    dataset: str = field(
+        default="demo",
+        metadata=_help(
+            "'demo'; a Cityscapes, ADE20K, COCO-Stuff-10K/-164K or Pascal VOC folder as downloaded (labels, mapping "
+            "and reduction come with it); another local folder; or a Hub data set id"
+        ),
+    )
     dataset_config: str | None = field(default=None, metadata=_help("configuration of a Hub data set"))
     dataset_revision: str | None = field(default=None, metadata=_help("revision of a Hub data set"))
     split: str | None = field(
@@ -238,8 +244,13 @@ class EvaluateArguments(TTAArguments):
     seed: int = field(default=0, metadata=_help("seed of --validation_fraction (train's --seed)"))
     image_column: str = field(default="image", metadata=_help("the source's image column"))
     label_column: str = field(default="label", metadata=_help("the source's label column"))
-    label_mapping: str | None = field(default=None, metadata=_help("raw id mapping, e.g. 'cityscapes'"))
-    reduce_labels: bool = field(default=False, metadata=_help("0 -> ignore, others minus 1 (ADE20K)"))
+    label_mapping: str | None = field(
+        default=None, metadata=_help("raw id mapping, e.g. 'cityscapes' (a folder layout: its own)")
+    )
+    reduce_labels: bool | None = field(
+        default=None,
+        metadata=_help("0 -> ignore, others minus 1 (ADE20K; a folder layout: its own)", nargs="?", const=True),
+    )
     max_samples: int | None = field(default=None, metadata=_help("evaluate only the first N samples"))
     bad_sample_policy: Literal["fail", "skip"] = field(
         default="fail", metadata=_help("what an unreadable sample or out-of-range label does")

@@ -37,6 +37,7 @@ from ..tasks.semantic.data import (
     check_samples,
     load_segmentation_dataset,
 )
+from ..tasks.semantic.layouts import label_settings
 from ..tasks.semantic.metrics import SegmentationMetrics
 from .predictor import SegmentationPredictor, TTAConfig, logits_at_size
 
@@ -131,7 +132,7 @@ def evaluate(
     image_column: str = "image",
     label_column: str = "label",
     label_mapping: str | dict[int, int] | None = None,
-    reduce_labels: bool = False,
+    reduce_labels: bool | None = None,
     demo_options: dict[str, Any] | None = None,
     max_samples: int | None = None,
     bad_sample_policy: Literal["fail", "skip"] = "fail",
@@ -154,7 +155,9 @@ def evaluate(
             folder whose training run held its validation images out of this same data set (`metrics.json`,
             `recorded_hold_out`), exactly those images.
         label_mapping, reduce_labels: how raw label values become class ids (`LabelSpec`), for the model's
-            `num_labels` and `semantic_loss_ignore_index`.
+            `num_labels` and `semantic_loss_ignore_index`. None: the data's own (a folder layout's, e.g. a
+            Cityscapes folder's 34 -> 19 mapping; else none); a value that contradicts a folder layout, or a model
+            whose class count differs from the layout's, raises `ValueError` naming both.
         max_samples: score only the first `max_samples` samples.
         bad_sample_policy: `"fail"` raises on an unreadable sample or out-of-range label, `"skip"` leaves it out.
         tta: test-time augmentation (scales, flip, sliding window); None: one view at scale 1.
@@ -187,7 +190,13 @@ def evaluate(
     if isinstance(dataset, SegmentationDataset):
         split_name, spec, samples = split, dataset.spec, dataset
     else:
-        spec = LabelSpec(config.num_labels, config.semantic_loss_ignore_index, label_mapping, reduce_labels)
+        source = None if isinstance(dataset, Dataset) else dataset
+        mapping = label_mapping if isinstance(label_mapping, dict) else None
+        settings = label_settings(
+            source, None, None if mapping else label_mapping, reduce_labels, num_labels=config.num_labels
+        )
+        label_mapping = mapping or settings.label_mapping
+        spec = LabelSpec(config.num_labels, config.semantic_loss_ignore_index, label_mapping, settings.reduce_labels)
         split_name = split
         if isinstance(dataset, Dataset):
             rows = dataset
@@ -205,6 +214,7 @@ def evaluate(
                     validation_fraction=validation_fraction,
                     seed=seed,
                     demo_options=demo_options,
+                    label_mapping=settings.label_mapping,
                 )["validation"]
             except MissingSplitError as error:
                 raise MissingSplitError(_missing_split_advice(error), error.split, error.available) from None

@@ -79,22 +79,47 @@ class DataArguments:
     ints and `scale_range` two floats.
     """
 
-    dataset: str = field(default="demo", metadata={"help": "'demo', a local folder, or a Hub data set id"})
+    dataset: str = field(
+        default="demo",
+        metadata={
+            "help": "'demo'; a Cityscapes, ADE20K, COCO-Stuff-10K/-164K or Pascal VOC folder as downloaded (its label "
+            "set, mapping and reduction come with it); another local folder (save_to_disk, parquet, imagefolder); or "
+            "a Hub data set id"
+        },
+    )
     dataset_config: str | None = field(default=None, metadata={"help": "Hub data set configuration name"})
     dataset_revision: str | None = field(default=None, metadata={"help": "Hub data set revision"})
     image_column: str = "image"
     label_column: str = "label"
-    train_split: str = "train"
-    validation_split: str = "validation"
+    train_split: str = field(default="train", metadata={"help": "a folder layout also takes its own name (training)"})
+    validation_split: str = field(
+        default="validation",
+        metadata={"help": "a folder layout also takes its own name (val, test for COCO-Stuff-10K)"},
+    )
     validation_fraction: float | None = field(
         default=None,
         metadata={"help": "hold this fraction of train_split out as the validation set (only when set)"},
     )
     labels: str | None = field(
-        default=None, metadata={"help": "'cityscapes', 'ade20k' or comma-separated class names (demo: built in)"}
+        default=None,
+        metadata={
+            "help": "'cityscapes', 'ade20k', 'cocostuff', 'voc' or comma-separated class names (demo and folder "
+            "layouts: their own)"
+        },
     )
-    label_mapping: str | None = field(default=None, metadata={"help": "raw id mapping, e.g. 'cityscapes' (34 -> 19)"})
-    reduce_labels: bool = field(default=False, metadata={"help": "0 -> ignore, others minus 1 (ADE20K)"})
+    label_mapping: str | None = field(
+        default=None,
+        metadata={"help": "raw id mapping, e.g. 'cityscapes' (34 -> 19); a folder layout: its own"},
+    )
+    # None: not given, the data's own (a folder layout's, else no reduction); given, a contradiction is an error.
+    reduce_labels: bool | None = field(
+        default=None,
+        metadata={
+            "help": "0 -> ignore, others minus 1 (ADE20K; a folder layout: its own)",
+            "nargs": "?",
+            "const": True,
+        },
+    )
     ignore_index: int = 255
     crop_size: list[int] = field(
         default_factory=lambda: [512, 1024],
@@ -113,7 +138,13 @@ class DataArguments:
     eval_longest_edge: int | None = None
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
-    check_data: bool = field(default=True, metadata={"help": "decode and validate every sample before training"})
+    check_data: bool = field(
+        default=True,
+        metadata={
+            "help": "validate every sample before training (decoded; a folder layout: from its index, with a "
+            "decoded spot check)"
+        },
+    )
     bad_sample_policy: str = field(default="fail", metadata={"help": f"one of {BAD_SAMPLE_POLICIES}"})
     demo_train_samples: int = 192
     demo_validation_samples: int = 48

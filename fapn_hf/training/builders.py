@@ -6,6 +6,7 @@ The family follows the preset (`fapn_hf.families.family_of_preset`) or, for a sa
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,14 +15,32 @@ from transformers import AutoConfig, PreTrainedModel
 from ..families import FAMILIES, Family, family_of, family_of_preset
 from ..inference.sources import check_model_source, model_not_found_error
 from ..labels import LABEL_SETS, label_maps
+from ..tasks.semantic.layouts import label_settings
 from .args import DataArguments, ModelArguments
 
 
+def apply_label_settings(data_args: DataArguments) -> DataArguments:
+    """`data_args` with its data set's label set, raw-id mapping and reduction where they are unset: a folder
+    layout's own (`fapn_hf.tasks.semantic.layouts.label_settings`), else none. An argument that contradicts the
+    layout raises `ValueError` naming both."""
+    settings = label_settings(data_args.dataset, data_args.labels, data_args.label_mapping, data_args.reduce_labels)
+    return dataclasses.replace(
+        data_args,
+        labels=data_args.labels if data_args.labels is not None else settings.labels,
+        label_mapping=settings.label_mapping,
+        reduce_labels=settings.reduce_labels,
+    )
+
+
 def resolve_labels(data_args: DataArguments) -> list[str]:
-    """Class names: the `labels` argument, or the demo set's built-in ones."""
+    """Class names: the `labels` argument, or the demo set's built-in ones (a folder layout's come in through
+    `apply_label_settings`)."""
     if data_args.labels is None:
         if data_args.dataset != "demo":
-            raise ValueError("pass `labels` ('cityscapes', 'ade20k' or comma-separated class names) for this data set")
+            raise ValueError(
+                "pass `labels` ('cityscapes', 'ade20k', 'cocostuff', 'voc' or comma-separated class names) for this "
+                "data set (a Cityscapes, ADE20K, COCO-Stuff or Pascal VOC folder as downloaded brings its own)"
+            )
         from ..tasks.semantic.demo_data import DEMO_LABELS
 
         return list(DEMO_LABELS)
@@ -143,9 +162,9 @@ def build_image_processor(data_args: DataArguments, model: PreTrainedModel) -> o
     settings = {
         "do_resize": data_args.eval_shortest_edge is not None,
         "size": size,
-        "do_reduce_labels": data_args.reduce_labels,
+        "do_reduce_labels": bool(data_args.reduce_labels),
     }
     return family_of(model).build_processor(settings, data_args.ignore_index)
 
 
-__all__ = ["build_image_processor", "build_model", "resolve_family", "resolve_labels"]
+__all__ = ["apply_label_settings", "build_image_processor", "build_model", "resolve_family", "resolve_labels"]

@@ -27,7 +27,7 @@ from transformers import TrainerCallback, set_seed
 from ..inference.evaluation import VALIDATION_DATA_KEY
 from ..tasks.semantic.data import DataError
 from .args import DataArguments, FaPNTrainingArguments, ModelArguments, parse_arguments
-from .builders import build_image_processor, build_model, resolve_family, resolve_labels
+from .builders import apply_label_settings, build_image_processor, build_model, resolve_family, resolve_labels
 from .checkpoints import check_output_dir, resolve_resume_checkpoint
 from .reports import write_run_report
 from .trainer import EpochSetter, FaPNTrainer, make_compute_metrics
@@ -60,6 +60,7 @@ def run_training(
     resume = resolve_resume_checkpoint(training_args.output_dir, training_args.resume_from_checkpoint)
     check_output_dir(training_args)
     set_seed(training_args.seed)
+    data_args = apply_label_settings(data_args)  # a folder layout's label set, mapping and reduction, where unset
     label_names = resolve_labels(data_args)
     # The family (of the preset, or of the saved model) says which task's data, augmentation and metrics apply.
     family = resolve_family(model_args)
@@ -75,6 +76,7 @@ def run_training(
         validation_split=data_args.validation_split,
         validation_fraction=data_args.validation_fraction,
         seed=training_args.seed,
+        label_mapping=data_args.label_mapping,
         demo_options={
             "num_train": data_args.demo_train_samples,
             "num_validation": data_args.demo_validation_samples,

@@ -1,18 +1,23 @@
 """Semantic segmentation data from `datasets`: loading, label mapping, validation and the Trainer-facing dataset.
 
-Three kinds of source load the same way (`load_segmentation_dataset`):
+Four kinds of source load the same way (`load_segmentation_dataset`):
 
 - `"demo"`: the built-in synthetic set (`fapn_hf.tasks.semantic.demo_data`), generated from a seed, no download;
-- a local folder: a dataset saved with `save_to_disk`, parquet files (e.g. a downloaded copy of a Hub data set), or
-  an `imagefolder` whose `metadata.csv` has the columns `file_name,annotation_file_name` (images and label PNGs side
-  by side);
+- a data set folder as it is downloaded: Cityscapes, ADE20K, COCO-Stuff-10K / -164K or Pascal VOC 2012 (with SBD),
+  recognised by its files and paired by its own naming rules (`fapn_hf.tasks.semantic.layouts`), with the label set,
+  mapping and reduction it implies (`label_settings`);
+- another local folder: a dataset saved with `save_to_disk`, parquet files (e.g. a downloaded copy of a Hub data
+  set), or an `imagefolder` whose `metadata.csv` has the columns `file_name,annotation_file_name` (images and label
+  PNGs side by side);
 - a Hub id of a parquet data set, e.g. `"scene_parse_150"` mirrors in parquet (`datasets` 5 runs no scripts).
 
 Samples are decoded here rather than by `datasets`, so that a broken file is reported with its sample index and
 path, and images follow `decode_image`'s rules (EXIF orientation, bit depth, transparency) like every other path.
 `check_samples` scans a split before training and applies the bad-sample policy: `"fail"` raises a `DataError`
 listing the problems, `"skip"` drops those samples and counts them; a split left with no sample, or with no labelled
-pixel, is an error either way.
+pixel, is an error either way. A folder layout's split is checked from its index (missing files, unpaired files,
+sizes, read from the files' headers) and a few decoded samples, so that a large folder starts training in seconds;
+the other samples are decoded, and their values checked, when they are used.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,10 +39,13 @@ from torchvision import tv_tensors
 
 from ...labels import LABEL_MAPPINGS, check_label_values, lookup_table
 from ...modeling.image_decoding import decode_image, upright
+from .layouts import INDEX_PROBLEM, FolderLayout, find_layout, read_mat_label, spread
 
 logger = logging.getLogger(__name__)
 
 BAD_SAMPLE_POLICIES = ("fail", "skip")
+# Samples of a folder layout's split that `check_samples` decodes (evenly spread): the index checks the rest.
+SPOT_CHECK_SAMPLES = 8
 
 
 class DataError(ValueError):
@@ -68,19 +77,28 @@ def load_segmentation_dataset(
     validation_fraction: float | None = None,
     seed: int = 0,
     demo_options: dict[str, Any] | None = None,
+    label_mapping: str | None = None,
+    index_cache_dir: str | os.PathLike | None = None,
 ) -> DatasetDict:
     """Loads a segmentation data set as a `DatasetDict` with splits `"train"` and `"validation"`, and columns
-    `"image"` and `"label"` (both `datasets.Image` features that are not decoded: rows hold the bytes and path).
+    `"image"` and `"label"` (both `datasets.Image` features that are not decoded: rows hold the bytes and path; a
+    folder layout's rows hold paths only, and its `"index_problem"` column what indexing found wrong).
 
     Args:
-        name: `"demo"`, a local folder (saved with `save_to_disk`, parquet files such as a downloaded copy of a Hub
-            data set, or an imagefolder with `metadata.csv`) or a Hub data set id.
-        image_column, label_column: the source's column names, renamed to `"image"` and `"label"`.
+        name: `"demo"`, a data set folder as downloaded (Cityscapes, ADE20K, COCO-Stuff-10K / -164K, Pascal VOC
+            2012: `fapn_hf.tasks.semantic.layouts`), another local folder (saved with `save_to_disk`, parquet files
+            such as a downloaded copy of a Hub data set, or an imagefolder with `metadata.csv`) or a Hub data set id.
+        image_column, label_column: the source's column names, renamed to `"image"` and `"label"` (a folder layout
+            has its own).
         train_split: the source's training split, or None to load only the validation split (evaluation).
-        validation_split: the source's split that becomes `"validation"`.
+        validation_split: the source's split that becomes `"validation"`. A folder layout takes its own split
+            names and the usual other spellings (`train`/`training`, `val`/`validation`).
         validation_fraction: only when set, the validation split is instead a deterministic (by `seed`) fraction
             held out of `train_split`; the source's own validation split, if any, is then not used.
         demo_options: keyword arguments of `fapn_hf.tasks.semantic.demo_data.make_demo_splits` for `name="demo"`.
+        label_mapping: for a folder layout with several kinds of label file (Cityscapes' `*_labelIds.png` and
+            `*_labelTrainIds.png`), the mapping chooses which are read (`label_settings`); None: the layout's choice.
+        index_cache_dir: where a folder layout's index is cached (default: `layouts.index_cache_dir()`).
 
     Raises `ValueError` naming the available splits when a requested split does not exist: nothing is carved out of
     the training data unless `validation_fraction` asks for it.
@@ -90,10 +108,47 @@ def load_segmentation_dataset(
 
         splits = make_demo_splits(seed=seed, **(demo_options or {}))
         image_column, label_column = "image", "label"
+    elif (folder := find_layout(name)) is not None:
+        return _load_folder(
+            folder, train_split, validation_split, validation_fraction, seed, label_mapping, index_cache_dir
+        )
     else:
         splits, label_column = _load_source(name, config_name, revision, label_column, train_split or "train")
     result = _select_splits(splits, train_split, validation_split, validation_fraction, seed)
     return _standardise(result, image_column, label_column)
+
+
+def _load_folder(
+    folder: FolderLayout,
+    train_split: str | None,
+    validation_split: str,
+    validation_fraction: float | None,
+    seed: int,
+    label_mapping: str | None,
+    cache_dir: str | os.PathLike | None,
+) -> DatasetDict:
+    """The splits asked for of a recognised folder layout, each indexed (not decoded) on its own."""
+    available = folder.splits()
+    train = None if train_split is None else folder.split_name(train_split)
+    validation = folder.split_name(validation_split)
+    hint = folder.layout.missing_split_hint
+    if train is not None and train not in available and train not in folder.layout.unlabelled:
+        raise ValueError(
+            f"{folder.describe()} has no split {train!r} to train on; it has {available}{hint(folder.root, train)}"
+        )
+    if validation_fraction is None and validation not in available and validation not in folder.layout.unlabelled:
+        carve = f", or validation_fraction to hold one out of {train!r}" if train else ""
+        raise MissingSplitError(
+            f"{folder.describe()} has no split {validation!r}; it has {available}. Name an existing one as the "
+            f"validation split{carve}{hint(folder.root, validation)}",
+            validation,
+            available,
+        )
+    wanted = [train, validation if validation_fraction is None else None]
+    splits = DatasetDict(
+        {split: folder.index(split, label_mapping, cache_dir) for split in dict.fromkeys(wanted) if split is not None}
+    )
+    return _select_splits(splits, train, validation, validation_fraction, seed)
 
 
 def _load_source(
@@ -224,6 +279,7 @@ class LabelSpec:
     mapping: str | dict[int, int] | None = None
     reduce_labels: bool = False
     _table: np.ndarray | None = field(default=None, init=False, repr=False)
+    _compact_table: np.ndarray | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.mapping, str):
@@ -232,9 +288,28 @@ class LabelSpec:
             self.mapping = LABEL_MAPPINGS[self.mapping]
         if self.mapping:
             self._table = lookup_table(self.mapping, self.ignore_index)
+            if self._table[:256].max() < 256 and self._table[:256].min() >= 0:
+                self._compact_table = self._table[:256].astype(np.uint8)
 
     def apply(self, raw: np.ndarray) -> np.ndarray:
         """Raw label map (H, W) -> int64 class ids with `ignore_index`."""
+        return self.class_ids(raw).astype(np.int64, copy=False)
+
+    def class_ids(self, raw: np.ndarray) -> np.ndarray:
+        """Raw label map (H, W) -> class ids with `ignore_index`, as `apply`, in uint8 where the raw values, the
+        mapped ids and the ignore index all fit (8-bit label PNGs: several times less memory traffic than int64),
+        else int64. The result is a new array."""
+        if (
+            raw.dtype == np.uint8
+            and 0 <= self.ignore_index < 256
+            and (self._table is None or self._compact_table is not None)
+        ):
+            labels = raw.copy() if self._compact_table is None else self._compact_table[raw]
+            if self.reduce_labels:
+                reduced = labels - np.uint8(1)  # 0 wraps to 255, replaced next
+                reduced[(labels == 0) | (labels == self.ignore_index)] = self.ignore_index
+                labels = reduced
+            return labels
         labels = raw.astype(np.int64)
         if self._table is not None:
             if labels.min(initial=0) < 0 or labels.max(initial=0) >= len(self._table):
@@ -277,33 +352,56 @@ def _open(record: dict[str, Any] | None) -> PIL.Image.Image:
     return image
 
 
+def _is_mat(record: dict[str, Any] | None) -> bool:
+    return bool(record) and str(record.get("path") or "").lower().endswith(".mat")
+
+
+def _read_label(record: dict[str, Any] | None, index: int) -> np.ndarray:
+    """The raw label map `(H, W)` of a record: a single-channel image (turned upright by its EXIF tag, if any; a
+    palette PNG read as its indices) or a `.mat` label (`layouts.read_mat_label`)."""
+    try:
+        if _is_mat(record):
+            source = io.BytesIO(record["bytes"]) if record.get("bytes") is not None else record["path"]
+            return read_mat_label(source)
+        label_image = upright(_open(record))
+    except (OSError, DataError, SyntaxError, ValueError, PIL.Image.DecompressionBombError) as error:
+        raise DataError(f"sample {index}: cannot read the label ({_describe(record)}): {error}") from error
+    except Exception as error:  # scipy's MatReadError and the like: a broken file, reported with its sample
+        raise DataError(f"sample {index}: cannot read the label ({_describe(record)}): {error!r}") from error
+    if label_image.mode in ("RGB", "RGBA", "CMYK", "LA"):
+        raise DataError(
+            f"sample {index}: the label ({_describe(record)}) is a {label_image.mode} image; expected a "
+            "single-channel map of class ids (mode L, P, I or I;16)"
+        )
+    return np.array(label_image)
+
+
 def decode_sample(row: dict[str, Any], index: int, spec: LabelSpec) -> tuple[np.ndarray, np.ndarray]:
     """Decodes row `index` into an RGB image `(H, W, 3)` uint8 (by `decode_image`'s rules: EXIF orientation, bit
-    depth, transparency) and class ids `(H, W)` int64 (the label image turned upright by its EXIF tag, if any).
+    depth, transparency) and class ids `(H, W)` int64 (the label image turned upright by its EXIF tag, if any; a
+    `.mat` label as `layouts.read_mat_label` reads it).
 
     Raises `DataError` naming the sample index and file for unreadable files, label images with several channels,
     image/label size mismatches and label values outside the label map.
     """
+    rgb, labels = _decode(row, index, spec)
+    return rgb, labels.astype(np.int64, copy=False)
+
+
+def _decode(row: dict[str, Any], index: int, spec: LabelSpec) -> tuple[np.ndarray, np.ndarray]:
+    """`decode_sample` with the class ids in `LabelSpec.class_ids`' compact dtype (uint8 where they fit)."""
     try:
         rgb = decode_image(_open(row["image"]), name=_describe(row["image"]))
     except (OSError, DataError, SyntaxError, ValueError, PIL.Image.DecompressionBombError) as error:
         raise DataError(f"sample {index}: cannot read the image ({_describe(row['image'])}): {error}") from error
-    try:
-        label_image = upright(_open(row["label"]))
-    except (OSError, DataError, SyntaxError, ValueError, PIL.Image.DecompressionBombError) as error:
-        raise DataError(f"sample {index}: cannot read the label ({_describe(row['label'])}): {error}") from error
-    if label_image.mode in ("RGB", "RGBA", "CMYK", "LA"):
-        raise DataError(
-            f"sample {index}: the label ({_describe(row['label'])}) is a {label_image.mode} image; expected a "
-            "single-channel map of class ids (mode L, P, I or I;16)"
-        )
-    if rgb.shape[:2] != (label_image.height, label_image.width):
+    raw = _read_label(row["label"], index)
+    if rgb.shape[:2] != raw.shape[:2]:
         raise DataError(
             f"sample {index}: image ({_describe(row['image'])}) is {rgb.shape[0]}x{rgb.shape[1]} but its label "
-            f"({_describe(row['label'])}) is {label_image.height}x{label_image.width} (HxW, EXIF orientation applied)"
+            f"({_describe(row['label'])}) is {raw.shape[0]}x{raw.shape[1]} (HxW, EXIF orientation applied)"
         )
     try:
-        labels = spec.apply(np.array(label_image))
+        labels = spec.class_ids(raw)
     except DataError as error:
         raise DataError(f"sample {index} ({_describe(row['label'])}): {error}") from error
     try:
@@ -323,6 +421,9 @@ class DataReport:
     num_samples: int
     bad_samples: list[tuple[int, str]] = field(default_factory=list)
     labelled_pixels: int = 0
+    # Samples decoded by the check: None for all of them; for a folder layout's split, the spot check's count (its
+    # other samples were checked from the index, and `labelled_pixels` counts the decoded ones).
+    decoded_samples: int | None = None
 
     @property
     def num_skipped(self) -> int:
@@ -334,6 +435,7 @@ class DataReport:
             "num_samples": self.num_samples,
             "num_skipped": self.num_skipped,
             "labelled_pixels": self.labelled_pixels,
+            "decoded_samples": self.num_samples if self.decoded_samples is None else self.decoded_samples,
             "skipped": [{"index": i, "reason": reason} for i, reason in self.bad_samples],
         }
 
@@ -346,17 +448,33 @@ def check_samples(
     Returns the dataset (without the bad samples under `"skip"`) and a report. Under `"fail"` a `DataError` lists
     every bad sample (index, file and reason) before any training starts. A split with no usable sample, or whose
     labels are all `ignore_index`, raises a `DataError` under either policy: its scores would be NaN.
+
+    A folder layout's split (its rows carry the index's `"index_problem"`) is not decoded whole: the samples its
+    index found wrong (a missing or unpaired file, an unreadable header, image and label of different sizes) are the
+    bad ones, and `SPOT_CHECK_SAMPLES` others, evenly spread, are decoded to catch label values outside the label
+    map (e.g. raw ids without their mapping) before training. A split whose decoded samples hold no labelled pixel
+    is then only warned about.
     """
     if policy not in BAD_SAMPLE_POLICIES:
         raise ValueError(f"bad-sample policy must be one of {BAD_SAMPLE_POLICIES}, got {policy!r}")
     report = DataReport(split, len(dataset))
-    for index, row in enumerate(dataset):
+    if INDEX_PROBLEM in dataset.column_names:
+        problems = dataset[INDEX_PROBLEM]
+        report.bad_samples = [
+            (index, f"sample {index}: {problem}") for index, problem in enumerate(problems) if problem
+        ]
+        indices = spread([index for index, problem in enumerate(problems) if not problem], SPOT_CHECK_SAMPLES)
+        report.decoded_samples = len(indices)
+    else:
+        indices = range(len(dataset))
+    for index in indices:
         try:
-            _, labels = decode_sample(row, index, spec)
+            _, labels = _decode(dataset[index], index, spec)
         except DataError as error:
             report.bad_samples.append((index, str(error)))
             continue
         report.labelled_pixels += int(np.count_nonzero(labels != spec.ignore_index))
+    report.bad_samples.sort()
     listed = "\n  ".join(reason for _, reason in report.bad_samples[:20])
     listed += f"\n  ... and {report.num_skipped - 20} more" if report.num_skipped > 20 else ""
     if report.bad_samples and policy == "fail":
@@ -367,7 +485,15 @@ def check_samples(
     if report.num_skipped == len(dataset):
         reason = f":\n  {listed}" if listed else ""
         raise DataError(f"the {split} split has no usable sample ({len(dataset)} samples){reason}")
-    if report.labelled_pixels == 0:
+    if report.labelled_pixels == 0 and report.decoded_samples is not None:
+        logger.warning(
+            "%s: the %d decoded samples have no labelled pixel (every label is ignore_index=%d%s)",
+            split,
+            report.decoded_samples,
+            spec.ignore_index,
+            " after the label mapping" if spec.mapping else "",
+        )
+    elif report.labelled_pixels == 0:
         raise DataError(
             f"the {split} split has no labelled pixel: every label is ignore_index={spec.ignore_index}"
             + (" after the label mapping" if spec.mapping else "")
@@ -438,7 +564,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
         return (self.load(index) for index in range(len(self)))
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        image, labels = self.load(index)
+        # Class ids stay compact (uint8 where they fit) through the augmentation: int64 only for the crop.
+        image, labels = _decode(self.dataset[index], index, self.spec)
         labels = torch.from_numpy(labels)
         if self.transform is not None:
             # torchvision.transforms.v2 types: the (3, H, W) uint8 image and the (H, W) label map, views of the arrays.
