@@ -54,6 +54,36 @@ def timm_backbone_config(name: str, **kwargs) -> TimmBackboneConfig:
     return TimmBackboneConfig(backbone=name, out_indices=out_indices, **kwargs)
 
 
+def backbone_config_from_name(
+    kwargs: dict, backbone_config: PreTrainedConfig | dict | None, owner: str
+) -> PreTrainedConfig | dict | None:
+    """Every family config's `backbone=` keyword: a timm model name, turned into `timm_backbone_config(name)` without
+    network access. transformers would first ask the Hub whether a repo of that name exists (STACK_NOTES), so a
+    config built offline would fail, and then pick timm's default outputs instead of the stride 4..32 maps.
+
+    Pops `backbone` (with `use_timm_backbone` and `backbone_kwargs`, extra `TimmBackboneConfig` settings) from the
+    config's `kwargs` and returns the backbone config; `backbone_config` as it is without `backbone`, or when
+    `use_timm_backbone=False` asks for a transformers checkpoint of the Hub (transformers' own rule then). Raises
+    `ValueError` (prefixed `owner: `) for both `backbone` and `backbone_config`, or a name that is not a string.
+    """
+    if kwargs.get("backbone") is None or kwargs.get("use_timm_backbone", True) is False:
+        return backbone_config
+    backbone = kwargs.pop("backbone")
+    kwargs.pop("use_timm_backbone", None)
+    settings = dict(kwargs.pop("backbone_kwargs", None) or {})
+    if backbone_config is not None:
+        raise ValueError(f"{owner}: pass either `backbone` (a timm model name) or `backbone_config`, not both.")
+    if not isinstance(backbone, str):
+        raise ValueError(f"{owner}: `backbone` must be a timm model name, got {type(backbone).__name__}")
+    fixed = sorted({"out_indices", "out_features", "features_only"} & set(settings))
+    if fixed:
+        raise ValueError(
+            f"{owner}: backbone_kwargs cannot set {fixed}: the model takes the backbone's stride 4, 8, 16 and 32 maps, "
+            "which are chosen from the timm model; pass a backbone_config to choose others"
+        )
+    return timm_backbone_config(backbone, **settings)
+
+
 def check_pyramid_backbone(backbone_config: PreTrainedConfig | None, owner: str) -> None:
     """Raises `ValueError` (prefixed `owner: `) unless `backbone_config` returns four feature maps (C2..C5): the check
     of every family's config."""
@@ -429,6 +459,7 @@ __all__ = [
     "CheckpointedResNetStage",
     "PretrainedBackboneMixin",
     "adapt_timm_swin",
+    "backbone_config_from_name",
     "backbone_stem_and_stages",
     "channels_first",
     "check_pyramid_backbone",

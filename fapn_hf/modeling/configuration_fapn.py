@@ -12,10 +12,16 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-from .backbone_utils import PYRAMID_STRIDES, check_pyramid_backbone, timm_backbone_config
+from .backbone_utils import PYRAMID_STRIDES, backbone_config_from_name, check_pyramid_backbone, timm_backbone_config
 from .deform_conv import check_deform_conv_implementation, check_deformable_groups
-from .label_checks import check_ignore_index
-from .remote_code import CodeFamily
+from .label_checks import (
+    check_id2label,
+    check_ignore_index,
+    check_label2id,
+    check_num_labels_argument,
+    reheaded_config_dict,
+)
+from .remote_code import CodeFamily, check_pretrained_source
 
 NECK_NORMS = ("", "GN", "BN")
 
@@ -145,35 +151,22 @@ class FaPNConfig(PreTrainedConfig):
     freeze_backbone_stages: int = 0
 
     def __post_init__(self, **kwargs):
-        backbone = kwargs.pop("backbone", None)
-        if backbone is not None:
-            if self.backbone_config is not None:
-                raise ValueError("Pass either `backbone` (a timm model name) or `backbone_config`, not both.")
-            if not isinstance(backbone, str):
-                raise ValueError(f"`backbone` must be a timm model name, got {type(backbone).__name__}")
-            self.backbone_config = timm_backbone_config(backbone)
-        num_labels = kwargs.get("num_labels")
-        if num_labels is not None and (not isinstance(num_labels, int) or isinstance(num_labels, bool)):
-            raise ValueError(f"FaPNConfig: num_labels must be an int, got {num_labels!r} ({type(num_labels).__name__})")
-        if num_labels is not None and self.id2label is not None and len(self.id2label) != num_labels:
-            # transformers would replace id2label by LABEL_0..LABEL_{num_labels - 1}
-            raise ValueError(
-                f"FaPNConfig: num_labels={num_labels} but id2label names {len(self.id2label)} classes; pass id2label "
-                "alone (num_labels follows from it)"
-            )
+        self.backbone_config = backbone_config_from_name(kwargs, self.backbone_config, "FaPNConfig")
+        check_num_labels_argument(kwargs.get("num_labels"), self.id2label, "FaPNConfig")
         given_label2id = self.label2id
         self._warn_about_misspelt_keys(kwargs)
         super().__post_init__(**kwargs)
-        if given_label2id is not None and self.id2label is not None:
-            inverse = {name: index for index, name in self.id2label.items()}
-            if {name: int(index) for name, index in given_label2id.items()} != inverse:
-                raise ValueError(
-                    f"FaPNConfig: label2id {given_label2id} is not the inverse of id2label {self.id2label}; pass "
-                    "id2label alone (label2id follows from it) or both consistently"
-                )
+        check_label2id(given_label2id, self.id2label, "FaPNConfig")
         if self.id2label is not None and self.label2id is None:
             self.label2id = {name: index for index, name in self.id2label.items()}
         self._check_values()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any) -> FaPNConfig:
+        """transformers' `from_pretrained`; a mistyped local folder is named with the closest saved one
+        (`check_pretrained_source`) instead of transformers' "Repo id must be in the form ..."."""
+        check_pretrained_source(pretrained_model_name_or_path)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> FaPNConfig:
@@ -181,10 +174,7 @@ class FaPNConfig(PreTrainedConfig):
         (`from_pretrained(folder, num_labels=150, ignore_mismatched_sizes=True)`): the saved class names, which no
         longer fit, give way to LABEL_0..LABEL_{num_labels - 1}. A config built directly with a conflicting
         `num_labels` and `id2label` is still refused."""
-        num_labels, saved_names = kwargs.get("num_labels"), config_dict.get("id2label")
-        if num_labels is not None and "id2label" not in kwargs and saved_names and len(saved_names) != num_labels:
-            config_dict = {key: value for key, value in config_dict.items() if key not in ("id2label", "label2id")}
-        return super().from_dict(config_dict, **kwargs)
+        return super().from_dict(reheaded_config_dict(config_dict, kwargs), **kwargs)
 
     def _warn_about_misspelt_keys(self, kwargs: dict) -> None:
         """Keys the config does not know are kept as attributes (transformers' convention); one that is a near miss
@@ -212,16 +202,7 @@ class FaPNConfig(PreTrainedConfig):
             if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
                 expected = " or ".join(t.__name__ for t in types)
                 raise ValueError(f"FaPNConfig: {name} must be {expected}, got {value!r} ({type(value).__name__})")
-        names = self.id2label or {}
-        if sorted(names) != list(range(len(names))):
-            missing = sorted(set(range(len(names))) - set(names))
-            raise ValueError(
-                f"FaPNConfig: id2label must number the classes 0..{len(names) - 1} without gaps, got ids "
-                f"{sorted(names)}" + (f" (missing {missing})" if missing else "")
-            )
-        if len(set(names.values())) != len(names):
-            repeated = sorted({name for name in names.values() if list(names.values()).count(name) > 1})
-            raise ValueError(f"FaPNConfig: class names in id2label must be unique; repeated: {repeated}")
+        check_id2label(self.id2label, "FaPNConfig")
 
     @property
     def is_timm_backbone(self) -> bool:

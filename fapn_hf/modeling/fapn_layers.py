@@ -8,7 +8,9 @@ knows a family's config. Part of the shipped kernel: imports only kernel modules
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -89,6 +91,69 @@ def pad_to_multiple(pixel_values: torch.Tensor, divisor: int) -> torch.Tensor:
     height, width = pixel_values.shape[-2:]
     target_h, target_w = padded_size(height, width, divisor)
     return F.pad(pixel_values, (0, target_w - width, 0, target_h - height))
+
+
+# The (input dtype, model dtype) pairs whose cast `check_pixel_values` has announced: it says so once per pair.
+_ANNOUNCED_CASTS: set[tuple[torch.dtype, torch.dtype]] = set()
+
+
+def check_pixel_values(
+    pixel_values: Any, num_channels: int, dtype: torch.dtype, processor: str = "the image processor"
+) -> torch.Tensor:
+    """The check of every family's model input: `pixel_values` as a `(N, C, H, W)` tensor of the model's `dtype`.
+
+    Raises `ValueError` for what no model can take: not a tensor, not 4-D, not `num_channels` channels, an empty
+    batch or image, or integer / bool values (unnormalised pixels: `processor` makes normalised floats). Floats of
+    another precision than the model's (float16, float64 or bfloat16 into a float32 model, float32 into a bfloat16
+    one) are cast to `dtype`, as transformers' vision embeddings do, with one warning per pair of dtypes: PyTorch
+    would stop inside the first convolution ("expected scalar type Double but found Float").
+
+    Shapes and dtypes only, no host synchronisation: safe inside a compiled forward (the warning is left out there).
+
+    Args:
+        pixel_values: what the forward was given; `(N, C, H, W)` expected.
+        num_channels: the channels the backbone takes (`backbone_config.num_channels`, 3 for RGB).
+        dtype: the model's floating dtype (`model.dtype`).
+        processor: how messages name the family's image processor.
+
+    Returns:
+        `pixel_values` itself, or its cast to `dtype`.
+    """
+    if not isinstance(pixel_values, torch.Tensor):
+        hint = "; stack the images into one tensor (the image processor pads them to one size)"
+        raise ValueError(
+            f"pixel_values must be a torch.Tensor (batch, {num_channels}, height, width), got "
+            f"{type(pixel_values).__name__}{hint if isinstance(pixel_values, (list, tuple)) else ''}; {processor} "
+            "makes it from images"
+        )
+    if pixel_values.dim() != 4:
+        hint = " (one image: add the batch axis with pixel_values[None])" if pixel_values.dim() == 3 else ""
+        raise ValueError(
+            f"pixel_values must be (batch, channels, height, width), got shape {tuple(pixel_values.shape)}{hint}"
+        )
+    if not pixel_values.is_floating_point():
+        raise ValueError(
+            f"pixel_values must be normalised floats, got dtype {pixel_values.dtype}; {processor} rescales and "
+            "normalises images"
+        )
+    batch, channels, height, width = pixel_values.shape
+    if channels != num_channels:
+        raise ValueError(
+            f"pixel_values must have {num_channels} channels, got shape {tuple(pixel_values.shape)} (batch, "
+            "channels, height, width)"
+        )
+    if batch == 0 or height == 0 or width == 0:
+        raise ValueError(f"pixel_values is empty: shape {tuple(pixel_values.shape)} (batch, channels, height, width)")
+    if pixel_values.dtype == dtype:
+        return pixel_values
+    if not torch.compiler.is_compiling() and (pixel_values.dtype, dtype) not in _ANNOUNCED_CASTS:
+        _ANNOUNCED_CASTS.add((pixel_values.dtype, dtype))
+        warnings.warn(
+            f"pixel_values are {pixel_values.dtype} and the model is {dtype}: cast to {dtype} (said once); cast "
+            f"them yourself (`pixel_values.to(model.dtype)`) to silence this",
+            stacklevel=3,
+        )
+    return pixel_values.to(dtype)
 
 
 def check_pixel_mask(pixel_mask: torch.Tensor | None, pixel_values: torch.Tensor) -> None:
@@ -301,6 +366,7 @@ __all__ = [
     "ScaleHead",
     "SemanticFPNHead",
     "check_pixel_mask",
+    "check_pixel_values",
     "make_norm",
     "pad_to_multiple",
     "padded_size",

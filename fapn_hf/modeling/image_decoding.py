@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -232,6 +233,155 @@ def valid_size(pixel_mask: torch.Tensor) -> tuple[int, int]:
     return int(pixel_mask.any(dim=1).sum()), int(pixel_mask.any(dim=0).sum())
 
 
+def prepare_segmentation_maps(segmentation_maps: Any, images: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Every family processor's segmentation maps, checked against their images: one `(H, W)` map of class ids per
+    image (PIL, NumPy or PyTorch; a list, or an `(N, H, W)` stack), of its image's size. PIL maps are turned upright
+    by their EXIF orientation, like their images.
+
+    Args:
+        segmentation_maps: what the processor was given.
+        images: the decoded `(C, H, W)` images, before resizing.
+
+    Returns:
+        One `(1, H, W)` tensor per image, on its image's device, of the map's own integer dtype (boolean maps as
+        uint8 0 / 1, floats holding whole numbers as int64).
+
+    Raises `ValueError` naming the map for a count that differs from the images', a map that is not 2-D, of another
+    size than its image, or holding values that are no class ids (fractions, NaN, complex numbers, objects).
+    """
+    if isinstance(segmentation_maps, (np.ndarray, torch.Tensor)) and segmentation_maps.ndim == 3:
+        # An (N, H, W) stack for N images; anything else 3-D is a malformed single map.
+        maps = list(segmentation_maps) if len(segmentation_maps) == len(images) else [segmentation_maps]
+    else:
+        maps = flat_list(segmentation_maps)
+    if len(maps) != len(images):
+        raise ValueError(f"got {len(images)} images but {len(maps)} segmentation maps")
+    prepared = []
+    for index, (image, segmentation_map) in enumerate(zip(images, maps)):
+        if isinstance(segmentation_map, PIL.Image.Image):  # class ids, turned upright like their image
+            segmentation_map = upright(segmentation_map)
+        elif not isinstance(segmentation_map, (np.ndarray, torch.Tensor)):
+            raise ValueError(
+                f"segmentation map {index} must be a PIL image, a NumPy array or a torch tensor of class ids, got "
+                f"{type(segmentation_map).__name__}"
+            )
+        if isinstance(segmentation_map, torch.Tensor):
+            tensor = segmentation_map.detach().cpu()
+            array = (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()  # NumPy has no bfloat16
+        else:
+            array = np.asarray(segmentation_map)
+        if array.ndim != 2:
+            raise ValueError(f"segmentation map {index} must be 2-D (height, width) class ids, got shape {array.shape}")
+        if array.dtype.kind == "b":  # a two-class map: False / True are the class ids 0 / 1
+            array = array.astype(np.uint8)
+        elif array.dtype.kind == "f":
+            if not (np.isfinite(array).all() and (array == np.round(array)).all()):
+                raise ValueError(
+                    f"segmentation map {index} must hold integer class ids, got {array.dtype} values that are not "
+                    "whole numbers (or NaN / infinite); a label map is never interpolated"
+                )
+            array = array.astype(np.int64)
+        elif array.dtype.kind not in "iu":
+            raise ValueError(f"segmentation map {index} must hold integer class ids, got dtype {array.dtype}")
+        if tuple(image.shape[-2:]) != array.shape:
+            raise ValueError(
+                f"segmentation map {index} has size {array.shape} (H, W) but its image has size "
+                f"{tuple(image.shape[-2:])}"
+            )
+        prepared.append(torch.from_numpy(np.array(array)).unsqueeze(0).to(image.device))
+    return prepared
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Post-processing arguments, the same for every family's processor
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _whole_number(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        value = value.item() if value.numel() == 1 else None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return False
+    return float(value).is_integer()
+
+
+def check_target_sizes(target_sizes: Any, batch: int) -> list[tuple[int, int]] | None:
+    """`target_sizes` of a `post_process_*` call as one `(height, width)` pair of positive ints per image (None
+    stays None). Takes a list or tuple of pairs, or an `(N, 2)` tensor or array (what transformers' examples build).
+
+    Raises `ValueError` naming `target_sizes` for one bare `(height, width)` pair (it takes one per image), a count
+    that is not the batch's, an entry that is not a pair of whole numbers, or a side that is zero or negative.
+    """
+    if target_sizes is None:
+        return None
+    if isinstance(target_sizes, (torch.Tensor, np.ndarray)):
+        sizes = target_sizes.tolist()
+    elif isinstance(target_sizes, (list, tuple)):
+        sizes = list(target_sizes)
+    else:
+        raise ValueError(
+            f"target_sizes must be one (height, width) per image (a list, or an (N, 2) tensor), got "
+            f"{type(target_sizes).__name__}"
+        )
+    if not isinstance(sizes, list):  # a 0-d tensor or array
+        sizes = [sizes]
+    if sizes and all(_whole_number(value) for value in sizes):
+        example = "[(height, width)]" if batch == 1 else f"[(height, width)] * {batch}, or a list of {batch} pairs"
+        raise ValueError(
+            f"target_sizes takes one (height, width) per image, got {tuple(sizes)} for a batch of {batch} image(s); "
+            f"pass {example}"
+        )
+    if len(sizes) != batch:
+        raise ValueError(
+            f"got {len(sizes)} target sizes for a batch of {batch} images; target_sizes takes one (height, width) per "
+            "image"
+        )
+    checked = []
+    for index, size in enumerate(sizes):
+        pair = (
+            tuple(size.tolist() if isinstance(size, (torch.Tensor, np.ndarray)) else size)
+            if isinstance(size, (list, tuple, torch.Tensor, np.ndarray))
+            else (size,)
+        )
+        if len(pair) != 2 or not all(_whole_number(side) for side in pair):
+            raise ValueError(f"target_sizes[{index}] must be a (height, width) pair of whole numbers, got {size!r}")
+        height, width = (int(float(side)) for side in pair)
+        if height < 1 or width < 1:
+            raise ValueError(
+                f"target_sizes[{index}] is ({height}, {width}): a target size must be at least 1x1 (height, width)"
+            )
+        checked.append((height, width))
+    return checked
+
+
+def output_field(outputs: Any, name: str, method: str) -> Any:
+    """`outputs.<name>` of a model output (a `ModelOutput`, or any object or mapping with it) for `method`; None when
+    it has no such field.
+
+    A tuple, what a model returns with `return_dict=False`, holds its fields by position and drops those that are
+    None, so which tensor is which cannot be read back: it raises `ValueError` saying what `method` needs instead.
+    """
+    if isinstance(outputs, (tuple, list)):
+        raise ValueError(
+            f"{method} takes the model's output object (with `.{name}`), got a {type(outputs).__name__}, which the "
+            "model returns with return_dict=False; call the model with return_dict=True (the default)"
+        )
+    if isinstance(outputs, Mapping):
+        return outputs.get(name)
+    return getattr(outputs, name, None)
+
+
+def required_output_field(outputs: Any, name: str, method: str) -> torch.Tensor:
+    """`output_field(outputs, name, method)`, raising `ValueError` when the field is missing."""
+    value = output_field(outputs, name, method)
+    if value is None:
+        raise ValueError(
+            f"{method} needs the model output's `{name}`, which {type(outputs).__name__} does not have (None); pass "
+            "the output of this family's model"
+        )
+    return value
+
+
 class DecodedImagesMixin:
     """Image decoding of every FaPN processor (mixed into transformers' torchvision-backend processors): local files,
     PIL images, arrays and tensors go through `decode_image` (EXIF orientation, 16-bit depth, transparency) when
@@ -241,10 +391,35 @@ class DecodedImagesMixin:
     def _prepare_images_structure(self, images: Any, expected_ndims: int = 3) -> list:
         # Local files are read by `decode_image` (in `process_image`), which keeps 16-bit depth and transparency;
         # transformers' own reader is left the URLs.
-        images = [image if is_local_file(image) else self.fetch_images(image) for image in flat_list(images)]
+        images = flat_list(images)
         if not images:
             raise ValueError("no images to process (an empty batch)")
-        return images
+        prepared = []
+        for index, image in enumerate(images):
+            if isinstance(image, str) and not is_local_file(image):  # an http(s) URL
+                image = self.fetch_images(image)
+            elif not (is_local_file(image) or isinstance(image, (PIL.Image.Image, np.ndarray, torch.Tensor))):
+                # transformers' reader would say "only a single or a list of entries is supported"
+                where = f" (image {index} of {len(images)})" if len(images) > 1 else ""
+                raise ValueError(
+                    f"expected an image file path, a PIL image, a NumPy array or a torch tensor, got "
+                    f"{type(image).__name__}{where}"
+                )
+            prepared.append(image)
+        return prepared
+
+    def resize(self, image: torch.Tensor, size: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The processor's own resize, except that a uint8 image whose output PyTorch cannot make in uint8 is resized
+        in float32 and rounded back to uint8: torch 2.x's uint8 resize fails with an INTERNAL ASSERT on a 1x1 output
+        (a test-time scale of 0.01, `size={"height": 1, "width": 1}`). Every other resize is PyTorch's uint8 one,
+        bit for bit."""
+        try:
+            return super().resize(image, size, *args, **kwargs)
+        except RuntimeError:
+            if image.dtype != torch.uint8:
+                raise
+        resized = super().resize(image.float(), size, *args, **kwargs)
+        return resized.round().clamp(0, 255).to(torch.uint8)
 
     def process_image(
         self,
@@ -278,10 +453,14 @@ __all__ = [
     "TRANSPARENT_BACKGROUND",
     "DecodedImagesMixin",
     "as_rgb_tensor",
+    "check_target_sizes",
     "decode_image",
     "flat_list",
     "is_local_file",
     "open_image",
+    "output_field",
+    "prepare_segmentation_maps",
+    "required_output_field",
     "size_of",
     "to_channels_first",
     "upright",

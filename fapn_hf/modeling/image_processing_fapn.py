@@ -9,8 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-import PIL.Image
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as tvF
@@ -24,10 +22,12 @@ from .image_decoding import (
     TRANSPARENT_BACKGROUND,
     DecodedImagesMixin,
     as_rgb_tensor,
+    check_target_sizes,
     decode_image,
-    flat_list,
     open_image,
-    size_of,
+    output_field,
+    prepare_segmentation_maps,
+    required_output_field,
     to_channels_first,
     upright,
     valid_size,
@@ -99,32 +99,6 @@ class FaPNImageProcessor(ProcessorCodeMixin, DecodedImagesMixin, SegformerImageP
         """
         return super().preprocess(images, segmentation_maps, **kwargs)
 
-    def _prepare_segmentation_maps(self, segmentation_maps: Any, images: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Checks the maps against their images and returns them as `(1, H, W)` tensors."""
-        if isinstance(segmentation_maps, (np.ndarray, torch.Tensor)) and segmentation_maps.ndim == 3:
-            # An (N, H, W) stack for N images; anything else 3-D is a malformed single map.
-            maps = list(segmentation_maps) if len(segmentation_maps) == len(images) else [segmentation_maps]
-        else:
-            maps = flat_list(segmentation_maps)
-        if len(maps) != len(images):
-            raise ValueError(f"got {len(images)} images but {len(maps)} segmentation maps")
-        prepared = []
-        for index, (image, segmentation_map) in enumerate(zip(images, maps)):
-            if isinstance(segmentation_map, PIL.Image.Image):  # class ids, turned upright like their image
-                segmentation_map = upright(segmentation_map)
-            array = np.asarray(segmentation_map)
-            if array.ndim != 2:
-                raise ValueError(
-                    f"segmentation map {index} must be 2-D (height, width) class ids, got shape {array.shape}"
-                )
-            if tuple(image.shape[-2:]) != size_of(segmentation_map):
-                raise ValueError(
-                    f"segmentation map {index} has size {size_of(segmentation_map)} (H, W) but its image has "
-                    f"size {tuple(image.shape[-2:])}"
-                )
-            prepared.append(torch.from_numpy(np.array(array)).unsqueeze(0).to(image.device))
-        return prepared
-
     def _preprocess_image_like_inputs(
         self,
         images: Any,
@@ -146,7 +120,7 @@ class FaPNImageProcessor(ProcessorCodeMixin, DecodedImagesMixin, SegformerImageP
                 f"images with {counts} channels cannot be normalised with the {len(kwargs['image_mean'])} values of "
                 "image_mean; with do_convert_rgb=False the images must already have that many channels"
             )
-        maps = None if segmentation_maps is None else self._prepare_segmentation_maps(segmentation_maps, images)
+        maps = None if segmentation_maps is None else prepare_segmentation_maps(segmentation_maps, images)
         pixel_values = self._preprocess(images, **{**kwargs, "do_reduce_labels": False})
         labels = None
         if maps is not None:
@@ -196,8 +170,10 @@ class FaPNImageProcessor(ProcessorCodeMixin, DecodedImagesMixin, SegformerImageP
         `outputs.pixel_mask`), then its scores are resized (bilinear) to `target_sizes[i]` when given.
 
         Args:
-            outputs: the model's output, with `logits` and optionally `pixel_mask` `(N, H, W)`.
-            target_sizes: one `(height, width)` per image, e.g. the original image sizes.
+            outputs: the model's output object (not the tuple of `return_dict=False`), with `logits` and optionally
+                `pixel_mask` `(N, H, W)`.
+            target_sizes: one `(height, width)` per image, e.g. the original image sizes: a list of pairs or an
+                `(N, 2)` tensor of positive ints (`check_target_sizes`).
             return_segmentation_scores: also return the (cropped, resized) scores `(K, height, width)`.
             pixel_mask: overrides `outputs.pixel_mask`.
 
@@ -205,22 +181,22 @@ class FaPNImageProcessor(ProcessorCodeMixin, DecodedImagesMixin, SegformerImageP
             One `(height, width)` int64 tensor of class ids per image or, with `return_segmentation_scores`, one
             [`SemanticSegmentationPostProcessorOutput`] (`segmentation`, `segmentation_scores`) per image.
         """
-        logits = outputs.logits
+        method = "post_process_semantic_segmentation"
+        logits = required_output_field(outputs, "logits", method)
         if pixel_mask is None:
-            pixel_mask = getattr(outputs, "pixel_mask", None)
+            pixel_mask = output_field(outputs, "pixel_mask", method)
         if pixel_mask is not None and tuple(pixel_mask.shape) != (logits.shape[0], *logits.shape[-2:]):
             raise ValueError(
                 f"pixel_mask of shape {tuple(pixel_mask.shape)} does not match logits of shape {tuple(logits.shape)}"
             )
-        if target_sizes is not None and len(target_sizes) != len(logits):
-            raise ValueError(f"got {len(target_sizes)} target sizes for a batch of {len(logits)} images")
+        target_sizes = check_target_sizes(target_sizes, len(logits))
         results = []
         for index, scores in enumerate(logits):
             if pixel_mask is not None:
                 height, width = valid_size(pixel_mask[index])
                 scores = scores[:, :height, :width]
             if target_sizes is not None:
-                size = tuple(int(side) for side in target_sizes[index])
+                size = target_sizes[index]
                 scores = F.interpolate(scores.unsqueeze(0), size=size, mode="bilinear", align_corners=False)[0]
             segmentation = scores.argmax(dim=0)
             if return_segmentation_scores:

@@ -37,12 +37,13 @@ from .fapn_layers import (
     FeatureSelectionModule,
     SemanticFPNHead,
     check_pixel_mask,
+    check_pixel_values,
     pad_to_multiple,
     padded_size,
     resize_to,
 )
 from .initialisation import INIT_SCHEMES, InitWeightsMixin, tag_init
-from .label_checks import check_label_values
+from .label_checks import REDUCE_LABELS_HINT, check_label_values
 from .remote_code import FamilyCodeSavingMixin
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -169,13 +170,6 @@ def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_inde
     return total / (labels != ignore_index).sum().clamp(min=1)
 
 
-# What most often puts a value outside the label map: a data set with 0 for background and classes from 1.
-REDUCE_LABELS_HINT = (
-    ". If the data set marks background with 0 and the classes from 1, set `do_reduce_labels=True` in the image "
-    "processor."
-)
-
-
 def _batch_norm_error(error: ValueError, pixel_values: torch.Tensor) -> ValueError | None:
     """PyTorch's "Expected more than 1 value per channel when training", explained with what to do about it; None
     for any other error."""
@@ -249,27 +243,12 @@ class FaPNModel(FaPNPreTrainedModel):
             keep_norms_frozen(self.backbone, self.config.freeze_backbone_norm, self.config.freeze_backbone_stages)
         return self
 
-    def check_pixel_values(self, pixel_values: torch.Tensor) -> None:
-        """Raises `ValueError` for inputs the model cannot take: not a float `(N, C, H, W)` tensor with the
-        backbone's channel count, an empty batch or an empty image. Shapes only: no host synchronisation."""
-        if not isinstance(pixel_values, torch.Tensor):
-            raise ValueError(
-                f"pixel_values must be a torch.Tensor (batch, 3, height, width), got {type(pixel_values).__name__}; "
-                "FaPNImageProcessor makes it from images"
-            )
-        if pixel_values.dim() != 4:
-            raise ValueError(f"pixel_values must be (batch, channels, height, width), got {tuple(pixel_values.shape)}")
-        if not pixel_values.is_floating_point():
-            raise ValueError(
-                f"pixel_values must be normalised floats, got dtype {pixel_values.dtype}; FaPNImageProcessor rescales "
-                "and normalises images"
-            )
-        batch, channels, height, width = pixel_values.shape
-        expected = getattr(self.config.backbone_config, "num_channels", 3)
-        if channels != expected:
-            raise ValueError(f"pixel_values must have {expected} channels, got shape {tuple(pixel_values.shape)}")
-        if batch == 0 or height == 0 or width == 0:
-            raise ValueError(f"pixel_values is empty: shape {tuple(pixel_values.shape)} (batch, channels, H, W)")
+    def check_pixel_values(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """`pixel_values` as the model takes them (the kernel's `check_pixel_values`: a float `(N, C, H, W)` tensor with
+        the backbone's channel count, cast to the model's dtype), or `ValueError`. Shapes only: no host
+        synchronisation."""
+        channels = getattr(self.config.backbone_config, "num_channels", 3)
+        return check_pixel_values(pixel_values, channels, self.dtype, "FaPNImageProcessor")
 
     def check_feature_strides(self, features: Sequence[torch.Tensor], input_size: tuple[int, int]) -> None:
         """Raises `ValueError` unless the backbone's four maps are at strides 4, 8, 16 and 32 of `input_size` (sides
@@ -308,7 +287,7 @@ class FaPNModel(FaPNPreTrainedModel):
         output_hidden_states = (
             self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         )
-        self.check_pixel_values(pixel_values)
+        pixel_values = self.check_pixel_values(pixel_values)
         check_pixel_mask(pixel_mask, pixel_values)
         padded = pad_to_multiple(pixel_values, self.config.size_divisibility)
         try:
@@ -424,6 +403,7 @@ class FaPNForSemanticSegmentation(FaPNPreTrainedModel):
             [`FaPNSemanticSegmenterOutput`]: `logits` `(N, num_labels, H, W)`, `loss` when labels are given.
         """
         return_dict = self.config.return_dict if return_dict is None else return_dict
+        pixel_values = self.fapn.check_pixel_values(pixel_values)
         if labels is not None:
             self.check_labels(labels, pixel_values)
         check_pixel_mask(pixel_mask, pixel_values)

@@ -21,9 +21,11 @@ depends on nothing of the package (no relative imports), and names classes inste
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.util
 import json
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +79,41 @@ class CodeFamily:
         return [processor_file, *map(Path, get_relative_import_files(str(processor_file)))]
 
 
+# What marks a folder as saved by `save_pretrained` (a model, or an image processor saved on its own).
+_SAVED_FILES = ("config.json", "preprocessor_config.json")
+
+
+def check_pretrained_source(name: Any) -> None:
+    """Raises `FileNotFoundError` ("model not found: there is no folder ... (did you mean ...?)") when a
+    `from_pretrained` source is meant as a local folder that does not exist: a `Path`, or a string that starts with
+    `.`, `/` or `~` or cannot be a Hub repo id (e.g. `runs/a/b/model`). transformers would answer "Repo id must be in
+    the form 'repo_name' or 'namespace/repo_name'". The hint names the closest saved folder beside it, as the
+    package's commands do. Existing paths and valid Hub ids are left to transformers."""
+    if not isinstance(name, (str, os.PathLike)):
+        return
+    path = Path(name).expanduser()
+    if path.exists():
+        return
+    local = isinstance(name, os.PathLike) or str(name).startswith((".", "/", "~"))
+    if not local:
+        from huggingface_hub.errors import HFValidationError
+        from huggingface_hub.utils import validate_repo_id
+
+        try:
+            validate_repo_id(str(name))
+        except HFValidationError:
+            local = True
+    if not local:
+        return
+    parent = path.parent if str(path.parent) else Path(".")
+    hint = ""
+    if parent.is_dir():
+        saved = [p.name for p in parent.iterdir() if p.is_dir() and any((p / f).is_file() for f in _SAVED_FILES)]
+        match = difflib.get_close_matches(path.name, saved, n=1, cutoff=0.6)
+        hint = f" (did you mean {parent / match[0]}?)" if match else ""
+    raise FileNotFoundError(f"model not found: there is no folder {name}{hint}")
+
+
 def _resolve(package: str, name: str) -> type:
     """`"module.Class"` -> the class, from `package.module`."""
     module, class_name = name.split(".")
@@ -123,6 +160,13 @@ class FamilyCodeSavingMixin:
 
     code_family: CodeFamily
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any) -> Any:
+        """Loads like any transformers model; a mistyped local folder is named with the closest saved one
+        (`check_pretrained_source`) instead of transformers' "Repo id must be in the form ..."."""
+        check_pretrained_source(pretrained_model_name_or_path)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
     def save_pretrained(self, save_directory: str | Path, *args: Any, **kwargs: Any) -> Any:
         """Saves like any transformers model; for `trust_remote_code=True` users also writes an `auto_map` entry for
         every Auto class of the family and copies the image processor's code."""
@@ -152,6 +196,13 @@ class ProcessorCodeMixin:
     """For the image processors: preprocessor_config.json never names code (no `auto_map`, and no processor class
     where the model's config.json maps `AutoImageProcessor`)."""
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any) -> Any:
+        """Loads like any transformers image processor; a mistyped local folder is named with the closest saved one
+        (`check_pretrained_source`)."""
+        check_pretrained_source(pretrained_model_name_or_path)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
     def save_pretrained(self, save_directory: str | Path, *args: Any, **kwargs: Any) -> list[str]:
         saved = super().save_pretrained(save_directory, *args, **kwargs)
         defer_processor_class_to_model_config(save_directory)  # a model saved there first ships the class
@@ -168,6 +219,7 @@ __all__ = [
     "CodeFamily",
     "FamilyCodeSavingMixin",
     "ProcessorCodeMixin",
+    "check_pretrained_source",
     "defer_processor_class_to_model_config",
     "register_family",
 ]
