@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 from huggingface_hub.dataclasses import strict
 from transformers import MaskFormerConfig
 
-from .backbone_utils import check_pyramid_backbone
+from .backbone_utils import backbone_config_from_name, check_pyramid_backbone
 from .deform_conv import check_deform_conv_implementation, check_deformable_groups
-from .label_checks import check_ignore_index
-from .remote_code import CodeFamily
+from .label_checks import (
+    check_id2label,
+    check_ignore_index,
+    check_label2id,
+    check_num_labels_argument,
+    reheaded_config_dict,
+)
+from .remote_code import CodeFamily, check_pretrained_source
 
 PIXEL_DECODERS = ("fapn", "fpn")
 
@@ -19,6 +28,10 @@ class MaskFormerFaPNConfig(MaskFormerConfig):
     Configuration of MaskFormer with the FaPN pixel decoder (Huang et al., ICCV 2021, the paper's ADE20K and
     COCO-Stuff models). Everything of [`MaskFormerConfig`] applies (backbone, `decoder_config` of the transformer
     decoder, `num_labels`, loss weights); the fields below choose and shape the pixel decoder.
+
+    As `FaPNConfig`, it checks what it is given: `backbone="resnet18"` is a timm model name (no network access),
+    `id2label` numbers its classes 0..K-1 without gaps or repeated names, a given `label2id` is its inverse, and the
+    loss weights are finite and >= 0.
 
     Args:
         pixel_decoder (`str`, *optional*, defaults to `"fapn"`):
@@ -60,8 +73,27 @@ class MaskFormerFaPNConfig(MaskFormerConfig):
     semantic_loss_ignore_index: int = 255
 
     def __post_init__(self, **kwargs):
+        # `backbone="resnet18"` is a timm name, built without network access (transformers would ask the Hub first).
+        self.backbone_config = backbone_config_from_name(kwargs, self.backbone_config, "MaskFormerFaPNConfig")
+        check_num_labels_argument(kwargs.get("num_labels"), self.id2label, "MaskFormerFaPNConfig")
+        given_label2id = self.label2id
         super().__post_init__(**kwargs)
+        check_label2id(given_label2id, self.id2label, "MaskFormerFaPNConfig")
+        if self.id2label is not None and self.label2id is None:
+            self.label2id = {name: index for index, name in self.id2label.items()}
         self._check_values()  # a plain ValueError naming the setting, as FaPNConfig raises
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any) -> MaskFormerFaPNConfig:
+        """transformers' `from_pretrained`; a mistyped local folder is named with the closest saved one
+        (`check_pretrained_source`) instead of transformers' "Repo id must be in the form ..."."""
+        check_pretrained_source(pretrained_model_name_or_path)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> MaskFormerFaPNConfig:
+        """transformers' `from_dict`, where `num_labels` alone re-heads a saved config (`reheaded_config_dict`)."""
+        return super().from_dict(reheaded_config_dict(config_dict, kwargs), **kwargs)
 
     def _check_values(self) -> None:
         """Raises `ValueError` naming the first inconsistent or out-of-range setting."""
@@ -69,6 +101,19 @@ class MaskFormerFaPNConfig(MaskFormerConfig):
         def require(condition: bool, message: str) -> None:
             if not condition:
                 raise ValueError(f"MaskFormerFaPNConfig: {message}")
+
+        check_id2label(self.id2label, "MaskFormerFaPNConfig")
+        require(self.num_labels >= 1, f"mask classification needs at least 1 label, got num_labels={self.num_labels}")
+        for name in ("cross_entropy_weight", "mask_weight", "dice_weight", "no_object_weight"):
+            weight = getattr(self, name)
+            # A negative weight turns its loss term into a reward: training would maximise the error.
+            require(
+                isinstance(weight, (int, float))
+                and not isinstance(weight, bool)
+                and math.isfinite(weight)
+                and weight >= 0,
+                f"{name} must be a finite number >= 0, got {weight!r}",
+            )
 
         require(
             self.pixel_decoder in PIXEL_DECODERS,

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -42,9 +43,154 @@ from .backbone_utils import (
     warn_unloaded_pretrained_backbone,
 )
 from .configuration_maskformer_fapn import MASKFORMER_FAPN_CODE, MaskFormerFaPNConfig
-from .fapn_layers import ConvNormAct, FeatureAlignmentModule, check_pixel_mask, pad_to_multiple, padded_size
+from .fapn_layers import (
+    ConvNormAct,
+    FeatureAlignmentModule,
+    check_pixel_mask,
+    check_pixel_values,
+    pad_to_multiple,
+    padded_size,
+)
 from .initialisation import InitWeightsMixin, init_linear_default, tag_init
+from .label_checks import REDUCE_LABELS_HINT, check_label_values
 from .remote_code import FamilyCodeSavingMixin
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Mask-classification targets
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def semantic_to_mask_targets(
+    labels: torch.Tensor | Sequence[torch.Tensor], num_labels: int, ignore_index: int = 255, hint: str = ""
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per-class binary masks and their classes from semantic label maps, as the original MaskFormer's semantic
+    dataset mapper (`MaskFormerSemanticDatasetMapper`) makes them: one mask per class present, the ignore label no
+    class (its pixels, the padding included, belong to no mask), and an image with only ignored pixels no mask at all.
+
+    Args:
+        labels: `(N, H, W)` integer class ids, or a sequence of `(H_i, W_i)` maps (sizes may differ; NumPy arrays and
+            nested lists too).
+        num_labels: every label other than `ignore_index` must lie in `[0, num_labels)`.
+        ignore_index: the label of pixels that belong to no class (no mask is made for it).
+        hint: appended to the message of a value outside the label map.
+
+    Returns:
+        `(mask_labels, class_labels)`: per image a float `(K_i, H_i, W_i)` tensor of 0/1 masks, one per class
+        present in increasing class order, and the `(K_i,)` int64 tensor of those classes; `K_i = 0` for an image
+        whose pixels are all `ignore_index`. On the device of the labels.
+    """
+    if isinstance(labels, torch.Tensor) and labels.dim() != 3:
+        raise ValueError(f"labels must be (batch, height, width) or a list of (height, width) maps, got {labels.shape}")
+    mask_labels, class_labels = [], []
+    for index, label_map in enumerate(labels):
+        label_map = torch.as_tensor(label_map)
+        if label_map.dim() != 2:
+            raise ValueError(f"label map {index} must be (height, width), got shape {tuple(label_map.shape)}")
+        if label_map.is_floating_point() or label_map.is_complex() or label_map.dtype == torch.bool:
+            raise ValueError(f"label map {index} must hold integer class ids, got dtype {label_map.dtype}")
+        check_label_values(label_map, num_labels, ignore_index, name=f"label map {index}", hint=hint)
+        classes = torch.unique(label_map)  # sorted
+        classes = classes[classes != ignore_index]
+        mask_labels.append((label_map[None] == classes[:, None, None]).float())
+        class_labels.append(classes.long())
+    return mask_labels, class_labels
+
+
+def _no_object_hint(num_labels: int) -> Any:
+    """The hint of a class id outside `[0, num_labels)`: `num_labels` itself is the "no object" class."""
+
+    def hint(values: list[int]) -> str:
+        if num_labels not in values:
+            return ""
+        return f'; {num_labels} is the id of the "no object" class, never a target' + REDUCE_LABELS_HINT
+
+    return hint
+
+
+def _per_image(name: str, value: Any, batch: int) -> list[Any]:
+    """`mask_labels` / `class_labels` as a list of one entry per image, or `ValueError`."""
+    if isinstance(value, torch.Tensor) and value.dim() == 0 or not isinstance(value, (list, tuple, torch.Tensor)):
+        raise ValueError(
+            f"{name} must be a list with one entry per image ({batch}), got {type(value).__name__}"
+            + (f" of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else "")
+        )
+    if len(value) != batch:
+        shape = f" (a tensor of shape {tuple(value.shape)})" if isinstance(value, torch.Tensor) else ""
+        raise ValueError(f"{name} must have one entry per image ({batch}), got {len(value)}{shape}")
+    return list(value)
+
+
+def check_mask_targets(
+    mask_labels: Any, class_labels: Any, pixel_values: torch.Tensor, num_labels: int
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """MaskFormer's targets as its loss takes them, or `ValueError` naming what is wrong.
+
+    Args:
+        mask_labels: per image `(K_i, H, W)` masks holding 0 and 1, at the size of `pixel_values` `(N, C, H, W)`:
+            float, integer or bool tensors, NumPy arrays or nested lists.
+        class_labels: per image `(K_i,)` integer class ids in `[0, num_labels)` (`num_labels` is the "no object"
+            class): tensors of any integer dtype, NumPy arrays or lists.
+        pixel_values: the model's input (its batch size, size and device).
+        num_labels: the number of classes.
+
+    Returns:
+        `(mask_labels, class_labels)` as lists of float masks and int64 classes on the device of `pixel_values`.
+
+    The 0/1 and class-id checks read the values on the host (a synchronisation); they are left out while
+    `torch.compile` traces the forward.
+    """
+    batch, (height, width) = pixel_values.shape[0], tuple(pixel_values.shape[-2:])
+    masks_per_image = _per_image("mask_labels", mask_labels, batch)
+    classes_per_image = _per_image("class_labels", class_labels, batch)
+    check_values = not torch.compiler.is_compiling()
+    checked_masks, checked_classes = [], []
+    for index, (masks, classes) in enumerate(zip(masks_per_image, classes_per_image)):
+        classes = torch.as_tensor(classes, device=pixel_values.device)
+        if classes.dim() != 1:
+            raise ValueError(
+                f"class_labels[{index}] must be 1-D (num_targets,) class ids, got shape {tuple(classes.shape)}"
+            )
+        if classes.is_floating_point() or classes.is_complex() or classes.dtype == torch.bool:
+            raise ValueError(
+                f"class_labels[{index}] must hold integer class ids, got dtype {classes.dtype}; convert with .long()"
+            )
+        classes = classes.long()
+        if check_values:
+            check_label_values(
+                classes,
+                num_labels,
+                None,
+                name=f"class_labels[{index}]",
+                hint=_no_object_hint(num_labels),
+                unit="targets",
+            )
+        masks = torch.as_tensor(masks, device=pixel_values.device)
+        if masks.dim() == 2:
+            raise ValueError(
+                f"mask_labels[{index}] must be (num_targets, height, width), got one mask of shape "
+                f"{tuple(masks.shape)}: add the mask axis (mask[None]), even for a single target"
+            )
+        if masks.dim() != 3 or tuple(masks.shape[-2:]) != (height, width) or masks.shape[0] != len(classes):
+            raise ValueError(
+                f"mask_labels[{index}] must be ({len(classes)}, {height}, {width}): one mask per class of "
+                f"class_labels[{index}], at the size of pixel_values; got shape {tuple(masks.shape)}"
+            )
+        if masks.is_complex():
+            raise ValueError(f"mask_labels[{index}] must hold 0 and 1, got dtype {masks.dtype}")
+        if masks.dtype == torch.bool:
+            masks = masks.to(pixel_values.dtype)  # False / True are the mask values 0 / 1
+        elif check_values and masks.numel() and not ((masks == 0) | (masks == 1)).all():
+            other = torch.unique(masks[(masks != 0) & (masks != 1)])
+            shown = ", ".join(f"{float(v):g}" for v in other[:10].tolist())
+            raise ValueError(
+                f"mask_labels[{index}] must hold 0 and 1 (binary masks), got also [{shown}]"
+                + (", ..." if len(other) > 10 else "")
+                + "; with a batch padded by transformers' processor, 255 is its padding"
+            )
+        checked_masks.append(masks.to(pixel_values.dtype))  # the loss compares them with the mask logits
+        checked_classes.append(classes)
+    return checked_masks, checked_classes
+
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Pixel decoder
@@ -198,6 +344,12 @@ class MaskFormerFaPNPreTrainedModel(
     # backbones that support it, and timm backbones through timm's own switch (`PretrainedBackboneMixin`).
     supports_gradient_checkpointing = True
 
+    def check_pixel_values(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """`pixel_values` as the model takes them (the kernel's `check_pixel_values`, as FaPN's: a float
+        `(N, C, H, W)` tensor with the backbone's channel count, cast to the model's dtype), or `ValueError`."""
+        channels = getattr(self.config.backbone_config, "num_channels", 3)
+        return check_pixel_values(pixel_values, channels, self.dtype, "MaskFormerFaPNImageProcessor")
+
 
 class MaskFormerFaPNTransformerDecoder(MaskFormerDetrDecoder):
     """transformers' MaskFormer transformer decoder (DETR's post-norm decoder) with the original's initialisation.
@@ -304,9 +456,8 @@ class MaskFormerFaPNModel(MaskFormerFaPNPreTrainedModel, MaskFormerModel):
             pixel_values: `(N, 3, H, W)` normalised images of any size (zero-padded to `size_divisibility` here).
             pixel_mask: `(N, H, W)`; MaskFormer's decoder does not use it (padding is zeros, as in the original).
         """
-        if pixel_values is None or pixel_values.dim() != 4:
-            shape = None if pixel_values is None else tuple(pixel_values.shape)
-            raise ValueError(f"pixel_values must be (batch, channels, height, width), got {shape}")
+        pixel_values = self.check_pixel_values(pixel_values)
+        check_pixel_mask(pixel_mask, pixel_values)
         padded = pad_to_multiple(pixel_values, self.config.size_divisibility)
         return MaskFormerModel.forward(
             self,
@@ -355,6 +506,24 @@ class MaskFormerFaPNForInstanceSegmentation(MaskFormerFaPNPreTrainedModel, MaskF
         )
         self.post_init()
 
+    def semantic_targets(
+        self, labels: Any, pixel_values: torch.Tensor
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Mask targets from semantic `labels` `(N, H, W)` at the size of `pixel_values` (tensor, NumPy array or a
+        list of maps), by `semantic_to_mask_targets`; `ValueError` for labels of another shape, type or range."""
+        expected = (pixel_values.shape[0], *pixel_values.shape[-2:])
+        if not isinstance(labels, (torch.Tensor, np.ndarray, list, tuple)):
+            raise ValueError(f"labels must be (batch, height, width) class ids, got {type(labels).__name__}")
+        labels = torch.as_tensor(np.asarray(labels) if isinstance(labels, (list, tuple)) else labels)
+        if tuple(labels.shape) != expected:
+            raise ValueError(f"labels must have shape (batch, height, width) = {expected}, got {tuple(labels.shape)}")
+        return semantic_to_mask_targets(
+            labels.to(pixel_values.device),
+            self.config.num_labels,
+            self.config.semantic_loss_ignore_index,
+            hint=REDUCE_LABELS_HINT,
+        )
+
     def get_logits(self, outputs: Any) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, torch.Tensor]]]:
         """Class logits `(N, Q, num_labels + 1)` and mask logits `(N, Q, H / 4, W / 4)` of the last decoder layer, and
         with `use_auxiliary_loss` the same pair for every earlier layer (deep supervision).
@@ -393,25 +562,41 @@ class MaskFormerFaPNForInstanceSegmentation(MaskFormerFaPNPreTrainedModel, MaskF
     ) -> MaskFormerFaPNForSegmentationOutput | tuple:
         """
         Args:
-            pixel_values: `(N, 3, H, W)` normalised images of any size.
-            mask_labels: per image a `(num_targets, H, W)` float tensor of binary masks.
-            class_labels: per image a `(num_targets,)` long tensor of class ids in `[0, num_labels)`.
+            pixel_values: `(N, 3, H, W)` normalised images of any size (other float dtypes are cast to the model's).
+            mask_labels: per image a `(num_targets, H, W)` tensor of binary masks (float, integer or bool 0/1), at the
+                size of `pixel_values`.
+            class_labels: per image a `(num_targets,)` tensor of integer class ids in `[0, num_labels)`.
             pixel_mask: `(N, H, W)`, 1 on image pixels and 0 on the processor's padding; returned with the logits.
+            labels (keyword): `(N, H, W)` semantic class ids in `[0, num_labels)` or `semantic_loss_ignore_index`, as
+                FaPN and transformers' semantic models take them, instead of `mask_labels` / `class_labels`: turned
+                into one mask per class present (`semantic_to_mask_targets`). A keyword, not a named parameter: the
+                Trainer reads the named `*label*` parameters as the label columns every batch must have.
         Returns:
             [`MaskFormerFaPNForSegmentationOutput`].
         """
         return_dict = self.config.return_dict if return_dict is None else return_dict
+        pixel_values = self.model.check_pixel_values(pixel_values)
         batch, _, height, width = pixel_values.shape
         check_pixel_mask(pixel_mask, pixel_values)
         if pixel_mask is None:
             pixel_mask = torch.ones((batch, height, width), dtype=torch.long, device=pixel_values.device)
-        if mask_labels is not None:
-            if class_labels is None or len(mask_labels) != batch or len(class_labels) != batch:
+        labels = kwargs.pop("labels", None)
+        if labels is not None:
+            if mask_labels is not None or class_labels is not None:
                 raise ValueError(
-                    f"mask_labels and class_labels must both be given, one entry per image ({batch}); got "
-                    f"{None if mask_labels is None else len(mask_labels)} and "
-                    f"{None if class_labels is None else len(class_labels)}"
+                    "pass either labels (semantic maps) or mask_labels and class_labels (mask targets), not both"
                 )
+            mask_labels, class_labels = self.semantic_targets(labels, pixel_values)
+        if (mask_labels is None) != (class_labels is None):
+            raise ValueError(
+                "mask_labels and class_labels must both be given, one entry per image "
+                f"({batch}); got {'only mask_labels' if class_labels is None else 'only class_labels'} (or pass "
+                "semantic maps as labels)"
+            )
+        if mask_labels is not None:
+            mask_labels, class_labels = check_mask_targets(
+                mask_labels, class_labels, pixel_values, self.config.num_labels
+            )
             target_h, target_w = padded_size(height, width, self.config.size_divisibility)
             mask_labels = [F.pad(m, (0, target_w - m.shape[-1], 0, target_h - m.shape[-2])) for m in mask_labels]
         wants_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
@@ -445,4 +630,6 @@ __all__ = [
     "MaskFormerFaPNPreTrainedModel",
     "MaskFormerFaPNTransformerDecoder",
     "adapt_timm_swin",
+    "check_mask_targets",
+    "semantic_to_mask_targets",
 ]

@@ -3,10 +3,10 @@
 The original MaskFormer's semantic dataset mapper (`MaskFormerSemanticDatasetMapper`) turns a label map into one
 binary mask per class present, with that class as the mask's label: the ignore label is no class, its pixels belong
 to no mask (so the padding, filled with the ignore label, does too), and an image with only ignored pixels gets no
-masks at all, a `(0, H, W)` tensor. `semantic_to_mask_targets` does this for a batch; `MaskClassificationCollator`
-batches the dataset's `{"pixel_values", "labels"}` samples into what `MaskFormerFaPNForInstanceSegmentation` takes.
-
-A flat module depending on torch and `labels.py` alone, so that the remote-code image processor may import it.
+masks at all, a `(0, H, W)` tensor. `semantic_to_mask_targets` does this for a batch; it is shipped code
+(`fapn_hf.modeling.modeling_maskformer_fapn`), as the model turns a semantic `labels=` into mask targets with it, and
+is re-exported here. `MaskClassificationCollator` batches the dataset's `{"pixel_values", "labels"}` samples into what
+`MaskFormerFaPNForInstanceSegmentation` takes.
 """
 
 from __future__ import annotations
@@ -16,39 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ...labels import check_label_values
-
-
-def semantic_to_mask_targets(
-    labels: torch.Tensor | Sequence[torch.Tensor], num_labels: int, ignore_index: int = 255
-) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Per-class binary masks and their classes from semantic label maps.
-
-    Args:
-        labels: `(N, H, W)` integer class ids, or a sequence of `(H_i, W_i)` maps (sizes may differ).
-        ignore_index: the label of pixels that belong to no class (no mask is made for it).
-        num_labels: every label other than `ignore_index` must lie in `[0, num_labels)`.
-
-    Returns:
-        `(mask_labels, class_labels)`: per image a float `(K_i, H_i, W_i)` tensor of 0/1 masks, one per class
-        present in increasing class order, and the `(K_i,)` int64 tensor of those classes; `K_i = 0` for an image
-        whose pixels are all `ignore_index`. On the device of the labels.
-    """
-    if isinstance(labels, torch.Tensor) and labels.dim() != 3:
-        raise ValueError(f"labels must be (batch, height, width) or a list of (height, width) maps, got {labels.shape}")
-    mask_labels, class_labels = [], []
-    for index, label_map in enumerate(labels):
-        label_map = torch.as_tensor(label_map)
-        if label_map.dim() != 2:
-            raise ValueError(f"label map {index} must be (height, width), got shape {tuple(label_map.shape)}")
-        if label_map.is_floating_point() or label_map.is_complex() or label_map.dtype == torch.bool:
-            raise ValueError(f"label map {index} must hold integer class ids, got dtype {label_map.dtype}")
-        check_label_values(label_map, num_labels, ignore_index, name=f"label map {index}")
-        classes = torch.unique(label_map)  # sorted
-        classes = classes[classes != ignore_index]
-        mask_labels.append((label_map[None] == classes[:, None, None]).float())
-        class_labels.append(classes.long())
-    return mask_labels, class_labels
+from ...modeling.modeling_maskformer_fapn import semantic_to_mask_targets
 
 
 @dataclass
