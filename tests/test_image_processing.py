@@ -1,5 +1,5 @@
 """FaPNImageProcessor: odd images, channel layouts, batches of different sizes, label reduction, post-processing,
-serialisation and clear errors."""
+serialisation and clear errors; what every family's processor checks the same way (issue 19)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,17 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision.transforms.v2.functional as tvF
 from conftest import tiny_config
 from PIL import Image
+from test_families import SMALL
 from transformers import AutoImageProcessor
 from transformers.modeling_outputs import SemanticSegmenterOutput
 
-from fapn_hf import FaPNForSemanticSegmentation, FaPNImageProcessor
+from fapn_hf import FAMILIES, FaPNForSemanticSegmentation, FaPNImageProcessor
 from fapn_hf.modeling.image_processing_fapn import FaPNImageProcessorKwargs
 from fapn_hf.modeling.modeling_fapn import FaPNSemanticSegmenterOutput
+from fapn_hf.modeling.modeling_maskformer_fapn import MaskFormerFaPNForSegmentationOutput
 
 RNG = np.random.default_rng(0)
 
@@ -246,3 +249,131 @@ def test_the_kwargs_are_declared_like_transformers_processors():
     assert {"do_reduce_labels", "do_pad", "pad_size", "input_data_format"} <= set(
         FaPNImageProcessorKwargs.__annotations__
     )
+
+
+# ------------------------------------------------------------------ every family's processor (issue 19: the kernel's
+# image_decoding helpers, one rule for all)
+
+FAMILY_NAMES = sorted(FAMILIES)
+
+
+def family_processor(name: str, **overrides):
+    preset, _ = SMALL[name]
+    return FAMILIES[name].preset_image_processor(preset, ["a", "b", "c", "d"], **overrides)
+
+
+def family_outputs(name: str, batch: int = 2, pixel_mask: torch.Tensor | None = None):
+    """Model outputs of the family's shape for a padded batch of `batch` 32 x 40 inputs (random scores)."""
+    generator = torch.Generator().manual_seed(0)
+    if name == "fapn":
+        return FaPNSemanticSegmenterOutput(
+            logits=torch.randn(batch, 4, 32, 40, generator=generator), pixel_mask=pixel_mask
+        )
+    return MaskFormerFaPNForSegmentationOutput(
+        class_queries_logits=torch.randn(batch, 6, 5, generator=generator),
+        masks_queries_logits=torch.randn(batch, 6, 8, 10, generator=generator),
+        pixel_mask=pixel_mask,
+    )
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_no_image_is_refused_with_the_packages_message(name):
+    """`processor(None)` was transformers' "only a single or a list of entries is supported"."""
+    processor = family_processor(name)
+    expected = r"^expected an image file path, a PIL image, a NumPy array or a torch tensor, got NoneType$"
+    with pytest.raises(ValueError, match=expected):
+        processor(None)
+    with pytest.raises(ValueError, match=r"got int \(image 1 of 2\)$"):
+        processor([_rgb(), 3])
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_a_one_pixel_resize_is_the_float_resize_rounded_and_other_sizes_stay_torchs_uint8_resize(name):
+    """torch's uint8 resize stops with an INTERNAL ASSERT on a 1 x 1 output; the processor then resizes in float and
+    rounds to uint8 (what the uint8 kernel computes elsewhere). Other sizes are torch's uint8 resize, bit for bit."""
+    image = _rgb(48, 64)  # torch 2.14's uint8 kernel fails on this one (not on every size)
+    uint8 = torch.from_numpy(image).permute(2, 0, 1)
+    plain = family_processor(name, do_normalize=False, do_rescale=False)
+    one = plain(image, size={"height": 1, "width": 1}, return_tensors="pt")["pixel_values"]
+    expected = tvF.resize(uint8.float(), [1, 1], antialias=True).round()
+    assert one.shape == (1, 3, 1, 1)
+    torch.testing.assert_close(one[0].float(), expected, rtol=0, atol=0)
+    five = plain(image, size={"height": 5, "width": 7}, return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(five[0], tvF.resize(uint8, [5, 7], antialias=True), rtol=0, atol=0)
+    labels = RNG.integers(0, 4, (48, 64)).astype(np.uint8)
+    batch = family_processor(name)(image, segmentation_maps=labels, size={"height": 1, "width": 1}, return_tensors="pt")
+    assert batch["pixel_values"].shape == (1, 3, 1, 1)
+
+
+BAD_TARGET_SIZES = {
+    "one pair for a batch of two": (
+        (40, 30),
+        r"target_sizes takes one \(height, width\) per image, got \(40, 30\) "
+        r"for a batch of 2 image\(s\); pass \[\(height, width\)\] \* 2",
+    ),  # fmt: skip
+    "a zero side": ([(0, 30), (4, 4)], r"target_sizes\[0\] is \(0, 30\): a target size must be at least 1x1"),
+    "a negative side": ([(4, 4), (-1, 30)], r"target_sizes\[1\] is \(-1, 30\): a target size must be at least 1x1"),
+    "a fraction": ([(4, 4.5), (4, 4)], r"target_sizes\[0\] must be a \(height, width\) pair of whole numbers"),
+    "three sides": ([(4, 4, 4), (4, 4)], r"target_sizes\[0\] must be a \(height, width\) pair"),
+    "another batch": ([(4, 4)] * 3, r"got 3 target sizes for a batch of 2 images; target_sizes takes one"),
+    "a number": (
+        40,
+        r"target_sizes must be one \(height, width\) per image \(a list, or an \(N, 2\) tensor\), got int",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_TARGET_SIZES))
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_target_sizes_are_one_positive_height_and_width_per_image(name, case):
+    """(40, 30) for a batch of two was `TypeError: 'int' object is not iterable`; zero or negative sizes were torch's
+    "Input and output sizes should be greater than 0"."""
+    target_sizes, message = BAD_TARGET_SIZES[case]
+    processor = family_processor(name)
+    with pytest.raises(ValueError, match=message):
+        processor.post_process_semantic_segmentation(family_outputs(name), target_sizes=target_sizes)
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_target_sizes_as_a_tensor_or_numpy_pairs_give_the_same_maps(name):
+    processor, outputs = family_processor(name), family_outputs(name)
+    expected = processor.post_process_semantic_segmentation(outputs, target_sizes=[(40, 30), (7, 9)])
+    assert [tuple(m.shape) for m in expected] == [(40, 30), (7, 9)]
+    for sizes in (torch.tensor([[40, 30], [7, 9]]), np.array([[40, 30], [7, 9]]), [np.array([40, 30]), (7.0, 9)]):
+        maps = processor.post_process_semantic_segmentation(outputs, target_sizes=sizes)
+        assert all(torch.equal(a, b) for a, b in zip(maps, expected))
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_a_tuple_output_is_refused_saying_what_post_processing_needs(name):
+    """`model(x, return_dict=False)` then post-processing was `AttributeError: 'tuple' object has no attribute
+    'logits'`; the tuple drops the fields that are None, so its tensors cannot be told apart."""
+    processor, outputs = family_processor(name), family_outputs(name)
+    with pytest.raises(ValueError, match=r"takes the model's output object \(with `\.\w+`\), got a tuple, which the "
+                       r"model returns with return_dict=False; call the model with return_dict=True"):  # fmt: skip
+        processor.post_process_semantic_segmentation(outputs.to_tuple())
+    # A plain mapping with the fields works as the output object does.
+    maps = processor.post_process_semantic_segmentation(dict(outputs))
+    assert all(torch.equal(a, b) for a, b in zip(maps, processor.post_process_semantic_segmentation(outputs)))
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_segmentation_maps_are_checked_the_same_way_by_every_processor(name):
+    processor = family_processor(name, do_resize=False)
+    wrong_size = r"segmentation map 0 has size \(40, 30\) \(H, W\) but its image has size \(30, 40\)"
+    with pytest.raises(ValueError, match=wrong_size):
+        processor(_rgb(30, 40), segmentation_maps=np.zeros((40, 30), np.uint8))
+    with pytest.raises(ValueError, match=r"segmentation map 0 must be 2-D \(height, width\) class ids, got shape"):
+        processor(_rgb(30, 40), segmentation_maps=np.zeros((30, 40, 3), np.uint8))
+    with pytest.raises(ValueError, match="segmentation map 0 must hold integer class ids, got float32 values that"):
+        processor(_rgb(30, 40), segmentation_maps=np.full((30, 40), 0.5, np.float32))
+    with pytest.raises(ValueError, match="2 images but 1 segmentation maps"):
+        processor([_rgb(30, 40), _rgb(30, 40)], segmentation_maps=[np.zeros((30, 40), np.uint8)])
+    # Whole-number floats and booleans are class ids.
+    whole = processor(_rgb(30, 40), segmentation_maps=np.ones((30, 40), np.float32), return_tensors="pt")
+    binary = processor(_rgb(30, 40), segmentation_maps=np.ones((30, 40), bool), return_tensors="pt")
+    for batch in (whole, binary):
+        if name == "fapn":
+            assert torch.equal(batch["labels"], torch.ones(1, 30, 40, dtype=torch.int64))
+        else:
+            assert batch["class_labels"][0].tolist() == [1] and bool(batch["mask_labels"][0].all())

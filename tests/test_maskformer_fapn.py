@@ -1,6 +1,7 @@
 """MaskFormer + FaPN (issue 11): parameter counts against SPEC 2.7 and an independent count, shapes, padding, the
 shared GroupNorm through save/load, the Auto classes, remote code without the package, the pipeline's semantic
-output, presets and the loss."""
+output, presets and the loss; fed as FaPN is fed (issue 19): mixed-size batches, semantic labels, target and
+processor checks, post-processing that crops the padding, and the config's checks."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -26,6 +28,7 @@ from transformers import (
     MaskFormerDetrConfig,
     pipeline,
 )
+from transformers.models.maskformer.image_processing_maskformer import MaskFormerImageProcessor
 
 import fapn_hf  # noqa: F401  (registers the Auto classes)
 from fapn_hf import (
@@ -40,7 +43,9 @@ from fapn_hf import (
     preset_image_processor,
     timm_backbone_config,
 )
+from fapn_hf.families.maskformer_fapn.targets import MaskClassificationCollator, semantic_to_mask_targets
 from fapn_hf.modeling.configuration_maskformer_fapn import MASKFORMER_FAPN_CODE
+from fapn_hf.modeling.modeling_maskformer_fapn import MaskFormerFaPNForSegmentationOutput
 
 LABELS = ["sky", "road", "car", "person", "tree"]
 
@@ -584,3 +589,277 @@ def test_fpn_pixel_decoder_starts_as_the_originals():
         assert 0.9 * bound < conv.weight.abs().max() <= bound
         assert abs(conv.weight.std().item() / (bound / 3**0.5) - 1) < 0.1
         assert conv.bias is None or not conv.bias.any()
+
+
+# --------------------------------------------------------------------------------- issue 19: fed as FaPN is fed
+
+
+@pytest.fixture(scope="module")
+def small_model() -> MaskFormerFaPNForInstanceSegmentation:
+    torch.manual_seed(0)
+    model = MaskFormerFaPNForInstanceSegmentation(tiny_maskformer_config()).train()
+    randomise_offsets(model)
+    return model
+
+
+def seeded_loss(model, **inputs) -> torch.Tensor:
+    """The loss of one training forward; the same seed each time (dropout in the transformer decoder)."""
+    torch.manual_seed(0)
+    return model(**inputs).loss
+
+
+def test_a_batch_of_two_sizes_pads_the_masks_with_no_mask_as_the_collator_does(small_model):
+    """transformers' MaskFormer processor pads the binary masks with `ignore_index` (255): the loss of a batch of two
+    sizes was -7e9 where each image alone gives about 4. The padding belongs to no mask (0), as in
+    `MaskClassificationCollator`, which builds the same batch from padded semantic maps: the oracle here."""
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8), rng.integers(0, 256, (64, 48, 3), dtype=np.uint8)]
+    maps = [rng.integers(0, 5, (48, 64)).astype(np.uint8), rng.integers(0, 5, (64, 48)).astype(np.uint8)]
+    maps[1][:10] = 255  # ignored pixels
+    processor = preset_image_processor(preset="maskformer-fapn-r101-cocostuff", do_resize=False)
+    batch = processor(images, segmentation_maps=maps, return_tensors="pt")
+    assert all(set(masks.unique().tolist()) <= {0.0, 1.0} for masks in batch["mask_labels"])
+    alone = [processor(image, return_tensors="pt")["pixel_values"][0] for image in images]
+    collated = MaskClassificationCollator(num_labels=len(LABELS))(
+        [{"pixel_values": p, "labels": torch.from_numpy(m.astype(np.int64))} for p, m in zip(alone, maps)]
+    )
+    assert torch.equal(batch["pixel_values"], collated["pixel_values"])
+    assert torch.equal(batch["pixel_mask"], collated["pixel_mask"])
+    for ours, theirs, ours_classes, theirs_classes in zip(
+        batch["mask_labels"], collated["mask_labels"], batch["class_labels"], collated["class_labels"]
+    ):
+        assert torch.equal(ours, theirs) and torch.equal(ours_classes, theirs_classes)
+    loss = seeded_loss(small_model, **batch)
+    assert torch.isfinite(loss) and 0 < loss < 50
+    torch.testing.assert_close(loss, seeded_loss(small_model, **collated))
+
+
+def test_semantic_labels_train_as_the_mask_targets_made_from_them(small_model):
+    """`labels=` (FaPN's and transformers' semantic keyword) was silently ignored (loss None)."""
+    labels = torch.randint(0, len(LABELS), (2, 40, 56))
+    labels[0, :8] = 255
+    pixel_values = torch.randn(2, 3, 40, 56)
+    masks, classes = semantic_to_mask_targets(labels, len(LABELS), 255)
+    expected = seeded_loss(small_model, pixel_values=pixel_values, mask_labels=masks, class_labels=classes)
+    torch.testing.assert_close(seeded_loss(small_model, pixel_values=pixel_values, labels=labels), expected)
+    torch.testing.assert_close(seeded_loss(small_model, pixel_values=pixel_values, labels=labels.numpy()), expected)
+    with pytest.raises(ValueError, match="pass either labels .* or mask_labels and class_labels"):
+        small_model(pixel_values, labels=labels, mask_labels=masks, class_labels=classes)
+    with pytest.raises(ValueError, match=r"labels must have shape \(batch, height, width\) = \(2, 40, 56\)"):
+        small_model(pixel_values, labels=labels[:, :20])
+    outside = labels.clone()
+    outside[1, 0, 0] = len(LABELS)
+    with pytest.raises(ValueError, match=r"label map 1 contain values \[5\].*do_reduce_labels=True"):
+        small_model(pixel_values, labels=outside)
+
+
+def _one_target(**changes):
+    """One image of 32 x 48 with one full-image mask of class 1; `changes` replace the mask or the class."""
+    target = {"mask": torch.ones(1, 32, 48), "classes": torch.tensor([1])} | changes
+    return {
+        "pixel_values": torch.randn(1, 3, 32, 48),
+        "mask_labels": [target["mask"]],
+        "class_labels": [target["classes"]],
+    }
+
+
+ACCEPTED_TARGETS = {
+    "int8 classes": {"classes": torch.tensor([1], dtype=torch.int8)},
+    "int16 classes": {"classes": torch.tensor([1], dtype=torch.int16)},
+    "int32 classes": {"classes": torch.tensor([1], dtype=torch.int32)},
+    "uint8 classes": {"classes": torch.tensor([1], dtype=torch.uint8)},
+    "NumPy classes": {"classes": np.array([1])},
+    "list classes": {"classes": [1]},
+    "bool masks": {"mask": torch.ones(1, 32, 48, dtype=torch.bool)},
+    "uint8 masks": {"mask": torch.ones(1, 32, 48, dtype=torch.uint8)},
+    "NumPy masks": {"mask": np.ones((1, 32, 48), np.float32)},
+    "float64 masks": {"mask": torch.ones(1, 32, 48, dtype=torch.float64)},
+}
+
+
+@pytest.mark.parametrize("case", list(ACCEPTED_TARGETS))
+def test_targets_of_other_types_give_the_loss_of_float_masks_and_int64_classes(small_model, case):
+    """Each was a traceback from inside transformers or torch (index dtypes, bool interpolation, NumPy .device)."""
+    torch.manual_seed(1)
+    inputs = _one_target(**ACCEPTED_TARGETS[case])
+    reference = {**inputs, "mask_labels": [torch.ones(1, 32, 48)], "class_labels": [torch.tensor([1])]}
+    torch.testing.assert_close(seeded_loss(small_model, **inputs), seeded_loss(small_model, **reference))
+
+
+REFUSED_TARGETS = {
+    "the no-object id": (
+        {"classes": torch.tensor([len(LABELS)])},
+        r"class_labels\[0\] contain values \[5\] \(1 targets\) outside the label map: expected class ids in \[0, 5\); "
+        r"5 is the id of the \"no object\" class, never a target\. If the data set marks background with 0",
+    ),
+    "a class id beyond": ({"classes": torch.tensor([9])}, r"class_labels\[0\] contain values \[9\].*\[0, 5\)$"),
+    "a negative class id": ({"classes": torch.tensor([-1])}, r"class_labels\[0\] contain values \[-1\]"),
+    "float classes": ({"classes": torch.tensor([1.0])}, r"class_labels\[0\] must hold integer class ids, got dtype"),
+    "bool classes": ({"classes": torch.tensor([True])}, r"class_labels\[0\] must hold integer class ids"),
+    "2-D classes": ({"classes": torch.tensor([[1]])}, r"class_labels\[0\] must be 1-D \(num_targets,\) class ids"),
+    "a mask without its mask axis": (
+        {"mask": torch.ones(32, 48)},
+        r"mask_labels\[0\] must be \(num_targets, height, width\), got one mask of shape \(32, 48\): add the mask axis",
+    ),
+    "masks of another size": (
+        {"mask": torch.ones(1, 10, 10)},
+        r"mask_labels\[0\] must be \(1, 32, 48\): one mask per class of class_labels\[0\], at the size of "
+        r"pixel_values; got shape \(1, 10, 10\)",
+    ),
+    "more masks than classes": ({"mask": torch.ones(2, 32, 48)}, r"must be \(1, 32, 48\).*got shape \(2, 32, 48\)"),
+    "mask values other than 0 and 1": (
+        {"mask": torch.full((1, 32, 48), 255.0)},
+        r"mask_labels\[0\] must hold 0 and 1 \(binary masks\), got also \[255\]",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED_TARGETS))
+def test_targets_the_loss_cannot_use_are_refused_naming_the_value_and_the_range(small_model, case):
+    """Silently wrong before (no-object class accepted, masks of another size or with 255 gave a loss of -3.9e8), or
+    a traceback from inside transformers."""
+    changes, message = REFUSED_TARGETS[case]
+    with pytest.raises(ValueError, match=message):
+        small_model(**_one_target(**changes))
+
+
+def test_target_lists_must_have_one_entry_per_image(small_model):
+    inputs = _one_target()
+    with pytest.raises(ValueError, match=r"mask_labels must have one entry per image \(1\), got 2"):
+        small_model(**{**inputs, "mask_labels": inputs["mask_labels"] * 2})
+    with pytest.raises(ValueError, match="mask_labels and class_labels must both be given"):
+        small_model(inputs["pixel_values"], mask_labels=inputs["mask_labels"])
+    with pytest.raises(ValueError, match=r"class_labels must be a list with one entry per image \(1\), got int"):
+        small_model(**{**inputs, "class_labels": 1})
+
+
+def test_the_processor_keeps_the_ignore_label_ignored_and_checks_class_ids():
+    """transformers' processor turned 255 into 254 (a class) with do_reduce_labels, and made 255 a class when
+    `ignore_index` was unset; maps of another size or rank went through (tests/test_image_processing.py)."""
+    rng = np.random.default_rng(0)
+    image, raw = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8), rng.integers(0, 6, (24, 32)).astype(np.uint8)
+    raw[:4] = 255
+    reducing = MaskFormerFaPNImageProcessor(do_resize=False, do_reduce_labels=True)
+    assert reducing.ignore_index == 255  # unset: the models' semantic_loss_ignore_index
+    batch = reducing(image, segmentation_maps=raw, return_tensors="pt")
+    # A pixel-by-pixel reduction: 0 and 255 -> ignored (no mask), k -> k - 1.
+    reduced = np.where((raw == 0) | (raw == 255), 255, raw.astype(np.int64) - 1)
+    present = sorted(set(np.unique(reduced).tolist()) - {255})
+    assert batch["class_labels"][0].tolist() == present
+    for mask, class_id in zip(batch["mask_labels"][0], present):
+        np.testing.assert_array_equal(mask.numpy(), (reduced == class_id).astype(np.float32))
+    plain = MaskFormerFaPNImageProcessor(do_resize=False)(image, segmentation_maps=raw, return_tensors="pt")
+    assert 255 not in plain["class_labels"][0].tolist()
+    checking = MaskFormerFaPNImageProcessor(do_resize=False, num_labels=5)
+    with pytest.raises(ValueError, match=r"segmentation map 0 contain values \[5\].*\[0, 5\) or the ignore index 255\. "
+                       r"If the data set marks background with 0"):  # fmt: skip
+        checking(image, segmentation_maps=raw)
+    negative = raw.astype(np.int16)
+    negative[5, 5] = -1
+    with pytest.raises(ValueError, match=r"segmentation map 0 contain values \[-1\]"):
+        MaskFormerFaPNImageProcessor(do_resize=False)(image, segmentation_maps=negative)
+    with pytest.raises(ValueError, match="do_reduce_labels=True turns class 0 into ignore_index, which is None"):
+        MaskFormerFaPNImageProcessor(do_resize=False, do_reduce_labels=True, ignore_index=None)(
+            image, segmentation_maps=raw
+        )
+
+
+def _boundary_outputs() -> tuple[MaskFormerFaPNForSegmentationOutput, torch.Tensor]:
+    """A batch padded to 64 x 64 whose first image is 48 x 64: query 0 (class 1) covers rows < 20 of it, query 1
+    (class 2) the rows below; the other queries predict "no object". Mask logits at stride 4 of the padded input."""
+    rows = torch.arange(16).float()[:, None].expand(16, 16) * 4 + 1.5  # centres of the stride-4 cells
+    first = (19.5 - rows) * 2.0  # 0 half-way between rows 19 and 20 of the upsampled masks
+    masks = torch.stack([first, -first, *([torch.full((16, 16), -20.0)] * 4)])
+    classes = torch.full((6, len(LABELS) + 1), -20.0)
+    classes[:, -1] = 20.0
+    classes[0, :] = -20.0
+    classes[0, 1] = 20.0
+    classes[1, :] = -20.0
+    classes[1, 2] = 20.0
+    pixel_mask = torch.zeros(2, 64, 64, dtype=torch.long)
+    pixel_mask[0, :48] = 1
+    pixel_mask[1] = 1
+    outputs = MaskFormerFaPNForSegmentationOutput(
+        class_queries_logits=classes[None].repeat(2, 1, 1),
+        masks_queries_logits=masks[None].repeat(2, 1, 1, 1),
+        pixel_mask=pixel_mask,
+    )
+    return outputs, pixel_mask
+
+
+def _first_row_of(segmentation: torch.Tensor, value: Any) -> int:
+    return int((segmentation[:, 0] == value).nonzero()[0])
+
+
+@pytest.mark.parametrize("method", ["semantic", "instance", "panoptic"])
+def test_every_post_processing_crops_the_padding_before_resizing(method):
+    """The boundary at row 20 of the 48-row image lands at row 40 of a 96-row target (transformers' instance and
+    panoptic post-processing resize the padded 64 rows: row 30), and without target sizes every result has the
+    image's own size."""
+    processor = MaskFormerFaPNImageProcessor(semantic_only=False)
+    outputs, _ = _boundary_outputs()
+    run = getattr(processor, f"post_process_{method}_segmentation")
+    settings = {"label_ids_to_fuse": set()} if method == "panoptic" else {}
+    sized = run(outputs, target_sizes=[(96, 128), (64, 64)], **settings)
+    natural = run(outputs, **settings)
+    if method == "semantic":
+        assert _first_row_of(sized[0], 2) == 40 and _first_row_of(natural[0], 2) == 20
+        assert [tuple(m.shape) for m in natural] == [(48, 64), (64, 64)]
+        return
+    for results, row, size in ((sized, 40, (96, 128)), (natural, 20, (48, 64))):
+        segmentation, segments = results[0]["segmentation"], results[0]["segments_info"]
+        assert tuple(segmentation.shape) == size
+        lower = next(s["id"] for s in segments if s["label_id"] == 2)
+        assert _first_row_of(segmentation, lower) == row
+    assert tuple(natural[1]["segmentation"].shape) == (64, 64)
+    transformers_result = getattr(MaskFormerImageProcessor, f"post_process_{method}_segmentation")(
+        processor, outputs, target_sizes=[(96, 128), (64, 64)], **settings
+    )[0]
+    lower = next(s["id"] for s in transformers_result["segments_info"] if s["label_id"] == 2)
+    assert _first_row_of(transformers_result["segmentation"], lower) == 30  # what was wrong
+
+
+def test_instance_and_panoptic_post_processing_check_their_arguments():
+    processor = MaskFormerFaPNImageProcessor(semantic_only=False)
+    outputs, _ = _boundary_outputs()
+    with pytest.raises(ValueError, match=r"target_sizes takes one \(height, width\) per image, got \(40, 30\)"):
+        processor.post_process_instance_segmentation(outputs, target_sizes=(40, 30))
+    with pytest.raises(ValueError, match=r"target_sizes\[0\] is \(0, 4\)"):
+        processor.post_process_panoptic_segmentation(outputs, target_sizes=[(0, 4), (4, 4)])
+    with pytest.raises(ValueError, match="got a tuple, which the model returns with return_dict=False"):
+        processor.post_process_instance_segmentation(outputs.to_tuple())
+
+
+def test_the_config_checks_what_fapns_config_checks(monkeypatch):
+    """`MaskFormerFaPNConfig(backbone="resnet18")` asked the Hub whether a repo of that name exists (it failed
+    offline); id gaps, repeated names, a label2id that is not the inverse and negative loss weights were accepted."""
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the config asked the Hub")
+
+    monkeypatch.setattr("transformers.backbone_utils.hf_api", no_network)
+    config = MaskFormerFaPNConfig(backbone="resnet18")
+    assert config.backbone_config.model_type == "timm_backbone" and config.backbone_config.backbone == "resnet18"
+    assert list(config.backbone_config.out_indices) == list(timm_backbone_config("resnet18").out_indices)
+    with pytest.raises(ValueError, match="pass either `backbone` .* or `backbone_config`, not both"):
+        MaskFormerFaPNConfig(backbone="resnet18", backbone_config=timm_backbone_config("resnet18"))
+    with pytest.raises(ValueError, match=r"backbone_kwargs cannot set \['out_indices'\]: the model takes the"):
+        MaskFormerFaPNConfig(backbone="resnet18", backbone_kwargs={"out_indices": [4]})
+    frozen = MaskFormerFaPNConfig(backbone="resnet18", backbone_kwargs={"freeze_batch_norm_2d": True})
+    assert frozen.backbone_config.freeze_batch_norm_2d
+    refused = {
+        "without gaps, got ids \\[0, 2\\] \\(missing \\[1\\]\\)": {"id2label": {0: "a", 2: "b"}},
+        "class names in id2label must be unique; repeated: \\['a'\\]": {"id2label": {0: "a", 1: "a"}},
+        "is not the inverse of id2label": {"id2label": {0: "a", 1: "b"}, "label2id": {"a": 1, "b": 0}},
+        "num_labels=3 but id2label names 2 classes": {"id2label": {0: "a", 1: "b"}, "num_labels": 3},
+        "mask_weight must be a finite number >= 0, got -1.0": {"mask_weight": -1.0},
+        "no_object_weight must be a finite number >= 0, got nan": {"no_object_weight": float("nan")},
+        "dice_weight must be a finite number >= 0": {"dice_weight": -0.5},
+        "cross_entropy_weight must be a finite number >= 0": {"cross_entropy_weight": float("-inf")},
+    }
+    for message, settings in refused.items():
+        with pytest.raises(ValueError, match=f"^MaskFormerFaPNConfig: .*{message}"):
+            MaskFormerFaPNConfig(**settings)
+    # Re-heading a saved config with num_labels alone still works (the saved names give way).
+    reheaded = MaskFormerFaPNConfig.from_dict(tiny_maskformer_config().to_dict(), num_labels=7)
+    assert reheaded.num_labels == 7 and reheaded.id2label[6] == "LABEL_6"

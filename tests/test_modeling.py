@@ -1,8 +1,11 @@
-"""Architecture fidelity (SPEC 2.1-2.6, 2.9), shapes, gradients, losses and label checks."""
+"""Architecture fidelity (SPEC 2.1-2.6, 2.9), shapes, gradients, losses and label checks; the model inputs and
+loading every family checks the same way (issue 19)."""
 
 from __future__ import annotations
 
+import functools
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -10,10 +13,13 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from conftest import set_backbone_gammas_to_one, tiny_config, tiny_resnet_backbone_config
+from test_families import SMALL
 from transformers import SwinConfig
 
-from fapn_hf import FaPNConfig, FaPNForSemanticSegmentation, FaPNModel
+from fapn_hf import FAMILIES, FaPNConfig, FaPNForSemanticSegmentation, FaPNModel, preset_config
+from fapn_hf.inference.predictor import SegmentationPredictor, TTAConfig
 from fapn_hf.labels import check_label_values
+from fapn_hf.modeling import fapn_layers
 from fapn_hf.modeling.modeling_fapn import (
     FeatureAlignmentModule,
     FeatureSelectionModule,
@@ -418,3 +424,96 @@ def test_one_label_check_for_arrays_and_tensors(as_array):
     many = as_array(np.arange(20, 40).reshape(4, 5))
     with pytest.raises(ValueError, match=r"\[20, 21, 22, 23, 24, 25, 26, 27, 28, 29, \.\.\. \(20 distinct values\)\]"):
         check_label_values(many, num_labels=4, ignore_index=255)
+
+
+# --------------------------------------------------------------------------- model inputs, the same for every family
+# (issue 19: one kernel check, `fapn_layers.check_pixel_values`, called by every family's forward)
+
+FAMILY_NAMES = sorted(FAMILIES)
+
+
+@functools.cache
+def small_family_model(name: str) -> torch.nn.Module:
+    """The family's small build (tests/test_families.py's `SMALL`), in eval mode with non-zero FAM offsets."""
+    preset, options = SMALL[name]
+    torch.manual_seed(0)
+    model = FAMILIES[name].head_class(preset_config(preset, ["a", "b", "c"], **options)).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if hasattr(module, "offset_mask_conv"):
+                torch.nn.init.normal_(module.offset_mask_conv.weight, std=0.05)
+    return model
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_pixel_values_of_another_float_dtype_are_cast_to_the_models_saying_so_once(name, dtype, monkeypatch):
+    """Was torch's "expected scalar type Double but found Float" from inside the first convolution."""
+    monkeypatch.setattr(fapn_layers, "_ANNOUNCED_CASTS", set())
+    model, family = small_family_model(name), FAMILIES[name]
+    pixel_values = torch.randn(1, 3, 40, 56).to(dtype)
+    with torch.no_grad():
+        expected = family.class_scores(model(pixel_values.float()))  # what the cast gives, computed by hand
+        with pytest.warns(UserWarning, match=rf"pixel_values are {dtype} and the model is torch.float32: cast to"):
+            scores = family.class_scores(model(pixel_values))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # said once: the second call is silent
+            again = family.class_scores(model(pixel_values))
+    assert scores.dtype == torch.float32
+    torch.testing.assert_close(scores, expected, rtol=0, atol=0)
+    torch.testing.assert_close(again, expected, rtol=0, atol=0)
+
+
+BAD_PIXEL_VALUES = {
+    "a list": ([torch.zeros(3, 32, 32)], r"must be a torch.Tensor \(batch, 3, height, width\), got list; stack"),
+    "None": (None, r"must be a torch.Tensor \(batch, 3, height, width\), got NoneType"),
+    "one image without its batch axis": (
+        torch.zeros(3, 32, 32),
+        r"must be \(batch, channels, height, width\), got shape \(3, 32, 32\) \(one image: add the batch axis",
+    ),
+    "one channel": (torch.zeros(1, 1, 32, 32), r"must have 3 channels, got shape \(1, 1, 32, 32\)"),
+    "an empty batch": (torch.zeros(0, 3, 32, 32), r"pixel_values is empty: shape \(0, 3, 32, 32\)"),
+    "an empty image": (torch.zeros(1, 3, 0, 32), r"pixel_values is empty: shape \(1, 3, 0, 32\)"),
+    "uint8 pixels": (torch.zeros(1, 3, 32, 32, dtype=torch.uint8), r"normalised floats, got dtype torch.uint8; \w+"),
+    "bool pixels": (torch.zeros(1, 3, 32, 32, dtype=torch.bool), r"normalised floats, got dtype torch.bool"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_PIXEL_VALUES))
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_pixel_values_no_model_can_take_are_refused_naming_the_problem(name, case):
+    pixel_values, message = BAD_PIXEL_VALUES[case]
+    with pytest.raises(ValueError, match=message), torch.no_grad():
+        small_family_model(name)(pixel_values)
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_a_mistyped_local_folder_is_named_with_the_closest_saved_one(name, tmp_path, monkeypatch):
+    """Was transformers' "Repo id must be in the form 'repo_name' or 'namespace/repo_name'" from the family's
+    classes' `from_pretrained`: they now say what the package's commands say."""
+    family = FAMILIES[name]
+    preset, _ = SMALL[name]
+    folder = tmp_path / "outputs" / "demo"
+    small_family_model(name).config.save_pretrained(folder)
+    monkeypatch.chdir(tmp_path)
+    processor_class = type(family.preset_image_processor(preset))
+    for cls in (family.config_class, family.head_class, processor_class):
+        with pytest.raises(FileNotFoundError, match=r"^model not found: there is no folder \./outputs/dmeo \(did you "
+                           r"mean outputs/demo\?\)$"):  # fmt: skip
+            cls.from_pretrained("./outputs/dmeo")
+        with pytest.raises(FileNotFoundError, match=r"^model not found: there is no folder runs/a/b/model$"):
+            cls.from_pretrained("runs/a/b/model")  # no Hub id has two slashes
+    assert family.config_class.from_pretrained("./outputs/demo").model_type == family.model_type
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_a_test_time_scale_that_makes_a_one_pixel_view_predicts(name):
+    """`fapn-predict photo.png --scales 0.01` (and `FaPNImageProcessor(size={"height": 1, "width": 1})`): was a torch
+    INTERNAL ASSERT inside the uint8 antialiased resize of the processor."""
+    preset, _ = SMALL[name]
+    processor = FAMILIES[name].preset_image_processor(preset, ["a", "b", "c"])
+    predictor = SegmentationPredictor(small_family_model(name), processor)
+    image = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    with torch.no_grad():
+        prediction = predictor.predict(image, TTAConfig(scales=(0.001,)))  # 512 x 683 (640 x 853) -> 1 x 1
+    assert prediction.shape == (48, 64) and len(np.unique(prediction)) == 1  # one pixel seen: one class everywhere
