@@ -19,7 +19,7 @@ from ..families import family_of
 from ..hub.cards import write_model_card
 from ..inference.evaluation import predict_at_label_size
 from ..labels import check_label_values
-from ..modeling.modeling_fapn import REDUCE_LABELS_HINT
+from ..modeling.label_checks import REDUCE_LABELS_HINT
 from ..tasks.semantic.data import SIZE_KEYS, SegmentationDataset
 from ..tasks.semantic.metrics import SegmentationMetrics
 
