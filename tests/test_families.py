@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from families_small import SMALL, missing_families
 from transformers import AutoConfig
 
 from fapn_hf import FAMILIES, family_of, preset_config, preset_image_processor
@@ -15,18 +16,10 @@ from fapn_hf.training.builders import build_model
 
 FAMILY_NAMES = sorted(FAMILIES)
 
-# Per family: a preset and the options that make it small (the same option names for every family).
-SMALL = {
-    "fapn": ("fapn-r50", {"backbone": "resnet18", "neck_channels": 64, "deformable_groups": 4}),
-    "maskformer_fapn": (
-        "maskformer-fapn-r101-cocostuff",
-        {"backbone": "resnet18", "neck_channels": 64, "deformable_groups": 4, "num_queries": 6, "decoder_layers": 1},
-    ),
-}
-
 
 def test_every_registered_family_has_a_small_build_here():
-    assert set(SMALL) == set(FAMILIES), "add the new family's small preset to SMALL"
+    assert missing_families() == [], "add the new family's small preset to tests/families_small.py"
+    assert set(SMALL) == set(FAMILIES), "tests/families_small.py names a family that is not registered"
 
 
 @pytest.mark.parametrize("name", FAMILY_NAMES)
