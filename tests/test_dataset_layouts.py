@@ -676,3 +676,23 @@ def test_segmentation_dataset_reads_layout_rows_lazily_with_compact_labels(tmp_p
     assert sample["labels"].dtype.is_signed and sample["labels"].dtype.itemsize == 8
     np.testing.assert_array_equal(sample["labels"].numpy(), labels)
     assert sample["pixel_values"].shape == (3, HEIGHT, WIDTH)
+
+
+@pytest.mark.parametrize("mapping", [None, "cityscapes", "cocostuff"])
+@pytest.mark.parametrize("reduce", [False, True])
+def test_the_compact_label_lookup_equals_the_int64_reference_for_every_input_kind(mapping, reduce):
+    rng = np.random.default_rng(0)
+    raw8 = rng.integers(0, 256, (24, 40)).astype(np.uint8)
+    spec = LabelSpec(171, mapping=mapping, reduce_labels=reduce)
+    # The reference: every value through the int64 table and the reduction, written out element by element.
+    table = {raw: spec.mapping.get(raw, 255) for raw in range(256)} if mapping else {raw: raw for raw in range(256)}
+    expected = np.vectorize(lambda v: 255 if reduce and table[v] in (0, 255) else table[v] - reduce)(raw8)
+    for source in (raw8, Image.fromarray(raw8), raw8.astype(np.uint16), raw8.astype(np.int32)):
+        ids = spec.class_ids(source)
+        np.testing.assert_array_equal(ids, expected)
+        assert ids.dtype == (np.uint8 if isinstance(source, Image.Image) or source.dtype == np.uint8 else np.int64)
+    np.testing.assert_array_equal(spec.apply(raw8), expected)
+    assert spec.apply(raw8).dtype == np.int64
+    palette_image = Image.fromarray(raw8)
+    palette_image.putpalette(voc_palette().flatten().tolist())
+    np.testing.assert_array_equal(spec.class_ids(palette_image), expected)  # a palette PNG's indices

@@ -687,6 +687,11 @@ def build_space_main(argv: Sequence[str] | None = None) -> int:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def _benchmark_data_main(argv: Sequence[str] | None = None) -> int:
+    # Imported on use, as the training stack: the input-pipeline benchmark needs datasets and the augmentation.
+    return import_module("fapn_hf.benchmark.data_pipeline").main(None if argv is None else list(argv))
+
+
 def _train_main(argv: Sequence[str] | None = None) -> int:
     # Imported on use: the training stack (Trainer, accelerate) is heavy and only `train` needs it.
     return import_module("fapn_hf.training.run").main(None if argv is None else list(argv))
@@ -701,6 +706,7 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str] | None], int], str]] = {
     "convert": (convert_main, "convert the authors' detectron2 checkpoint (fapn-convert)"),
     "export-onnx": (export_onnx_main, "export a model folder as ONNX (fapn-export-onnx)"),
     "benchmark": (benchmark_main, "FaPN vs FPN and DCN speed and memory (fapn-benchmark)"),
+    "benchmark-data": (_benchmark_data_main, "input-pipeline samples/s per data-loader worker, per data set layout"),
     "build-space": (build_space_main, "write a Hugging Face Space folder (fapn-build-space)"),
 }
 

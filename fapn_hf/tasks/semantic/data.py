@@ -279,7 +279,10 @@ class LabelSpec:
     mapping: str | dict[int, int] | None = None
     reduce_labels: bool = False
     _table: np.ndarray | None = field(default=None, init=False, repr=False)
-    _compact_table: np.ndarray | None = field(default=None, init=False, repr=False)
+    # Mapping and reduction of 8-bit raw values as one 256-entry lookup (None: no change); `_compact` says whether
+    # 8-bit raw values give 8-bit class ids.
+    _lut8: np.ndarray | None = field(default=None, init=False, repr=False)
+    _compact: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.mapping, str):
@@ -288,28 +291,31 @@ class LabelSpec:
             self.mapping = LABEL_MAPPINGS[self.mapping]
         if self.mapping:
             self._table = lookup_table(self.mapping, self.ignore_index)
-            if self._table[:256].max() < 256 and self._table[:256].min() >= 0:
-                self._compact_table = self._table[:256].astype(np.uint8)
+        if 0 <= self.ignore_index < 256:
+            lut = self._wide(np.arange(256, dtype=np.uint8))
+            if lut.min() >= 0 and lut.max() < 256:
+                self._compact = True
+                self._lut8 = None if (lut == np.arange(256)).all() else lut.astype(np.uint8)
 
     def apply(self, raw: np.ndarray) -> np.ndarray:
         """Raw label map (H, W) -> int64 class ids with `ignore_index`."""
         return self.class_ids(raw).astype(np.int64, copy=False)
 
-    def class_ids(self, raw: np.ndarray) -> np.ndarray:
-        """Raw label map (H, W) -> class ids with `ignore_index`, as `apply`, in uint8 where the raw values, the
-        mapped ids and the ignore index all fit (8-bit label PNGs: several times less memory traffic than int64),
-        else int64. The result is a new array."""
-        if (
-            raw.dtype == np.uint8
-            and 0 <= self.ignore_index < 256
-            and (self._table is None or self._compact_table is not None)
-        ):
-            labels = raw.copy() if self._compact_table is None else self._compact_table[raw]
-            if self.reduce_labels:
-                reduced = labels - np.uint8(1)  # 0 wraps to 255, replaced next
-                reduced[(labels == 0) | (labels == self.ignore_index)] = self.ignore_index
-                labels = reduced
-            return labels
+    def class_ids(self, raw: np.ndarray | PIL.Image.Image) -> np.ndarray:
+        """Raw label map (H, W) (an array, or a single-channel PIL image) -> class ids with `ignore_index`, as
+        `apply`, in uint8 where the raw values, the mapped ids and the ignore index all fit (8-bit label files:
+        one 256-entry lookup, several times less memory traffic than int64), else int64. The result is a new
+        array."""
+        if isinstance(raw, PIL.Image.Image):
+            if raw.mode == "L" and self._compact:
+                # PIL applies a 256-entry table to an 8-bit image about twice as fast as NumPy's indexing.
+                return np.array(raw if self._lut8 is None else raw.point(self._lut8.tolist()))
+            raw = np.array(raw)
+        if raw.dtype == np.uint8 and self._compact:
+            return raw.copy() if self._lut8 is None else self._lut8[raw]
+        return self._wide(raw)
+
+    def _wide(self, raw: np.ndarray) -> np.ndarray:
         labels = raw.astype(np.int64)
         if self._table is not None:
             if labels.min(initial=0) < 0 or labels.max(initial=0) >= len(self._table):
@@ -356,9 +362,9 @@ def _is_mat(record: dict[str, Any] | None) -> bool:
     return bool(record) and str(record.get("path") or "").lower().endswith(".mat")
 
 
-def _read_label(record: dict[str, Any] | None, index: int) -> np.ndarray:
-    """The raw label map `(H, W)` of a record: a single-channel image (turned upright by its EXIF tag, if any; a
-    palette PNG read as its indices) or a `.mat` label (`layouts.read_mat_label`)."""
+def _read_label(record: dict[str, Any] | None, index: int) -> np.ndarray | PIL.Image.Image:
+    """The raw label map `(H, W)` of a record: a single-channel PIL image (turned upright by its EXIF tag, if any; a
+    palette PNG holds its indices) or, for a `.mat` label, an array (`layouts.read_mat_label`)."""
     try:
         if _is_mat(record):
             source = io.BytesIO(record["bytes"]) if record.get("bytes") is not None else record["path"]
@@ -373,7 +379,7 @@ def _read_label(record: dict[str, Any] | None, index: int) -> np.ndarray:
             f"sample {index}: the label ({_describe(record)}) is a {label_image.mode} image; expected a "
             "single-channel map of class ids (mode L, P, I or I;16)"
         )
-    return np.array(label_image)
+    return label_image
 
 
 def decode_sample(row: dict[str, Any], index: int, spec: LabelSpec) -> tuple[np.ndarray, np.ndarray]:
@@ -395,10 +401,11 @@ def _decode(row: dict[str, Any], index: int, spec: LabelSpec) -> tuple[np.ndarra
     except (OSError, DataError, SyntaxError, ValueError, PIL.Image.DecompressionBombError) as error:
         raise DataError(f"sample {index}: cannot read the image ({_describe(row['image'])}): {error}") from error
     raw = _read_label(row["label"], index)
-    if rgb.shape[:2] != raw.shape[:2]:
+    height, width = raw.shape[:2] if isinstance(raw, np.ndarray) else (raw.height, raw.width)
+    if rgb.shape[:2] != (height, width):
         raise DataError(
             f"sample {index}: image ({_describe(row['image'])}) is {rgb.shape[0]}x{rgb.shape[1]} but its label "
-            f"({_describe(row['label'])}) is {raw.shape[0]}x{raw.shape[1]} (HxW, EXIF orientation applied)"
+            f"({_describe(row['label'])}) is {height}x{width} (HxW, EXIF orientation applied)"
         )
     try:
         labels = spec.class_ids(raw)
