@@ -4,7 +4,7 @@ For each kind of image file (EXIF-rotated photos, 16-bit, float, transparency, a
 match an independent computation of the documented rule, and the data pipeline, the processor, `pipeline`, the
 predictor and `fapn-predict` agree exactly. The Trainer's evaluation, `fapn-evaluate` and
 `fapn_hf.inference.evaluation.evaluate` give identical metrics, equal to a brute-force computation at each label's
-original resolution.
+original resolution. Each test runs for every registered family, on its small build (tests/families_small.py).
 """
 
 from __future__ import annotations
@@ -17,50 +17,46 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_config
+from families_small import SMALL, SPREAD_CLASSES, missing_families, small_model
 from image_kinds import KINDS, ImageKind
 from PIL import Image
-from transformers import pipeline
+from transformers import AutoImageProcessor, pipeline
 
-from fapn_hf import (
-    FaPNForSemanticSegmentation,
-    FaPNImageProcessor,
-    MaskFormerFaPNImageProcessor,
-    SegmentationPredictor,
-    cli,
-    decode_image,
-    open_image,
-)
+from fapn_hf import FAMILIES, SegmentationPredictor, cli, decode_image, family_of, open_image
 from fapn_hf.inference.evaluation import evaluate
-from fapn_hf.labels import label_maps
-from fapn_hf.tasks.semantic.data import (
-    LabelSpec,
-    SegmentationCollator,
-    SegmentationDataset,
-    decode_sample,
-    load_segmentation_dataset,
-)
-from fapn_hf.tasks.semantic.metrics import SegmentationMetrics
+from fapn_hf.tasks.semantic.data import LabelSpec, decode_sample, load_segmentation_dataset
 from fapn_hf.training.args import FaPNTrainingArguments
 from fapn_hf.training.trainer import FaPNTrainer, make_compute_metrics
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+FAMILY_NAMES = sorted(FAMILIES)
 NAMES = ["background", "blob", "box", "wire"]
 # The processor resizes (shorter side 24, longer at most 40): the pipeline and the predictor both go through it.
 PROCESSOR = {"size": {"shortest_edge": 24, "longest_edge": 40}}
 
 
+def processor_of(name: str) -> object:
+    """Family `name`'s processor of its small build's preset, resizing as PROCESSOR says."""
+    return FAMILIES[name].preset_image_processor(SMALL[name].preset, NAMES, **PROCESSOR)
+
+
 @pytest.fixture(scope="module")
-def model_folder(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("one-path-model")
-    id2label, label2id = label_maps(NAMES)
-    torch.manual_seed(0)
-    model = FaPNForSemanticSegmentation(tiny_config(id2label=id2label, label2id=label2id)).eval()
-    # Spread the classifier so that the random model predicts several classes: agreement must hold pixel by pixel.
-    torch.nn.init.normal_(model.decode_head.predictor.conv.weight, std=1.0)
-    model.save_pretrained(folder)
-    FaPNImageProcessor(**PROCESSOR).save_pretrained(folder)
-    return folder
+def model_folders(tmp_path_factory) -> dict[str, Path]:
+    """Per family, its small model (seed 0) with the classifier spread so that the random model predicts several
+    classes (agreement must hold pixel by pixel), saved with its processor."""
+    folders = {}
+    for name in FAMILY_NAMES:
+        folder = folders[name] = tmp_path_factory.mktemp(f"one-path-{name}")
+        torch.manual_seed(0)
+        model = small_model(name, NAMES)
+        SPREAD_CLASSES[name](model)
+        model.save_pretrained(folder)
+        processor_of(name).save_pretrained(folder)
+    return folders
+
+
+def test_every_registered_family_takes_every_path():
+    assert missing_families() == [], "add the family's small build to tests/families_small.py"
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +86,7 @@ def test_every_path_decodes_each_kind_of_file_the_same(kind: ImageKind, kind_fil
     np.testing.assert_array_equal(image, expected)
     assert labels.shape == expected.shape[:2]
     # Each family's processor: a path, a PIL image (upright by EXIF) and the decoded array give the same pixel_values.
-    for processor in (FaPNImageProcessor(**PROCESSOR), MaskFormerFaPNImageProcessor(**PROCESSOR)):
+    for processor in map(processor_of, FAMILY_NAMES):
         reference = processor(expected, return_tensors="pt")["pixel_values"]
         from_path = processor(str(path), return_tensors="pt")["pixel_values"]
         torch.testing.assert_close(from_path, reference, atol=0, rtol=0)
@@ -100,8 +96,11 @@ def test_every_path_decodes_each_kind_of_file_the_same(kind: ImageKind, kind_fil
         torch.testing.assert_close(processor(open_image(path), return_tensors="pt")["pixel_values"], reference)
 
 
-def test_pipeline_predictor_and_predict_command_give_identical_label_maps(model_folder, kind_files, tmp_path):
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_pipeline_predictor_and_predict_command_give_identical_label_maps(name, model_folders, kind_files, tmp_path):
+    model_folder = model_folders[name]
     segmenter = pipeline("image-segmentation", model=str(model_folder))
+    assert family_of(segmenter.model) is FAMILIES[name]
     predictor = SegmentationPredictor.from_pretrained(str(model_folder), device="cpu")
     label2id = {name: index for index, name in enumerate(NAMES)}
     paths = [path for path, _ in kind_files.values()]
@@ -149,12 +148,15 @@ def _write_validation_set(folder: Path, kind_files) -> None:
 
 
 def _brute_force_scores(model, processor, samples) -> dict[str, float]:
-    """mIoU and pixel accuracy at the labels' resolution, from first principles (NumPy confusion matrix)."""
+    """mIoU and pixel accuracy at the labels' resolution, from first principles (NumPy confusion matrix): each image
+    alone through the processor and the model, its family's class scores at the input's size (`Family.class_scores`)
+    resized bilinearly to the label's size."""
     confusion = np.zeros((4, 4), np.int64)
+    class_scores = family_of(model).class_scores
     with torch.no_grad():
         for image, labels in samples:
-            logits = model(processor(image, return_tensors="pt")["pixel_values"]).logits
-            prediction = F.interpolate(logits, size=labels.shape, mode="bilinear", align_corners=False)[0].argmax(0)
+            scores = class_scores(model(pixel_values=processor(image, return_tensors="pt")["pixel_values"]))
+            prediction = F.interpolate(scores, size=labels.shape, mode="bilinear", align_corners=False)[0].argmax(0)
             valid = labels != 255
             np.add.at(confusion, (labels[valid], prediction.numpy()[valid]), 1)
     present = confusion.sum(1) > 0
@@ -162,18 +164,21 @@ def _brute_force_scores(model, processor, samples) -> dict[str, float]:
     return {"mean_iou": float(iou[present].mean()), "pixel_accuracy": float(np.trace(confusion) / confusion.sum())}
 
 
-def test_trainer_evaluation_and_evaluate_command_give_identical_metrics(model_folder, kind_files, tmp_path):
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_trainer_evaluation_and_evaluate_command_give_identical_metrics(name, model_folders, kind_files, tmp_path):
+    family, model_folder = FAMILIES[name], model_folders[name]
     data = tmp_path / "data"
     _write_validation_set(data, kind_files)
     output = tmp_path / "metrics.json"
     assert cli.evaluate_main(["--model", str(model_folder), "--dataset", str(data), "--output", str(output)]) == 0
     script = json.loads(output.read_text())  # the command's metrics
 
-    model = FaPNForSemanticSegmentation.from_pretrained(model_folder).eval()
-    processor = FaPNImageProcessor.from_pretrained(model_folder)
+    model = family.auto_class.from_pretrained(model_folder).eval()
+    processor = AutoImageProcessor.from_pretrained(model_folder)
+    assert type(model) is family.head_class and type(processor) is type(processor_of(name))
+    task = family.task
     split = load_segmentation_dataset(str(data), train_split=None)["validation"]
-    spec = LabelSpec(4)
-    dataset = SegmentationDataset(split, spec, None, processor, random=False)
+    dataset = task.make_dataset(split, task.label_spec(4), None, processor, random=False)
     sizes = {tuple(dataset[i]["pixel_values"].shape[1:]) for i in range(len(dataset))}
     assert len(sizes) > 1  # the batches below are padded
     trainer = FaPNTrainer(
@@ -182,9 +187,9 @@ def test_trainer_evaluation_and_evaluate_command_give_identical_metrics(model_fo
             output_dir=str(tmp_path / "trainer"), per_device_eval_batch_size=3, report_to="none"
         ),
         eval_dataset=dataset,
-        data_collator=SegmentationCollator(255),
+        data_collator=task.eval_collator(255),
         processing_class=processor,
-        compute_metrics=make_compute_metrics(SegmentationMetrics(4, 255, id2label=dict(enumerate(NAMES)))),
+        compute_metrics=make_compute_metrics(task.make_metrics(4, 255, id2label=dict(enumerate(NAMES)))),
     )
     trained = trainer.evaluate()
     assert script["num_images"] == len(dataset) == 5
@@ -201,4 +206,7 @@ def test_trainer_evaluation_and_evaluate_command_give_identical_metrics(model_fo
     expected = _brute_force_scores(model, processor, dataset.samples())
     assert script["mean_iou"] == pytest.approx(expected["mean_iou"], abs=1e-12)
     assert script["pixel_accuracy"] == pytest.approx(expected["pixel_accuracy"], abs=1e-12)
-    assert np.isfinite(trained["eval_loss"])
+    if family.eval_loss:  # a cross-entropy on the class scores, where they are logits
+        assert np.isfinite(trained["eval_loss"])
+    else:
+        assert "eval_loss" not in trained
