@@ -245,8 +245,11 @@ def test_each_layout_is_recognised_by_its_files_and_brings_its_labels(tmp_path, 
 def test_other_folders_are_no_layout(tmp_path):
     (tmp_path / "images").mkdir()
     assert find_layout(tmp_path) is None and find_layout(tmp_path / "missing") is None and find_layout("demo") is None
-    with pytest.raises(FileNotFoundError, match="neither a saved dataset"):
+    with pytest.raises(FileNotFoundError, match=r"neither a saved dataset.* nor a data set folder as downloaded: Cit"):
         load_segmentation_dataset(str(tmp_path))
+    cityscapes = _tree(tmp_path, "cityscapes")
+    with pytest.raises(FileNotFoundError, match=r"lies inside the Cityscapes folder .*data-cityscapes: pass that"):
+        load_segmentation_dataset(str(cityscapes / "leftImg8bit"))
 
 
 def _stem(path: str, suffixes=("_leftImg8bit.png", "_gtFine_labelIds.png", "_gtFine_labelTrainIds.png")) -> str:

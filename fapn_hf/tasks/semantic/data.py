@@ -39,7 +39,7 @@ from torchvision import tv_tensors
 
 from ...labels import LABEL_MAPPINGS, check_label_values, lookup_table
 from ...modeling.image_decoding import decode_image, upright
-from .layouts import INDEX_PROBLEM, FolderLayout, find_layout, read_mat_label, spread
+from .layouts import INDEX_PROBLEM, FolderLayout, describe_layouts, find_layout, read_mat_label, spread
 
 logger = logging.getLogger(__name__)
 
@@ -173,9 +173,12 @@ def _load_source(
     if path.is_dir():
         metadata = sorted([*path.glob("metadata.csv"), *path.glob("*/metadata.csv")])
         if not metadata:
+            inside = next((find_layout(p) for p in path.absolute().parents if find_layout(p) is not None), None)
+            hint = f"; it lies inside {inside.describe()}: pass that folder" if inside is not None else ""
             raise FileNotFoundError(
                 f"{path} is neither a saved dataset (save_to_disk), nor parquet files, nor an imagefolder with a "
-                "metadata.csv holding the columns file_name,annotation_file_name"
+                "metadata.csv holding the columns file_name,annotation_file_name, nor a data set folder as "
+                f"downloaded: {describe_layouts()}{hint}"
             )
         return load_dataset("imagefolder", data_dir=str(path)), _imagefolder_label_column(metadata[0], label_column)
     return load_dataset(name, config_name, revision=revision), label_column
