@@ -656,6 +656,26 @@ def test_the_recipe_runs_on_a_cityscapes_folder_with_only_dataset_given(tmp_path
 
 
 @pytest.mark.slow
+def test_maskformer_fapn_trains_on_the_cocostuff10k_folder_and_scores_its_test_split(tmp_path):
+    # The MaskFormer + FaPN recipe's data: 171 classes from the .mat labels, its family's mask targets.
+    folder = _tree(tmp_path, "cocostuff10k")
+    output_dir = tmp_path / "run"
+    tiny_maskformer = dict(
+        preset="maskformer-fapn-r101-cocostuff", backbone="resnet18", neck_channels=64, deformable_groups=4,
+        num_queries=8, decoder_layers=1, decoder_hidden_size=64,
+    )  # fmt: skip
+    run = run_training(
+        ModelArguments(**tiny_maskformer),
+        DataArguments(dataset=str(folder), **TINY_DATA),
+        FaPNTrainingArguments(output_dir=str(output_dir), **TINY_TRAINING),
+    )
+    assert run.trainer.model.config.num_labels == 171 and run.metrics["data"]["validation"]["num_samples"] == 2
+    scores = tmp_path / "scores.json"
+    assert cli.evaluate_main(["--model", str(output_dir), "--dataset", str(folder), "--output", str(scores)]) == 0
+    assert json.loads(scores.read_text())["num_images"] == 2
+
+
+@pytest.mark.slow
 def test_evaluating_a_model_of_another_label_set_on_a_layout_names_both(tmp_path):
     ade = _tree(tmp_path, "ade20k")
     output_dir = tmp_path / "run"
