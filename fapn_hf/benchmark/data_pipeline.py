@@ -158,7 +158,7 @@ def write_layout(case: LayoutCase, root: Path, samples: int, scale: float = 1.0)
             stem = f"COCO_train2014_{name}"
             (root / "imageLists").mkdir(parents=True, exist_ok=True)
             _save_image(image, root / "images" / f"{stem}.jpg", "JPEG")
-            s = np.where(labels == 255, 0, labels.astype(np.int64) + 1)  # S: category id + 1, 0 unlabelled
+            s = np.where(labels == 255, 0, labels.astype(np.int64) + 1)  # S: the category id (raw + 1), 0 unlabelled
             _save_label(s, root / "annotations" / f"{stem}.mat", "mat")
             with (root / "imageLists" / ("train.txt" if train else "test.txt")).open("a") as listed:
                 listed.write(stem + "\n")

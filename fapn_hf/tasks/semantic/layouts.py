@@ -29,8 +29,9 @@ index is cached as JSON in the datasets cache (`index_cache_dir`), keyed by the 
 label file, and rebuilt when any file of the split is added, removed, resized or touched (their names, sizes and
 modification times, read with `os.scandir`, are its fingerprint).
 
-`read_mat_label` reads the `.mat` labels of COCO-Stuff-10K (`S`, category id + 1, 0 unlabelled: returned as the
-stuffthingmaps convention, category id, 255 unlabelled) and SBD (`GTcls.Segmentation`, VOC class ids).
+`read_mat_label` reads the `.mat` labels of COCO-Stuff-10K (`S`: the COCO category id, 1..182, 0 unlabelled;
+returned in the stuffthingmaps convention, category id - 1, 255 unlabelled) and SBD (`GTcls.Segmentation`, VOC
+class ids).
 """
 
 from __future__ import annotations
@@ -322,7 +323,7 @@ class CocoStuff10KLayout(Layout):
         return sorted(path.stem for path in (root / "imageLists").glob("*.txt"))
 
     def variants(self, root: Path) -> list[LabelVariant]:
-        return [LabelVariant("mat", "cocostuff", "annotations/*.mat (S: category id + 1, 0 unlabelled)")]
+        return [LabelVariant("mat", "cocostuff", "annotations/*.mat (S: COCO category id, 0 unlabelled)")]
 
     def scan(self, root: Path, split: str, variant: LabelVariant) -> Files:
         lists = _scan_files(root / "imageLists" / f"{split}.txt")
@@ -516,9 +517,10 @@ def mat_label_size(path: str) -> tuple[int, int]:
 def read_mat_label(source: str | os.PathLike | IO[bytes]) -> np.ndarray:
     """A `.mat` label as an `(H, W)` map of raw label values.
 
-    COCO-Stuff-10K's `S` holds the COCO category id + 1 with 0 for unlabelled pixels; it is returned in the
-    stuffthingmaps convention of COCO-Stuff-164K (category id, 255 unlabelled), which `label_mapping="cocostuff"`
-    maps to the 171 classes. SBD's `GTcls.Segmentation` holds VOC class ids (0 background, 1..20) as they are.
+    COCO-Stuff-10K's `S` holds the COCO category id (1..182) with 0 for unlabelled pixels; it is returned as `S - 1`,
+    the stuffthingmaps convention of COCO-Stuff-164K (category id - 1, 255 unlabelled), which
+    `label_mapping="cocostuff"` maps to the 171 classes. SBD's `GTcls.Segmentation` holds VOC class ids (0
+    background, 1..20), returned as they are.
 
     Raises `ValueError` naming the variables found when the file holds neither.
     """
