@@ -158,7 +158,7 @@ def build_context(name: str, tmp: Path) -> Context:
 
 
 @pytest.fixture(scope="module")
-def contexts(tmp_path_factory) -> dict[str, Context]:
+def contexts() -> dict[str, Context]:
     """The module's contexts, one per family, each built when its first row runs."""
     return {}
 
