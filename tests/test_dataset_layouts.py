@@ -24,6 +24,7 @@ from fapn_hf.labels import (
     label_maps,
     voc_palette,
 )
+from fapn_hf.tasks.semantic import TASK as SEMANTIC
 from fapn_hf.tasks.semantic import data as data_module
 from fapn_hf.tasks.semantic import layouts
 from fapn_hf.tasks.semantic.data import (
@@ -422,22 +423,22 @@ def _data_args(folder: Path, **changes) -> DataArguments:
 
 def test_the_layout_fills_unset_label_arguments_and_refuses_contradicting_ones(tmp_path):
     cityscapes = _tree(tmp_path, "cityscapes")
-    filled = apply_label_settings(_data_args(cityscapes))
+    filled = apply_label_settings(_data_args(cityscapes), SEMANTIC)
     assert (filled.labels, filled.label_mapping, filled.reduce_labels) == ("cityscapes", "cityscapes", False)
     agreeing = _data_args(cityscapes, labels=",".join(CITYSCAPES_LABELS), label_mapping="cityscapes")
-    assert apply_label_settings(agreeing).label_mapping == "cityscapes"
+    assert apply_label_settings(agreeing, SEMANTIC).label_mapping == "cityscapes"
     with pytest.raises(ValueError, match=r"labels='ade20k' contradicts the Cityscapes folder .*labels='cityscapes'"):
-        apply_label_settings(_data_args(cityscapes, labels="ade20k"))
+        apply_label_settings(_data_args(cityscapes, labels="ade20k"), SEMANTIC)
     with pytest.raises(ValueError, match=r"label_mapping='cocostuff' contradicts the Cityscapes folder .*labelIds"):
-        apply_label_settings(_data_args(cityscapes, label_mapping="cocostuff"))
+        apply_label_settings(_data_args(cityscapes, label_mapping="cocostuff"), SEMANTIC)
     with pytest.raises(ValueError, match=r"reduce_labels=True contradicts the Cityscapes folder .*no reduction"):
-        apply_label_settings(_data_args(cityscapes, reduce_labels=True))
+        apply_label_settings(_data_args(cityscapes, reduce_labels=True), SEMANTIC)
     ade = _tree(tmp_path, "ade20k")
-    assert apply_label_settings(_data_args(ade)).reduce_labels is True
+    assert apply_label_settings(_data_args(ade), SEMANTIC).reduce_labels is True
     with pytest.raises(ValueError, match=r"reduce_labels=False contradicts the ADE20K folder .*0 is 'other'"):
-        apply_label_settings(_data_args(ade, reduce_labels=False))
+        apply_label_settings(_data_args(ade, reduce_labels=False), SEMANTIC)
     # Other sources keep the arguments; an unset reduction is none.
-    plain = apply_label_settings(_data_args(tmp_path, labels="a,b"))
+    plain = apply_label_settings(_data_args(tmp_path, labels="a,b"), SEMANTIC)
     assert (plain.labels, plain.label_mapping, plain.reduce_labels) == ("a,b", None, False)
 
 

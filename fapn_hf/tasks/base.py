@@ -20,6 +20,9 @@ class Task:
         pipeline_tag: the Hub pipeline tag (`"image-segmentation"`, `"object-detection"`).
         card_tags: tags a model card of this task carries.
         card_metrics: `(metrics key, model-index metric type, display name)` for each metric a card reports.
+        label_settings: `(dataset, labels, label_mapping, reduce_labels) -> settings` with `labels`,
+            `label_mapping`, `reduce_labels`: what a data set brings (a downloaded folder layout's label set, raw-id
+            mapping and reduction) where the arguments leave them unset; `ValueError` naming both on a contradiction.
         load_splits: `(dataset, **options) -> DatasetDict` with `train` and `validation` splits.
         check_samples: the bad-sample policy over one split: `(split, spec, policy, name) -> (split, report)`.
         label_spec: `(num_labels, ignore_index, label_mapping, reduce_labels) -> spec` of the labels samples carry.
@@ -35,6 +38,7 @@ class Task:
     pipeline_tag: str
     card_tags: tuple[str, ...]
     card_metrics: tuple[tuple[str, str, str], ...]
+    label_settings: Callable[..., Any]
     load_splits: Callable[..., Any]
     check_samples: Callable[..., Any]
     label_spec: Callable[..., Any]

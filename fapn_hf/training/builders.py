@@ -15,15 +15,18 @@ from transformers import AutoConfig, PreTrainedModel
 from ..families import FAMILIES, Family, family_of, family_of_preset
 from ..inference.sources import check_model_source, model_not_found_error
 from ..labels import LABEL_SETS, label_maps
-from ..tasks.semantic.layouts import label_settings
+from ..tasks.base import Task
 from .args import DataArguments, ModelArguments
 
 
-def apply_label_settings(data_args: DataArguments) -> DataArguments:
-    """`data_args` with its data set's label set, raw-id mapping and reduction where they are unset: a folder
-    layout's own (`fapn_hf.tasks.semantic.layouts.label_settings`), else none. An argument that contradicts the
-    layout raises `ValueError` naming both."""
-    settings = label_settings(data_args.dataset, data_args.labels, data_args.label_mapping, data_args.reduce_labels)
+def apply_label_settings(data_args: DataArguments, task: Task) -> DataArguments:
+    """`data_args` with its data set's label set, raw-id mapping and reduction where they are unset: what the task
+    says the data set brings (`Task.label_settings`; for semantic segmentation a downloaded folder layout's own,
+    `fapn_hf.tasks.semantic.layouts`), else none. An argument that contradicts the data set raises `ValueError`
+    naming both."""
+    settings = task.label_settings(
+        data_args.dataset, data_args.labels, data_args.label_mapping, data_args.reduce_labels
+    )
     return dataclasses.replace(
         data_args,
         labels=data_args.labels if data_args.labels is not None else settings.labels,

@@ -60,11 +60,11 @@ def run_training(
     resume = resolve_resume_checkpoint(training_args.output_dir, training_args.resume_from_checkpoint)
     check_output_dir(training_args)
     set_seed(training_args.seed)
-    data_args = apply_label_settings(data_args)  # a folder layout's label set, mapping and reduction, where unset
-    label_names = resolve_labels(data_args)
     # The family (of the preset, or of the saved model) says which task's data, augmentation and metrics apply.
     family = resolve_family(model_args)
     task = family.task
+    data_args = apply_label_settings(data_args, task)  # a folder layout's labels, mapping and reduction, if unset
+    label_names = resolve_labels(data_args)
     spec = task.label_spec(len(label_names), data_args.ignore_index, data_args.label_mapping, data_args.reduce_labels)
     splits = task.load_splits(
         data_args.dataset,

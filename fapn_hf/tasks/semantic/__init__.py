@@ -48,6 +48,7 @@ TASK = Task(
         ("boundary_mean_iou", "boundary_mean_iou", "boundary mIoU (mean of 3/5/8/12 px)"),
         ("pixel_accuracy", "accuracy", "pixel accuracy"),
     ),
+    label_settings=_on_first_use("layouts", "label_settings"),
     load_splits=_on_first_use("data", "load_segmentation_dataset"),
     check_samples=_on_first_use("data", "check_samples"),
     label_spec=_on_first_use("data", "LabelSpec"),
