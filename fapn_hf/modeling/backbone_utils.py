@@ -19,6 +19,8 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.models.resnet.modeling_resnet import ResNetBackbone, ResNetStage
 from transformers.utils import logging
 
+from .config_checks import check_field_types
+
 logger = logging.get_logger(__name__)
 
 # Every family's neck consumes the C2..C5 maps of the backbone.
@@ -34,10 +36,15 @@ def timm_backbone_config(name: str, **kwargs) -> TimmBackboneConfig:
     """Builds a `TimmBackboneConfig` that returns the stride-4/8/16/32 maps of the timm model `name`.
 
     The model is instantiated on the meta device to read its feature strides, so this is instant and needs no
-    network access. Raises `ValueError` for names timm does not know or models without those four strides.
+    network access. Raises `ValueError` for names timm does not know, models without those four strides, or `kwargs`
+    (`TimmBackboneConfig` settings) of the wrong type.
     """
     import timm
 
+    # TimmBackboneConfig's strict fields would refuse a wrong type with an error that is no ValueError.
+    check_field_types(kwargs, TimmBackboneConfig.__annotations__, "TimmBackboneConfig")
+    if not isinstance(name, str):
+        raise ValueError(f"a timm backbone is named by a string, got {name!r} ({type(name).__name__})")
     if not timm.is_model(name):
         similar = timm.list_models(f"*{name.split('.')[0][:6]}*")[:8]
         hint = f" Similar timm models: {', '.join(similar)}." if similar else ""
@@ -92,6 +99,25 @@ def check_pyramid_backbone(backbone_config: PreTrainedConfig | None, owner: str)
         raise ValueError(
             f"{owner}: the backbone must return 4 feature maps (strides 4, 8, 16, 32), it is set to return "
             f"{list(outputs)}"
+        )
+
+
+def check_feature_strides(features: Sequence[torch.Tensor], input_size: tuple[int, int]) -> None:
+    """Raises `ValueError` unless the backbone's four maps (NCHW) are at strides 4, 8, 16 and 32 of `input_size`
+    (sides rounded either way): every family's neck reads C2..C5 as such, and other strides run without an error but
+    align the wrong levels. Shapes only: no host synchronisation."""
+    actual = [tuple(f.shape[-2:]) for f in features]
+    fits = len(actual) == len(PYRAMID_STRIDES) and all(
+        side // stride <= got <= -(-side // stride)
+        for size, stride in zip(actual, PYRAMID_STRIDES)
+        for got, side in zip(size, input_size)
+    )
+    if not fits:
+        expected = [(-(-input_size[0] // s), -(-input_size[1] // s)) for s in PYRAMID_STRIDES]
+        raise ValueError(
+            f"the backbone's feature maps are {actual} for a {input_size[0]}x{input_size[1]} input; the FaPN neck "
+            f"needs 4 maps at strides 4, 8, 16, 32 ({expected}): check the backbone config's out_indices / "
+            "out_features"
         )
 
 
@@ -462,6 +488,7 @@ __all__ = [
     "backbone_config_from_name",
     "backbone_stem_and_stages",
     "channels_first",
+    "check_feature_strides",
     "check_pyramid_backbone",
     "fill_from_fresh_timm_model",
     "freeze_backbone",

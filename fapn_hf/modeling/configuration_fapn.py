@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
-import os
-import sys
-import warnings
 from typing import Any
 
 from huggingface_hub.dataclasses import strict
@@ -13,6 +9,7 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 from .backbone_utils import PYRAMID_STRIDES, backbone_config_from_name, check_pyramid_backbone, timm_backbone_config
+from .config_checks import check_field_types, own_settings, warn_about_misspelt_keys
 from .deform_conv import check_deform_conv_implementation, check_deformable_groups
 from .label_checks import (
     check_id2label,
@@ -24,16 +21,6 @@ from .label_checks import (
 from .remote_code import CodeFamily, check_pretrained_source
 
 NECK_NORMS = ("", "GN", "BN")
-
-
-def _stacklevel_outside_configs() -> int:
-    """The `warnings.warn` stacklevel of the first caller outside this file, transformers, huggingface_hub and
-    generated dataclass code: the line that built the config."""
-    internal = (__file__, f"{os.sep}transformers{os.sep}", f"{os.sep}huggingface_hub{os.sep}", "<string>")
-    frame, level = sys._getframe(1), 1
-    while frame is not None and any(part in frame.f_code.co_filename for part in internal):
-        frame, level = frame.f_back, level + 1
-    return level
 
 
 @strict
@@ -154,7 +141,7 @@ class FaPNConfig(PreTrainedConfig):
         self.backbone_config = backbone_config_from_name(kwargs, self.backbone_config, "FaPNConfig")
         check_num_labels_argument(kwargs.get("num_labels"), self.id2label, "FaPNConfig")
         given_label2id = self.label2id
-        self._warn_about_misspelt_keys(kwargs)
+        warn_about_misspelt_keys(kwargs, own_settings(type(self), PreTrainedConfig), "FaPNConfig")
         super().__post_init__(**kwargs)
         check_label2id(given_label2id, self.id2label, "FaPNConfig")
         if self.id2label is not None and self.label2id is None:
@@ -176,32 +163,10 @@ class FaPNConfig(PreTrainedConfig):
         `num_labels` and `id2label` is still refused."""
         return super().from_dict(reheaded_config_dict(config_dict, kwargs), **kwargs)
 
-    def _warn_about_misspelt_keys(self, kwargs: dict) -> None:
-        """Keys the config does not know are kept as attributes (transformers' convention); one that is a near miss
-        of a FaPN setting is almost certainly a typo, and nothing would read it: warn with the closest key."""
-        settings = [*type(self).__annotations__, "num_labels", "id2label", "label2id"]
-        for key in kwargs:
-            if key in settings or key.startswith("_"):
-                continue
-            match = difflib.get_close_matches(key, settings, n=1, cutoff=0.8)
-            if match:
-                warnings.warn(
-                    f"FaPNConfig: unknown setting {key!r} (kept, but nothing reads it); did you mean {match[0]!r}?",
-                    stacklevel=_stacklevel_outside_configs(),
-                )
-
     def _check_types(self) -> None:
-        """Raises `ValueError` for a setting of the wrong type, e.g. the string "256" or "false" from a hand-edited
-        config.json, which would otherwise fail deep inside the model or, for a bool, count as true."""
-        accepted = {"int": (int,), "bool": (bool,), "float | int": (float, int), "str": (str,)}
-        for name, annotation in type(self).__annotations__.items():
-            types = accepted.get(str(annotation))
-            value = getattr(self, name, None)
-            if types is None or value is None:
-                continue
-            if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-                expected = " or ".join(t.__name__ for t in types)
-                raise ValueError(f"FaPNConfig: {name} must be {expected}, got {value!r} ({type(value).__name__})")
+        """Raises `ValueError` for a setting of the wrong type (the kernel's `check_field_types`) or class ids with
+        gaps or repeated names (`check_id2label`)."""
+        check_field_types(self, FaPNConfig.__annotations__, "FaPNConfig")
         check_id2label(self.id2label, "FaPNConfig")
 
     @property

@@ -6,9 +6,10 @@ import math
 from typing import Any
 
 from huggingface_hub.dataclasses import strict
-from transformers import MaskFormerConfig
+from transformers import MaskFormerConfig, PreTrainedConfig
 
 from .backbone_utils import backbone_config_from_name, check_pyramid_backbone
+from .config_checks import check_field_types, own_settings, warn_about_misspelt_keys
 from .deform_conv import check_deform_conv_implementation, check_deformable_groups
 from .label_checks import (
     check_id2label,
@@ -72,11 +73,19 @@ class MaskFormerFaPNConfig(MaskFormerConfig):
     size_divisibility: int = 32
     semantic_loss_ignore_index: int = 255
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # MaskFormerConfig's fields are type-checked as they are set, by huggingface_hub's strict dataclass, whose
+        # error is no ValueError (`StrictDataclassFieldValidationError`, "expected int, got str"): checked here
+        # first, with FaPNConfig's message.
+        check_field_types(kwargs, MaskFormerConfig.__annotations__, "MaskFormerFaPNConfig")
+        super().__init__(*args, **kwargs)
+
     def __post_init__(self, **kwargs):
         # `backbone="resnet18"` is a timm name, built without network access (transformers would ask the Hub first).
         self.backbone_config = backbone_config_from_name(kwargs, self.backbone_config, "MaskFormerFaPNConfig")
         check_num_labels_argument(kwargs.get("num_labels"), self.id2label, "MaskFormerFaPNConfig")
         given_label2id = self.label2id
+        warn_about_misspelt_keys(kwargs, own_settings(type(self), PreTrainedConfig), "MaskFormerFaPNConfig")
         super().__post_init__(**kwargs)
         check_label2id(given_label2id, self.id2label, "MaskFormerFaPNConfig")
         if self.id2label is not None and self.label2id is None:
@@ -102,6 +111,9 @@ class MaskFormerFaPNConfig(MaskFormerConfig):
             if not condition:
                 raise ValueError(f"MaskFormerFaPNConfig: {message}")
 
+        # MaskFormerConfig's fields are type-checked as they are set (huggingface_hub's strict dataclass); these are
+        # this class's own.
+        check_field_types(self, MaskFormerFaPNConfig.__annotations__, "MaskFormerFaPNConfig")
         check_id2label(self.id2label, "MaskFormerFaPNConfig")
         require(self.num_labels >= 1, f"mask classification needs at least 1 label, got num_labels={self.num_labels}")
         for name in ("cross_entropy_weight", "mask_weight", "dice_weight", "no_object_weight"):

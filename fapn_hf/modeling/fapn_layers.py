@@ -19,6 +19,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .deform_conv import ModulatedDeformConv2d
 from .initialisation import tag_init
+from .label_checks import REDUCE_LABELS_HINT, check_label_values
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Building blocks
@@ -154,6 +155,43 @@ def check_pixel_values(
             stacklevel=3,
         )
     return pixel_values.to(dtype)
+
+
+def check_semantic_labels(
+    labels: Any, pixel_values: torch.Tensor, num_labels: int, ignore_index: int, hint: str = REDUCE_LABELS_HINT
+) -> None:
+    """The check of every family's semantic `labels=`: raises `ValueError` unless `labels` is an integer tensor
+    `(N, H, W)` for `pixel_values` `(N, C, H, W)` holding class ids in `[0, num_labels)` or `ignore_index`.
+
+    The value check reads the labels on the host (a synchronisation), so it is left out while `torch.compile` traces
+    a forward: a compiled training step checks them before the model (`FaPNTrainer.compute_loss`, or
+    `check_label_values` called by hand)."""
+    if not isinstance(labels, torch.Tensor):
+        raise ValueError(
+            f"labels must be a torch.Tensor of class ids (batch, height, width), got {type(labels).__name__}; "
+            "convert with torch.as_tensor(labels, dtype=torch.long)"
+        )
+    expected = (pixel_values.shape[0], *pixel_values.shape[-2:])
+    if tuple(labels.shape) != expected:
+        raise ValueError(f"labels must have shape (batch, height, width) = {expected}, got {tuple(labels.shape)}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise ValueError(f"labels must hold integer class ids, got dtype {labels.dtype}")
+    if not torch.compiler.is_compiling():
+        check_label_values(labels, num_labels, ignore_index, hint=hint)
+
+
+def explain_batch_norm_error(error: ValueError, pixel_values: torch.Tensor) -> ValueError | None:
+    """PyTorch's "Expected more than 1 value per channel when training" (a BatchNorm layer on a 1x1 map of a batch of
+    one), explained with what to do about it; None for any other error. `pixel_values` `(N, C, H, W)` is the input
+    the model padded."""
+    if "more than 1 value per channel" not in str(error):
+        return None
+    batch, _, height, width = pixel_values.shape
+    return ValueError(
+        f"a BatchNorm layer saw one value per channel while training on a batch of {batch} image(s) of "
+        f"{height}x{width} (the stride-32 map is {height // 32}x{width // 32}): train with at least 2 images per "
+        "device or larger crops, or use neck_norm='GN' / a frozen backbone BatchNorm"
+    )
 
 
 def check_pixel_mask(pixel_mask: torch.Tensor | None, pixel_values: torch.Tensor) -> None:
@@ -367,6 +405,8 @@ __all__ = [
     "SemanticFPNHead",
     "check_pixel_mask",
     "check_pixel_values",
+    "check_semantic_labels",
+    "explain_batch_norm_error",
     "make_norm",
     "pad_to_multiple",
     "padded_size",

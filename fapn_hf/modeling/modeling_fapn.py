@@ -22,6 +22,7 @@ from .backbone_utils import (
     CheckpointedResNetStage,
     PretrainedBackboneMixin,
     channels_first,
+    check_feature_strides,
     freeze_backbone,
     keep_norms_frozen,
     load_timm_backbone_weights,
@@ -38,12 +39,14 @@ from .fapn_layers import (
     SemanticFPNHead,
     check_pixel_mask,
     check_pixel_values,
+    check_semantic_labels,
+    explain_batch_norm_error,
     pad_to_multiple,
     padded_size,
     resize_to,
 )
 from .initialisation import INIT_SCHEMES, InitWeightsMixin, tag_init
-from .label_checks import REDUCE_LABELS_HINT, check_label_values
+from .label_checks import REDUCE_LABELS_HINT
 from .remote_code import FamilyCodeSavingMixin
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -170,19 +173,6 @@ def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_inde
     return total / (labels != ignore_index).sum().clamp(min=1)
 
 
-def _batch_norm_error(error: ValueError, pixel_values: torch.Tensor) -> ValueError | None:
-    """PyTorch's "Expected more than 1 value per channel when training", explained with what to do about it; None
-    for any other error."""
-    if "more than 1 value per channel" not in str(error):
-        return None
-    batch, _, height, width = pixel_values.shape
-    return ValueError(
-        f"a BatchNorm layer saw one value per channel while training on a batch of {batch} image(s) of "
-        f"{height}x{width} (the stride-32 map is {height // 32}x{width // 32}): train with at least 2 images per "
-        "device or larger crops, or use neck_norm='GN' / a frozen backbone BatchNorm"
-    )
-
-
 class FaPNPreTrainedModel(FamilyCodeSavingMixin, PretrainedBackboneMixin, InitWeightsMixin, PreTrainedModel):
     config_class = FaPNConfig
     config: FaPNConfig
@@ -251,21 +241,9 @@ class FaPNModel(FaPNPreTrainedModel):
         return check_pixel_values(pixel_values, channels, self.dtype, "FaPNImageProcessor")
 
     def check_feature_strides(self, features: Sequence[torch.Tensor], input_size: tuple[int, int]) -> None:
-        """Raises `ValueError` unless the backbone's four maps are at strides 4, 8, 16 and 32 of `input_size` (sides
-        rounded either way). Shapes only: no host synchronisation."""
-        strides = (4, 8, 16, 32)
-        actual = [tuple(f.shape[-2:]) for f in features]
-        fits = len(actual) == len(strides) and all(
-            side // stride <= got <= -(-side // stride)
-            for size, stride in zip(actual, strides)
-            for got, side in zip(size, input_size)
-        )
-        if not fits:
-            expected = [(-(-input_size[0] // s), -(-input_size[1] // s)) for s in strides]
-            raise ValueError(
-                f"the backbone's feature maps are {actual} for a {input_size[0]}x{input_size[1]} input; FaPN needs "
-                f"4 maps at strides 4, 8, 16, 32 ({expected}): check the backbone config's out_indices / out_features"
-            )
+        """Raises `ValueError` unless the backbone's four maps are at strides 4, 8, 16 and 32 of `input_size` (the
+        kernel's `check_feature_strides`). Shapes only: no host synchronisation."""
+        check_feature_strides(features, input_size)
 
     def forward(
         self,
@@ -293,7 +271,7 @@ class FaPNModel(FaPNPreTrainedModel):
         try:
             backbone_outputs = self.backbone(padded, output_hidden_states=output_hidden_states, return_dict=True)
         except ValueError as error:
-            if (explained := _batch_norm_error(error, padded)) is None:
+            if (explained := explain_batch_norm_error(error, padded)) is None:
                 raise
             raise explained from error
         features = channels_first(backbone_outputs.feature_maps, self.backbone_channels_last)
@@ -301,7 +279,7 @@ class FaPNModel(FaPNPreTrainedModel):
         try:
             pyramid = tuple(self.neck(features))
         except ValueError as error:
-            if (explained := _batch_norm_error(error, padded)) is None:
+            if (explained := explain_batch_norm_error(error, padded)) is None:
                 raise
             raise explained from error
         output = FaPNModelOutput(
@@ -333,25 +311,15 @@ class FaPNForSemanticSegmentation(FaPNPreTrainedModel):
             self.activation_checkpointing_enable()
 
     def check_labels(self, labels: torch.Tensor, pixel_values: torch.Tensor) -> None:
-        """Raises `ValueError` for labels of the wrong shape or type, or with values outside the label map.
+        """Raises `ValueError` for labels of the wrong shape or type, or with values outside the label map (the
+        kernel's `check_semantic_labels`, every family's check of `labels=`).
 
         The value check reads the labels on the host (a synchronisation), so it is left out while `torch.compile`
         traces `forward`: a compiled training step checks them before the model, in `FaPNTrainer.compute_loss`
         (or call `check_label_values` yourself)."""
-        if not isinstance(labels, torch.Tensor):
-            raise ValueError(
-                f"labels must be a torch.Tensor of class ids (batch, height, width), got {type(labels).__name__}; "
-                "convert with torch.as_tensor(labels, dtype=torch.long)"
-            )
-        expected = (pixel_values.shape[0], *pixel_values.shape[-2:])
-        if tuple(labels.shape) != expected:
-            raise ValueError(f"labels must have shape (batch, height, width) = {expected}, got {tuple(labels.shape)}")
-        if labels.is_floating_point() or labels.dtype == torch.bool:
-            raise ValueError(f"labels must hold integer class ids, got dtype {labels.dtype}")
-        if not torch.compiler.is_compiling():
-            check_label_values(
-                labels, self.config.num_labels, self.config.semantic_loss_ignore_index, hint=REDUCE_LABELS_HINT
-            )
+        check_semantic_labels(
+            labels, pixel_values, self.config.num_labels, self.config.semantic_loss_ignore_index, REDUCE_LABELS_HINT
+        )
 
     def point_rend_loss(self, coarse_logits: torch.Tensor, fine_features: torch.Tensor, labels: torch.Tensor):
         """Cross-entropy of the point head at uncertainty-sampled points (labels padded like the input)."""

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -38,6 +37,7 @@ from .backbone_utils import (
     PretrainedBackboneMixin,
     adapt_timm_swin,
     channels_first,
+    check_feature_strides,
     returns_channels_last,
     timm_model,
     warn_unloaded_pretrained_backbone,
@@ -48,6 +48,8 @@ from .fapn_layers import (
     FeatureAlignmentModule,
     check_pixel_mask,
     check_pixel_values,
+    check_semantic_labels,
+    explain_batch_norm_error,
     pad_to_multiple,
     padded_size,
 )
@@ -301,7 +303,13 @@ class MaskFormerFaPNPixelLevelModule(nn.Module):
     def forward(
         self, pixel_values: torch.Tensor, output_hidden_states: bool = False, return_dict: bool = True
     ) -> MaskFormerPixelLevelModuleOutput | tuple:
-        features = self.backbone_features(pixel_values)
+        try:
+            features = self.backbone_features(pixel_values)
+        except ValueError as error:
+            if (explained := explain_batch_norm_error(error, pixel_values)) is None:
+                raise
+            raise explained from error
+        check_feature_strides(features, tuple(pixel_values.shape[-2:]))
         decoder_output = self.decoder(features, output_hidden_states, return_dict=True)
         output = MaskFormerPixelLevelModuleOutput(
             encoder_last_hidden_state=features[-1],
@@ -509,20 +517,12 @@ class MaskFormerFaPNForInstanceSegmentation(MaskFormerFaPNPreTrainedModel, MaskF
     def semantic_targets(
         self, labels: Any, pixel_values: torch.Tensor
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Mask targets from semantic `labels` `(N, H, W)` at the size of `pixel_values` (tensor, NumPy array or a
-        list of maps), by `semantic_to_mask_targets`; `ValueError` for labels of another shape, type or range."""
-        expected = (pixel_values.shape[0], *pixel_values.shape[-2:])
-        if not isinstance(labels, (torch.Tensor, np.ndarray, list, tuple)):
-            raise ValueError(f"labels must be (batch, height, width) class ids, got {type(labels).__name__}")
-        labels = torch.as_tensor(np.asarray(labels) if isinstance(labels, (list, tuple)) else labels)
-        if tuple(labels.shape) != expected:
-            raise ValueError(f"labels must have shape (batch, height, width) = {expected}, got {tuple(labels.shape)}")
-        return semantic_to_mask_targets(
-            labels.to(pixel_values.device),
-            self.config.num_labels,
-            self.config.semantic_loss_ignore_index,
-            hint=REDUCE_LABELS_HINT,
-        )
+        """Mask targets from semantic `labels` `(N, H, W)` at the size of `pixel_values`, by
+        `semantic_to_mask_targets`; `ValueError` for labels of another shape, type or range (the kernel's
+        `check_semantic_labels`, as FaPN checks its `labels`)."""
+        ignore_index = self.config.semantic_loss_ignore_index
+        check_semantic_labels(labels, pixel_values, self.config.num_labels, ignore_index, REDUCE_LABELS_HINT)
+        return semantic_to_mask_targets(labels.to(pixel_values.device), self.config.num_labels, ignore_index)
 
     def get_logits(self, outputs: Any) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, torch.Tensor]]]:
         """Class logits `(N, Q, num_labels + 1)` and mask logits `(N, Q, H / 4, W / 4)` of the last decoder layer, and

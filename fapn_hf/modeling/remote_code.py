@@ -38,6 +38,7 @@ from transformers.dynamic_module_utils import get_relative_import_files
 # only these (and their own family's modules), and these import only each other (tests/test_remote_code_closure.py).
 KERNEL_MODULES: tuple[str, ...] = (
     "backbone_utils",
+    "config_checks",
     "deform_conv",
     "fapn_layers",
     "image_decoding",
