@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -642,14 +643,15 @@ def test_semantic_labels_train_as_the_mask_targets_made_from_them(small_model):
     masks, classes = semantic_to_mask_targets(labels, len(LABELS), 255)
     expected = seeded_loss(small_model, pixel_values=pixel_values, mask_labels=masks, class_labels=classes)
     torch.testing.assert_close(seeded_loss(small_model, pixel_values=pixel_values, labels=labels), expected)
-    torch.testing.assert_close(seeded_loss(small_model, pixel_values=pixel_values, labels=labels.numpy()), expected)
+    with pytest.raises(ValueError, match=r"labels must be a torch.Tensor of class ids .*, got ndarray"):  # as FaPN
+        small_model(pixel_values, labels=labels.numpy())
     with pytest.raises(ValueError, match="pass either labels .* or mask_labels and class_labels"):
         small_model(pixel_values, labels=labels, mask_labels=masks, class_labels=classes)
     with pytest.raises(ValueError, match=r"labels must have shape \(batch, height, width\) = \(2, 40, 56\)"):
         small_model(pixel_values, labels=labels[:, :20])
     outside = labels.clone()
     outside[1, 0, 0] = len(LABELS)
-    with pytest.raises(ValueError, match=r"label map 1 contain values \[5\].*do_reduce_labels=True"):
+    with pytest.raises(ValueError, match=r"labels contain values \[5\].*do_reduce_labels=True"):
         small_model(pixel_values, labels=outside)
 
 
@@ -856,10 +858,29 @@ def test_the_config_checks_what_fapns_config_checks(monkeypatch):
         "no_object_weight must be a finite number >= 0, got nan": {"no_object_weight": float("nan")},
         "dice_weight must be a finite number >= 0": {"dice_weight": -0.5},
         "cross_entropy_weight must be a finite number >= 0": {"cross_entropy_weight": float("-inf")},
+        # Types, as FaPNConfig's: transformers' strict fields raised huggingface_hub's error, which is no ValueError.
+        "fpn_feature_size must be int, got '256' \\(str\\)": {"fpn_feature_size": "256"},
+        "use_auxiliary_loss must be bool, got 'false' \\(str\\)": {"use_auxiliary_loss": "false"},
+        "deformable_groups must be int, got '4' \\(str\\)": {"deformable_groups": "4"},
+        "backbone_output_norms must be bool, got 1 \\(int\\)": {"backbone_output_norms": 1},
     }
     for message, settings in refused.items():
         with pytest.raises(ValueError, match=f"^MaskFormerFaPNConfig: .*{message}"):
             MaskFormerFaPNConfig(**settings)
+    with pytest.warns(UserWarning, match=r"unknown setting 'mask_weigth' .*; did you mean 'mask_weight'\?"):
+        MaskFormerFaPNConfig(mask_weigth=2.0)
+    with pytest.raises(ValueError, match=r"^TimmBackboneConfig: freeze_batch_norm_2d must be bool, got 'false'"):
+        timm_backbone_config("resnet18", freeze_batch_norm_2d="false")
     # Re-heading a saved config with num_labels alone still works (the saved names give way).
     reheaded = MaskFormerFaPNConfig.from_dict(tiny_maskformer_config().to_dict(), num_labels=7)
     assert reheaded.num_labels == 7 and reheaded.id2label[6] == "LABEL_6"
+
+
+def test_a_saved_config_reloads_without_a_warning_about_its_keys(tmp_path):
+    """The near-miss warning (`config_checks.warn_about_misspelt_keys`) reads the keys a config does not declare; the
+    ones MaskFormer saves beside its fields (num_attention_heads, num_hidden_layers, ...) are no near misses."""
+    for config in (tiny_maskformer_config(), preset_config("maskformer-fapn-swin-l-ade20k")):
+        config.save_pretrained(tmp_path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert MaskFormerFaPNConfig.from_pretrained(tmp_path).to_dict() == config.to_dict()

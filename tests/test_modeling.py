@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import torchvision
 from conftest import set_backbone_gammas_to_one, tiny_config, tiny_resnet_backbone_config
 from test_families import SMALL
-from transformers import SwinConfig
+from transformers import SwinConfig, TimmBackboneConfig
 
 from fapn_hf import FAMILIES, FaPNConfig, FaPNForSemanticSegmentation, FaPNModel, preset_config
 from fapn_hf.inference.predictor import SegmentationPredictor, TTAConfig
@@ -517,3 +517,53 @@ def test_a_test_time_scale_that_makes_a_one_pixel_view_predicts(name):
     with torch.no_grad():
         prediction = predictor.predict(image, TTAConfig(scales=(0.001,)))  # 512 x 683 (640 x 853) -> 1 x 1
     assert prediction.shape == (48, 64) and len(np.unique(prediction)) == 1  # one pixel seen: one class everywhere
+
+
+BAD_SEMANTIC_LABELS = {
+    "NumPy labels": (np.zeros((1, 32, 32), np.int64), r"labels must be a torch\.Tensor of class ids .*got ndarray"),
+    "list labels": ([[[0] * 32] * 32], r"labels must be a torch\.Tensor of class ids .*got list"),
+    "float labels": (torch.zeros(1, 32, 32), r"labels must hold integer class ids, got dtype torch.float32"),
+    "labels of another size": (
+        torch.zeros(1, 16, 16, dtype=torch.long),
+        r"labels must have shape \(batch, height, width\) = \(1, 32, 32\), got \(1, 16, 16\)",
+    ),
+    "a class id beyond": (
+        torch.full((1, 32, 32), 3),
+        r"labels contain values \[3\] \(1024 pixels\).*\[0, 3\) or the ignore index 255\. If the data set marks",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_SEMANTIC_LABELS))
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_semantic_labels_are_checked_the_same_way_by_every_family(name, case):
+    """One kernel check (`fapn_layers.check_semantic_labels`) for FaPN's `labels` and MaskFormer + FaPN's semantic
+    `labels=` (which it turns into mask targets)."""
+    labels, message = BAD_SEMANTIC_LABELS[case]
+    with pytest.raises(ValueError, match=message), torch.no_grad():
+        small_family_model(name)(torch.zeros(1, 3, 32, 32), labels=labels)
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_a_batch_norm_on_a_one_pixel_map_is_explained_in_every_family(name):
+    """One 32 x 32 image in training: the backbone's stride-32 map is 1 x 1, and PyTorch's "Expected more than 1
+    value per channel when training" comes out explained (`fapn_layers.explain_batch_norm_error`)."""
+    preset, options = SMALL[name]
+    model = FAMILIES[name].head_class(preset_config(preset, ["a", "b", "c"], **options)).train()
+    with pytest.raises(ValueError, match=r"BatchNorm layer saw one value per channel .* batch of 1 image\(s\) of "
+                       r"32x32 \(the stride-32 map is 1x1\): train with at least 2 images"):  # fmt: skip
+        model(torch.randn(1, 3, 32, 32))
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_a_backbone_at_other_strides_is_refused_in_every_family(name):
+    """Four maps at strides 2..16 (timm's out_indices 0..3) passed the config's count of outputs, and MaskFormer +
+    FaPN ran on them, aligning the wrong levels; both families now check the strides (`check_feature_strides`)."""
+    preset, options = SMALL[name]
+    config = preset_config(preset, ["a", "b", "c"], **options)
+    config.backbone_config = TimmBackboneConfig(backbone="resnet18", out_indices=(0, 1, 2, 3))
+    model = FAMILIES[name].head_class(config).eval()
+    with pytest.raises(ValueError, match=r"feature maps are \[\(32, 32\), \(16, 16\), \(8, 8\), \(4, 4\)\] for a "
+                       r"64x64 input; the FaPN neck needs 4 maps at strides 4, 8, 16, 32 .*out_indices"):  # fmt: skip
+        with torch.no_grad():
+            model(torch.randn(1, 3, 64, 64))
