@@ -7,6 +7,7 @@ from typing import Any
 
 from ...labels import label_maps
 from ...modeling.backbone_utils import timm_backbone_config
+from ...modeling.config_checks import check_field_types
 from ...modeling.configuration_maskformer_fapn import MaskFormerFaPNConfig
 from ...modeling.image_processing_maskformer_fapn import MaskFormerFaPNImageProcessor
 
@@ -41,6 +42,16 @@ MASKFORMER_PRESETS: dict[str, dict[str, Any]] = _build()
 # The transformer decoder options a preset takes (feed-forward 8 x hidden and hidden / 32 heads, as the original's
 # 256 / 2048 / 8).
 DECODER_OPTIONS = ("num_queries", "decoder_layers", "decoder_hidden_size")
+
+
+_OPTION_TYPES = {
+    "backbone": "str",
+    "neck_channels": "int",
+    "num_queries": "int",
+    "decoder_layers": "int",
+    "decoder_hidden_size": "int",
+    "freeze_backbone_norm": "bool",
+}
 
 
 def decoder_config(num_queries: int | None, decoder_layers: int | None, decoder_hidden_size: int | None) -> Any:
@@ -81,6 +92,16 @@ def maskformer_preset_config(
     (timm's `FrozenBatchNorm2d`); other `overrides` set config fields."""
     if name not in MASKFORMER_PRESETS:
         raise ValueError(f"Unknown MaskFormer preset {name!r}; available: {', '.join(MASKFORMER_PRESETS)}")
+    options = {
+        "backbone": backbone,
+        "neck_channels": neck_channels,
+        "num_queries": num_queries,
+        "decoder_layers": decoder_layers,
+        "decoder_hidden_size": decoder_hidden_size,
+        "freeze_backbone_norm": freeze_backbone_norm,
+    }
+    # Named as the caller wrote them, before they become fields of other configs under other names.
+    check_field_types(options, _OPTION_TYPES, "MaskFormerFaPNConfig")
     preset = MASKFORMER_PRESETS[name]
     id2label, label2id = label_maps(preset["labels"] if labels is None else labels)
     width = 256 if neck_channels is None else neck_channels
