@@ -3,19 +3,17 @@ with the closest existing folder, and loaded with its family's Auto class."""
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Any
 
 from ..families import find_family
+from ..modeling.remote_code import check_pretrained_source, closest_folder_hint
 
 
 def check_model_source(name: str) -> None:
     """Raises `FileNotFoundError` when `name` can be neither a saved model folder nor a Hub model id, with the
-    closest existing folder as a hint; a Hub id is left for the loader to find."""
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
+    closest existing folder as a hint (the kernel's `check_pretrained_source`, which the families' own
+    `from_pretrained` calls too); a Hub id is left for the loader to find."""
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -23,22 +21,7 @@ def check_model_source(name: str) -> None:
         return
     if path.exists():
         raise FileNotFoundError(f"model not found: {name} is a file; a model is a folder (save_pretrained) or Hub id")
-    try:
-        validate_repo_id(name)
-        local_path = name.startswith((".", "/", "~"))
-    except HFValidationError:
-        local_path = True
-    if local_path:
-        raise FileNotFoundError(f"model not found: there is no folder {name}{_closest_folder_hint(path)}")
-
-
-def _closest_folder_hint(path: Path) -> str:
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        return ""
-    folders = [p.name for p in parent.iterdir() if p.is_dir() and (p / "config.json").is_file()]
-    match = difflib.get_close_matches(path.name, folders, n=1, cutoff=0.6)
-    return f" (did you mean {parent / match[0]}?)" if match else ""
+    check_pretrained_source(name)
 
 
 def load_model_and_processor(model_name_or_path: str, trust_remote_code: bool = False) -> tuple[Any, Any]:
@@ -65,7 +48,7 @@ def model_not_found_error(name: str, error: Exception) -> FileNotFoundError:
     """The error for a model name that is no local folder and failed to load as a Hub id (`error`)."""
     first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return FileNotFoundError(
-        f"model not found: {name} is not a local folder{_closest_folder_hint(Path(name))}, and as a Hub id it "
+        f"model not found: {name} is not a local folder{closest_folder_hint(name)}, and as a Hub id it "
         f"failed to load ({first_line})"
     )
 

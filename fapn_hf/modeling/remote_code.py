@@ -106,13 +106,19 @@ def check_pretrained_source(name: Any) -> None:
             local = True
     if not local:
         return
+    raise FileNotFoundError(f"model not found: there is no folder {name}{closest_folder_hint(path)}")
+
+
+def closest_folder_hint(path: str | os.PathLike) -> str:
+    """` (did you mean PARENT/NAME?)` naming the saved model folder beside `path` whose name is closest to its name,
+    or "" when there is none."""
+    path = Path(path).expanduser()
     parent = path.parent if str(path.parent) else Path(".")
-    hint = ""
-    if parent.is_dir():
-        saved = [p.name for p in parent.iterdir() if p.is_dir() and any((p / f).is_file() for f in _SAVED_FILES)]
-        match = difflib.get_close_matches(path.name, saved, n=1, cutoff=0.6)
-        hint = f" (did you mean {parent / match[0]}?)" if match else ""
-    raise FileNotFoundError(f"model not found: there is no folder {name}{hint}")
+    if not parent.is_dir():
+        return ""
+    saved = [p.name for p in parent.iterdir() if p.is_dir() and any((p / f).is_file() for f in _SAVED_FILES)]
+    match = difflib.get_close_matches(path.name, saved, n=1, cutoff=0.6)
+    return f" (did you mean {parent / match[0]}?)" if match else ""
 
 
 def _resolve(package: str, name: str) -> type:
@@ -221,6 +227,7 @@ __all__ = [
     "FamilyCodeSavingMixin",
     "ProcessorCodeMixin",
     "check_pretrained_source",
+    "closest_folder_hint",
     "defer_processor_class_to_model_config",
     "register_family",
 ]
