@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as tvF
 from conftest import tiny_config
+from families_small import SMALL
 from PIL import Image
-from test_families import SMALL
 from transformers import AutoImageProcessor
 from transformers.modeling_outputs import SemanticSegmenterOutput
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from conftest import set_backbone_gammas_to_one, tiny_config, tiny_resnet_backbone_config
-from test_families import SMALL
+from families_small import SMALL
 from transformers import SwinConfig, TimmBackboneConfig
 
 from fapn_hf import FAMILIES, FaPNConfig, FaPNForSemanticSegmentation, FaPNModel, preset_config
