@@ -47,7 +47,7 @@ from ..hub.conversion import convert_checkpoint
 from ..hub.space import DEFAULT_SHORT_DESCRIPTION, build_space
 from ..inference.evaluation import evaluate
 from ..inference.predictor import SegmentationPredictor, TTAConfig
-from ..inference.sources import load_model_and_processor
+from ..inference.sources import load_model
 from ..labels import palette
 from ..modeling.image_decoding import decode_image
 from ..tasks.semantic.visualization import overlay
@@ -612,7 +612,7 @@ def export_onnx_main(argv: Sequence[str] | None = None) -> int:
     """`fapn-export-onnx`: exports (and verifies) the folder's model as ONNX."""
     args = parse_arguments(ExportOnnxArguments, argv, "fapn-export-onnx", inspect.cleandoc(ExportOnnxArguments.__doc__))
     with user_errors(FileNotFoundError, OnnxVerificationError, ImportError):
-        model, _ = load_model_and_processor(str(args.model_dir))
+        model = load_model(str(args.model_dir))
         path = export_onnx(model, args.output or args.model_dir, opset=args.opset, verify=not args.no_verify)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)" + ("" if args.no_verify else ", verified"))
     return 0

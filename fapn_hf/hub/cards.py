@@ -388,10 +388,10 @@ def plan_upload(
         import tempfile
 
         from ..export.onnx import export_onnx
-        from ..inference.sources import load_model_and_processor
+        from ..inference.sources import load_model
 
         scratch = tempfile.TemporaryDirectory(prefix="fapn_onnx_")
-        files["model.onnx"] = export_onnx(load_model_and_processor(str(folder))[0], scratch.name)
+        files["model.onnx"] = export_onnx(load_model(str(folder)), scratch.name)
     if keep_card:
         if not (folder / "README.md").is_file():
             raise FileNotFoundError(f"keep_card: {folder} has no README.md")

@@ -24,9 +24,10 @@ def check_model_source(name: str) -> None:
     check_pretrained_source(name)
 
 
-def load_model_and_processor(model_name_or_path: str, trust_remote_code: bool = False) -> tuple[Any, Any]:
-    """A model (eval mode, its family's head class) and its image processor from a folder or Hub id; a name that is
-    neither raises `FileNotFoundError` saying so (not transformers' "Repo id must be in the form ...")."""
+def load_model(model_name_or_path: str, trust_remote_code: bool = False, with_processor: bool = False) -> Any:
+    """A model (eval mode, its family's head class) from a folder or Hub id, and with `with_processor` a
+    `(model, image processor)` pair; a name that is neither raises `FileNotFoundError` saying so (not transformers'
+    "Repo id must be in the form ...")."""
     from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation
 
     check_model_source(model_name_or_path)
@@ -36,12 +37,19 @@ def load_model_and_processor(model_name_or_path: str, trust_remote_code: bool = 
         # A family's head class; a semantic segmentation model of transformers outside the registry as it is.
         auto_class = AutoModelForSemanticSegmentation if family is None else family.auto_class
         model = auto_class.from_pretrained(model_name_or_path, config=config, trust_remote_code=trust_remote_code)
+        if not with_processor:
+            return model.eval()
         processor = AutoImageProcessor.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
     except OSError as error:
         if Path(model_name_or_path).expanduser().is_dir():
             raise
         raise model_not_found_error(model_name_or_path, error) from error
     return model.eval(), processor
+
+
+def load_model_and_processor(model_name_or_path: str, trust_remote_code: bool = False) -> tuple[Any, Any]:
+    """A model (eval mode, its family's head class) and its image processor from a folder or Hub id (`load_model`)."""
+    return load_model(model_name_or_path, trust_remote_code, with_processor=True)
 
 
 def model_not_found_error(name: str, error: Exception) -> FileNotFoundError:
@@ -75,4 +83,4 @@ def find_onnx_file(model_name_or_path: str) -> Path | None:
         return None  # the PyTorch loader then says what is missing, in its own words
 
 
-__all__ = ["check_model_source", "find_onnx_file", "load_model_and_processor", "model_not_found_error"]
+__all__ = ["check_model_source", "find_onnx_file", "load_model", "load_model_and_processor", "model_not_found_error"]
