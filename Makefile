@@ -47,8 +47,11 @@ browser: $(STAMP)
 	found=$$($(FIND_CHROMIUM)) || { echo "make browser: chromium was installed but is not found on PATH" >&2; exit 1; }; \
 	echo "Chromium for the browser test: $$found"
 
+# The tests run in one worker per core (pytest-xdist; each worker's torch uses one thread, tests/conftest.py), every
+# test module in one worker so that its module-scoped fixtures are built once.
+TEST_WORKERS ?= auto
 test: lint transformers-tests browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # The unit tier for iteration (well under a minute): no training, exports, servers, notebooks or common tests.
 test-fast: $(STAMP)
