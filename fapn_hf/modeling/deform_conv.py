@@ -189,12 +189,7 @@ def _by_corner(*corners: torch.Tensor) -> torch.Tensor:
 def _gather_columns(table: torch.Tensor, index: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """`(B, C / G)`: for each of the B samples, the sum of its four corner rows of `table` (`index` `(B, 4)`) times
     their weights (`weight` `(B, 4)`)."""
-    weight = weight.to(table.dtype)
-    if torch.onnx.is_in_onnx_export():
-        # ONNX has no fused gather-and-sum; this exports as Gather, Mul and ReduceSum.
-        corners = table.index_select(0, index.view(-1)).view(*index.shape, -1)
-        return (corners * weight.unsqueeze(-1)).sum(dim=1)
-    return F.embedding_bag(index, table, per_sample_weights=weight, mode="sum")
+    return F.embedding_bag(index, table, per_sample_weights=weight.to(table.dtype), mode="sum")
 
 
 def _sampling_gradients(
@@ -234,6 +229,56 @@ def _bands(out_height: int, rows_per_band: int | None) -> list[tuple[int, int]]:
     return [(start, min(out_height, start + rows_per_band)) for start in range(0, out_height, rows_per_band)]
 
 
+def _tap_coordinates(
+    geometry: _Geometry, input_size: tuple[int, int], out_size: tuple[int, int], device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The undeformed sampling positions in `grid_sample`'s units (``align_corners=False``: pixel ``p`` of a side of
+    ``size`` pixels is ``(2 p + 1) / size - 1``): y `(K, H_out, 1)` and x `(K, 1, W_out)`, taps row-major."""
+    (kernel_h, kernel_w), (height, width) = geometry.kernel_size, input_size
+    out_y = torch.arange(out_size[0], device=device, dtype=dtype) * geometry.stride[0] - geometry.padding[0]
+    out_x = torch.arange(out_size[1], device=device, dtype=dtype) * geometry.stride[1] - geometry.padding[1]
+    tap_y = torch.arange(kernel_h, device=device, dtype=dtype).repeat_interleave(kernel_w) * geometry.dilation[0]
+    tap_x = torch.arange(kernel_w, device=device, dtype=dtype).repeat(kernel_h) * geometry.dilation[1]
+    pixel_y = out_y.view(1, -1, 1) + tap_y.view(-1, 1, 1)
+    pixel_x = out_x.view(1, 1, -1) + tap_x.view(-1, 1, 1)
+    return pixel_y * (2.0 / height) + (1.0 / height - 1.0), pixel_x * (2.0 / width) + (1.0 / width - 1.0)
+
+
+def _sampled_columns(
+    source: torch.Tensor,
+    offset: torch.Tensor,
+    mask: torch.Tensor | None,
+    tap_y: torch.Tensor,
+    tap_x: torch.Tensor,
+    input_size: tuple[int, int],
+) -> torch.Tensor:
+    """The modulated bilinear samples of a band of output rows, `(N, C * K, rows * W_out)`, ordered (group, channel,
+    tap), as one `grid_sample` call (ONNX `GridSample`): it computes each position once for all the channels of a
+    deformable group, and its zero padding is torchvision's (a corner outside the image reads 0).
+
+    Args:
+        source: `(N * G, C / G, H, W)`, the input with each deformable group as an image.
+        offset: `(N, 2 * G * K, rows, W_out)`, the band's offsets in torchvision's layout.
+        mask: `(N, G * K, rows, W_out)` or `None`.
+        tap_y: `(K, rows, 1)`, tap_x: `(K, 1, W_out)`: the band's undeformed positions (`_tap_coordinates`).
+    """
+    batch, _, rows, out_width = offset.shape
+    group_batch, group_channels = source.shape[:2]
+    groups, taps = group_batch // batch, tap_y.shape[0]
+    height, width = input_size
+    dy_dx = offset.reshape(batch, groups, taps, 2, rows, out_width).to(source.dtype)
+    # Any position beyond [-1, size] reads zeros; clamping to +-2 (at least one pixel further out) keeps that and
+    # keeps huge offsets from overflowing grid_sample's integer corner arithmetic.
+    grid_y = torch.add(tap_y.to(source.dtype), dy_dx[:, :, :, 0], alpha=2.0 / height).clamp_(-2.0, 2.0)
+    grid_x = torch.add(tap_x.to(source.dtype), dy_dx[:, :, :, 1], alpha=2.0 / width).clamp_(-2.0, 2.0)
+    grid = torch.stack((grid_x, grid_y), dim=-1).view(group_batch, taps * rows, out_width, 2)
+    samples = F.grid_sample(source, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    samples = samples.view(batch, groups, group_channels, taps, rows, out_width)
+    if mask is not None:
+        samples = samples.mul_(mask.reshape(batch, groups, 1, taps, rows, out_width).to(samples.dtype))
+    return samples.view(batch, groups * group_channels * taps, rows * out_width)
+
+
 def _deform_conv_forward(
     input: torch.Tensor,
     offset: torch.Tensor,
@@ -242,22 +287,34 @@ def _deform_conv_forward(
     bias: torch.Tensor | None,
     geometry: _Geometry,
 ) -> torch.Tensor:
-    """The deformable convolution, band by band. `weight_matrix` is `(C_out, G * K * C / G)` in column order."""
-    batch, _, height, width = input.shape
-    out_height, out_width = offset.shape[2:]
-    out_channels = weight_matrix.shape[0]
-    table = _padded_nhwc(input, geometry.deformable_groups)
-    grid = _sampling_grid(input, offset, geometry)
-    output = input.new_empty(batch, out_channels, out_height, out_width)
-    for start, stop in _bands(out_height, geometry.rows_per_band):
-        sampling = _band_sampling(
-            offset[:, :, start:stop], None if mask is None else mask[:, :, start:stop], grid, start
-        )
-        columns = _gather_columns(table, sampling.index, sampling.weight).view(batch, (stop - start) * out_width, -1)
-        band = torch.matmul(weight_matrix, columns.transpose(1, 2))  # (N, C_out, pixels)
+    """The deformable convolution, band by band: `_sampled_columns`, then one matrix product with `weight_matrix`
+    `(C_out, C * K)` (the weight in (channel, tap) order). Returns `(N, C_out, H_out, W_out)`.
+
+    Per band there are a handful of large operations (the grid, one `grid_sample`, the mask, one matrix product), so
+    few parallel regions: threads rarely wait for each other, which matters when another process shares the cores.
+    """
+    batch, channels, height, width = input.shape
+    out_height, out_width = offset.shape[2], offset.shape[3]
+    groups = geometry.deformable_groups
+    # Positions in float32 at least (in half precision a coordinate loses its fraction on wide maps); the sampling
+    # runs in that precision too and the columns are cast back for the matrix product.
+    sample_dtype = torch.promote_types(input.dtype, torch.float32)
+    source = input.to(sample_dtype).reshape(batch * groups, channels // groups, height, width)
+    tap_y, tap_x = _tap_coordinates(geometry, (height, width), (out_height, out_width), input.device, sample_dtype)
+    bands = _bands(out_height, geometry.rows_per_band)
+    output = None if len(bands) == 1 else input.new_empty(batch, weight_matrix.shape[0], out_height, out_width)
+    for start, stop in bands:
+        band_mask = None if mask is None else mask[:, :, start:stop]
+        columns = _sampled_columns(
+            source, offset[:, :, start:stop], band_mask, tap_y[:, start:stop], tap_x, (height, width)
+        ).to(weight_matrix.dtype)
+        band = torch.matmul(weight_matrix, columns)  # (N, C_out, rows * W_out)
         if bias is not None:
             band = band + bias.view(-1, 1)
-        output[:, :, start:stop] = band.view(batch, out_channels, stop - start, out_width)
+        band = band.view(batch, -1, stop - start, out_width)
+        if output is None:
+            return band
+        output[:, :, start:stop] = band
     return output
 
 
@@ -270,7 +327,10 @@ class _DeformConv2dFunction(torch.autograd.Function):
         ctx.geometry = geometry
         ctx.save_for_backward(input, offset, mask, weight_matrix)
         ctx.has_bias = bias is not None
-        return _deform_conv_forward(input, offset, mask, weight_matrix, bias, geometry)
+        output = _deform_conv_forward(input, offset, mask, weight_matrix, bias, geometry)
+        # A single band comes back as a view of a tensor made here; autograd forbids modifying such an output in
+        # place (the FAM's in-place ReLU), so it leaves as a tensor of its own.
+        return output if output._base is None else output.clone()
 
     @staticmethod
     @once_differentiable
@@ -284,6 +344,8 @@ class _DeformConv2dFunction(torch.autograd.Function):
         out_height, out_width = offset.shape[2:]
         out_channels = weight_matrix.shape[0]
         group_channels = channels // geometry.deformable_groups
+        taps = geometry.kernel_size[0] * geometry.kernel_size[1]
+        weight_matrix = _tap_major(weight_matrix, geometry.deformable_groups, taps)
 
         table = _padded_nhwc(input, geometry.deformable_groups)
         grid = _sampling_grid(input, offset, geometry)
@@ -316,20 +378,28 @@ class _DeformConv2dFunction(torch.autograd.Function):
             )
             interior = padded[:, _PAD_BEFORE : _PAD_BEFORE + height, _PAD_BEFORE : _PAD_BEFORE + width]
             grad_input = interior.permute(0, 3, 1, 2).contiguous()
+        if need_weight:
+            grad_weight = _tap_major(grad_weight, geometry.deformable_groups, group_channels)
         grad_bias = grad_output.sum(dim=(0, 2, 3)) if need_bias and ctx.has_bias else None
         return grad_input, grad_offset, grad_mask, grad_weight, grad_bias, None
 
 
-def _weight_matrix(weight: torch.Tensor, channels: int, deformable_groups: int) -> torch.Tensor:
-    """`(C_out, C / groups, kh, kw)` -> `(C_out, G * kh * kw * C / G)`, the (group, tap, channel) order of the
-    sampled columns. Grouped convolutions become one block-diagonal matrix (FaPN's are not grouped)."""
+def _weight_matrix(weight: torch.Tensor, channels: int) -> torch.Tensor:
+    """`(C_out, C / groups, kh, kw)` -> `(C_out, C * kh * kw)`, the (channel, tap) order of the forward pass's sampled
+    columns. Grouped convolutions become one block-diagonal matrix (FaPN's are not grouped)."""
     out_channels, channels_per_group, kernel_h, kernel_w = weight.shape
     weight_groups = channels // channels_per_group
     if weight_groups > 1:
         blocks = weight.reshape(weight_groups, out_channels // weight_groups, -1)
         weight = torch.block_diag(*blocks.unbind(0)).view(out_channels, channels, kernel_h, kernel_w)
-    weight = weight.reshape(out_channels, deformable_groups, channels // deformable_groups, kernel_h * kernel_w)
-    return weight.transpose(2, 3).reshape(out_channels, -1)
+    return weight.reshape(out_channels, -1)
+
+
+def _tap_major(matrix: torch.Tensor, deformable_groups: int, taps: int) -> torch.Tensor:
+    """`(C_out, G * C / G * K)` in (group, channel, tap) order -> (group, tap, channel) order, the column order of the
+    backward pass's gathers; the same call with the roles of C / G and K swapped goes back."""
+    out_channels = matrix.shape[0]
+    return matrix.view(out_channels, deformable_groups, -1, taps).transpose(2, 3).reshape(out_channels, -1)
 
 
 def _output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
@@ -392,7 +462,7 @@ def _deform_conv2d_torch(
         columns_per_row = input.shape[0] * input.shape[1] * taps * out_width
         rows_per_band = max(1, max_column_elements // max(1, columns_per_row))
     geometry = _Geometry(kernel_size, stride, padding, dilation, deformable_groups, rows_per_band)
-    weight_matrix = _weight_matrix(weight, input.shape[1], deformable_groups)
+    weight_matrix = _weight_matrix(weight, input.shape[1])
     tensors = (input, offset, mask, weight_matrix, bias)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         return _DeformConv2dFunction.apply(input, offset, mask, weight_matrix, bias, geometry)
