@@ -7,8 +7,11 @@ Part of the shipped kernel: imports nothing of the package (see `remote_code.KER
 
 from __future__ import annotations
 
+import io
 import os
+import struct
 import warnings
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,11 @@ import PIL.Image
 import PIL.ImageOps
 import torch
 from transformers.image_utils import ChannelDimension
+
+try:  # optional: libspng decodes PNG files about 1.5x faster than PIL; without it PIL reads them, to the same pixels
+    import pyspng
+except ImportError:
+    pyspng = None
 
 # Transparent pixels are composited over this colour (white, as image viewers show them), never revealed.
 TRANSPARENT_BACKGROUND: tuple[int, int, int] = (255, 255, 255)
@@ -34,6 +42,120 @@ def upright(image: PIL.Image.Image) -> PIL.Image.Image:
         return image if orientation in (None, 0, 1) else PIL.ImageOps.exif_transpose(image)
     except Exception:  # malformed EXIF data: the pixels as stored
         return image
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Chunks after which PIL's pixels are not the plain stored samples: transparency (a colour key or palette alpha),
+# animation (PIL reads the first frame), EXIF data (orientation).
+_PNG_PIL_CHUNKS = frozenset({b"tRNS", b"acTL", b"eXIf"})
+_PNG_TEXT_CHUNKS = frozenset({b"tEXt", b"zTXt", b"iTXt"})
+# Text keywords PIL also reads an EXIF orientation from (ImageMagick's raw EXIF profile, XMP).
+_PNG_ORIENTATION_KEYWORDS = frozenset({b"Raw profile type exif", b"XML:com.adobe.xmp"})
+# (colour type, bit depth) pyspng decodes to PIL's pixels: gray, RGB and RGBA at 8 and 16 bits (PIL keeps 16-bit
+# gray, and the high byte of 16-bit colour). Palette, gray + alpha (pyspng has no format for it) and 1/2/4-bit
+# files: PIL.
+_PNG_SPNG_KINDS = frozenset({(0, 8), (2, 8), (6, 8), (0, 16), (2, 16), (6, 16)})
+
+
+def _png_plain_kind(data: bytes) -> tuple[int, int] | None:
+    """(colour type, bit depth) of a PNG file whose pixels are its plain stored samples, as PIL would give them;
+    None for anything PIL must read: not a PNG, a chunk structure that PIL would refuse (bad checksum before the image
+    data), transparency, animation, EXIF orientation, or more pixels than PIL's decompression-bomb limit."""
+    if not data.startswith(_PNG_SIGNATURE) or len(data) < 33:
+        return None
+    position, end, kind, seen_data = 8, len(data), None, False
+    while position + 12 <= end:
+        length, chunk = struct.unpack_from(">I4s", data, position)
+        body = position + 8
+        if body + length + 4 > end:
+            return None  # truncated: PIL says so
+        if chunk in _PNG_PIL_CHUNKS:
+            return None
+        if chunk in _PNG_TEXT_CHUNKS and bytes(data[body : body + min(length, 80)]).split(b"\0", 1)[0] in (
+            _PNG_ORIENTATION_KEYWORDS
+        ):
+            return None
+        if chunk == b"IDAT":
+            seen_data = True
+        elif not seen_data:
+            # PIL checks the checksum of every chunk before the image data and refuses the file on a mismatch.
+            (stored,) = struct.unpack_from(">I", data, body + length)
+            if zlib.crc32(data[position + 4 : body + length]) != stored:
+                return None
+        if position == 8:
+            if chunk != b"IHDR" or length != 13:
+                return None
+            width, height, depth, colour, compression, filtering, interlace = struct.unpack_from(">IIBBBBB", data, body)
+            limit = PIL.Image.MAX_IMAGE_PIXELS
+            if (colour, depth) not in _PNG_SPNG_KINDS or compression or filtering or interlace > 1:
+                return None
+            if width == 0 or height == 0 or (limit is not None and width * height > limit):
+                return None
+            kind = colour, depth
+        if chunk == b"IEND":
+            break
+        position = body + length + 4
+    return kind if seen_data else None
+
+
+def png_pixels(data: bytes) -> np.ndarray | None:
+    """The pixels of a PNG file's bytes as PIL gives them (`np.asarray(PIL.Image.open(file))`), decoded by libspng
+    (`pyspng`, about 1.5x faster): gray `(H, W)` uint8 (mode L) or uint16 (16-bit, mode I;16), RGB `(H, W, 3)` or
+    RGBA `(H, W, 4)` uint8 (the high byte of 16-bit colour, as PIL keeps it).
+
+    Returns None where PIL must read the file (same pixels, PIL's rules and errors): pyspng not installed, not a
+    PNG, palette, gray + alpha or 1/2/4-bit files, transparency (tRNS), animation, EXIF or XMP orientation
+    data, a bad checksum before the image data, more pixels than `PIL.Image.MAX_IMAGE_PIXELS`, or any file libspng
+    cannot decode.
+    """
+    if pyspng is None:
+        return None
+    kind = _png_plain_kind(data)
+    if kind is None:
+        return None
+    colour, depth = kind
+    try:
+        pixels = pyspng.load(data)
+    except Exception:  # noqa: BLE001 - whatever libspng refuses, PIL reads or reports
+        return None
+    if depth == 16:
+        # pyspng gives 16-bit gray as gray + alpha, 16-bit RGB as RGBA (alpha opaque), both host-endian.
+        if colour == 0:
+            return pixels[:, :, 0]
+        high = (pixels >> 8).astype(np.uint8)
+        return high[:, :, :3] if colour == 2 else high
+    return pixels
+
+
+def _decode_png(data: bytes, name: str) -> np.ndarray | None:
+    """`decode_image`'s RGB `(H, W, 3)` uint8 of PNG bytes read by `png_pixels`; None where PIL must read them."""
+    pixels = png_pixels(data)
+    if pixels is None:
+        return None
+    if pixels.dtype == np.uint8 and pixels.ndim == 3 and pixels.shape[2] == 3 and pixels.flags.c_contiguous:
+        return pixels  # already RGB and a fresh array of its own: no copy
+    return _decode_array(pixels, name)
+
+
+def decode_image_bytes(data: bytes, name: str = "the image") -> np.ndarray:
+    """The bytes of an image file (PNG, JPEG, ... anything PIL reads) as RGB `(H, W, 3)` uint8 by `decode_image`'s
+    rules: what `decode_image(path)` gives for the file holding them. PNG files go through `png_pixels` (libspng)
+    where it gives PIL's pixels, the others through PIL.
+
+    Raises `ValueError` naming `name` for bytes that are no image PIL can read.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"{name}: expected the bytes of an image file, got {type(data).__name__}")
+    data = bytes(data)
+    decoded = _decode_png(data, name)
+    if decoded is not None:
+        return decoded
+    try:
+        with PIL.Image.open(io.BytesIO(data)) as opened:
+            opened.load()
+            return _decode_pil(opened, name)
+    except (OSError, SyntaxError, PIL.Image.DecompressionBombError) as error:
+        raise ValueError(f"{name} is not an image that can be read ({error})") from error
 
 
 def _decode_pil(image: PIL.Image.Image, name: str) -> np.ndarray:
@@ -135,6 +257,12 @@ def decode_image(image: Any, name: str | None = None) -> np.ndarray:
             raise FileNotFoundError(
                 f"{path} is a folder, not an image file" if path.is_dir() else f"image file not found: {path}"
             )
+        if pyspng is not None:
+            with path.open("rb") as file:
+                is_png = file.read(len(_PNG_SIGNATURE)) == _PNG_SIGNATURE
+            decoded = _decode_png(path.read_bytes(), name or str(path)) if is_png else None
+            if decoded is not None:
+                return decoded
         try:
             with PIL.Image.open(path) as opened:
                 opened.load()
@@ -455,10 +583,12 @@ __all__ = [
     "as_rgb_tensor",
     "check_target_sizes",
     "decode_image",
+    "decode_image_bytes",
     "flat_list",
     "is_local_file",
     "open_image",
     "output_field",
+    "png_pixels",
     "prepare_segmentation_maps",
     "required_output_field",
     "size_of",

@@ -38,7 +38,7 @@ from datasets import Dataset, DatasetDict, Image, load_dataset, load_from_disk
 from torchvision import tv_tensors
 
 from ...labels import LABEL_MAPPINGS, check_label_values, lookup_table
-from ...modeling.image_decoding import decode_image, upright
+from ...modeling.image_decoding import decode_image_bytes, png_pixels, upright
 from .layouts import INDEX_PROBLEM, FolderLayout, describe_layouts, find_layout, read_mat_label, spread
 
 logger = logging.getLogger(__name__)
@@ -309,6 +309,10 @@ class LabelSpec:
         `apply`, in uint8 where the raw values, the mapped ids and the ignore index all fit (8-bit label files:
         one 256-entry lookup, several times less memory traffic than int64), else int64. The result is a new
         array."""
+        if isinstance(raw, np.ndarray) and raw.dtype == np.uint8 and raw.ndim == 2 and self._compact:
+            if self._lut8 is None:
+                return raw.copy()
+            raw = PIL.Image.fromarray(raw)  # mode L: PIL's table lookup, below
         if isinstance(raw, PIL.Image.Image):
             if raw.mode == "L" and self._compact:
                 # PIL applies a 256-entry table to an 8-bit image about twice as fast as NumPy's indexing.
@@ -348,17 +352,15 @@ def _describe(record: dict[str, Any] | None) -> str:
     return f"file {path}" if path else "in-memory file"
 
 
-def _open(record: dict[str, Any] | None) -> PIL.Image.Image:
+def _file_bytes(record: dict[str, Any] | None) -> bytes:
+    """The file of a record: its bytes, or those of the file at its path (one read: decoders then work in memory)."""
     if record is None:
         raise DataError("missing file")
     if record.get("bytes") is not None:
-        image = PIL.Image.open(io.BytesIO(record["bytes"]))
-    elif record.get("path"):
-        image = PIL.Image.open(record["path"])
-    else:
-        raise DataError("the record holds neither bytes nor a path")
-    image.load()
-    return image
+        return record["bytes"]
+    if record.get("path"):
+        return Path(record["path"]).read_bytes()
+    raise DataError("the record holds neither bytes nor a path")
 
 
 def _is_mat(record: dict[str, Any] | None) -> bool:
@@ -367,12 +369,19 @@ def _is_mat(record: dict[str, Any] | None) -> bool:
 
 def _read_label(record: dict[str, Any] | None, index: int) -> np.ndarray | PIL.Image.Image:
     """The raw label map `(H, W)` of a record: a single-channel PIL image (turned upright by its EXIF tag, if any; a
-    palette PNG holds its indices) or, for a `.mat` label, an array (`layouts.read_mat_label`)."""
+    palette PNG holds its indices), or an array of the same values: a gray PNG that `png_pixels` decodes (8-bit
+    uint8 as mode L, 16-bit uint16 as mode I;16) and a `.mat` label (`layouts.read_mat_label`)."""
     try:
         if _is_mat(record):
             source = io.BytesIO(record["bytes"]) if record.get("bytes") is not None else record["path"]
             return read_mat_label(source)
-        label_image = upright(_open(record))
+        data = _file_bytes(record)
+        pixels = png_pixels(data)
+        if pixels is not None and pixels.ndim == 2:  # a gray PNG: PIL would give these values (no EXIF, no alpha)
+            return pixels
+        label_image = PIL.Image.open(io.BytesIO(data))
+        label_image.load()
+        label_image = upright(label_image)
     except (OSError, DataError, SyntaxError, ValueError, PIL.Image.DecompressionBombError) as error:
         raise DataError(f"sample {index}: cannot read the label ({_describe(record)}): {error}") from error
     except Exception as error:  # scipy's MatReadError and the like: a broken file, reported with its sample
@@ -400,9 +409,14 @@ def decode_sample(row: dict[str, Any], index: int, spec: LabelSpec) -> tuple[np.
 def _decode(row: dict[str, Any], index: int, spec: LabelSpec) -> tuple[np.ndarray, np.ndarray]:
     """`decode_sample` with the class ids in `LabelSpec.class_ids`' compact dtype (uint8 where they fit)."""
     try:
-        rgb = decode_image(_open(row["image"]), name=_describe(row["image"]))
-    except (OSError, DataError, SyntaxError, ValueError, PIL.Image.DecompressionBombError) as error:
+        data = _file_bytes(row["image"])
+    except (OSError, DataError) as error:
         raise DataError(f"sample {index}: cannot read the image ({_describe(row['image'])}): {error}") from error
+    try:
+        # PNG through libspng where it gives PIL's pixels (`png_pixels`), everything else through PIL.
+        rgb = decode_image_bytes(data, name=_describe(row["image"]))
+    except ValueError as error:  # names the file
+        raise DataError(f"sample {index}: cannot read the image: {error}") from error
     raw = _read_label(row["label"], index)
     height, width = raw.shape[:2] if isinstance(raw, np.ndarray) else (raw.height, raw.width)
     if rgb.shape[:2] != (height, width):
