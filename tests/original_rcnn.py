@@ -116,7 +116,7 @@ class Architecture:
             num_stuff_classes=4,
             box_fc_dim=32,
             mask_dim=16,
-            sem_dim=32,
+            sem_dim=64,
         )
         small.update(overrides)
         return replace(self, **small)
