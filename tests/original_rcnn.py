@@ -771,7 +771,7 @@ def randomize(model: OriginalRCNN, seed: int, image: np.ndarray, short_edge: int
     predictor = model.roi_heads.box_predictor
     cls_bias = torch.linspace(0.3, 0.0, model.arch.num_thing_classes + 1)  # background last, at 0
     box_targets = [
-        (predictor.cls_score, 0.6, cls_bias),
+        (predictor.cls_score, 0.35, cls_bias),
         (predictor.bbox_pred, 0.5, normal(predictor.bbox_pred.bias.shape, 0.2)),
     ]
     _calibrate(model, calibration, box_targets)

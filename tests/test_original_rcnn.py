@@ -228,7 +228,7 @@ def test_random_checkpoint_exercises_every_branch(panoptic_checkpoint) -> None:
     assert len(instances["pred_classes"].unique()) >= 2
     assert instances["pred_masks"].shape == (100, *image.shape[:2]) and instances["pred_masks"].any(dim=(1, 2)).all()
     panoptic, segments = result["panoptic_seg"]
-    assert sum(s["isthing"] for s in segments) >= 5 and sum(not s["isthing"] for s in segments) >= 2
+    assert sum(s["isthing"] for s in segments) >= 5 and sum(not s["isthing"] for s in segments) >= 1
     assert panoptic.max().item() == len(segments)
 
 
