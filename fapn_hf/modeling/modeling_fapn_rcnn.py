@@ -119,7 +119,9 @@ class FixedStrideAnchorGenerator(AnchorGenerator):
         """Per level `(H_l * W_l * A, 4)` anchors in float32 (shared by every image)."""
         device = feature_maps[0].device
         anchors = []
-        for feature, stride, cell in zip(feature_maps, self.strides, self.cell_anchors):
+        # Cell anchors are made here, not taken from `self.cell_anchors`: a model that `from_pretrained` built on the
+        # meta device would hold meta tensors there (a plain list, which loading never fills).
+        for feature, stride, sizes, ratios in zip(feature_maps, self.strides, self.sizes, self.aspect_ratios):
             height, width = feature.shape[-2:]
             shifts_x = torch.arange(
                 self.offset * stride, width * stride, step=stride, dtype=torch.float32, device=device
@@ -130,7 +132,7 @@ class FixedStrideAnchorGenerator(AnchorGenerator):
             shift_y, shift_x = torch.meshgrid(shifts_y, shifts_x, indexing="ij")
             shift_x, shift_y = shift_x.reshape(-1), shift_y.reshape(-1)
             shifts = torch.stack((shift_x, shift_y, shift_x, shift_y), dim=1)
-            cell = cell.to(device=device, dtype=torch.float32)
+            cell = self.generate_anchors(sizes, ratios, dtype=torch.float32, device=device)
             anchors.append((shifts.view(-1, 1, 4) + cell.view(1, -1, 4)).reshape(-1, 4))
         return anchors
 
