@@ -179,29 +179,34 @@ def test_bad_arguments_are_named(offset_channels, mask_channels, message):
 
 @pytest.mark.parametrize("batch", [1, 2])
 def test_bands_bound_the_column_buffer_forward_and_backward(monkeypatch, batch):
-    """With a small budget the kernel samples one band of rows at a time, in the forward and in the backward
-    pass: never the whole column tensor, and every band (including the shorter last one) once per gather."""
+    """With a small budget the kernel samples one band of rows at a time, in the forward pass (grid_sample) and in
+    the backward pass (gathers): never the whole column tensor, and every band (including the shorter last one)
+    once per sampling."""
     import fapn_hf.modeling.deform_conv as dc
 
-    sizes = []
-    original = dc._gather_columns
+    forward_sizes, backward_sizes = [], []
 
-    def spy(table, index, weight):
-        columns = original(table, index, weight)
-        sizes.append(columns.numel())
-        return columns
+    def spy(original, sizes):
+        def wrapped(*args):
+            columns = original(*args)
+            sizes.append(columns.numel())
+            return columns
 
-    monkeypatch.setattr(dc, "_gather_columns", spy)
+        return wrapped
+
+    monkeypatch.setattr(dc, "_sampled_columns", spy(dc._sampled_columns, forward_sizes))
+    monkeypatch.setattr(dc, "_gather_columns", spy(dc._gather_columns, backward_sizes))
     x, weight = torch.randn(batch, 16, 40, 24, requires_grad=True), torch.randn(16, 16, 3, 3, requires_grad=True)
     offset = (torch.randn(batch, 18, 40, 24) * 2).requires_grad_()
     mask = torch.rand(batch, 9, 40, 24, requires_grad=True)
     budget = batch * 16 * 9 * 24 * 6  # six output rows: bands of 6, 6, ..., 6, 4 rows
     out = deform_conv2d(x, offset, weight, padding=1, mask=mask, max_column_elements=budget)
-    assert len(sizes) == 7 and max(sizes) == budget and sum(sizes) == batch * 16 * 9 * 24 * 40
+    assert len(forward_sizes) == 7 and max(forward_sizes) == budget
+    assert sum(forward_sizes) == batch * 16 * 9 * 24 * 40 and backward_sizes == []
     grad_output = torch.randn_like(out)
     grads = torch.autograd.grad(out, (x, offset, weight, mask), grad_output)
     # Per band: the columns again (weight gradient) and their derivatives along y, x and the mask.
-    assert len(sizes) == 7 + 7 * 4 and max(sizes) == budget
+    assert len(backward_sizes) == 7 * 4 and max(backward_sizes) == budget and len(forward_sizes) == 7
 
     inputs = [t.detach().double().requires_grad_() for t in (x, offset, weight, mask)]
     expected = torchvision.ops.deform_conv2d(*inputs[:3], padding=1, mask=inputs[3])

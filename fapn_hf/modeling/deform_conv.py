@@ -4,15 +4,19 @@
 layout (per deformable group, per kernel tap, an interleaved ``(dy, dx)`` pair), same zero-padding bilinear
 sampling, differentiable with respect to every input. It runs on every device PyTorch supports and exports to ONNX.
 
-How it computes (the same in the forward pass, the backward pass, on any device):
+How it computes, for a band of output rows at a time:
 
-1. The input is copied once to channels-last (NHWC) with a zero border, so the ``C / G`` channels that one
-   deformable group reads at one pixel are contiguous, and every bilinear corner, even of a position far outside
-   the image (clamped onto the border), reads a real row: out-of-image corners read zeros, no validity masks.
-2. For a band of output rows, each (pixel, group, tap) gets its four corner rows and four weights (bilinear weight
-   times modulation). One `embedding_bag` call gathers the corner rows and sums them with those weights: the
-   sampled columns, ordered (group, tap, channel) per output pixel.
-3. One matrix product with the weight, rearranged into that column order, gives the band's output.
+- Forward: each deformable group of the input is one image of `grid_sample` (ONNX `GridSample`), sampled at the
+  offset positions of every tap; times the mask, these are the columns `(N, C * K, pixels)` in (channel, tap)
+  order, and one matrix product with the weight gives the band's output. A handful of large operations per band:
+  few parallel regions (threads seldom wait for one another, also when another process shares the cores), and an
+  exported graph of standard operators that ONNX Runtime runs fast.
+- Backward: the input is copied once to channels-last (NHWC) with a zero border, so the ``C / G`` channels that
+  one deformable group reads at one pixel are contiguous and every bilinear corner, even of a position far outside
+  the image (clamped onto the border), reads a real row: out-of-image corners read zeros, no validity masks. For
+  each (pixel, group, tap) the four corner rows and weights (bilinear weight times modulation) drive one
+  `embedding_bag` call (the columns again) and `index_add_` (the input gradient); the offset and mask gradients
+  are further weighted sums of the same corner rows.
 
 Only one band of columns exists at a time, in the forward and in the backward pass (which re-samples them), so
 memory stays bounded whatever the image size, without activation checkpointing.
@@ -31,9 +35,11 @@ from torch.autograd.function import once_differentiable
 DeformConvImplementation = Literal["auto", "torch", "torchvision"]
 DEFORM_CONV_IMPLEMENTATIONS = ("auto", "torch", "torchvision")
 
-# Elements of sampled columns per band (2M floats = 8 MiB). Measured on CPU at FaPN sizes: bands this small stay in
-# cache and are faster than larger ones; fresh allocations above glibc's 32 MiB mmap threshold cost page faults.
-DEFAULT_MAX_COLUMN_ELEMENTS = 2 * 1024 * 1024
+# Elements of sampled columns per band (8M floats = 32 MiB; torchvision's CPU kernel holds all of an image's columns,
+# 72 M floats at 256 channels and 128x256). Measured on 2 shared CPU cores at FaPN sizes (scripts/bench_deform_conv.py):
+# bands of 2M elements spend their time in many short parallel regions, slow as soon as another process competes
+# for the cores; 8M is as fast on one thread and 2x faster with a competing process; larger bands fall out of cache.
+DEFAULT_MAX_COLUMN_ELEMENTS = 8 * 1024 * 1024
 
 # The zero border of the NHWC copy: one row/column before the image, two after. Sampling positions are clamped to
 # [-1, size], so the four corners of any position stay inside the padded image.
@@ -230,7 +236,11 @@ def _bands(out_height: int, rows_per_band: int | None) -> list[tuple[int, int]]:
 
 
 def _tap_coordinates(
-    geometry: _Geometry, input_size: tuple[int, int], out_size: tuple[int, int], device: torch.device, dtype: torch.dtype
+    geometry: _Geometry,
+    input_size: tuple[int, int],
+    out_size: tuple[int, int],
+    device: torch.device,
+    dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The undeformed sampling positions in `grid_sample`'s units (``align_corners=False``: pixel ``p`` of a side of
     ``size`` pixels is ``(2 p + 1) / size - 1``): y `(K, H_out, 1)` and x `(K, 1, W_out)`, taps row-major."""
