@@ -555,3 +555,46 @@ def test_invalid_seeds_name_the_seed(seed):
     image, label = to_tv(*scene(10, 12))
     with pytest.raises(ValueError, match="seed must be a non-negative integer"):
         TrainAugmentation(crop_size=(4, 4))(image, label, seed)
+
+
+# ------------------------------------------------------------------------------------------- exact fast paths
+
+
+@pytest.mark.parametrize("size", [(1, 1), (7, 5), (37, 23)], ids=lambda size: f"{size[0]}x{size[1]}")
+def test_photometric_row_blocks_give_the_whole_image_result_bit_for_bit(size, monkeypatch):
+    """The distortion runs on row blocks that stay in the CPU cache: blocks of 1, 2 and 3 rows give exactly the
+    result of one block (the whole image, as computed before blocks), for every combination of steps."""
+    image = torch.from_numpy(np.random.default_rng(size[0]).integers(0, 256, (3, *size), dtype=np.uint8))
+    distortion = PhotometricDistortion()
+    combinations = [
+        {"brightness": b, "contrast": c, "contrast_first": first, "saturation": s, "hue": h}
+        for b in (None, -20.5)
+        for c in (None, 1.3)
+        for first in (True, False)
+        for s in (None, 0.6)
+        for h in (None, 11.0)
+    ]
+    for params in combinations:
+        monkeypatch.setattr(T, "_PHOTOMETRIC_BLOCK_PIXELS", 1 << 40)
+        whole = distortion.transform(tv_tensors.Image(image), params)
+        for rows in (1, 2, 3):
+            monkeypatch.setattr(T, "_PHOTOMETRIC_BLOCK_PIXELS", rows * size[1])
+            assert torch.equal(distortion.transform(tv_tensors.Image(image), params), whole), (params, rows)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int64])
+def test_train_augmentation_equals_its_pipeline_applied_whole(dtype):
+    """`TrainAugmentation` crops the label's window from the source label instead of resizing it whole: its output
+    is bit for bit that of its own `v2.Compose` (scale, capped crop, flip, photometric, pad) on the same seed."""
+    image, label = scene(dtype=dtype)
+    augment = TrainAugmentation(crop_size=(64, 96), scale_range=(0.3, 2.5), cat_max_ratio=0.5)
+    attempts = set()
+    for seed in range(24):
+        fused = augment(*to_tv(image, label), (1, seed))
+        torch.manual_seed(T._torch_seed((1, seed)))
+        composed = augment.pipeline(*to_tv(image, label))
+        assert all(torch.equal(a, b) and a.dtype == b.dtype for a, b in zip(fused, composed)), seed
+        torch.manual_seed(T._torch_seed((1, seed)))
+        scale, crop = augment.pipeline.transforms[:2]
+        attempts.add(crop.make_params(list(scale(*to_tv(image, label))))["attempts"])
+    assert len(attempts) > 1, "the category cap never drew a second window"
