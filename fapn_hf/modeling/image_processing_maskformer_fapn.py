@@ -29,6 +29,7 @@ from .image_decoding import (
 )
 from .label_checks import REDUCE_LABELS_HINT, check_label_values
 from .remote_code import ProcessorCodeMixin
+from .shortest_edge_resize import resize_image, resize_label_map, shortest_edge_size
 
 logger = logging.get_logger(__name__)
 
@@ -97,9 +98,15 @@ class MaskFormerFaPNImageProcessorKwargs(MaskFormerImageProcessorKwargs, total=F
     semantic_only (`bool`, *optional*, defaults to `True`):
         Offer only `post_process_semantic_segmentation`: the `image-segmentation` pipeline then returns one mask per
         class present (it would otherwise prefer panoptic, then instance post-processing). `False` offers all three.
+    detectron2_resize (`bool`, *optional*, defaults to `False`):
+        Resize as the original (detectron2's `ResizeShortestEdge`, the kernel's `shortest_edge_resize`): sizes from
+        `size["shortest_edge"]` / `size["longest_edge"]` rounded with `int(x + 0.5)`, uint8 images resized by PIL's
+        bilinear filter, segmentation maps by PIL's nearest neighbour. The converted and preset processors set it;
+        `False` keeps transformers' resize (sizes truncated with `int(x)`, torchvision's antialiased bilinear).
     """
 
     semantic_only: bool
+    detectron2_resize: bool
 
 
 class MaskFormerFaPNImageProcessor(ProcessorCodeMixin, DecodedImagesMixin, MaskFormerImageProcessor):
@@ -124,6 +131,7 @@ class MaskFormerFaPNImageProcessor(ProcessorCodeMixin, DecodedImagesMixin, MaskF
     size_divisor = 0
     do_convert_rgb = True  # images decoded by FaPN's one rule (`decode_image`): gray, RGBA, 16-bit, EXIF-rotated
     semantic_only = True
+    detectron2_resize = False
     # The label of no class, as the models' `semantic_loss_ignore_index` (transformers' default None makes 255 a class).
     ignore_index = 255
 
@@ -152,6 +160,45 @@ class MaskFormerFaPNImageProcessor(ProcessorCodeMixin, DecodedImagesMixin, MaskF
                 ]
                 kwargs["do_reduce_labels"] = False  # done
         return self._preprocess(images, segmentation_maps, instance_id_to_semantic_id, **kwargs)
+
+    def _preprocess(
+        self,
+        images: list[torch.Tensor],
+        segmentation_maps: list[torch.Tensor] | None,
+        instance_id_to_semantic_id: list[dict[int, int]] | dict[int, int] | None,
+        **kwargs: Any,
+    ) -> BatchFeature:
+        """transformers' `_preprocess`, with the resize done here first when `detectron2_resize` is on."""
+        if kwargs.get("detectron2_resize") and kwargs.get("do_resize"):
+            images, segmentation_maps = self._detectron2_resize(
+                images, segmentation_maps, kwargs["size"], kwargs.get("size_divisor") or 0
+            )
+            kwargs["do_resize"] = False
+        return super()._preprocess(images, segmentation_maps, instance_id_to_semantic_id, **kwargs)
+
+    @staticmethod
+    def _detectron2_resize(
+        images: list[torch.Tensor], segmentation_maps: list[torch.Tensor] | None, size: Any, size_divisor: int
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+        """Each `(C, H, W)` image (and its `(1, H, W)` map) resized as the original's `ResizeShortestEdge`: the size
+        by `shortest_edge_size(H, W, size.shortest_edge, size.longest_edge)` (or `size.height` x `size.width` when
+        given, e.g. a test-time-augmentation view; rounded up to `size_divisor` when set, as transformers does), the
+        pixels by `resize_image` (PIL bilinear on uint8), the map by `resize_label_map`."""
+        fixed = (size.height, size.width) if getattr(size, "height", None) and getattr(size, "width", None) else None
+        if fixed is None and not getattr(size, "shortest_edge", None):
+            raise ValueError(
+                f"detectron2_resize=True resizes the shorter side: size must be {{'shortest_edge': ..., "
+                f"'longest_edge': ...}} (or {{'height': ..., 'width': ...}}), got {dict(size)}"
+            )
+        resized_images, resized_maps = [], None if segmentation_maps is None else []
+        for index, image in enumerate(images):
+            height, width = fixed or shortest_edge_size(*image.shape[-2:], size.shortest_edge, size.longest_edge)
+            if size_divisor > 0:
+                height, width = (-(-side // size_divisor) * size_divisor for side in (height, width))
+            resized_images.append(resize_image(image, (height, width)))
+            if segmentation_maps is not None:
+                resized_maps.append(resize_label_map(segmentation_maps[index], (height, width)))
+        return resized_images, resized_maps
 
     @staticmethod
     def _semantic_classes(segmentation_map: torch.Tensor, index: int, settings: dict[str, Any]) -> torch.Tensor:

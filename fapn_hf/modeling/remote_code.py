@@ -45,6 +45,7 @@ KERNEL_MODULES: tuple[str, ...] = (
     "initialisation",
     "label_checks",
     "remote_code",
+    "shortest_edge_resize",
 )
 
 

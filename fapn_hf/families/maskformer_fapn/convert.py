@@ -212,7 +212,8 @@ def _maskformer_transform(
 
 def _maskformer_processor(model: OriginalModel, checkpoint: Checkpoint) -> MaskFormerFaPNImageProcessor:
     """RGB in, `(x / 255 - PIXEL_MEAN / 255) / (PIXEL_STD / 255)`, the shorter side resized to MIN_SIZE_TEST (longer
-    capped at MAX_SIZE_TEST); the model pads to 32 as the original `ImageList`."""
+    capped at MAX_SIZE_TEST) exactly as the original's `ResizeShortestEdge` (`detectron2_resize`: `int(x + 0.5)`
+    sizes, PIL bilinear on the uint8 image); the model pads to 32 as the original `ImageList`."""
     mean = pixel_statistic(checkpoint, "pixel_mean", MASKFORMER_PIXEL_MEAN_RGB, order="R, G, B")
     std = pixel_statistic(checkpoint, "pixel_std", MASKFORMER_PIXEL_STD_RGB, order="R, G, B")
     if min(std) <= 0:
@@ -223,6 +224,7 @@ def _maskformer_processor(model: OriginalModel, checkpoint: Checkpoint) -> MaskF
         size={"shortest_edge": model.test_shortest_edge, "longest_edge": model.test_longest_edge},
         do_reduce_labels=model.labels == "ade20k",
         ignore_index=255,
+        detectron2_resize=True,
     )
 
 

@@ -18,13 +18,21 @@ _MODELS: dict[str, dict[str, Any]] = {
         "backbone": "swin_large_patch4_window12_384",
         "backbone_output_norms": True,
         "labels": "ade20k",
-        "processor": {"size": {"shortest_edge": 640, "longest_edge": 2560}, "do_reduce_labels": True},
+        "processor": {
+            "size": {"shortest_edge": 640, "longest_edge": 2560},
+            "do_reduce_labels": True,
+            "detectron2_resize": True,
+        },
     },
     "r101-cocostuff": {
         "backbone": "resnet101",
         "backbone_output_norms": False,
         "labels": "cocostuff",
-        "processor": {"size": {"shortest_edge": 640, "longest_edge": 2560}, "do_reduce_labels": False},
+        "processor": {
+            "size": {"shortest_edge": 640, "longest_edge": 2560},
+            "do_reduce_labels": False,
+            "detectron2_resize": True,
+        },
     },
 }
 
@@ -129,8 +137,9 @@ def maskformer_preset_config(
 def maskformer_preset_image_processor(
     name: str, labels: str | list[str] | tuple[str, ...] | None = None, **overrides: Any
 ) -> MaskFormerFaPNImageProcessor:
-    """The processor of preset `name`: shorter side 640 (longer <= 2560), ImageNet mean/std, RGB; its label
-    reduction follows the preset's data set (the label set does not change the test size)."""
+    """The processor of preset `name`: shorter side 640 (longer <= 2560) resized as the original (detectron2's
+    `ResizeShortestEdge`: `detectron2_resize=True`), ImageNet mean/std, RGB; its label reduction follows the preset's
+    data set (the label set does not change the test size)."""
     if name not in MASKFORMER_PRESETS:
         raise ValueError(f"Unknown MaskFormer preset {name!r}; available: {', '.join(MASKFORMER_PRESETS)}")
     return MaskFormerFaPNImageProcessor(**{**MASKFORMER_PRESETS[name]["processor"], "ignore_index": 255, **overrides})
