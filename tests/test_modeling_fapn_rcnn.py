@@ -84,7 +84,8 @@ def make_labels(config: FaPNRCNNConfig, sizes: torch.Tensor = IMAGE_SIZES) -> li
                 masks[index, y0:y1, x0:x1] = True
             label["masks"] = masks
         if config.meta_architecture == "panoptic_fpn":
-            semantic = torch.randint(1, config.num_semantic_labels, (height, width))
+            generator = torch.Generator().manual_seed(height * width)  # the same labels on every call
+            semantic = torch.randint(1, config.num_semantic_labels, (height, width), generator=generator)
             semantic[masks.any(0)] = 0
             semantic[:3] = 255
             label["semantic_labels"] = semantic
@@ -241,6 +242,14 @@ def test_forward_in_training_and_evaluation_with_and_without_labels(meta_archite
         torch.manual_seed(123)
         with_labels = model(pixel_values, IMAGE_SIZES, labels)
     assert plain.loss is None and torch.isfinite(with_labels.loss)
+    # The evaluation loss samples from its own seeded generator: reproducible, and the caller's stream untouched.
+    torch.manual_seed(5)
+    with torch.no_grad():
+        again = model(pixel_values, IMAGE_SIZES, labels)
+    after = torch.rand(3)
+    torch.manual_seed(5)
+    assert torch.equal(after, torch.rand(3))
+    assert torch.equal(again.loss, with_labels.loss)
     # The ROI sampling of the loss does not touch the detections.
     for key in ("pred_boxes", "scores", "pred_labels", "num_detections", "pred_masks", "semantic_logits"):
         first, second = getattr(plain, key), getattr(with_labels, key)

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -689,6 +690,19 @@ def check_detection_labels(
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+@contextmanager
+def _seeded_sampling(device: torch.device, enabled: bool) -> Iterator[None]:
+    """Runs the block on a forked random generator seeded with 0 (CPU, and `device` when it is a GPU); a no-op
+    unless `enabled`."""
+    if not enabled:
+        yield
+        return
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, device_type=device.type if devices else "cuda"):
+        torch.manual_seed(0)
+        yield
+
+
 class FaPNRCNNPreTrainedModel(FamilyCodeSavingMixin, PretrainedBackboneMixin, InitWeightsMixin, PreTrainedModel):
     """Weights, saving and loading of the FaPN detectors.
 
@@ -921,9 +935,12 @@ class FaPNRCNNForObjectDetection(FaPNRCNNPreTrainedModel):
         pyramid = outputs.feature_maps
         features = OrderedDict(zip(PYRAMID_NAMES, pyramid))
         images = ImageList(pad_to_multiple(pixel_values, self.config.size_divisibility), sizes)
-        proposals, losses = self.rpn(images, features, targets)
-        roi_features = OrderedDict(list(features.items())[:ROI_LEVELS])
-        detections, roi_losses = self.roi_heads(roi_features, proposals, sizes, targets)
+        # Evaluation with labels samples anchors and ROIs for the loss from a fixed seed, on a forked generator: the
+        # evaluation loss is reproducible and the caller's random stream untouched (the detections never depend on it).
+        with _seeded_sampling(pixel_values.device, enabled=targets is not None and not self.training):
+            proposals, losses = self.rpn(images, features, targets)
+            roi_features = OrderedDict(list(features.items())[:ROI_LEVELS])
+            detections, roi_losses = self.roi_heads(roi_features, proposals, sizes, targets)
         losses.update(roi_losses)
         semantic_logits = None
         if self.semantic_head is not None:
