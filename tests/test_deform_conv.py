@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -321,16 +323,62 @@ def test_inference_and_training_compile_without_graph_breaks():
     torch.testing.assert_close(compiled_grad, x.grad)
 
 
+class _Deform(torch.nn.Module):
+    """The module's deformable convolution with the offsets and the mask as inputs, for an ONNX graph."""
+
+    def __init__(self, module: ModulatedDeformConv2d) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.module.deform(x, offset, mask)
+
+
+def _border_and_far_offsets(height: int, width: int, groups: int, generator: torch.Generator) -> torch.Tensor:
+    """Offsets of several pixels, some taps far outside the map, and one tap of group 0 landing exactly on rows
+    -1, 0, H - 1, H and columns -1, 0, W - 1, W (torchvision's zero-padding conventions at the border)."""
+    offset = torch.randn(1, groups, 9, 2, height, width, generator=generator) * 3
+    offset[0, groups - 1, :4, 0] = torch.tensor([1e4, -1e4, 3e3, -7e3]).view(4, 1, 1)
+    rows = torch.arange(height, dtype=torch.float32).view(height, 1)
+    cols = torch.arange(width, dtype=torch.float32).view(1, width)
+    targets_y = torch.tensor([-1.0, 0.0, height - 1.0, float(height)]).repeat(height // 4 + 1)[:height]
+    targets_x = torch.tensor([-1.0, 0.0, width - 1.0, float(width)]).repeat(width // 4 + 1)[:width]
+    offset[0, 0, 4, 0] = targets_y.view(height, 1) - rows  # tap (1, 1) samples its own pixel at offset 0
+    offset[0, 0, 4, 1] = targets_x.view(1, width) - cols
+    return offset.view(1, groups * 18, height, width)
+
+
 @pytest.mark.slow
-def test_exports_to_onnx_and_runs_in_onnxruntime(tmp_path):
+def test_exports_to_onnx_as_grid_sample_and_matches_torchvision_in_onnxruntime(tmp_path):
+    """The exported graph samples with GridSample (not a gather over the whole map, issue 22), takes any size, and
+    onnxruntime's result equals torchvision's with large offsets, taps far outside and exactly on the border."""
     onnxruntime = pytest.importorskip("onnxruntime", reason="ONNX export check needs the [test] extra")
-    module = ModulatedDeformConv2d(8, 8, 3, padding=1, deformable_groups=2, implementation="torch").eval()
-    torch.nn.init.normal_(module.offset_mask_conv.weight, std=0.3)
-    x = torch.randn(1, 8, 12, 16)
+    onnx = pytest.importorskip("onnx")
+    torch.manual_seed(0)
+    groups, channels = 2, 8
+    module = ModulatedDeformConv2d(channels, 6, 3, padding=1, deformable_groups=groups, implementation="torch")
+    module = module.eval()
+    generator = torch.Generator().manual_seed(0)
+
+    def inputs(height: int, width: int) -> tuple[torch.Tensor, ...]:
+        x = torch.randn(1, channels, height, width, generator=generator)
+        mask = torch.rand(1, groups * 9, height, width, generator=generator)
+        return x, _border_and_far_offsets(height, width, groups, generator), mask
+
     path = tmp_path / "dcn.onnx"
-    torch.onnx.export(module, (x,), str(path), dynamo=True, opset_version=18)
+    height, width = torch.export.Dim("height", min=2, max=512), torch.export.Dim("width", min=2, max=512)
+    dynamic = {name: {2: height, 3: width} for name in ("x", "offset", "mask")}
+    torch.onnx.export(_Deform(module), inputs(12, 16), str(path), dynamo=True, opset_version=19, dynamic_shapes=dynamic)
+    op_types = Counter(node.op_type for node in onnx.load(str(path)).graph.node)
+    # One GridSample and one MatMul do the work; the former gather-and-sum left Gather over the map and ReduceSum.
+    assert op_types["GridSample"] == 1 and op_types["MatMul"] == 1
+    assert not {"ReduceSum", "GatherElements", "GatherND", "ScatterND", "Loop"} & set(op_types)
+
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (onnx_out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
-    with torch.no_grad():
-        expected = module(x)
-    torch.testing.assert_close(torch.from_numpy(onnx_out), expected, atol=1e-4, rtol=1e-4)
+    for size in [(12, 16), (9, 23), (30, 7)]:
+        x, offset, mask = inputs(*size)
+        feeds = dict(zip([i.name for i in session.get_inputs()], (x.numpy(), offset.numpy(), mask.numpy())))
+        (actual,) = session.run(None, feeds)
+        with torch.no_grad():
+            expected = torchvision.ops.deform_conv2d(x, offset, module.weight, module.bias, padding=1, mask=mask)
+        torch.testing.assert_close(torch.from_numpy(actual), expected, atol=1e-4, rtol=1e-4)
