@@ -5,10 +5,12 @@
 
 - `export_onnx(model, folder_or_file)`: the model's outputs (`onnx_output_names`: a FaPN's `logits`, MaskFormer +
   FaPN's `class_queries_logits` and `masks_queries_logits`) as an ONNX graph (opset 19 by default, the first with
-  the standard `DeformConv` that torchvision's kernel exports to; the pure-PyTorch kernel exports as Gather, Mul
-  and ReduceSum), with a dynamic batch, height and width, then checked by onnxruntime against PyTorch at two
-  input sizes. In a model folder the file is `model.onnx`, next to `model.safetensors`, and ships with the folder
-  to the Hub (`fapn-push --onnx` exports it on the way when the folder has none).
+  the standard `DeformConv` that torchvision's kernel exports to; the pure-PyTorch kernel exports as one
+  `GridSample` of the offset positions, the mask's `Mul` and one `MatMul` per deformable convolution, which
+  onnxruntime runs faster than eager PyTorch runs the model), with a dynamic batch, height and width, then checked
+  by onnxruntime against PyTorch at two input sizes. In a model folder the file is `model.onnx`, next to
+  `model.safetensors`, and ships with the folder to the Hub (`fapn-push --onnx` exports it on the way when the
+  folder has none).
 - `OnnxRuntimeModel`: runs that file like the PyTorch model (`model(pixel_values=...)` gives the same output
   class), so `SegmentationPredictor(..., backend="onnxruntime")` keeps the one pre- and post-processing path, the
   image processor's. It pads inputs with zeros to a multiple of `size_divisibility`, exactly what the PyTorch model
