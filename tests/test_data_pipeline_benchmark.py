@@ -93,3 +93,8 @@ def test_the_command_reports_every_layout_and_writes_json(tmp_path):
         assert f"| {row['title']} |" in result.stdout
     assert report["environment"]["cores"] == os.cpu_count() and np.isfinite(report["environment"]["load_average"][0])
     assert "workers at 0.5 s/step" in result.stdout
+    # The PNG decoder is part of the figures: pyspng's version (a declared dependency), or None and "PIL".
+    from importlib.metadata import version
+
+    assert report["environment"]["pyspng"] == version("pyspng")
+    assert f"PNG decoding by pyspng {version('pyspng')}" in result.stdout

@@ -313,9 +313,20 @@ def environment() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "pillow": PIL.__version__,
+        # PNG files decode through libspng when pyspng is installed (`image_decoding.png_pixels`), else through PIL.
+        "pyspng": _version_of("pyspng"),
         "numpy": np.__version__,
         "python": platform.python_version(),
     }
+
+
+def _version_of(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
 
 
 def _read_lines(path: str) -> list[str]:
@@ -331,7 +342,8 @@ def format_report(results: list[dict[str, Any]], step_seconds: Sequence[float], 
     steps = " | ".join(f"workers at {s:g} s/step" for s in step_seconds)
     lines = [
         f"machine: {info['cpu']}, {info['cores']} cores, load average {info['load_average']} at the start, "
-        f"{info['torch_threads']} torch thread per worker",
+        f"{info['torch_threads']} torch thread per worker, PNG decoding by "
+        f"{'pyspng ' + info['pyspng'] if info.get('pyspng') else 'PIL'}",
         "",
         f"| layout | image | read ms | decode ms | augment ms | process ms | end to end ms | samples/s per worker "
         f"| wall ms | batch/GPU | {steps} |",
