@@ -45,11 +45,19 @@ from ..families import all_presets, family_of_preset, original_models
 from ..hub.cards import plan_upload, push_folder, require_token
 from ..hub.conversion import convert_checkpoint
 from ..hub.space import DEFAULT_SHORT_DESCRIPTION, build_space
+from ..inference.detection import (
+    DetectionPredictor,
+    coco_detection_results,
+    coco_panoptic_annotation,
+    load_predictor,
+    panoptic_rgb,
+)
 from ..inference.evaluation import evaluate
-from ..inference.predictor import SegmentationPredictor, TTAConfig
+from ..inference.predictor import TTAConfig
 from ..inference.sources import load_model
 from ..labels import palette
 from ..modeling.image_decoding import decode_image
+from ..tasks.detection.visualization import draw_detections, draw_panoptic
 from ..tasks.semantic.visualization import overlay
 
 ArgumentsT = TypeVar("ArgumentsT")
@@ -316,16 +324,24 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
 @dataclass
 class PredictArguments(TTAArguments):
     """`fapn-predict`: segments images with a FaPN model: a label PNG (class ids, with the palette) and a colour
-    overlay per image.
+    overlay per image; with a detector (Faster/Mask R-CNN, Panoptic FPN), COCO-format results and a drawing.
 
     Images are read like everywhere in fapn_hf (`fapn_hf.decode_image`: EXIF orientation,
     16-bit and float images, transparency over white, first frame of animations). Outputs are
     `<stem>_labels.png` and `<stem>_overlay.png`, in sub-folders mirroring the inputs' folders below their common
     folder; inputs of one folder that share a stem keep their extension in the name (`photo_png`, `photo_jpg`).
     Existing outputs are kept unless `--overwrite`. Models with more than 256 classes get 16-bit grayscale label PNGs
-    (a palette holds 256 colours)."""
+    (a palette holds 256 colours).
+
+    Detectors write, for all images together, `images.json` (COCO `images`: id, file_name, height, width; and
+    `categories`: the model's class ids and names) and `results.json` (COCO detection results: image_id,
+    category_id = class id, bbox [x, y, w, h], score, and RLE `segmentation` for Mask R-CNN; every detection the
+    model returns), or for Panoptic FPN `panoptic/<stem>.png` (COCO panoptic ids, R + 256 G + 256^2 B) and
+    `panoptic.json` (`annotations` with `segments_info`); and `<stem>_detections.png`, a drawing of the boxes,
+    masks and labels with a score of at least `--threshold` (the panoptic segments for Panoptic FPN)."""
 
     model: str = field(metadata=_help("model folder or Hub id"))
+    threshold: float = field(default=0.5, metadata=_help("detectors: least score of a drawn detection"))
     output_dir: Path = field(default=Path("outputs/predictions"), metadata=_help("folder of the outputs"))
     overwrite: bool = field(default=False, metadata=_help("replace existing outputs (without it: keep them)"))
     alpha: float = field(default=0.5, metadata=_help("overlay opacity"))
@@ -367,7 +383,12 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
     args = parse_arguments(PredictArguments, argv, "fapn-predict", inspect.cleandoc(PredictArguments.__doc__))
     with user_errors(ValueError, FileNotFoundError):
         tta = args.tta_config()
-        predictor = SegmentationPredictor.from_pretrained(args.model, args.device, args.trust_remote_code)
+        predictor = load_predictor(args.model, args.device, args.trust_remote_code)
+        if isinstance(predictor, DetectionPredictor) and (tta.num_views != 1 or tta.window is not None):
+            raise ValueError("test-time augmentation flags (--scales, --short_sides, --flip, --window) are for "
+                             "segmentation models; a detector predicts each image once")  # fmt: skip
+    if isinstance(predictor, DetectionPredictor):
+        return _predict_detections(predictor, args)
     names = [predictor.id2label[i] for i in range(len(predictor.id2label))]
     colors = palette(len(names), names)
     if len(names) > PALETTE_SIZE:
@@ -409,6 +430,57 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
         summary += f"; {duplicates} repeated input(s) done once"
     print(summary)
     return 1 if failed and not written and not kept else 0
+
+
+def _predict_detections(predictor: DetectionPredictor, args: PredictArguments) -> int:
+    """`fapn-predict` for a detector (see `PredictArguments`): COCO results of all images and a drawing each."""
+    names = [predictor.id2label[i] for i in range(len(predictor.id2label))]
+    colors = palette(len(names), names)
+    things = predictor.num_thing_labels
+    images, results, annotations, failed = [], [], [], 0
+    for image_id, (path, name) in enumerate(output_names(args.images).items(), start=1):
+        drawing_path = args.output_dir / f"{name}_detections.png"
+        if drawing_path.exists() and not args.overwrite:
+            raise SystemExit(f"error: {drawing_path} exists (--overwrite replaces the outputs of a detector)")
+        try:
+            image = decode_image(path)
+        except (ValueError, FileNotFoundError) as error:
+            print(f"skipped {path}: {error}", file=sys.stderr)
+            failed += 1
+            continue
+        found = predictor.predict(image)
+        images.append({"id": image_id, "file_name": path.name, "height": found.size[0], "width": found.size[1]})
+        drawing_path.parent.mkdir(parents=True, exist_ok=True)
+        if found.panoptic is not None:
+            segmentation, segments = found.panoptic
+            png = Path("panoptic") / f"{name}.png"
+            (args.output_dir / png).parent.mkdir(parents=True, exist_ok=True)
+            PIL.Image.fromarray(panoptic_rgb(segmentation)).save(args.output_dir / png)
+            annotations.append(coco_panoptic_annotation(segmentation, segments, image_id, png.name, things))
+            drawing = draw_panoptic(image, segmentation, segments, names, colors)
+            shown = len(annotations[-1]["segments_info"])
+        else:
+            results.extend(coco_detection_results(found, image_id))
+            drawing = draw_detections(
+                image, found.boxes, found.labels, found.scores, names, colors, found.masks, args.threshold
+            )
+            shown = int((found.scores >= args.threshold).sum())
+        drawing.save(drawing_path)
+        kind = "segments" if found.panoptic is not None else f"detections with score >= {args.threshold}"
+        print(f"{path} -> {drawing_path.name}: {shown} {kind} ({len(found.scores)} detections)")
+    categories = [{"id": i, "name": n, "isthing": int(i < things)} for i, n in enumerate(names)]
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    (args.output_dir / "images.json").write_text(json.dumps({"images": images, "categories": categories}) + "\n")
+    if predictor.is_panoptic:
+        panoptic = {"images": images, "categories": categories, "annotations": annotations}
+        (args.output_dir / "panoptic.json").write_text(json.dumps(panoptic) + "\n")
+        written = "panoptic.json and panoptic/*.png"
+    else:
+        (args.output_dir / "results.json").write_text(json.dumps(results) + "\n")
+        written = f"results.json ({len(results)} detections)"
+    summary = f"wrote {written}, images.json and {len(images)} drawings to {args.output_dir}"
+    print(summary + (f"; {failed} unreadable" if failed else ""))
+    return 1 if failed and not images else 0
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -611,7 +683,7 @@ class ExportOnnxArguments:
 def export_onnx_main(argv: Sequence[str] | None = None) -> int:
     """`fapn-export-onnx`: exports (and verifies) the folder's model as ONNX."""
     args = parse_arguments(ExportOnnxArguments, argv, "fapn-export-onnx", inspect.cleandoc(ExportOnnxArguments.__doc__))
-    with user_errors(FileNotFoundError, OnnxVerificationError, ImportError):
+    with user_errors(FileNotFoundError, OnnxVerificationError, ImportError, ValueError):
         model = load_model(str(args.model_dir))
         path = export_onnx(model, args.output or args.model_dir, opset=args.opset, verify=not args.no_verify)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)" + ("" if args.no_verify else ", verified"))

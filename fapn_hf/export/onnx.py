@@ -66,6 +66,14 @@ def export_spec(config: Any) -> ExportSpec:
     """The family's ONNX outputs (`Family.export`); `ValueError` saying why for a family that cannot be exported."""
     family = family_of(config)
     if family.export is None:
+        if not family.predicts_pixel_classes:
+            # The detectors: RPN top-k, NMS and per-image score filtering make every output's size data-dependent.
+            raise ValueError(
+                f"{family.display_name} models cannot be exported to ONNX: region proposals, non-maximum suppression "
+                "and score filtering give a variable number of detections per image, which this exporter does not "
+                "trace; run the PyTorch model instead (`fapn-predict --model FOLDER`, `DetectionPredictor`, or "
+                "transformers' `pipeline('object-detection' / 'image-segmentation', model=FOLDER)`)"
+            )
         raise ValueError(f"{family.display_name} models cannot be exported to ONNX")
     return family.export
 
