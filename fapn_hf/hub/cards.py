@@ -165,7 +165,7 @@ def model_card(
     """A `ModelCard` whose metadata holds the measured metrics (keys with or without the `eval_` prefix) and, for
     weights converted from the authors' release (`conversion`, the converter's record), their reported figures."""
     family = family_of(config)
-    task = family.task
+    task = family.task_for(config)
     metrics = {key.removeprefix("eval_"): value for key, value in (eval_metrics or {}).items()}
     dataset = dataset_name or "unknown"
     measured = [

@@ -31,6 +31,10 @@ class Task:
         eval_collator: `(ignore_index) -> collator` of evaluation batches (the family's training collator may
             differ, `Family.train_collator`).
         make_metrics: `(num_labels, ignore_index, id2label) -> streaming metrics` with `update` and `compute`.
+        score_batch: for a task scored on post-processed predictions (detection, instance and panoptic
+            segmentation): `(processor, outputs, targets) -> per-image predictions` as `make_metrics(...).update`
+            takes them with `targets`; None for a task scored on class maps (semantic segmentation).
+        target_keys: evaluation batch keys the model does not take (what `score_batch` scores against).
     """
 
     name: str
@@ -46,6 +50,8 @@ class Task:
     train_augmentation: Callable[[Any], Callable[..., Any]]
     eval_collator: Callable[[int], Callable[..., Any]]
     make_metrics: Callable[..., Any]
+    score_batch: Callable[[Any, Any, list[dict[str, Any]]], list[dict[str, Any]]] | None = None
+    target_keys: tuple[str, ...] = ()
 
 
 __all__ = ["Task"]

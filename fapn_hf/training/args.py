@@ -130,6 +130,13 @@ class DataArguments:
     )
     cat_max_ratio: float = field(default=0.75, metadata={"help": "max share of one class in a crop (1 = off)"})
     hflip_probability: float = 0.5
+    min_size_train: list[int] | None = field(
+        default=None,
+        metadata={"help": "detectors: shorter sides sampled for training images (None: detectron2's 640 672 ... 800)"},
+    )
+    max_size_train: int | None = field(
+        default=None, metadata={"help": "detectors: longest side of a training image (None: detectron2's 1333)"}
+    )
     photometric_distortion: bool = True
     eval_shortest_edge: int | None = field(
         default=None,
@@ -157,6 +164,13 @@ class DataArguments:
             raise ValueError(f"bad_sample_policy must be one of {BAD_SAMPLE_POLICIES}, got {self.bad_sample_policy!r}")
         self.crop_size = _crop_size(self.crop_size)
         self.scale_range = _scale_range(self.scale_range)
+        if self.min_size_train is not None:
+            sizes = _as_list("min_size_train", self.min_size_train, "640 800")
+            if not sizes or not all(isinstance(s, Integral) and not isinstance(s, bool) and s > 0 for s in sizes):
+                raise ValueError(f"min_size_train must be positive integers (pixels), got {sizes}")
+            self.min_size_train = [int(size) for size in sizes]
+        if self.max_size_train is not None and self.max_size_train <= 0:
+            raise ValueError(f"max_size_train must be a positive number of pixels, got {self.max_size_train}")
 
 
 def _as_list(name: str, value: Any, example: str) -> list[Any]:

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..families import family_of
 from ..inference.predictor import SegmentationPredictor
 from ..labels import palette
 from ..tasks.semantic.data import SegmentationDataset
@@ -37,7 +38,8 @@ def write_run_report(
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "metrics.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     plot_training_curves(trainer.state.log_history, output_dir / "training_curves.png")
-    write_prediction_overlays(trainer, eval_dataset, output_dir / "predictions", num_visualizations)
+    if family_of(trainer.model).predicts_pixel_classes:  # class-map overlays; detections have none drawn here yet
+        write_prediction_overlays(trainer, eval_dataset, output_dir / "predictions", num_visualizations)
     trainer.create_model_card()
 
 

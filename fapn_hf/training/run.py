@@ -24,10 +24,19 @@ from typing import Any
 
 from transformers import TrainerCallback, set_seed
 
+from ..families import family_of
 from ..inference.evaluation import VALIDATION_DATA_KEY
+from ..tasks.base import Task
 from ..tasks.semantic.data import DataError
 from .args import DataArguments, FaPNTrainingArguments, ModelArguments, parse_arguments
-from .builders import apply_label_settings, build_image_processor, build_model, resolve_family, resolve_labels
+from .builders import (
+    build_image_processor,
+    build_model,
+    resolve_family,
+    resolve_label_settings,
+    resolve_labels,
+    task_to_train,
+)
 from .checkpoints import check_output_dir, resolve_resume_checkpoint
 from .reports import write_run_report
 from .trainer import EpochSetter, FaPNTrainer, make_compute_metrics
@@ -62,10 +71,14 @@ def run_training(
     set_seed(training_args.seed)
     # The family (of the preset, or of the saved model) says which task's data, augmentation and metrics apply.
     family = resolve_family(model_args)
-    task = family.task
-    data_args = apply_label_settings(data_args, task)  # a folder layout's labels, mapping and reduction, if unset
+    task = task_to_train(family, model_args)
+    # A folder layout's labels, mapping and reduction, if unset; detection data also says how many are things.
+    data_args, num_thing_labels = resolve_label_settings(data_args, task)
     label_names = resolve_labels(data_args)
-    spec = task.label_spec(len(label_names), data_args.ignore_index, data_args.label_mapping, data_args.reduce_labels)
+    things = {"num_thing_labels": num_thing_labels} if num_thing_labels is not None else {}
+    spec = task.label_spec(
+        len(label_names), data_args.ignore_index, data_args.label_mapping, data_args.reduce_labels, **things
+    )
     splits = task.load_splits(
         data_args.dataset,
         config_name=data_args.dataset_config,
@@ -93,13 +106,15 @@ def run_training(
         if data_args.check_data:
             splits[split], reports[split] = task.check_samples(splits[split], spec, data_args.bad_sample_policy, split)
 
-    model = build_model(model_args, label_names, data_args.ignore_index)
-    processor = build_image_processor(data_args, model)
+    model = build_model(model_args, label_names, data_args.ignore_index, num_thing_labels)
+    processor = build_image_processor(data_args, model, model_args)
     augmentation = task.train_augmentation(data_args)
     train_dataset = task.make_dataset(splits["train"], spec, augmentation, processor, seed=training_args.seed)
     # No transform: the processor resizes the images, the labels keep their resolution, where they are scored.
     eval_dataset = task.make_dataset(splits["validation"], spec, None, processor, random=False)
-    metrics = task.make_metrics(len(label_names), data_args.ignore_index, id2label=dict(enumerate(label_names)))
+    metrics = task.make_metrics(
+        len(label_names), data_args.ignore_index, id2label=dict(enumerate(label_names)), **things
+    )
     if data_args.validation_fraction is not None:
         fraction, seed = data_args.validation_fraction, training_args.seed
         validation = f"{fraction:.0%} of the {data_args.train_split!r} split held out (seed {seed})"
@@ -114,7 +129,10 @@ def run_training(
     # Evaluation batches are the task's (per-sample sizes, labels at label resolution, scored there); training
     # batches are the family's (MaskFormer + FaPN trains on per-class masks and classes).
     eval_collator = task.eval_collator(data_args.ignore_index)
-    train_collator = family.train_collator(len(label_names), data_args.ignore_index)
+    if family.train_collator is not None:
+        train_collator = family.train_collator(len(label_names), data_args.ignore_index)
+    else:  # a detection task's batches are the same in training and evaluation (lists of per-image targets)
+        train_collator = eval_collator
     trainer = FaPNTrainer(
         model=model,
         args=training_args,
@@ -123,7 +141,8 @@ def run_training(
         data_collator=train_collator,
         eval_data_collator=eval_collator,
         processing_class=processor,
-        compute_metrics=make_compute_metrics(metrics),
+        compute_metrics=make_compute_metrics(metrics, task),
+        eval_metrics=metrics if task.score_batch is not None else None,
         callbacks=[EpochSetter(train_dataset), *callbacks],
         dataset_name=data_args.dataset,
         training_summary=settings,
@@ -152,6 +171,19 @@ def run_training(
     return TrainingRun(Path(training_args.output_dir), results, trainer)
 
 
+def validation_line(scores: dict[str, Any], task: Task) -> str:
+    """The one line `fapn-train` prints: mIoU, boundary mIoU and pixel accuracy (semantic segmentation), or the
+    task's card metrics (box / mask AP, PQ)."""
+    if task.score_batch is None:
+        return (
+            f"validation: mIoU {scores.get('eval_mean_iou', float('nan')):.4f}, boundary mIoU "
+            f"{scores.get('eval_boundary_mean_iou', float('nan')):.4f}, pixel accuracy "
+            f"{scores.get('eval_pixel_accuracy', float('nan')):.4f}"
+        )
+    parts = [f"{display} {scores.get('eval_' + key, float('nan')):.4f}" for key, _, display in task.card_metrics]
+    return "validation: " + ", ".join(parts)
+
+
 # Errors that mean "fix the recipe, data or folder" (a diverged run names its step): a one-line message, no traceback.
 USER_ERRORS = (FileNotFoundError, FileExistsError, ValueError, FloatingPointError)
 
@@ -166,12 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as error:
         raise SystemExit(f"error: {error}") from error
     if run.trainer.is_world_process_zero():
-        scores = run.metrics["eval"]
-        print(
-            f"validation: mIoU {scores.get('eval_mean_iou', float('nan')):.4f}, boundary mIoU "
-            f"{scores.get('eval_boundary_mean_iou', float('nan')):.4f}, pixel accuracy "
-            f"{scores.get('eval_pixel_accuracy', float('nan')):.4f}"
-        )
+        print(validation_line(run.metrics["eval"], family_of(run.trainer.model).task_for(run.trainer.model)))
         print(f"model, metrics.json, training_curves.png, predictions/: {run.output_dir}")
     return 0
 

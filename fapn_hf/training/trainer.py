@@ -20,8 +20,8 @@ from ..hub.cards import write_model_card
 from ..inference.evaluation import predict_at_label_size
 from ..labels import check_label_values
 from ..modeling.label_checks import REDUCE_LABELS_HINT
+from ..tasks.base import Task
 from ..tasks.semantic.data import SIZE_KEYS, SegmentationDataset
-from ..tasks.semantic.metrics import SegmentationMetrics
 
 # Normalisation layers by type (timm's BatchNormAct2d, LayerNorm2d, ... subclass these), as detectron2's optimiser
 # builder finds them for WEIGHT_DECAY_NORM.
@@ -86,8 +86,12 @@ class EpochSetter(TrainerCallback):
         self.dataset.set_epoch(math.floor((state.epoch or 0) + 1e-6))
 
 
-def make_compute_metrics(metrics: SegmentationMetrics) -> Callable[..., dict[str, float]]:
-    """A `compute_metrics` for `batch_eval_metrics=True`: accumulates confusion matrices batch by batch."""
+def make_compute_metrics(metrics: Any, task: Task | None = None) -> Callable[..., dict[str, float]]:
+    """A `compute_metrics` for `batch_eval_metrics=True`: accumulates confusion matrices batch by batch
+    (`SegmentationMetrics`), or, for a task scored on post-processed predictions (`task.score_batch`), reports the
+    metrics that `FaPNTrainer.prediction_step` fed (`FaPNTrainer(eval_metrics=metrics)`) once the last batch is in."""
+    if task is not None and task.score_batch is not None:
+        return _report_scored_metrics(metrics)
 
     def compute_metrics(prediction: EvalPrediction, compute_result: bool = False) -> dict[str, float]:
         predictions = torch.as_tensor(prediction.predictions)
@@ -106,6 +110,33 @@ def make_compute_metrics(metrics: SegmentationMetrics) -> Callable[..., dict[str
     return compute_metrics
 
 
+def _report_scored_metrics(metrics: Any) -> Callable[..., dict[str, float]]:
+    def compute_metrics(prediction: EvalPrediction, compute_result: bool = False) -> dict[str, float]:
+        if not compute_result:
+            return {}
+        merge_across_processes(metrics)
+        scores = metrics.compute()
+        metrics.reset()
+        return {key: float(value) for key, value in scores.items() if isinstance(value, (int, float))}
+
+    return compute_metrics
+
+
+def merge_across_processes(metrics: Any) -> None:
+    """Under `torch.distributed`, every process's evaluation images are added to `metrics` on every process (each
+    scored a shard of the evaluation set); a single process is left as it is. The metrics must have `merge`."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    world = torch.distributed.get_world_size()
+    if world == 1:
+        return
+    gathered: list[Any] = [None] * world
+    torch.distributed.all_gather_object(gathered, metrics.state())
+    metrics.reset()
+    for state in gathered:
+        metrics.merge(state)
+
+
 class FaPNTrainer(Trainer):
     """The HF `Trainer` with FaPN's optimiser groups, per-batch class-map predictions for streaming metrics, a stop
     on a non-finite training loss, and FaPN's model card.
@@ -121,6 +152,8 @@ class FaPNTrainer(Trainer):
             targets.
         dataset_name: the data set trained on (`"demo"`, a folder, a Hub id), as the model card names it.
         training_summary: settings listed under the card's results (name -> value), e.g. the run's arguments.
+        eval_metrics: the streaming metrics of a task scored on post-processed predictions (`Task.score_batch`:
+            detection, instance and panoptic segmentation), fed by `prediction_step`; see `make_compute_metrics`.
     """
 
     def __init__(
@@ -129,12 +162,15 @@ class FaPNTrainer(Trainer):
         eval_data_collator: Callable[..., dict[str, Any]] | None = None,
         dataset_name: str | None = None,
         training_summary: dict[str, Any] | None = None,
+        eval_metrics: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.eval_data_collator = eval_data_collator
         self.dataset_name = dataset_name
         self.training_summary = training_summary
+        self.eval_metrics = eval_metrics
+        self.task = family_of(self.model).task_for(self.model)
 
     @contextmanager
     def _collating_for_evaluation(self) -> Iterator[None]:
@@ -247,7 +283,8 @@ class FaPNTrainer(Trainer):
 
     def compute_loss(self, model, inputs, *args, **kwargs):
         # The collator's per-sample sizes serve evaluation; training batches are crops of one size.
-        inputs = {key: value for key, value in inputs.items() if key not in SIZE_KEYS}
+        dropped = self.task.target_keys if self.task.score_batch is not None else SIZE_KEYS
+        inputs = {key: value for key, value in inputs.items() if key not in dropped}
         labels, config = inputs.get("labels"), self.model.config
         if isinstance(labels, torch.Tensor):
             # Here, outside the model: a compiled forward (`torch_compile=True`) skips this host-side check.
@@ -260,7 +297,11 @@ class FaPNTrainer(Trainer):
         (`fapn_hf.inference.predictor.model_scores`: logits, or a mask-classification model's semantic scores)
         resized to its label's size; class maps instead of scores are returned (num_labels times less to gather, and
         all the metrics need). The loss is the cross-entropy at label resolution for a family with an evaluation
-        loss (`Family.eval_loss`), None otherwise."""
+        loss (`Family.eval_loss`), None otherwise.
+
+        A task scored on post-processed predictions (`Task.score_batch`) runs `_scored_prediction_step` instead."""
+        if self.task.score_batch is not None:
+            return self._scored_prediction_step(model, inputs, prediction_loss_only)
         if "image_sizes" not in inputs:
             return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
         inputs = self._prepare_inputs(inputs)
@@ -283,11 +324,35 @@ class FaPNTrainer(Trainer):
                 labels = self.accelerator.pad_across_processes(labels, dim=dim, pad_index=ignore)
         return loss, predictions, labels
 
+    def _scored_prediction_step(
+        self, model: torch.nn.Module, inputs: dict[str, Any], prediction_loss_only: bool
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """Detectors: the model in eval mode with the batch's labels gives its loss and detections; the task's
+        `score_batch` post-processes them at each original image size (`targets`), and `eval_metrics` takes them
+        here. The Trainer's gather works on equal-shape tensors only, so the per-image results never go through it:
+        it gets a `(B, 1)` placeholder, which makes it call `compute_metrics` (`make_compute_metrics`)."""
+        targets = inputs.get("targets")
+        inputs = self._prepare_inputs({key: value for key, value in inputs.items() if key not in self.task.target_keys})
+        with torch.no_grad(), self.compute_loss_context_manager():
+            outputs = model(**inputs)  # the evaluation loop has put the model in eval mode
+        loss = outputs.loss.detach() if getattr(outputs, "loss", None) is not None else None
+        if prediction_loss_only or self.eval_metrics is None:
+            return loss, None, None
+        if targets is None:
+            raise ValueError(
+                "evaluation batches of a detection task need `targets` (the original-size annotations): build the "
+                "evaluation dataset with keep_targets=True (the default when random=False)"
+            )
+        self.eval_metrics.update(self.task.score_batch(self.processing_class, outputs, targets), targets)
+        placeholder = torch.zeros(len(targets), 1, device=inputs["pixel_values"].device)
+        return loss, placeholder, placeholder
+
 
 __all__ = [
     "NORM_LAYER_TYPES",
     "EpochSetter",
     "FaPNTrainer",
     "make_compute_metrics",
+    "merge_across_processes",
     "parameter_groups",
 ]

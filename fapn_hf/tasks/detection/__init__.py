@@ -37,7 +37,39 @@ def train_augmentation(data_args: Any) -> Any:
     return build(data_args)
 
 
-def _task(name: str, display_name: str, pipeline_tag: str, tags: tuple[str, ...], metrics, kind: str, **spec) -> Task:
+def _target_sizes(targets: list[dict[str, Any]]) -> list[tuple[int, int]]:
+    return [tuple(int(side) for side in target["size"]) for target in targets]
+
+
+def score_detections(processor: Any, outputs: Any, targets: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`Task.score_batch` of object detection: every detection of the model (no score threshold: AP ranks them) as
+    `{"boxes", "scores", "labels"}` in the pixels of each target's original image."""
+    return processor.post_process_object_detection(outputs, threshold=-1.0, target_sizes=_target_sizes(targets))
+
+
+def score_instances(processor: Any, outputs: Any, targets: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`Task.score_batch` of instance segmentation: `score_detections` plus each detection's whole mask `(K, H, W)`
+    bool pasted at the original size (detectron2's 0.5 threshold). Both post-processings keep the same entries (all
+    valid ones with a non-empty box), so boxes and masks correspond."""
+    sizes = _target_sizes(targets)
+    detections = processor.post_process_object_detection(outputs, threshold=-1.0, target_sizes=sizes)
+    instances = processor.post_process_instance_segmentation(
+        outputs, threshold=-1.0, target_sizes=sizes, return_binary_maps=True
+    )
+    for boxes, masks in zip(detections, instances):
+        boxes["masks"] = masks["segmentation"]
+    return detections
+
+
+def score_panoptic(processor: Any, outputs: Any, targets: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`Task.score_batch` of panoptic segmentation: Panoptic FPN's combination (the processor's defaults,
+    detectron2's) at each target's original size, `{"segmentation", "segments_info"}`."""
+    return processor.post_process_panoptic_segmentation(outputs, target_sizes=_target_sizes(targets))
+
+
+def _task(
+    name: str, display_name: str, pipeline_tag: str, tags: tuple[str, ...], metrics, kind: str, score, **spec
+) -> Task:
     return Task(
         name=name,
         display_name=display_name,
@@ -56,6 +88,8 @@ def _task(name: str, display_name: str, pipeline_tag: str, tags: tuple[str, ...]
             "make_panoptic_metrics" if spec.get("panoptic") else "make_detection_metrics",
             **({} if spec.get("panoptic") else {"masks": spec.get("masks", False)}),
         ),
+        score_batch=score,
+        target_keys=("targets",),  # `data.TARGET_KEYS`, written out: `data` is imported on first use
     )
 
 
@@ -78,7 +112,13 @@ _PANOPTIC_METRICS = (
 )
 
 OBJECT_DETECTION = _task(
-    "object-detection", "Object Detection", "object-detection", ("object-detection",), _BOX_METRICS, "instances"
+    "object-detection",
+    "Object Detection",
+    "object-detection",
+    ("object-detection",),
+    _BOX_METRICS,
+    "instances",
+    score_detections,
 )
 INSTANCE_SEGMENTATION = _task(
     "instance-segmentation",
@@ -87,6 +127,7 @@ INSTANCE_SEGMENTATION = _task(
     ("instance-segmentation", "image-segmentation"),
     _MASK_METRICS + _BOX_METRICS,
     "instances",
+    score_instances,
     masks=True,
 )
 PANOPTIC_SEGMENTATION = _task(
@@ -96,8 +137,18 @@ PANOPTIC_SEGMENTATION = _task(
     ("panoptic-segmentation", "image-segmentation"),
     _PANOPTIC_METRICS,
     "panoptic",
+    score_panoptic,
     panoptic=True,
 )
 TASKS = {task.name: task for task in (OBJECT_DETECTION, INSTANCE_SEGMENTATION, PANOPTIC_SEGMENTATION)}
 
-__all__ = ["INSTANCE_SEGMENTATION", "OBJECT_DETECTION", "PANOPTIC_SEGMENTATION", "TASKS", "train_augmentation"]
+__all__ = [
+    "INSTANCE_SEGMENTATION",
+    "OBJECT_DETECTION",
+    "PANOPTIC_SEGMENTATION",
+    "TASKS",
+    "score_detections",
+    "score_instances",
+    "score_panoptic",
+    "train_augmentation",
+]

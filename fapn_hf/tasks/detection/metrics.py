@@ -147,6 +147,20 @@ class DetectionMetrics:
                 detection["segmentation"] = pred_rles[k]
             self._detections.append(detection)
 
+    def state(self) -> dict[str, list[dict]]:
+        """What `update` has gathered (plain lists, picklable): another process's metrics `merge` it."""
+        return {"images": self._images, "ground_truth": self._ground_truth, "detections": self._detections}
+
+    def merge(self, state: dict[str, list[dict]]) -> None:
+        """Adds the images of another `state()` (e.g. another process's shard), renumbering images and annotations."""
+        image_offset, annotation_offset = len(self._images), len(self._ground_truth)
+        self._images += [{**image, "id": image["id"] + image_offset} for image in state["images"]]
+        self._ground_truth += [
+            {**a, "id": a["id"] + annotation_offset, "image_id": a["image_id"] + image_offset}
+            for a in state["ground_truth"]
+        ]
+        self._detections += [{**d, "image_id": d["image_id"] + image_offset} for d in state["detections"]]
+
     def _check_labels(self, labels: np.ndarray, name: str) -> None:
         if len(labels) and (labels.min() < 0 or labels.max() >= self.num_labels):
             raise ValueError(f"{name} must lie in [0, {self.num_labels}), got {sorted(set(labels.tolist()))}")
@@ -284,6 +298,15 @@ class PanopticMetrics:
                 continue
             self.fp[label] += 1
 
+    def state(self) -> dict[str, np.ndarray]:
+        """The per-class sums `update` has gathered: another process's metrics `merge` them."""
+        return {"iou": self.iou, "tp": self.tp, "fp": self.fp, "fn": self.fn}
+
+    def merge(self, state: dict[str, np.ndarray]) -> None:
+        """Adds the per-class sums of another `state()` (e.g. another process's shard)."""
+        for key in ("iou", "tp", "fp", "fn"):
+            setattr(self, key, getattr(self, key) + np.asarray(state[key]))
+
     def compute(self) -> dict[str, float]:
         """`PQ`, `SQ`, `RQ` (all classes), `PQ_th`, `SQ_th`, `RQ_th` (things), `PQ_st`, `SQ_st`, `RQ_st` (stuff), in
         [0, 1] (NaN when no class of the group appeared), and `PQ-<class name>` per class."""
@@ -305,10 +328,17 @@ class PanopticMetrics:
 
 
 def make_detection_metrics(
-    num_labels: int, ignore_index: int = 255, id2label: dict[int, str] | None = None, *, masks: bool = False
+    num_labels: int,
+    ignore_index: int = 255,
+    id2label: dict[int, str] | None = None,
+    *,
+    masks: bool = False,
+    num_thing_labels: int | None = None,
 ) -> DetectionMetrics:
-    """`Task.make_metrics` of object detection (box AP) and instance segmentation (`masks`: box and mask AP)."""
-    return DetectionMetrics(num_labels, ("bbox", "segm") if masks else ("bbox",), id2label)
+    """`Task.make_metrics` of object detection (box AP) and instance segmentation (`masks`: box and mask AP), over
+    the thing classes (`num_thing_labels`, default all `num_labels`)."""
+    things = num_labels if num_thing_labels is None else num_thing_labels
+    return DetectionMetrics(things, ("bbox", "segm") if masks else ("bbox",), id2label)
 
 
 def make_panoptic_metrics(
