@@ -28,6 +28,7 @@ SMALL: dict[str, Small] = {
         "maskformer-fapn-r101-cocostuff",
         {"backbone": "resnet18", "neck_channels": 64, "deformable_groups": 4, "num_queries": 6, "decoder_layers": 1},
     ),
+    "fapn_rcnn": Small("fapn-mask-rcnn-demo", {"backbone": "resnet18", "neck_channels": 64, "deformable_groups": 4}),
 }
 
 
@@ -54,14 +55,22 @@ SPREAD_CLASSES: dict[str, Callable[[torch.nn.Module], None]] = {
 }
 
 
+# The families whose models give per-pixel class scores (`Family.predicts_pixel_classes`): the semantic engines'
+# tests (predictor, evaluation, Space, input table) run for each of them.
+PIXEL_CLASS_FAMILIES = sorted(name for name, family in FAMILIES.items() if family.predicts_pixel_classes)
+
+
 def missing_families() -> list[str]:
-    """Registered families without a small build here (the tests that cover every family assert this is empty)."""
-    return sorted(name for name in FAMILIES if name not in SMALL or name not in SPREAD_CLASSES)
+    """Registered families without a small build here (the tests that cover every family assert this is empty): a
+    family needs a `SMALL` row, and a `SPREAD_CLASSES` rule when it predicts per-pixel classes."""
+    return sorted(
+        name for name in FAMILIES if name not in SMALL or (name in PIXEL_CLASS_FAMILIES and name not in SPREAD_CLASSES)
+    )
 
 
 def small_spec(name: str) -> Small:
     """The small build of family `name`; a `KeyError` that says what to add for a family missing here."""
-    if name not in SMALL or name not in SPREAD_CLASSES:
+    if name in missing_families():
         raise KeyError(f"family {name!r} is registered but has no small build: add it to tests/families_small.py")
     return SMALL[name]
 
@@ -78,4 +87,46 @@ def small_model(name: str, labels: Sequence[str] | str | None = None, **override
     return FAMILIES[name].head_class(small_config(name, labels, **overrides)).eval()
 
 
-__all__ = ["SMALL", "SPREAD_CLASSES", "Small", "missing_families", "small_config", "small_model", "small_spec"]
+def _detector_training_inputs(pixel_values: torch.Tensor) -> dict[str, Any]:
+    # One box and its mask per image (Mask R-CNN's small build), in pixel_values' pixels.
+    height, width = pixel_values.shape[-2:]
+    masks = torch.zeros(1, height, width, dtype=torch.uint8)
+    masks[:, 1 : height // 2, 1 : width // 2] = 1
+    box = torch.tensor([[1.0, 1.0, width / 2, height / 2]])
+    label = {"boxes": box, "class_labels": torch.tensor([0]), "masks": masks}
+    return {"labels": [dict(label) for _ in range(len(pixel_values))]}
+
+
+# Per family that needs more than `pixel_values` in training mode: the further inputs of a training forward.
+TRAINING_INPUTS: dict[str, Callable[[torch.Tensor], dict[str, Any]]] = {"fapn_rcnn": _detector_training_inputs}
+
+
+def training_inputs(name: str, pixel_values: torch.Tensor) -> dict[str, Any]:
+    """The inputs of a training forward of family `name`'s small model on `pixel_values`."""
+    return {"pixel_values": pixel_values, **TRAINING_INPUTS.get(name, lambda _: {})(pixel_values)}
+
+
+def output_signature(name: str, model: torch.nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    """One tensor that a model's eval forward determines, to compare two runs: the per-pixel class scores
+    (`Family.class_scores`) of a pixel-class family; a detector's feature pyramid (p2..p6, which every weight of the
+    backbone and neck shapes) with its detections' scores (random heads mostly detect nothing)."""
+    family = FAMILIES[name]
+    if family.predicts_pixel_classes:
+        return family.class_scores(model(pixel_values=pixel_values))
+    outputs = model(pixel_values=pixel_values, output_hidden_states=True)
+    return torch.cat([*(level.flatten() for level in outputs.hidden_states), outputs.scores.flatten()])
+
+
+__all__ = [
+    "PIXEL_CLASS_FAMILIES",
+    "SMALL",
+    "SPREAD_CLASSES",
+    "TRAINING_INPUTS",
+    "output_signature",
+    "training_inputs",
+    "Small",
+    "missing_families",
+    "small_config",
+    "small_model",
+    "small_spec",
+]

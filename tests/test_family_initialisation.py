@@ -28,9 +28,11 @@ import torch
 from conftest import tiny_config, tiny_resnet_backbone_config
 from safetensors.torch import load_file, save_file
 from test_maskformer_fapn import tiny_maskformer_config
+from test_modeling_fapn_rcnn import tiny_rcnn_config
 from test_weight_loading import REPEATS
 
 from fapn_hf.families import FAMILIES
+from fapn_hf.modeling.backbone_utils import timm_backbone_config
 
 # Small configs of each family, by backbone kind (both with 5 classes, so that re-heading to 8 changes the head).
 SMALL_CONFIGS: dict[str, dict[str, Callable[[], object]]] = {
@@ -43,6 +45,11 @@ SMALL_CONFIGS: dict[str, dict[str, Callable[[], object]]] = {
     "maskformer_fapn": {
         "timm": tiny_maskformer_config,
         "transformers": lambda: tiny_maskformer_config(backbone_config=tiny_resnet_backbone_config()),
+    },
+    # Panoptic FPN: every head of the family (box, mask, semantic); 3 thing and 2 stuff classes.
+    "fapn_rcnn": {
+        "timm": lambda: tiny_rcnn_config("panoptic_fpn", backbone_config=timm_backbone_config("resnet18")),
+        "transformers": lambda: tiny_rcnn_config("panoptic_fpn"),
     },
 }
 NEW_NUM_LABELS = 8

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as tvF
 from conftest import tiny_config
-from families_small import SMALL
+from families_small import PIXEL_CLASS_FAMILIES, SMALL
 from PIL import Image
 from transformers import AutoImageProcessor
 from transformers.modeling_outputs import SemanticSegmenterOutput
@@ -287,7 +287,7 @@ def test_no_image_is_refused_with_the_packages_message(name):
         processor([_rgb(), 3])
 
 
-@pytest.mark.parametrize("name", FAMILY_NAMES)
+@pytest.mark.parametrize("name", PIXEL_CLASS_FAMILIES)
 def test_a_one_pixel_resize_is_the_float_resize_rounded_and_other_sizes_stay_torchs_uint8_resize(name):
     """torch's uint8 resize stops with an INTERNAL ASSERT on a 1 x 1 output; the processor then resizes in float and
     rounds to uint8 (what the uint8 kernel computes elsewhere). Other sizes are torch's uint8 resize, bit for bit."""
@@ -324,7 +324,7 @@ BAD_TARGET_SIZES = {
 
 
 @pytest.mark.parametrize("case", list(BAD_TARGET_SIZES))
-@pytest.mark.parametrize("name", FAMILY_NAMES)
+@pytest.mark.parametrize("name", PIXEL_CLASS_FAMILIES)
 def test_target_sizes_are_one_positive_height_and_width_per_image(name, case):
     """(40, 30) for a batch of two was `TypeError: 'int' object is not iterable`; zero or negative sizes were torch's
     "Input and output sizes should be greater than 0"."""
@@ -334,7 +334,7 @@ def test_target_sizes_are_one_positive_height_and_width_per_image(name, case):
         processor.post_process_semantic_segmentation(family_outputs(name), target_sizes=target_sizes)
 
 
-@pytest.mark.parametrize("name", FAMILY_NAMES)
+@pytest.mark.parametrize("name", PIXEL_CLASS_FAMILIES)
 def test_target_sizes_as_a_tensor_or_numpy_pairs_give_the_same_maps(name):
     processor, outputs = family_processor(name), family_outputs(name)
     expected = processor.post_process_semantic_segmentation(outputs, target_sizes=[(40, 30), (7, 9)])
@@ -344,7 +344,7 @@ def test_target_sizes_as_a_tensor_or_numpy_pairs_give_the_same_maps(name):
         assert all(torch.equal(a, b) for a, b in zip(maps, expected))
 
 
-@pytest.mark.parametrize("name", FAMILY_NAMES)
+@pytest.mark.parametrize("name", PIXEL_CLASS_FAMILIES)
 def test_a_tuple_output_is_refused_saying_what_post_processing_needs(name):
     """`model(x, return_dict=False)` then post-processing was `AttributeError: 'tuple' object has no attribute
     'logits'`; the tuple drops the fields that are None, so its tensors cannot be told apart."""
@@ -357,7 +357,7 @@ def test_a_tuple_output_is_refused_saying_what_post_processing_needs(name):
     assert all(torch.equal(a, b) for a, b in zip(maps, processor.post_process_semantic_segmentation(outputs)))
 
 
-@pytest.mark.parametrize("name", FAMILY_NAMES)
+@pytest.mark.parametrize("name", PIXEL_CLASS_FAMILIES)
 def test_segmentation_maps_are_checked_the_same_way_by_every_processor(name):
     processor = family_processor(name, do_resize=False)
     wrong_size = r"segmentation map 0 has size \(40, 30\) \(H, W\) but its image has size \(30, 40\)"

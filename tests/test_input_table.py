@@ -8,7 +8,8 @@ image kinds and bit depths, transparency and animation, wrong shapes and types, 
 post-processing, configs, test-time augmentation, model and data sources, splits, labels, training folders and
 checkpoints, the commands (fapn-train, fapn-evaluate, fapn-predict) and the Space.
 
-Every row runs for every family registered in `fapn_hf.FAMILIES`, on that family's small model
+Every row runs for every registered family whose models predict per-pixel classes (`Family.predicts_pixel_classes`:
+the families the semantic engines serve), on that family's small model
 (tests/families_small.py), its image processor, a predictor and its saved folder, unless the row names the family in
 `not_applicable` with the reason. A new family passes the table or says there why a row does not apply; a registered
 family without a small build fails `test_every_registered_family_runs_the_table`.
@@ -35,7 +36,7 @@ import pytest
 import torch
 from datasets import Dataset, Features
 from datasets import Image as ImageFeature
-from families_small import SMALL, missing_families, small_config, small_spec
+from families_small import PIXEL_CLASS_FAMILIES, SMALL, missing_families, small_config, small_spec
 from PIL import Image
 from safetensors.torch import save_file
 from transformers import TimmBackboneConfig
@@ -50,7 +51,10 @@ from fapn_hf.training.run import main as train_main
 from fapn_hf.training.run import run_training
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-FAMILY_NAMES = sorted(FAMILIES)
+# The table feeds the semantic engines (processor, predictor, Space, commands): it runs for every family whose models
+# predict per-pixel classes. The detectors' inputs are checked in tests/test_modeling_fapn_rcnn.py and
+# tests/test_image_processing_fapn_rcnn.py.
+FAMILY_NAMES = PIXEL_CLASS_FAMILIES
 NAMES = ["background", "blob", "box", "wire"]
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, (12, 16, 3), dtype=np.uint8)
@@ -1323,16 +1327,16 @@ def test_input(case: Case, ctx: Context):
 def test_every_registered_family_runs_the_table():
     """A registered family without a small build (tests/families_small.py) would run no row: it fails here."""
     assert missing_families() == [], "add the family's small build to tests/families_small.py"
-    assert {param.values[0] for param in _rows()} == set(FAMILIES)
+    assert {param.values[0] for param in _rows()} == set(PIXEL_CLASS_FAMILIES)
 
 
 def test_a_row_that_does_not_apply_says_why():
     for case in CASES:
-        assert set(case.not_applicable) <= set(FAMILIES), (case.name, "names a family that is not registered")
+        assert set(case.not_applicable) <= set(FAMILY_NAMES), (case.name, "names a family the table does not run")
         assert all(len(reason.split()) >= 3 for reason in case.not_applicable.values()), (case.name, "says why")
-        assert set(case.not_applicable) != set(FAMILIES), (case.name, "applies to no family")
+        assert set(case.not_applicable) != set(FAMILY_NAMES), (case.name, "applies to no family")
         if isinstance(case.pattern, Mapping):  # one pattern per family: for every family it runs for
-            assert set(case.pattern) >= set(FAMILIES) - set(case.not_applicable), case.name
+            assert set(case.pattern) >= set(FAMILY_NAMES) - set(case.not_applicable), case.name
 
 
 def test_the_table_covers_every_outcome():

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from families_small import SMALL, SPREAD_CLASSES, missing_families, small_model
+from families_small import PIXEL_CLASS_FAMILIES, SMALL, SPREAD_CLASSES, missing_families, small_model
 from image_kinds import KINDS, ImageKind
 from PIL import Image
 from transformers import AutoImageProcessor, pipeline
@@ -45,7 +45,7 @@ def model_folders(tmp_path_factory) -> dict[str, Path]:
     """Per family, its small model (seed 0) with the classifier spread so that the random model predicts several
     classes (agreement must hold pixel by pixel), saved with its processor."""
     folders = {}
-    for name in FAMILY_NAMES:
+    for name in PIXEL_CLASS_FAMILIES:
         folder = folders[name] = tmp_path_factory.mktemp(f"one-path-{name}")
         torch.manual_seed(0)
         model = small_model(name, NAMES)
@@ -96,7 +96,7 @@ def test_every_path_decodes_each_kind_of_file_the_same(kind: ImageKind, kind_fil
         torch.testing.assert_close(processor(open_image(path), return_tensors="pt")["pixel_values"], reference)
 
 
-@pytest.mark.parametrize("name", FAMILY_NAMES)
+@pytest.mark.parametrize("name", PIXEL_CLASS_FAMILIES)
 def test_pipeline_predictor_and_predict_command_give_identical_label_maps(name, model_folders, kind_files, tmp_path):
     model_folder = model_folders[name]
     segmenter = pipeline("image-segmentation", model=str(model_folder))
@@ -164,7 +164,7 @@ def _brute_force_scores(model, processor, samples) -> dict[str, float]:
     return {"mean_iou": float(iou[present].mean()), "pixel_accuracy": float(np.trace(confusion) / confusion.sum())}
 
 
-@pytest.mark.parametrize("name", FAMILY_NAMES)
+@pytest.mark.parametrize("name", PIXEL_CLASS_FAMILIES)
 def test_trainer_evaluation_and_evaluate_command_give_identical_metrics(name, model_folders, kind_files, tmp_path):
     family, model_folder = FAMILIES[name], model_folders[name]
     data = tmp_path / "data"

@@ -46,7 +46,10 @@ class Family:
         name: the registry key, e.g. `"fapn"`.
         display_name: how messages and cards name it, e.g. `"MaskFormer + FaPN"`.
         model_type: `config.model_type` of its configs (the lookup key; remote-code copies share it).
-        task: what its models predict (`fapn_hf.tasks`).
+        task: what its models predict (`fapn_hf.tasks`); where a family's models predict different things (the
+            detectors: boxes, instance masks or a panoptic map), the task of its first presets, and `task_of` tells
+            a config's (`Family.task_for`).
+        task_of: `config -> Task` for a family whose configs choose their task, or None (always `task`).
         code: its shipped classes per Auto class (`CodeFamily`).
         head_auto_class: the Auto class that loads a saved folder of this family with its head.
         presets: preset name -> settings.
@@ -60,10 +63,12 @@ class Family:
         after_build: `(model, model_args) -> None`: training-only settings applied to a built model.
         build_processor: `(settings, ignore_index) -> image processor` for a training run (`settings`: resize and
             label-reduction keywords).
-        train_collator: `(num_labels, ignore_index) -> collator` of training batches.
+        train_collator: `(num_labels, ignore_index) -> collator` of training batches (semantic tasks; a detection
+            task's batches are its own).
         decay_bias: whether the optimiser decays biases (norms are never decayed unless asked).
         eval_loss: whether evaluation computes a loss (a cross-entropy on the class scores).
-        class_scores: `outputs -> (N, K, h, w)` per-pixel class scores at input resolution.
+        class_scores: `outputs -> (N, K, h, w)` per-pixel class scores at input resolution (semantic families; None
+            for a family that predicts no per-pixel class scores).
         scores_are_probabilities: whether `class_scores` are already probabilities (test-time augmentation averages
             them as they are) rather than logits (averaged after a softmax).
         export: the ONNX outputs, or None where the family cannot be exported.
@@ -88,10 +93,11 @@ class Family:
     saved_options: Callable[[Any], dict[str, Any]]
     apply_freezing: Callable[[Any, Any], None]
     build_processor: Callable[[dict[str, Any], int], Any]
-    train_collator: Callable[[int, int], Callable[..., Any]]
-    class_scores: Callable[[Any], torch.Tensor]
     describe: Callable[[Any], str]
     card_summary: str
+    train_collator: Callable[[int, int], Callable[..., Any]] | None = None
+    class_scores: Callable[[Any], torch.Tensor] | None = None
+    task_of: Callable[[Any], Task] | None = None
     after_build: Callable[[Any, Any], None] = _nothing
     decay_bias: bool = False
     eval_loss: bool = True
@@ -99,6 +105,18 @@ class Family:
     export: ExportSpec | None = None
     converter: Any = None
     original_models: Mapping[str, Any] = field(default_factory=dict)
+
+    def task_for(self, model_or_config: Any) -> Task:
+        """The task of a model or config of this family (`task_of`'s answer, or the family's one `task`)."""
+        if self.task_of is None:
+            return self.task
+        return self.task_of(getattr(model_or_config, "config", model_or_config))
+
+    @property
+    def predicts_pixel_classes(self) -> bool:
+        """Whether the family's models give per-pixel class scores (`class_scores`): what the semantic engines
+        (predictor, evaluation, Space, ONNX wrapping) need."""
+        return self.class_scores is not None
 
     def shipped_class(self, auto_class: str) -> type:
         """The class this family registers for `auto_class` (e.g. `"AutoModel"`)."""
