@@ -76,6 +76,7 @@ SLOW_MODULES = frozenset(
         "test_benchmark.py",
         "test_convert_original.py",
         "test_convert_maskformer.py",
+        "test_detection_training.py",
         "test_hub.py",
         "test_modeling_fapn_common.py",
         "test_modeling_maskformer_fapn_common.py",

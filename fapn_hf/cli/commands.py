@@ -52,7 +52,7 @@ from ..inference.detection import (
     load_predictor,
     panoptic_rgb,
 )
-from ..inference.evaluation import evaluate
+from ..inference.evaluation import evaluate, evaluate_detector, scored_on_post_processing
 from ..inference.predictor import TTAConfig
 from ..inference.sources import load_model
 from ..labels import palette
@@ -268,9 +268,54 @@ class EvaluateArguments(TTAArguments):
     output: Path | None = field(default=None, metadata=_help("write the metrics as JSON to this file"))
 
 
+def _evaluate_detector_main(args: EvaluateArguments) -> int:
+    """`fapn-evaluate` of a detector: COCO box / mask AP or PQ (`fapn_hf.inference.evaluation.evaluate_detector`)."""
+    refused = {
+        "label_mapping": args.label_mapping,
+        "reduce_labels": args.reduce_labels,
+        "tta": None if args.tta_config() == TTAConfig() else args.tta_config(),
+    }
+    given = {name: value for name, value in refused.items() if value}
+    with user_errors(ValueError, FileNotFoundError):
+        if given:
+            raise ValueError(f"{sorted(given)} apply to semantic segmentation models, not to detectors")
+        result = evaluate_detector(
+            args.model,
+            args.dataset,
+            split=args.split,
+            validation_fraction=args.validation_fraction,
+            seed=args.seed,
+            dataset_config=args.dataset_config,
+            dataset_revision=args.dataset_revision,
+            image_column=args.image_column,
+            # a detection source's objects column (transformers' object-detection schema) unless named
+            label_column="objects" if args.label_column == "label" else args.label_column,
+            max_samples=args.max_samples,
+            bad_sample_policy=args.bad_sample_policy,
+            device=args.device,
+            trust_remote_code=args.trust_remote_code,
+        )
+    scores = result["scores"]
+    print(
+        f"{args.model} on {args.dataset} ({result['split']}, {result['num_images']} images, {result['seconds']:.1f} s, "
+        f"{result['task']})"
+    )
+    for key, value in scores.items():
+        if "-" not in key:  # per-class values go to --output
+            print(f"  {key}: {value:.4f}")
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
 def evaluate_main(argv: Sequence[str] | None = None) -> int:
     """`fapn-evaluate`: prints the scores of `fapn_hf.inference.evaluation.evaluate` (writes them with `--output`)."""
     args = parse_arguments(EvaluateArguments, argv, "fapn-evaluate", inspect.cleandoc(EvaluateArguments.__doc__))
+    with user_errors(ValueError, FileNotFoundError):
+        detector = scored_on_post_processing(args.model, args.trust_remote_code)
+    if detector:
+        return _evaluate_detector_main(args)
     with user_errors(ValueError, FileNotFoundError):
         result = evaluate(
             args.model,

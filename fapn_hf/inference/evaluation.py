@@ -291,4 +291,130 @@ def _score(
     return {**metrics.compute(), "num_images": num_images}
 
 
-__all__ = ["RUN_RECORD", "VALIDATION_DATA_KEY", "HeldOut", "evaluate", "predict_at_label_size", "recorded_hold_out"]
+def scored_on_post_processing(model: Any, trust_remote_code: bool = False) -> bool:
+    """Whether `model` (a model, or a folder / Hub id) is evaluated on post-processed predictions
+    (`Task.score_batch`: the detectors' COCO AP / PQ) rather than on class maps (`evaluate`)."""
+    from ..families import family_of
+
+    if isinstance(model, (str, os.PathLike)):
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(str(model), trust_remote_code=trust_remote_code)
+    else:
+        config = model.config
+    family = family_of(config)
+    return family.task_for(config).score_batch is not None
+
+
+def evaluate_detector(
+    model: torch.nn.Module | str | os.PathLike,
+    dataset: str | os.PathLike = "demo",
+    *,
+    image_processor: Any = None,
+    split: str | None = None,
+    validation_fraction: float | None = None,
+    seed: int = 0,
+    dataset_config: str | None = None,
+    dataset_revision: str | None = None,
+    image_column: str = "image",
+    label_column: str = "objects",
+    demo_options: dict[str, Any] | None = None,
+    max_samples: int | None = None,
+    bad_sample_policy: Literal["fail", "skip"] = "fail",
+    batch_size: int = 1,
+    device: str | torch.device | None = None,
+    trust_remote_code: bool = False,
+) -> dict[str, Any]:
+    """COCO box / mask AP (Faster / Mask R-CNN) or PQ / SQ / RQ (Panoptic FPN) of a detector on a data set's split,
+    scored as the Trainer's evaluation does: each image through the model's processor (its resize), the detections
+    post-processed at the image's original size by the task (`Task.score_batch`), and the task's metrics.
+
+    Args:
+        model: a detector, or its folder / Hub id (with its saved processor).
+        dataset: `"demo"`, a COCO folder (instances or panoptic, by the model's task) or a `datasets` source
+            (`fapn_hf.tasks.detection.data.load_detection_dataset`).
+        split: the split to score (default `"validation"`); `validation_fraction`/`seed` hold a part of `train` out.
+        max_samples: score only the first N images.
+        batch_size: images per forward pass (zero padded to the largest; the model keeps each image's size).
+
+    Returns:
+        `{"scores": {metric: value}, "split", "num_images", "seconds", "task"}`; metric keys are the task's
+        (`bbox_AP`, `segm_AP`, `PQ`, ... in [0, 1]).
+    """
+    from ..families import family_of
+
+    start = time.perf_counter()
+    if isinstance(model, (str, os.PathLike)):
+        from transformers import AutoImageProcessor
+
+        source = str(model)
+        config_family = family_of(_load_config(source, trust_remote_code))
+        image_processor = image_processor or AutoImageProcessor.from_pretrained(
+            source, trust_remote_code=trust_remote_code
+        )
+        model = config_family.auto_class.from_pretrained(source, trust_remote_code=trust_remote_code)
+    if image_processor is None:
+        raise ValueError("evaluate_detector needs image_processor= with a model object (or pass the model's folder)")
+    config = model.config
+    task = family_of(config).task_for(config)
+    if task.score_batch is None:
+        raise ValueError(f"evaluate_detector scores detectors; {type(model).__name__} predicts {task.name} (evaluate)")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = model.to(device).eval()
+    num_labels, things = config.num_labels, config.num_thing_labels
+    validation = split or "validation"
+    splits = task.load_splits(
+        str(dataset),
+        config_name=dataset_config,
+        revision=dataset_revision,
+        image_column=image_column,
+        label_column=label_column,
+        train_split="train" if validation_fraction is not None else None,
+        validation_split=validation,
+        validation_fraction=validation_fraction,
+        seed=seed,
+        demo_options=demo_options,
+    )
+    samples = splits["validation"]
+    if max_samples is not None:
+        samples = samples.select(range(min(max_samples, len(samples))))
+    kind = {"num_thing_labels": things} if num_labels != things else {}
+    spec = task.label_spec(num_labels, getattr(config, "semantic_loss_ignore_index", 255), **kind)
+    samples, report = task.check_samples(samples, spec, bad_sample_policy, validation)
+    data = task.make_dataset(samples, spec, None, image_processor, random=False)
+    collate = task.eval_collator(spec.ignore_index)
+    metrics = task.make_metrics(num_labels, spec.ignore_index, id2label=dict(config.id2label), **kind)
+    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, collate_fn=collate)
+    with torch.no_grad():
+        for batch in loader:
+            targets = batch["targets"]
+            outputs = model(pixel_values=batch["pixel_values"].to(device), image_sizes=batch["image_sizes"].to(device))
+            metrics.update(task.score_batch(image_processor, outputs, targets), targets)
+    scores = metrics.compute()
+    return {
+        "scores": {key: float(value) for key, value in scores.items()},
+        "split": validation if validation_fraction is None else f"{validation_fraction:.0%} of train (seed {seed})",
+        "num_images": len(data),
+        "seconds": time.perf_counter() - start,
+        "task": task.name,
+        "data": report.to_dict(),
+    }
+
+
+def _load_config(source: str, trust_remote_code: bool) -> Any:
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+
+
+__all__ = [
+    "evaluate_detector",
+    "scored_on_post_processing",
+    "RUN_RECORD",
+    "VALIDATION_DATA_KEY",
+    "HeldOut",
+    "evaluate",
+    "predict_at_label_size",
+    "recorded_hold_out",
+]
