@@ -216,3 +216,22 @@ def test_processor_maps_follow_the_image_and_the_old_rule_stays_off_by_default()
 def test_the_setting_survives_save_and_load(tmp_path):
     maskformer_preset_image_processor("maskformer-fapn-swin-l-ade20k").save_pretrained(tmp_path)
     assert MaskFormerFaPNImageProcessor.from_pretrained(tmp_path).detectron2_resize
+
+
+def test_converted_fapn_processor_resizes_as_detectron2():
+    from fapn_hf.families.fapn.presets import fapn_preset_image_processor
+    from fapn_hf.modeling.image_processing_fapn import FaPNImageProcessor
+
+    image, classes = _rgb(45, 61), np.random.default_rng(3).integers(0, 19, (45, 61))
+    processor = fapn_preset_image_processor(labels="cityscapes", size={"shortest_edge": 64, "longest_edge": 128})
+    assert not processor.detectron2_resize  # presets keep transformers' resize; the converter sets it
+    processor.detectron2_resize = True
+    batch = processor(image, segmentation_maps=classes, return_tensors="pt")
+    size = exact_size(45, 61, 64, 128)
+    assert tuple(batch["pixel_values"].shape[-2:]) == size == (64, 87)
+    mean = torch.tensor(processor.image_mean, dtype=torch.float64)[:, None, None]
+    std = torch.tensor(processor.image_std, dtype=torch.float64)[:, None, None]
+    expected = (torch.from_numpy(_pil_bilinear(image, size).copy()).permute(2, 0, 1).double() / 255 - mean) / std
+    torch.testing.assert_close(batch["pixel_values"][0].double(), expected, rtol=0, atol=1e-5)
+    assert torch.equal(batch["labels"][0], resize_label_map(torch.from_numpy(classes), size))
+    assert FaPNImageProcessor(size={"shortest_edge": 64, "longest_edge": 128})(image)["pixel_values"][0].shape[-1] == 86

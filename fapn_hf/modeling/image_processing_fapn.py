@@ -33,6 +33,7 @@ from .image_decoding import (
     valid_size,
 )
 from .remote_code import ProcessorCodeMixin
+from .shortest_edge_resize import resize_image, resize_label_map, shortest_edge_size
 
 # Label value of the padding the processor adds around segmentation maps (and of `do_reduce_labels`' background).
 LABEL_PADDING = 255
@@ -43,9 +44,14 @@ class FaPNImageProcessorKwargs(ImagesKwargs, total=False):
     do_reduce_labels (`bool`, *optional*, defaults to `self.do_reduce_labels`):
         Whether to reduce every label of the segmentation maps by 1 and turn 0 (background, e.g. in ADE20K) into
         255, the label the loss ignores.
+    detectron2_resize (`bool`, *optional*, defaults to `False`):
+        Resize as the original (detectron2's `ResizeShortestEdge`, the kernel's `shortest_edge_resize`): sizes rounded
+        with `int(x + 0.5)`, uint8 images resized by PIL's bilinear filter, segmentation maps by PIL's nearest
+        neighbour. The converted processors set it; `False` keeps transformers' resize.
     """
 
     do_reduce_labels: bool
+    detectron2_resize: bool
 
 
 class FaPNImageProcessor(ProcessorCodeMixin, DecodedImagesMixin, SegformerImageProcessor):
@@ -79,6 +85,7 @@ class FaPNImageProcessor(ProcessorCodeMixin, DecodedImagesMixin, SegformerImageP
     default_to_square = False
     do_convert_rgb = True
     do_pad = True
+    detectron2_resize = False
 
     def __init__(self, **kwargs: Unpack[FaPNImageProcessorKwargs]) -> None:
         super().__init__(**kwargs)
@@ -121,6 +128,9 @@ class FaPNImageProcessor(ProcessorCodeMixin, DecodedImagesMixin, SegformerImageP
                 "image_mean; with do_convert_rgb=False the images must already have that many channels"
             )
         maps = None if segmentation_maps is None else prepare_segmentation_maps(segmentation_maps, images)
+        if kwargs.pop("detectron2_resize", False) and kwargs.get("do_resize"):
+            images, maps = self._detectron2_resize(images, maps, kwargs["size"])
+            kwargs["do_resize"] = False
         pixel_values = self._preprocess(images, **{**kwargs, "do_reduce_labels": False})
         labels = None
         if maps is not None:
@@ -150,6 +160,27 @@ class FaPNImageProcessor(ProcessorCodeMixin, DecodedImagesMixin, SegformerImageP
         if labels is not None:
             data["labels"] = labels
         return BatchFeature(data=data, tensor_type=return_tensors)
+
+    @staticmethod
+    def _detectron2_resize(
+        images: list[torch.Tensor], maps: list[torch.Tensor] | None, size: SizeDict
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+        """Images (`resize_image`) and their `(1, H, W)` maps (`resize_label_map`) at detectron2's size
+        (`shortest_edge_size(H, W, size.shortest_edge, size.longest_edge)`, or `size.height` x `size.width` when
+        given, e.g. a test-time-augmentation view)."""
+        fixed = (size.height, size.width) if size.height and size.width else None
+        if fixed is None and not size.shortest_edge:
+            raise ValueError(
+                f"detectron2_resize=True resizes the shorter side: size must be {{'shortest_edge': ..., "
+                f"'longest_edge': ...}} (or {{'height': ..., 'width': ...}}), got {dict(size)}"
+            )
+        sizes = [
+            fixed or shortest_edge_size(*image.shape[-2:], size.shortest_edge, size.longest_edge) for image in images
+        ]
+        images = [resize_image(image, new_size) for image, new_size in zip(images, sizes)]
+        if maps is not None:
+            maps = [resize_label_map(label_map, new_size) for label_map, new_size in zip(maps, sizes)]
+        return images, maps
 
     @staticmethod
     def _pad_to(image: torch.Tensor, size: Sequence[int], value: float) -> torch.Tensor:

@@ -132,7 +132,8 @@ def _semantic_fapn_transform(
 def _semantic_fapn_processor(model: OriginalModel, checkpoint: Checkpoint) -> FaPNImageProcessor:
     """RGB in, `(x / 255 - mean) / std` with mean = PIXEL_MEAN[::-1] / 255 and std = PIXEL_STD[::-1] / 255: exactly
     detectron2's `(x_bgr - PIXEL_MEAN) / PIXEL_STD` on the 0..255 image, channels reordered like the stem conv.
-    Resize: the shorter side to the original MIN_SIZE_TEST, the longer capped at MAX_SIZE_TEST."""
+    Resize: the shorter side to the original MIN_SIZE_TEST, the longer capped at MAX_SIZE_TEST, exactly as detectron2's
+    `ResizeShortestEdge` (`detectron2_resize`)."""
     mean = pixel_statistic(checkpoint, "pixel_mean", DETECTRON2_PIXEL_MEAN_BGR, order="B, G, R")[::-1]
     std = pixel_statistic(checkpoint, "pixel_std", DETECTRON2_PIXEL_STD_BGR, order="B, G, R")[::-1]
     if min(std) <= 0:
@@ -143,6 +144,7 @@ def _semantic_fapn_processor(model: OriginalModel, checkpoint: Checkpoint) -> Fa
         image_std=[value / 255 for value in std],
         do_resize=True,
         size={"shortest_edge": model.test_shortest_edge, "longest_edge": model.test_longest_edge},
+        detectron2_resize=True,
     )
 
 
