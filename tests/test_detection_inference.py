@@ -129,18 +129,7 @@ def _segmentation_pipeline(folder: Path, from_folder: bool):
 
 @pytest.mark.parametrize(
     "from_folder",
-    [
-        False,
-        pytest.param(
-            True,
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=ValueError,
-                reason="the pipeline loads a folder with AutoModelForImageSegmentation or ...ForSemanticSegmentation, "
-                "which FAPN_RCNN_CODE does not register yet",
-            ),
-        ),
-    ],
+    [False, True],
 )
 @pytest.mark.parametrize("architecture, subtask", [("mask_rcnn", "instance"), ("panoptic_fpn", "panoptic")])
 def test_image_segmentation_pipeline_equals_the_processors_post_processing(folders, architecture, subtask, from_folder):

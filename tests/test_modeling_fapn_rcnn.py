@@ -419,7 +419,7 @@ def test_auto_classes_load_the_detector(tmp_path):
     model.save_pretrained(tmp_path)
     auto_map = transformers.AutoConfig.from_pretrained(tmp_path).auto_map
     for auto_class in ("AutoModelForObjectDetection", "AutoModelForInstanceSegmentation",
-                       "AutoModelForUniversalSegmentation"):  # fmt: skip
+                       "AutoModelForUniversalSegmentation", "AutoModelForImageSegmentation"):  # fmt: skip
         assert auto_map[auto_class] == "modeling_fapn_rcnn.FaPNRCNNForObjectDetection"
         assert type(getattr(transformers, auto_class).from_pretrained(tmp_path)) is FaPNRCNNForObjectDetection
     assert type(transformers.AutoModel.from_pretrained(tmp_path)) is FaPNRCNNModel

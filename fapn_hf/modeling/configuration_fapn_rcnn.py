@@ -301,8 +301,9 @@ class FaPNRCNNConfig(PreTrainedConfig):
         self._check_values()
 
 
-# What a saved detector folder ships and `import fapn_hf` registers (once the family is wired): the config, the base
-# model, the detector (registered for detection and both segmentation Auto classes) and the image processor.
+# What a saved detector folder ships and `import fapn_hf` registers: the config, the base model, the detector
+# (registered for detection and the segmentation Auto classes; the image-segmentation pipeline loads a folder through
+# AutoModelForImageSegmentation) and the image processor.
 _DETECTOR = "modeling_fapn_rcnn.FaPNRCNNForObjectDetection"
 FAPN_RCNN_CODE = CodeFamily(
     config="configuration_fapn_rcnn.FaPNRCNNConfig",
@@ -311,6 +312,7 @@ FAPN_RCNN_CODE = CodeFamily(
         "AutoModelForObjectDetection": _DETECTOR,
         "AutoModelForInstanceSegmentation": _DETECTOR,
         "AutoModelForUniversalSegmentation": _DETECTOR,
+        "AutoModelForImageSegmentation": _DETECTOR,
     },
     processor="image_processing_fapn_rcnn.FaPNRCNNImageProcessor",
 )
