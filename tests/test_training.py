@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModelForSemanticSegmentation, EvalPrediction, TrainerCallback
 
-from fapn_hf import MASKFORMER_PRESETS, PRESETS
+from fapn_hf.families import family_of_preset
 from fapn_hf.modeling.image_processing_fapn import FaPNImageProcessor
 from fapn_hf.tasks.semantic.data import (
     DataError,
@@ -38,7 +39,7 @@ from fapn_hf.training.args import (
     parse_arguments,
 )
 from fapn_hf.training.run import main, run_training
-from fapn_hf.training.trainer import make_compute_metrics, parameter_groups
+from fapn_hf.training.trainer import FaPNTrainer, make_compute_metrics, multi_step_lr_factor, parameter_groups
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -377,10 +378,57 @@ def test_every_recipe_parses_into_the_argument_classes(recipe, tmp_path):
     # The GPU recipes train in bf16, which TrainingArguments refuses on a machine without a GPU.
     argv = ["--output_dir", str(tmp_path), "--bf16", str(torch.cuda.is_available()).lower()]
     model_args, data_args, training_args = parse_arguments(argv, recipe=recipe)
-    assert model_args.preset in {*PRESETS, *MASKFORMER_PRESETS}
-    assert len(data_args.crop_size) == 2 and data_args.crop_size[0] > 0
-    assert training_args.max_steps > 0 and training_args.lr_scheduler_type == "polynomial"
-    assert training_args.output_dir == str(tmp_path)  # the command line wins over the recipe
+    family = family_of_preset(model_args.preset)
+    assert training_args.max_steps > 0 and training_args.output_dir == str(tmp_path)  # the command line wins
+    if family.predicts_pixel_classes:  # the semantic recipes: crops and the polynomial schedule
+        assert len(data_args.crop_size) == 2 and data_args.crop_size[0] > 0
+        assert training_args.lr_scheduler_type == "polynomial"
+    else:  # the detectors: detectron2's multi-scale resize, and its step schedule on COCO
+        assert data_args.min_size_train and data_args.max_size_train >= max(data_args.min_size_train)
+        if "coco" in recipe.name:
+            expected = [210000, 250000] if "3x" in recipe.name else [60000, 80000]
+            assert training_args.lr_decay_steps == expected and training_args.lr_decay_factor == 0.1
+            assert training_args.max_steps == (270000 if "3x" in recipe.name else 90000)
+
+
+def test_the_step_schedule_is_detectron2s_warmup_multi_step(tmp_path):
+    """`lr_decay_steps`: detectron2's WarmupMultiStepLR (linear warm-up from 0.001, x gamma at each step), computed
+    here from its definition, through the Trainer's own scheduler creation."""
+    args = FaPNTrainingArguments(
+        output_dir=str(tmp_path), max_steps=20, learning_rate=0.5, warmup_steps=4, lr_decay_steps=[8, 15],
+        lr_decay_factor=0.1, report_to=[],
+    )  # fmt: skip
+    factor = multi_step_lr_factor(args.lr_decay_steps, args.lr_decay_factor, 4)
+    for step in range(20):
+        warmup = 0.001 * (1 - step / 4) + step / 4 if step < 4 else 1.0
+        decay = 0.1 ** sum(step >= milestone for milestone in (8, 15))
+        assert factor(step) == pytest.approx(warmup * decay, rel=1e-12)
+    # The Trainer's own hook (create_scheduler) on a stand-in holding only what it reads.
+    optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.5)
+    trainer = SimpleNamespace(args=args, lr_scheduler=None, optimizer=optimizer)
+    scheduler = FaPNTrainer.create_scheduler(trainer, 20)
+    assert trainer.lr_scheduler is scheduler
+    seen = []
+    for _ in range(20):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert seen[0] == pytest.approx(0.5 * 0.001) and seen[5] == 0.5 and seen[8] == pytest.approx(0.05)
+    assert seen[19] == pytest.approx(0.005)
+
+
+@pytest.mark.parametrize(
+    ("steps", "message"),
+    [
+        ([80, 60], r"lr_decay_steps must be increasing positive step numbers, got \[80, 60\]"),
+        ([0, 60], r"increasing positive step numbers, got \[0, 60\]"),
+        ([60, 100], r"lr_decay_steps \[60, 100\] must lie before max_steps \(100\)"),
+        (["sixty"], r"lr_decay_steps must be whole step numbers, got \['sixty'\]"),
+    ],
+)
+def test_bad_step_schedules_are_refused_naming_the_value(steps, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        FaPNTrainingArguments(output_dir=str(tmp_path), max_steps=100, lr_decay_steps=steps, report_to=[])
 
 
 def test_sizes_are_lists_in_recipes_and_on_the_command_line(tmp_path):

@@ -227,6 +227,16 @@ class FaPNTrainingArguments(TrainingArguments):
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "train into a non-empty output_dir (files are replaced as they are written)"}
     )
+    lr_decay_steps: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "detectron2's WarmupMultiStepLR instead of lr_scheduler_type: the learning rate is multiplied by "
+            "lr_decay_factor at each of these steps (the paper's 1x: 60000 80000), after a linear warm-up from "
+            "0.001 x lr over warmup_steps",
+            "nargs": "+",
+        },
+    )
+    lr_decay_factor: float = field(default=0.1, metadata={"help": "the factor of each lr_decay_steps step (gamma)"})
     # The dataset yields exactly the model's inputs, and metrics stream per batch.
     remove_unused_columns: bool = False
     batch_eval_metrics: bool = True
@@ -239,6 +249,7 @@ class FaPNTrainingArguments(TrainingArguments):
             logger.info("no accelerator found: distributed training on the CPU (use_cpu=True, gloo)")
             self.use_cpu = True
         super().__post_init__()
+        self._check_lr_decay_steps()
         scheduler = getattr(self.lr_scheduler_type, "value", self.lr_scheduler_type)
         warmup = self.warmup_steps if self.warmup_steps >= 1 else 0  # below 1: a ratio of the training steps
         if scheduler == "polynomial" and 0 < self.max_steps == warmup:
@@ -247,6 +258,26 @@ class FaPNTrainingArguments(TrainingArguments):
                 f"warmup_steps ({self.warmup_steps}) must differ from max_steps ({self.max_steps}) with the "
                 "polynomial learning-rate schedule, which decays over the steps after the warm-up"
             )
+
+    def _check_lr_decay_steps(self) -> None:
+        steps = self.lr_decay_steps
+        if steps is None:
+            return
+        if isinstance(steps, (int, str)):
+            steps = [steps]
+        try:
+            steps = [int(step) for step in steps]
+        except (TypeError, ValueError):
+            raise ValueError(f"lr_decay_steps must be whole step numbers, got {self.lr_decay_steps!r}") from None
+        if not steps or any(step <= 0 for step in steps) or steps != sorted(set(steps)):
+            raise ValueError(f"lr_decay_steps must be increasing positive step numbers, got {self.lr_decay_steps!r}")
+        if self.max_steps > 0 and steps[-1] >= self.max_steps:
+            raise ValueError(
+                f"lr_decay_steps {steps} must lie before max_steps ({self.max_steps}): a later step never decays"
+            )
+        if not 0 < self.lr_decay_factor <= 1:
+            raise ValueError(f"lr_decay_factor must be in (0, 1], got {self.lr_decay_factor!r}")
+        self.lr_decay_steps = steps
 
 
 def _has_accelerator() -> bool:

@@ -34,6 +34,22 @@ NORM_LAYER_TYPES = (
 )
 
 
+def multi_step_lr_factor(decay_steps: list[int], gamma: float, warmup_steps: int) -> Callable[[int], float]:
+    """The learning-rate factor at step `step` (0-based) of detectron2's WarmupMultiStepLR: a linear warm-up from
+    0.001 to 1 over `warmup_steps` (detectron2's WARMUP_FACTOR and "linear" method), times `gamma` once for each
+    step of `decay_steps` already reached."""
+    import bisect
+
+    def factor(step: int) -> float:
+        warmup = 1.0
+        if step < warmup_steps:
+            alpha = step / warmup_steps
+            warmup = 0.001 * (1 - alpha) + alpha
+        return warmup * gamma ** bisect.bisect_right(decay_steps, step)
+
+    return factor
+
+
 def parameter_groups(
     model: torch.nn.Module,
     learning_rate: float,
@@ -264,6 +280,19 @@ class FaPNTrainer(Trainer):
                 "Lower the learning rate or check the data and labels."
             )
         return loss
+
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
+        """detectron2's WarmupMultiStepLR where the recipe names `lr_decay_steps`; transformers' schedule otherwise."""
+        steps = getattr(self.args, "lr_decay_steps", None)
+        if not steps or self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        optimizer = self.optimizer if optimizer is None else optimizer
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            multi_step_lr_factor(steps, self.args.lr_decay_factor, self.args.get_warmup_steps(num_training_steps)),
+        )
+        self._created_lr_scheduler = True
+        return self.lr_scheduler
 
     def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
         if self.optimizer is None:
