@@ -8,6 +8,8 @@ so the padded sizes here use the plain semantic head."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pytest
 import torch
@@ -65,6 +67,16 @@ def test_graph_has_dynamic_batch_height_and_width(exported_folder):
     assert channels == 3 and all(isinstance(side, str) for side in (batch, height, width))
     (logits,) = session.run(None, {"pixel_values": np.zeros((3, 3, 96, 32), np.float32)})
     assert logits.shape == (3, 4, 96, 32)
+
+
+def test_graph_samples_each_deformable_convolution_with_one_grid_sample(exported_folder):
+    """Issue 22: the pure-PyTorch deformable convolution exports as GridSample + Mul + MatMul, which onnxruntime runs
+    fast, not as a gather and a sum over the whole map (ReduceSum), which made the graph 8x slower than eager."""
+    onnx = pytest.importorskip("onnx")
+    _, model, path = exported_folder
+    op_types = Counter(node.op_type for node in onnx.load(str(path)).graph.node)
+    assert op_types["GridSample"] == len(model.fapn.neck.alignments) > 0
+    assert "ReduceSum" not in op_types and "DeformConv" not in op_types
 
 
 def test_predictor_backends_agree_on_label_maps(exported_folder):
