@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import math
-import textwrap
 from typing import Any
 
 import numpy as np
@@ -14,7 +13,6 @@ import pytest
 import torch
 import transformers
 from safetensors.torch import load_file, save_file
-from test_hub import _run_offline
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import roi_align
@@ -425,37 +423,7 @@ def test_auto_classes_load_the_detector(tmp_path):
     assert type(transformers.AutoModel.from_pretrained(tmp_path)) is FaPNRCNNModel
 
 
-@pytest.mark.slow
-def test_remote_code_without_fapn_hf_reproduces_the_detections(tmp_path, pixel_values):
-    """The saved folder's own code, in an interpreter that cannot import fapn_hf, gives the package's detections."""
-    _register()
-    torch.manual_seed(0)
-    model = FaPNRCNNForObjectDetection(tiny_rcnn_config("panoptic_fpn")).eval()
-    folder = tmp_path / "model"
-    model.save_pretrained(folder)
-    save_file({"pixel_values": pixel_values, "image_sizes": IMAGE_SIZES}, str(tmp_path / "inputs.safetensors"))
-    script = textwrap.dedent(
-        f"""
-        import importlib.util, sys
-        sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
-        assert importlib.util.find_spec("fapn_hf") is None, "fapn_hf is importable"
-        import torch, transformers
-        from safetensors.torch import load_file, save_file
-        model = transformers.AutoModelForObjectDetection.from_pretrained({str(folder)!r}, trust_remote_code=True)
-        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
-        inputs = load_file({str(tmp_path / "inputs.safetensors")!r})
-        with torch.no_grad():
-            outputs = model.eval()(**inputs)
-        keys = ("pred_boxes", "scores", "pred_labels", "pred_masks", "semantic_logits")
-        save_file({{k: outputs[k].contiguous() for k in keys}}, {str(tmp_path / "outputs.safetensors")!r})
-        """
-    )
-    _run_offline(["-c", script], cwd=tmp_path, PYTHONPATH="", HF_MODULES_CACHE=str(tmp_path / "modules"))
-    remote = load_file(str(tmp_path / "outputs.safetensors"))
-    with torch.no_grad():
-        expected = model(pixel_values, IMAGE_SIZES)
-    for key, value in remote.items():
-        torch.testing.assert_close(value, getattr(expected, key), msg=key)
+# The saved folder's own code without fapn_hf: tests/test_remote_code_closure.py (every family, this Panoptic FPN).
 
 
 # ---------------------------------------------------------------------------------------------------------------------
