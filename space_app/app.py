@@ -1,4 +1,4 @@
-"""FaPN semantic segmentation in the browser: the Gradio app of the Hugging Face Space.
+"""FaPN models in the browser: the Gradio app of the Hugging Face Space.
 
     python app.py                                   # the model named in README.md's front matter (`models:`)
     FAPN_MODEL=ORG/NAME python app.py               # another Hub model (a Space sets FAPN_MODEL in its settings)
@@ -15,6 +15,11 @@ model), a legend in the model's palette, the area of each class and the time the
 frame of an animation); images above MAX_PIXELS are reduced right after decoding, so memory stays bounded and the
 result is shown at the reduced size. A file browsers cannot display (TIFF) is previewed as a PNG of the decoded
 image; the file itself is what gets segmented.
+
+A detector (its family has no per-pixel class scores) gets the same page with other drawings, chosen by the model's
+family: Faster / Mask R-CNN draw boxes, masks and "class score" captions above a score-threshold slider and list the
+detections (`/detect` for API clients); Panoptic FPN draws its panoptic map with segment names and lists the segments.
+The threshold and the opacity re-draw the kept result without the model, like the semantic overlay controls.
 
 What the page shows always belongs to the image in the input: a new upload clears the result, a failed request
 clears it and says why once, in the status (no toast, no error badge on every output), and a result that arrives
@@ -40,8 +45,11 @@ import PIL.Image
 from gradio.processing_utils import save_pil_to_cache
 
 from fapn_hf import SegmentationPredictor, TTAConfig, decode_image
+from fapn_hf.families import find_family
 from fapn_hf.hub.cards import describe_architecture, is_synthetic_demo, load_model_card
+from fapn_hf.inference.detection import DetectionPredictor, Detections, load_predictor
 from fapn_hf.labels import palette
+from fapn_hf.tasks.detection.visualization import draw_detections, draw_panoptic
 from fapn_hf.tasks.semantic.visualization import overlay
 
 APP_DIR = Path(__file__).resolve().parent
@@ -58,6 +66,18 @@ READABLE_FORMATS = "PNG, JPEG, WebP, GIF, TIFF or BMP"
 BROWSER_FORMATS = frozenset({"PNG", "JPEG", "MPO", "GIF", "WEBP", "BMP", "ICO", "AVIF"})
 PIL_DIR = Path(PIL.__file__).resolve().parent
 ERROR_MARK = "⚠️"  # starts a status that says why nothing was segmented
+# What the page draws, by the model's family: class per pixel, boxes (and masks), or a panoptic map.
+SEMANTIC, DETECTION, PANOPTIC = "semantic", "detection", "panoptic"
+TITLES = {
+    SEMANTIC: "FaPN semantic segmentation",
+    DETECTION: "FaPN object detection",
+    PANOPTIC: "FaPN panoptic segmentation",
+}
+DEFAULT_THRESHOLD = 0.5  # detections scoring below it are not drawn (the slider's start)
+DETECTION_HEADERS = ["class", "score", "x0", "y0", "x1", "y1"]  # a box in the (reduced) image's pixels
+DETECTION_TYPES = ["str", "number", "number", "number", "number", "number"]
+PANOPTIC_HEADERS = ["segment", "class", "score", "area (%)", "pixels"]
+PANOPTIC_TYPES = ["number", "str", "number", "number", "number"]
 
 logger = logging.getLogger("fapn_space")
 
@@ -78,10 +98,11 @@ class Segmenter:
     """The served model (or why there is none) and what the page says about it."""
 
     model_id: str | None
-    predictor: SegmentationPredictor | None = None
+    predictor: SegmentationPredictor | DetectionPredictor | None = None
     error: str | None = None
     synthetic: bool = False  # trained on fapn_hf's synthetic demo shapes (from the model card's tags)
     names: list[str] = field(default_factory=list)
+    kind: str = SEMANTIC  # SEMANTIC, DETECTION or PANOPTIC: what the page draws (`kind_of`)
 
     @property
     def display_name(self) -> str:
@@ -97,6 +118,15 @@ class Segmenter:
     @property
     def background_ids(self) -> list[int]:
         return [i for i, name in enumerate(self.names) if name.lower() in BACKGROUND_NAMES]
+
+
+def kind_of(predictor: SegmentationPredictor | DetectionPredictor) -> str:
+    """What the page draws for `predictor`'s model, by its family: a family with per-pixel class scores is SEMANTIC;
+    a detector is PANOPTIC when its predictor makes a panoptic map, else DETECTION."""
+    family = find_family(predictor.model.config)
+    if family is None or family.predicts_pixel_classes:
+        return SEMANTIC
+    return PANOPTIC if predictor.is_panoptic else DETECTION
 
 
 def visitor_error(message: str, title: str) -> gr.Error:
@@ -132,15 +162,17 @@ def load_segmenter(model_id: str | None) -> Segmenter:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"  # a GPU Space uses its GPU
     try:
-        # ONNX Runtime when the model repo ships model.onnx and onnxruntime is installed, PyTorch otherwise.
-        predictor = SegmentationPredictor.from_pretrained(model_id, device=device, backend="auto")
+        # The predictor the model's family calls for. A semantic model runs on ONNX Runtime when the model repo
+        # ships model.onnx and onnxruntime is installed, on PyTorch otherwise; a detector runs on PyTorch.
+        predictor = load_predictor(model_id, device=device, backend="auto")
     except Exception as error:  # any failure becomes a message in the page rather than a dead app
         segmenter = Segmenter(model_id, error=_load_error(model_id, error))
         logger.error(segmenter.error, exc_info=error)
         return segmenter
     card = load_model_card(model_id)
     names = [predictor.id2label[i] for i in range(len(predictor.id2label))]
-    return Segmenter(model_id, predictor, synthetic=card is not None and is_synthetic_demo(card.data), names=names)
+    synthetic = card is not None and is_synthetic_demo(card.data)
+    return Segmenter(model_id, predictor, synthetic=synthetic, names=names, kind=kind_of(predictor))
 
 
 def _is_truncation(error: BaseException | None) -> bool:
@@ -216,11 +248,83 @@ class Segmentation:
     labels: np.ndarray  # (H, W) class ids
 
 
+@dataclass
+class Detected:
+    """A detector's result kept in the session: every detection, so the threshold re-draws it without the model."""
+
+    image: np.ndarray  # (H, W, 3) uint8, at the size the detector was given
+    found: Detections  # at that size
+
+
+def _legend(items: list[tuple[str, np.ndarray, str]]) -> str:
+    """The legend's HTML: a colour swatch and `name` + `note` per `(name, colour, note)` item."""
+    spans = []
+    for name, color, note in items:
+        r, g, b = (int(c) for c in color)
+        spans.append(
+            f'<span class="fapn-legend-item"><span class="fapn-swatch" style="background:#{r:02x}{g:02x}{b:02x}">'
+            f"</span>{html.escape(name)}{note}</span>"
+        )
+    return f'<div class="fapn-legend">{"".join(spans)}</div>'
+
+
+def render_detections(
+    segmenter: Segmenter, result: Detected, threshold: float, opacity: float
+) -> tuple[PIL.Image.Image, str, list[list[Any]]]:
+    """A detector's drawing, legend and table of `result`.
+
+    Boxes and masks: the detections scoring at least `threshold` drawn by `draw_detections` (masks at `opacity`), a
+    legend of their classes with counts, and the table `[class, score, x0, y0, x1, y1]` (decreasing score).
+    Panoptic: the map drawn by `draw_panoptic` (at `opacity`; the threshold plays no part, the map has its own
+    combination settings), a legend of its classes, and `[segment, class, score, area %, pixels]` per segment."""
+    names, colors, found = segmenter.names, segmenter.colors, result.found
+    if found.panoptic is not None:
+        segmentation, segments = found.panoptic
+        drawing = draw_panoptic(result.image, segmentation, segments, names, colors, alpha=float(opacity))
+        ids, counts = np.unique(segmentation, return_counts=True)
+        pixels = dict(zip(ids.tolist(), counts.tolist()))
+        shown = [segment for segment in segments if pixels.get(segment["id"], 0)]
+        table = [
+            [
+                int(segment["id"]),
+                names[segment["label_id"]],
+                None if segment.get("score") is None else round(float(segment["score"]), 3),
+                area_percent(pixels[segment["id"]], segmentation.size),
+                pixels[segment["id"]],
+            ]
+            for segment in shown
+        ]
+        labels = [int(segment["label_id"]) for segment in shown]
+    else:
+        drawing = draw_detections(
+            result.image, found.boxes, found.labels, found.scores, names, colors, found.masks, threshold, float(opacity)
+        )
+        # The same comparison as draw_detections (float64), so the table lists exactly what is drawn.
+        kept = np.nonzero(found.scores.astype(np.float64) >= threshold)[0]
+        table = [
+            [names[found.labels[i]], round(float(found.scores[i]), 3), *(round(float(v), 1) for v in found.boxes[i])]
+            for i in kept
+        ]
+        labels = found.labels[kept].tolist()
+    present, counts = np.unique(labels, return_counts=True) if labels else ([], [])
+    legend = _legend([(names[i], colors[i], f" ×{n}") for i, n in zip(present, counts)])
+    return drawing, legend, table
+
+
 def render(
-    segmenter: Segmenter, result: Segmentation, opacity: float, hide_background: bool, cache_dir: str
+    segmenter: Segmenter,
+    result: Segmentation | Detected,
+    opacity: float,
+    hide_background: bool,
+    cache_dir: str,
+    threshold: float = DEFAULT_THRESHOLD,
 ) -> tuple[str, str, list[list[Any]]]:
     """The overlay (a PNG in gradio's cache), the legend (HTML) and the area table `[class, area %, pixels]`
-    (largest first) of `result`."""
+    (largest first) of `result`; for a detector's result, its drawing, legend and table (`render_detections`, which
+    takes `threshold`; `hide_background` is the semantic page's alone)."""
+    if isinstance(result, Detected):
+        drawing, legend, table = render_detections(segmenter, result, threshold, opacity)
+        return save_pil_to_cache(drawing, cache_dir=cache_dir, format="png"), legend, table
     names, colors = segmenter.names, segmenter.colors
     hidden = segmenter.background_ids if hide_background else []
     painted = np.where(np.isin(result.labels, hidden), 255, result.labels) if hidden else result.labels
@@ -230,15 +334,7 @@ def render(
     ids, counts = np.unique(result.labels, return_counts=True)
     order = np.argsort(-counts, kind="stable")
     table = [[names[ids[i]], area_percent(int(counts[i]), result.labels.size), int(counts[i])] for i in order]
-    items = []
-    for i in order:
-        r, g, b = colors[ids[i]].tolist()
-        note = " (not painted)" if ids[i] in hidden else ""
-        items.append(
-            f'<span class="fapn-legend-item"><span class="fapn-swatch" style="background:#{r:02x}{g:02x}{b:02x}">'
-            f"</span>{html.escape(names[ids[i]])}{note}</span>"
-        )
-    legend = f'<div class="fapn-legend">{"".join(items)}</div>'
+    legend = _legend([(names[ids[i]], colors[ids[i]], " (not painted)" if ids[i] in hidden else "") for i in order])
     return path, legend, table
 
 
@@ -262,23 +358,34 @@ def segment(
     hide_background: bool,
     cache_dir: str,
     max_pixels: int = MAX_PIXELS,
-) -> tuple[str, str, list[list[Any]], str, Segmentation]:
-    """Segments one upload: `(overlay path, legend HTML, area table, status, result)`.
+    threshold: float = DEFAULT_THRESHOLD,
+) -> tuple[str, str, list[list[Any]], str, Segmentation | Detected]:
+    """Segments one upload: `(overlay path, legend HTML, area table, status, result)`; for a detector, `(drawing
+    path, legend, detections or segments table, status, result)` with the detections scoring at least `threshold`
+    drawn (the semantic controls `hide_background` and test-time augmentation are not a detector's).
 
     Raises `gr.Error` (a failed call for API clients, the status for the page) when there is no model or the upload
     cannot be read. The time in the status covers everything from the upload on disk to the encoded overlay."""
     started = time.perf_counter()
     if segmenter.predictor is None:
         raise visitor_error(segmenter.error, "No model")
+    tta = TTAConfig(scales=MULTI_SCALES if multiscale else (1.0,), flip=flip)
+    if segmenter.kind != SEMANTIC and tta.num_views > 1:
+        raise visitor_error(
+            f"{segmenter.display_name} is a detector: flip and multi-scale test-time augmentation are for semantic "
+            "segmentation models.",
+            "No test-time augmentation",
+        )
     rgb, notes = read_upload(image)
     height, width = rgb.shape[:2]
     rgb = fit_pixels(rgb, max_pixels)
     read = time.perf_counter()
-    tta = TTAConfig(scales=MULTI_SCALES if multiscale else (1.0,), flip=flip)
-    labels = segmenter.predictor.predict(rgb, tta).astype(np.uint16)
+    if segmenter.kind == SEMANTIC:
+        result = Segmentation(rgb, segmenter.predictor.predict(rgb, tta).astype(np.uint16))
+    else:
+        result = Detected(rgb, segmenter.predictor.predict(rgb))
     predicted = time.perf_counter()
-    result = Segmentation(rgb, labels)
-    overlay_path, legend, table = render(segmenter, result, opacity, hide_background, cache_dir)
+    overlay_path, legend, table = render(segmenter, result, opacity, hide_background, cache_dir, threshold)
     done = time.perf_counter()
 
     status = (
@@ -299,7 +406,7 @@ class PageState:
 
     shown: str | None = None  # the uploaded file the input shows (for a PNG preview: the file behind it)
     preview: str | None = None  # the PNG preview the input shows for a format browsers cannot display
-    result: Segmentation | None = None  # the result on the page, for the overlay controls; always of `shown`
+    result: Segmentation | Detected | None = None  # the result on the page, for the overlay controls; of `shown`
 
     def file_of(self, image: str | None) -> str | None:
         """The uploaded file behind the input's value `image` (the preview's source, or `image` itself)."""
@@ -370,8 +477,9 @@ def page_segment(
     opacity: float,
     hide_background: bool,
     cache_dir: str,
+    threshold: float = DEFAULT_THRESHOLD,
 ) -> tuple[Any, ...]:
-    """The Segment button: `(overlay, legend, table, status)`; never raises.
+    """The Segment button: `(overlay, legend, table, status)`; never raises. (`threshold`: a detector's.)
 
     A failure clears the outputs and says why in the status, once; an unexpected error is logged with its traceback
     and the page says so in a sentence. A result for an image the visitor replaced meanwhile is not shown: the
@@ -380,7 +488,7 @@ def page_segment(
     file = page.file_of(image)
     try:
         overlay_path, legend, table, status, result = segment(
-            segmenter, file, flip, multiscale, opacity, hide_background, cache_dir
+            segmenter, file, flip, multiscale, opacity, hide_background, cache_dir, threshold=threshold
         )
     except gr.Error as error:
         outputs, result = cleared(failure_status(error.message)), None
@@ -397,16 +505,24 @@ def page_segment(
 
 
 def redraw(
-    segmenter: Segmenter, page: PageState, opacity: float, hide_background: bool, cache_dir: str
-) -> tuple[Any, Any]:
-    """The overlay controls: the kept result re-drawn `(overlay, legend)`; nothing when the page shows no result."""
+    segmenter: Segmenter,
+    page: PageState,
+    opacity: float,
+    hide_background: bool,
+    cache_dir: str,
+    threshold: float = DEFAULT_THRESHOLD,
+) -> tuple[Any, ...]:
+    """The overlay controls: the kept result re-drawn `(overlay, legend)`; nothing when the page shows no result.
+
+    For boxes (DETECTION) the threshold also changes the list: `(drawing, legend, table)`."""
+    outputs = 3 if segmenter.kind == DETECTION else 2
     result = page.result
     if result is None:
-        return gr.skip(), gr.skip()
-    path, legend_html, _ = render(segmenter, result, opacity, hide_background, cache_dir)
+        return (gr.skip(),) * outputs
+    drawn = render(segmenter, result, opacity, hide_background, cache_dir, threshold)
     if page.result is not result:  # the image changed while drawing
-        return gr.skip(), gr.skip()
-    return path, legend_html
+        return (gr.skip(),) * outputs
+    return drawn[:outputs]
 
 
 def api_segment(
@@ -417,11 +533,13 @@ def api_segment(
     opacity: float,
     hide_background: bool,
     cache_dir: str,
+    threshold: float = DEFAULT_THRESHOLD,
 ) -> tuple[str, str, list[list[Any]], str]:
-    """`/segment` for API clients: `(overlay, legend, areas, status)`; a request that cannot be served fails with
-    the message (`gr.Error`), an unexpected error with a sentence (its traceback goes to the server log)."""
+    """`/segment` for API clients: `(overlay, legend, areas, status)` (a detector's `/detect`: `(drawing, legend,
+    detections, status)`); a request that cannot be served fails with the message (`gr.Error`), an unexpected error
+    with a sentence (its traceback goes to the server log)."""
     try:
-        return segment(segmenter, image, flip, multiscale, opacity, hide_background, cache_dir)[:4]
+        return segment(segmenter, image, flip, multiscale, opacity, hide_background, cache_dir, threshold=threshold)[:4]
     except gr.Error:
         raise
     except Exception:
@@ -440,6 +558,10 @@ def describe_model(segmenter: Segmenter) -> str:
         f"Model: **{link}**, {describe_architecture(segmenter.predictor.model.config)}.\n\n"
         f"It recognises {len(segmenter.names)} classes: {classes}."
     )
+    if segmenter.kind == DETECTION:
+        text += " The drawing shows the detections that score at least the threshold; the table lists them."
+    elif segmenter.kind == PANOPTIC:
+        text += " The drawing shows its panoptic map (each segment in its class colour, with its name)."
     if segmenter.synthetic:
         text += (
             "\n\n**Trained on synthetic shapes** (coloured blobs, boxes, shards, dots and wires on textured "
@@ -489,58 +611,98 @@ CSS = """
 
 def build_app(segmenter: Segmenter) -> gr.Blocks:
     """The page. API: `/segment(image, flip, multiscale, opacity, hide_background)` -> `(overlay, legend, areas,
-    status)`."""
+    status)`; for boxes (DETECTION) `/detect(image, threshold, opacity)` -> `(drawing, legend, detections, status)`;
+    for a panoptic map `/segment(image, opacity)` -> `(drawing, legend, segments, status)`."""
     examples = sorted(str(p) for p in EXAMPLES_DIR.iterdir() if p.is_file()) if EXAMPLES_DIR.is_dir() else []
+    kind = segmenter.kind
     has_background = bool(segmenter.background_ids)
-    with gr.Blocks(title=f"FaPN semantic segmentation: {segmenter.display_name}", delete_cache=(1800, 3600)) as app:
+    headers, types = {
+        SEMANTIC: (TABLE_HEADERS, TABLE_TYPES),
+        DETECTION: (DETECTION_HEADERS, DETECTION_TYPES),
+        PANOPTIC: (PANOPTIC_HEADERS, PANOPTIC_TYPES),
+    }[kind]
+    with gr.Blocks(title=f"{TITLES[kind]}: {segmenter.display_name}", delete_cache=(1800, 3600)) as app:
         gr.Markdown(
-            "# FaPN semantic segmentation\n"
+            f"# {TITLES[kind]}\n"
             "Feature-aligned Pyramid Network (ICCV 2021): an FPN whose top-down path aligns upsampled features with "
             "a learnt deformable convolution (FAM) and re-weights lateral features (FSM)."
         )
         gr.Markdown(describe_model(segmenter), elem_id="model-description")
+        semantic = kind == SEMANTIC
         with gr.Row():
             with gr.Column():
                 upload = image_upload(label="Image", sources=["upload", "clipboard"], height=360, elem_id="upload")
-                flip = gr.Checkbox(label="Flip test-time augmentation", value=False)
-                multiscale = gr.Checkbox(label=f"Multi-scale test-time augmentation {MULTI_SCALES}", value=False)
-                submit = gr.Button("Segment", variant="primary")
+                # Test-time augmentation is the semantic predictor's; a detector's page has no such switches.
+                flip = gr.Checkbox(label="Flip test-time augmentation", value=False, visible=semantic)
+                multiscale = gr.Checkbox(
+                    label=f"Multi-scale test-time augmentation {MULTI_SCALES}", value=False, visible=semantic
+                )
+                submit = gr.Button("Segment" if kind != DETECTION else "Detect", variant="primary")
                 if examples:
                     gr.Examples(examples=examples, inputs=upload, cache_examples=False, elem_id="examples")
             with gr.Column():
                 overlay_image = gr.Image(
                     label="Overlay", type="filepath", format="png", interactive=False, elem_id="overlay", height=360
                 )
+                threshold = gr.Slider(
+                    0, 1, value=DEFAULT_THRESHOLD, step=0.05, label="Score threshold", elem_id="threshold",
+                    visible=kind == DETECTION,
+                )  # fmt: skip
                 opacity = gr.Slider(0, 1, value=DEFAULT_OPACITY, step=0.05, label="Overlay opacity", elem_id="opacity")
                 hide_background = gr.Checkbox(
                     label="Hide background (show the photo where the model sees background)",
-                    value=has_background,
-                    interactive=has_background,
-                    visible=has_background,
+                    value=semantic and has_background,
+                    interactive=semantic and has_background,
+                    visible=semantic and has_background,
                 )
                 legend = gr.HTML(label="Legend")
                 status = gr.Markdown(label="Status", elem_id="status")  # the label names the API's output
                 table = gr.Dataframe(
-                    headers=TABLE_HEADERS,
-                    datatype=TABLE_TYPES,
-                    label="Areas",
+                    headers=headers,
+                    datatype=types,
+                    label={SEMANTIC: "Areas", DETECTION: "Detections", PANOPTIC: "Segments"}[kind],
                     interactive=False,
                     elem_id="areas",
                 )
         page = gr.State(PageState())  # each session gets its own copy
-        api_trigger = gr.Button(visible=False)  # `/segment` for API clients: the page uses `page_segment`
+        api_trigger = gr.Button(visible=False)  # the API's endpoint: the page uses `page_segment`
         cache_dir = overlay_image.GRADIO_CACHE
         outputs = [overlay_image, legend, table, status]
 
-        def on_segment(page: PageState, *controls: Any) -> tuple[Any, ...]:
-            return page_segment(segmenter, page, *controls, cache_dir)
+        def on_segment(
+            page: PageState,
+            image: str | None,
+            flip: bool,
+            multiscale: bool,
+            opacity: float,
+            hide: bool,
+            threshold: float,
+        ) -> tuple[Any, ...]:
+            return page_segment(segmenter, page, image, flip, multiscale, opacity, hide, cache_dir, threshold)
 
-        def on_api(  # its parameter names are the API's
-            image: str | None, flip: bool, multiscale: bool, opacity: float, hide_background: bool
-        ) -> tuple[str, str, list[list[Any]], str]:
-            return api_segment(segmenter, image, flip, multiscale, opacity, hide_background, cache_dir)
+        # The API's parameters are the endpoint function's: each kind gets the controls its page shows.
+        if kind == SEMANTIC:
 
-        controls = [upload, flip, multiscale, opacity, hide_background]
+            def on_api(
+                image: str | None, flip: bool, multiscale: bool, opacity: float, hide_background: bool
+            ) -> tuple[str, str, list[list[Any]], str]:
+                return api_segment(segmenter, image, flip, multiscale, opacity, hide_background, cache_dir)
+
+            api_name, api_controls = "segment", [upload, flip, multiscale, opacity, hide_background]
+        elif kind == DETECTION:
+
+            def on_api(image: str | None, threshold: float, opacity: float) -> tuple[str, str, list[list[Any]], str]:
+                return api_segment(segmenter, image, False, False, opacity, False, cache_dir, threshold)
+
+            api_name, api_controls = "detect", [upload, threshold, opacity]
+        else:
+
+            def on_api(image: str | None, opacity: float) -> tuple[str, str, list[list[Any]], str]:
+                return api_segment(segmenter, image, False, False, opacity, False, cache_dir)
+
+            api_name, api_controls = "segment", [upload, opacity]
+
+        controls = [upload, flip, multiscale, opacity, hide_background, threshold]
         # One inference at a time, page and API together: visitors wait in the queue instead of sharing the CPU.
         # A click while a request is running (e.g. for the previous image) runs once that one ends: gradio's default
         # for clicks would drop it.
@@ -552,7 +714,7 @@ def build_app(segmenter: Segmenter) -> gr.Blocks:
             concurrency_id="model",
             trigger_mode="always_last",
         )
-        api_trigger.click(on_api, controls, outputs, api_name="segment", concurrency_id="model")
+        api_trigger.click(on_api, api_controls, outputs, api_name=api_name, concurrency_id="model")
         upload.change(
             lambda page, image: new_image(page, image, cache_dir),
             [page, upload],
@@ -560,11 +722,13 @@ def build_app(segmenter: Segmenter) -> gr.Blocks:
             api_visibility="private",
             show_progress="hidden",
         )
-        for control in (opacity, hide_background):
+        # The drawing controls re-draw the kept result; the threshold also changes the list of detections.
+        redrawn = [overlay_image, legend, table] if kind == DETECTION else [overlay_image, legend]
+        for control in (opacity, hide_background, threshold):
             control.change(
-                lambda page, opacity, hide: redraw(segmenter, page, opacity, hide, cache_dir),
-                [page, opacity, hide_background],
-                [overlay_image, legend],
+                lambda page, opacity, hide, threshold: redraw(segmenter, page, opacity, hide, cache_dir, threshold),
+                [page, opacity, hide_background, threshold],
+                redrawn,
                 api_visibility="private",
                 trigger_mode="always_last",
                 show_progress="hidden",

@@ -416,7 +416,7 @@ def test_the_space_installs_cpu_only_torch_and_only_what_the_app_imports(tmp_pat
     requirements = [Requirement(line) for line in lines[1:]]
     assert {r.name for r in requirements} == {
         "torch", "torchvision", "timm", "transformers", "safetensors", "huggingface-hub", "pillow", "numpy",
-        "pyyaml", "scipy", "gradio",
+        "pyyaml", "scipy", "pyspng", "pycocotools", "gradio",
     }  # fmt: skip
 
     def torch_pins(platform: str) -> list[str]:
@@ -456,3 +456,145 @@ def test_a_maskformer_fapn_model_segments_too(app_module, tmp_path, cache_dir):
     assert result.labels.shape == (40, 52) and result.labels.max() < len(NAMES)
     assert "2 view(s)" in status and Path(overlay).is_file()
     assert sum(row[2] for row in table) == 40 * 52 and all(f">{row[0]}" in legend for row in table)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Detectors: the page draws what the model's family calls for
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def detector_folders(tmp_path_factory) -> dict[str, Path]:
+    """Tiny random detectors (every proposal scored, so that they detect something) saved as folders."""
+    import torch
+    from test_modeling_fapn_rcnn import tiny_rcnn_config
+
+    from fapn_hf.modeling.image_processing_fapn_rcnn import FaPNRCNNImageProcessor
+    from fapn_hf.modeling.modeling_fapn_rcnn import FaPNRCNNForObjectDetection
+
+    folders = {}
+    for architecture in ("faster_rcnn", "mask_rcnn", "panoptic_fpn"):
+        folder = tmp_path_factory.mktemp(architecture)
+        torch.manual_seed(0)
+        config = tiny_rcnn_config(architecture)
+        FaPNRCNNForObjectDetection(config).save_pretrained(folder)
+        FaPNRCNNImageProcessor(
+            size={"shortest_edge": 64, "longest_edge": 96},
+            meta_architecture=architecture,
+            num_thing_labels=config.num_thing_labels,
+        ).save_pretrained(folder)
+        folders[architecture] = folder
+    return folders
+
+
+def _scene(seed: int) -> np.ndarray:
+    image = np.random.default_rng(seed).integers(0, 255, (44, 60, 3), dtype=np.uint8)
+    image[4:28, 6:34] = (210, 40, 40)
+    image[18:40, 30:58] = (40, 40, 220)
+    return image
+
+
+@pytest.mark.parametrize("architecture", ["faster_rcnn", "mask_rcnn"])
+def test_a_detector_draws_what_scores_at_least_the_threshold_and_the_slider_redraws_it(
+    app_module, detector_folders, tmp_path, cache_dir, architecture
+):
+    """The drawing is `draw_detections` of the predictor's own detections at the slider's threshold, the table lists
+    exactly those detections; moving the threshold re-draws the kept result (no model) and changes both."""
+    from fapn_hf.tasks.detection.visualization import draw_detections
+
+    detector = app_module.load_segmenter(str(detector_folders[architecture]))
+    assert detector.error is None, detector.error
+    assert detector.kind == app_module.DETECTION and detector.names == ["cat", "dog", "car"]
+    name = {"faster_rcnn": "Faster R-CNN", "mask_rcnn": "Mask R-CNN"}[architecture]
+    assert f"{name} with the FaPN (FAM + FSM) neck" in app_module.describe_model(detector)
+    image = _scene(3)
+    path = _save(tmp_path, "street.png", image)
+    found = detector.predictor.predict(image)  # the reference: the predictor on the same pixels
+    assert (found.masks is not None) == (architecture == "mask_rcnn") and len(found.scores) >= 4
+    scores = np.sort(found.scores.astype(np.float64))
+    low, high = float(scores[len(scores) // 4]), float(scores[3 * len(scores) // 4])
+
+    def expected(threshold: float, opacity: float) -> np.ndarray:
+        names, colors = detector.names, palette(3, detector.names)
+        drawn = draw_detections(
+            image, found.boxes, found.labels, found.scores, names, colors, found.masks, threshold, opacity
+        )
+        return np.asarray(drawn)
+
+    page = app_module.PageState()
+    app_module.new_image(page, path, cache_dir)
+    drawing, legend, table, status = app_module.page_segment(
+        detector, page, path, False, False, 0.4, False, cache_dir, high
+    )
+    assert np.array_equal(np.asarray(Image.open(drawing)), expected(high, 0.4))
+    assert not np.array_equal(expected(high, 0.4), image)  # something is drawn
+    kept = np.nonzero(found.scores.astype(np.float64) >= high)[0]
+    assert [row[0] for row in table] == [detector.names[found.labels[i]] for i in kept]
+    assert [row[1] for row in table] == [round(float(found.scores[i]), 3) for i in kept]
+    assert np.allclose([row[2:] for row in table], found.boxes[kept], atol=0.051)
+    assert status.startswith("60x44 image; 1 view(s)") and page.result is not None
+    assert all(f">{row[0]} ×" in legend for row in table)
+
+    lower = app_module.redraw(detector, page, 0.4, False, cache_dir, low)  # the slider: (drawing, legend, table)
+    assert np.array_equal(np.asarray(Image.open(lower[0])), expected(low, 0.4))
+    assert len(lower[2]) == int((scores >= low).sum()) > len(table)
+    nothing, empty_legend, no_rows = app_module.redraw(detector, page, 0.4, False, cache_dir, 1.01)
+    assert np.array_equal(np.asarray(Image.open(nothing)), image) and no_rows == [] and "×" not in empty_legend
+
+    with pytest.raises(gr.Error, match="is a detector: flip and multi-scale"):
+        app_module.segment(detector, path, True, False, 0.5, False, cache_dir)
+    app_module.new_image(page, None, cache_dir)  # a new (here: no) image drops the kept result
+    assert app_module.redraw(detector, page, 0.4, False, cache_dir, low) == (gr.skip(),) * 3
+
+
+def test_a_panoptic_detector_draws_its_panoptic_map_with_segment_names(
+    app_module, detector_folders, tmp_path, cache_dir
+):
+    from fapn_hf.tasks.detection.visualization import draw_panoptic
+
+    detector = app_module.load_segmenter(str(detector_folders["panoptic_fpn"]))
+    assert detector.error is None and detector.kind == app_module.PANOPTIC
+    assert "Panoptic FPN" in app_module.describe_model(detector) and "panoptic map" in app_module.describe_model(
+        detector
+    )
+    image = _scene(5)
+    found = detector.predictor.predict(image)
+    segmentation, segments = found.panoptic
+    drawing, legend, table, status, result = app_module.segment(
+        detector, _save(tmp_path, "scene.png", image), False, False, 0.6, False, cache_dir
+    )
+    expected = draw_panoptic(image, segmentation, segments, detector.names, palette(5, detector.names), alpha=0.6)
+    assert np.array_equal(np.asarray(Image.open(drawing)), np.asarray(expected))
+    assert table and [row[0] for row in table] == [s["id"] for s in segments if (segmentation == s["id"]).any()]
+    assert sum(row[4] for row in table) == int((segmentation > 0).sum())
+    assert [row[1] for row in table] == [
+        detector.names[s["label_id"]] for s in segments if (segmentation == s["id"]).any()
+    ]
+    assert all(f">{row[1]} ×" in legend for row in table)
+    # The map has its own combination settings: the threshold does not change it.
+    again, *_ = app_module.render(detector, result, 0.6, False, cache_dir, threshold=0.99)
+    assert np.array_equal(np.asarray(Image.open(again)), np.asarray(expected))
+
+
+def test_a_detector_space_serves_detect_over_gradio_client(app_module, detector_folders, tmp_path):
+    from gradio_client import Client, handle_file
+
+    detector = app_module.load_segmenter(str(detector_folders["mask_rcnn"]))
+    app = app_module.build_app(detector)
+    app.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(app.local_url, verbose=False)
+        api = client.view_api(print_info=False, return_format="dict")
+        assert list(api["named_endpoints"]) == ["/detect"] and not api["unnamed_endpoints"]
+        endpoint = api["named_endpoints"]["/detect"]
+        assert [p["parameter_name"] for p in endpoint["parameters"]] == ["image", "threshold", "opacity"]
+        assert [r["label"] for r in endpoint["returns"]] == ["Overlay", "Legend", "Detections", "Status"]
+        image = _scene(7)
+        drawing, legend, table, status = client.predict(
+            image=handle_file(_save(tmp_path, "scene.png", image)), threshold=0.0, opacity=0.5, api_name="/detect"
+        )
+        assert table["headers"] == ["class", "score", "x0", "y0", "x1", "y1"]
+        assert len(table["data"]) == len(detector.predictor.predict(image).scores)  # threshold 0: every detection
+        assert Image.open(drawing).size == (60, 44) and status.startswith("60x44 image")
+    finally:
+        app.close()
