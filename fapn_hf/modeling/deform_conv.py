@@ -41,6 +41,9 @@ DEFORM_CONV_IMPLEMENTATIONS = ("auto", "torch", "torchvision")
 # for the cores; 8M is as fast on one thread and 2x faster with a competing process; larger bands fall out of cache.
 DEFAULT_MAX_COLUMN_ELEMENTS = 8 * 1024 * 1024
 
+# Column-sized temporaries of the backward pass per band (columns, their gradient, a weighted copy, a derivative).
+BACKWARD_TEMPORARIES = 4
+
 # The zero border of the NHWC copy: one row/column before the image, two after. Sampling positions are clamped to
 # [-1, size], so the four corners of any position stay inside the padded image.
 _PAD_BEFORE, _PAD_AFTER = 1, 2
@@ -60,6 +63,7 @@ class _Geometry(NamedTuple):
     dilation: tuple[int, int]
     deformable_groups: int
     rows_per_band: int | None  # None: one band of all rows
+    backward_rows_per_band: int | None  # the backward pass holds about 4 column-sized temporaries per band
 
 
 class _SamplingGrid(NamedTuple):
@@ -363,7 +367,7 @@ class _DeformConv2dFunction(torch.autograd.Function):
         grad_offset = torch.empty_like(offset) if need_offset else None
         grad_mask = torch.empty_like(mask) if need_mask else None
         grad_weight = torch.zeros_like(weight_matrix) if need_weight else None
-        for start, stop in _bands(out_height, geometry.rows_per_band):
+        for start, stop in _bands(out_height, geometry.backward_rows_per_band):
             rows = slice(start, stop)
             sampling = _band_sampling(offset[:, :, rows], None if mask is None else mask[:, :, rows], grid, start, True)
             grad_band = grad_output[:, :, rows].reshape(batch, out_channels, -1)  # (N, C_out, pixels)
@@ -467,11 +471,16 @@ def _deform_conv2d_torch(
     if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or not all(isinstance(s, int) for s in sizes):
         # One band: an exported graph stays small and shape-generic, and symbolic sizes (torch.export, dynamic
         # torch.compile) are not specialised by a loop over bands.
-        rows_per_band = None
+        rows_per_band = backward_rows_per_band = None
     else:
         columns_per_row = input.shape[0] * input.shape[1] * taps * out_width
         rows_per_band = max(1, max_column_elements // max(1, columns_per_row))
-    geometry = _Geometry(kernel_size, stride, padding, dilation, deformable_groups, rows_per_band)
+        # The backward pass holds the columns, their gradient and two more temporaries of that size per band: its
+        # bands are a quarter as large, so that its peak stays near the forward pass's.
+        backward_rows_per_band = max(1, max_column_elements // max(1, BACKWARD_TEMPORARIES * columns_per_row))
+    geometry = _Geometry(
+        kernel_size, stride, padding, dilation, deformable_groups, rows_per_band, backward_rows_per_band
+    )
     weight_matrix = _weight_matrix(weight, input.shape[1])
     tensors = (input, offset, mask, weight_matrix, bias)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
