@@ -24,8 +24,12 @@ SHORT_EDGE, MAX_SIZE = 480, 800
 TOLERANCE = 1e-4
 MEASURED: dict[str, dict[str, float]] = {}
 CASES = {
+    "faster_rcnn-fapn-r50": "faster-rcnn-fapn-r50-1x-coco",
+    "mask_rcnn-fapn-r50": "mask-rcnn-fapn-r50-1x-coco",
     "panoptic_fpn-fapn-r50": "panoptic-fpn-fapn-r50-1x-coco",
     "mask_rcnn-fpn-r50": "mask-rcnn-fpn-r50-1x-coco",
+    "faster_rcnn-fpn-r50": "faster-rcnn-fpn-r50-1x-coco",
+    "panoptic_fpn-fpn-r101": "panoptic-fpn-fpn-r101-3x-coco",
 }
 
 
@@ -90,6 +94,22 @@ def test_detections_equal_the_original(converted) -> None:
         differing = (segmentation != instances["pred_masks"]).sum().item()
         MEASURED[name]["mask_pixels_differing"] = differing
         assert differing <= 1e-4 * segmentation.numel()
+    if reference.arch.is_panoptic:
+        reference_map, reference_segments = expected["panoptic_seg"]
+        panoptic = processor.post_process_panoptic_segmentation(outputs, threshold=0.5, target_sizes=size)[0]
+        ours = {s["id"]: (s["label_id"], round(s["score"], 4)) for s in panoptic["segments_info"]}
+        # detectron2 numbers stuff by its semantic channel (1 + j for stuff class j); the model's labels put the
+        # stuff classes after the things.
+        things = model.config.num_thing_labels
+        theirs = {
+            s["id"]: (s["category_id"], round(s["score"], 4)) if s["isthing"] else (things + s["category_id"] - 1, None)
+            for s in reference_segments
+        }
+        assert {k: v[0] for k, v in ours.items()} == {k: v[0] for k, v in theirs.items()}
+        assert all(theirs[k][1] is None or abs(ours[k][1] - theirs[k][1]) <= 1e-4 for k in theirs)
+        differing = (panoptic["segmentation"] != reference_map).sum().item()
+        MEASURED[name]["panoptic_pixels_differing"] = differing
+        assert differing <= 1e-4 * reference_map.numel()
 
 
 def test_conversion_is_strict(converted) -> None:
