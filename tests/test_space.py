@@ -598,3 +598,32 @@ def test_a_detector_space_serves_detect_over_gradio_client(app_module, detector_
         assert Image.open(drawing).size == (60, 44) and status.startswith("60x44 image")
     finally:
         app.close()
+
+
+@pytest.mark.parametrize(
+    ("architecture", "endpoint", "parameters", "tag"),
+    [
+        ("faster_rcnn", "/detect", ("image", "threshold", "opacity"), "object-detection"),
+        ("mask_rcnn", "/detect", ("image", "threshold", "opacity"), "instance-segmentation"),
+        ("panoptic_fpn", "/segment", ("image", "opacity"), "panoptic-segmentation"),
+    ],
+)
+def test_a_detector_space_card_describes_the_page_the_app_serves(
+    detector_folders, tmp_path, architecture, endpoint, parameters, tag
+):
+    """`fapn-build-space` for a detector: the card's title, tags, API table and client example are the detector
+    page's (the semantic card's `/segment` with flip and multi-scale was written for every model)."""
+    from huggingface_hub import SpaceCard
+
+    from fapn_hf.hub.space import build_space
+
+    space = build_space("org/fapn-detector", tmp_path / "space", model_path=detector_folders[architecture])
+    card = SpaceCard.load(space.folder / "README.md")
+    assert tag in card.data.tags and "semantic-segmentation" not in card.data.tags
+    assert card.data.title == f"FaPN {tag.replace('-', ' ')}" and "semantic" not in card.data.short_description
+    table = card.text.split("with these parameters:", 1)[1].split("It returns", 1)[0]
+    assert f"One endpoint, `{endpoint}`" in card.text and "flip" not in table
+    assert [row.split("`")[1] for row in table.splitlines() if row.startswith("| `")] == list(parameters)
+    example = card.text.split("```python\n", 1)[1].split("```", 1)[0]
+    assert f'api_name="{endpoint}"' in example and all(f"{name}=" in example for name in parameters)
+    assert not space.examples  # demo examples are chosen by mIoU, for the semantic families only

@@ -776,8 +776,12 @@ class BuildSpaceArguments:
     model_path: str | None = field(default=None, metadata=_help("local copy of the model (default: the Hub id)"))
     examples: list[str] | None = field(default=None, metadata=_help("example images (default: demo images)"))
     num_examples: int = field(default=3, metadata=_help("demo examples to choose"))
-    title: str = field(default="FaPN semantic segmentation", metadata=_help("the Space's title"))
-    short_description: str = field(default=DEFAULT_SHORT_DESCRIPTION, metadata=_help("at most 60 characters"))
+    title: str | None = field(
+        default=None, metadata=_help("the Space's title (default: by the model's task, 'FaPN semantic segmentation')")
+    )
+    short_description: str | None = field(
+        default=None, metadata=_help(f"at most 60 characters (default: by the task, {DEFAULT_SHORT_DESCRIPTION!r})")
+    )
     gpu: bool = field(default=False, metadata=_help("a GPU Space: CUDA torch (default: PyTorch's CPU-only build)"))
 
 

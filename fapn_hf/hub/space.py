@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import warnings
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -121,57 +122,20 @@ def requirements_file(requirements: list[str]) -> str:
     return "\n".join([*lines, *requirements]) + "\n"
 
 
-def space_card(
-    model_id: str,
-    title: str,
-    short_description: str,
-    requirements: list[str],
-    emoji: str = "🧩",
-    hardware: str = CPU_HARDWARE,
-) -> Any:
-    """The Space's README.md (a `huggingface_hub.SpaceCard`): front matter (`suggested_hardware`: `hardware`) and the
-    API with a client example."""
-    from huggingface_hub import SpaceCard, SpaceCardData
-
-    if len(short_description) > SHORT_DESCRIPTION_LIMIT:
-        raise ValueError(
-            f"short_description has {len(short_description)} characters; the Spaces configuration allows at most "
-            f"{SHORT_DESCRIPTION_LIMIT}: {short_description!r}"
-        )
-    data = SpaceCardData(
-        title=title,
-        sdk="gradio",
-        sdk_version=metadata.version("gradio"),
-        python_version=f"{sys.version_info.major}.{sys.version_info.minor}",
-        app_file="app.py",
-        license="apache-2.0",
-        models=[model_id],
-        tags=["fapn", "semantic-segmentation", "image-segmentation"],
-        emoji=emoji,
-        colorFrom="indigo",
-        colorTo="green",
-        pinned=False,
-        short_description=short_description,
-        suggested_hardware=hardware,
-    )
-    body = f"""
-# {title}
-
+_SEMANTIC_INTRO = """\
 Semantic segmentation with [{model_id}](https://huggingface.co/{model_id}), a FaPN model (Feature-aligned Pyramid
 Network, ICCV 2021). Upload an image and get the class overlay (its opacity and a "hide background" switch are
 controls), a legend, the area of each class and the time the request took. Flip and multi-scale test-time
-augmentation are switches.
-
-Images are read like everywhere in `fapn_hf`: phone photos upright by their EXIF orientation, 16-bit images scaled
-by their range, transparent pixels composited over white, the first frame of an animation (said in the status).
-Images above one megapixel are reduced right after reading (the status says to what size); the result is shown at
-that size. A format browsers cannot display (TIFF) is previewed as a PNG of the decoded image; the file itself is
-what gets segmented. What the page shows always belongs to the image in the input: a new image clears the result, and
-a file that cannot be segmented (empty, cut short, not an image) clears it and says why in the status.
-
-The model is `models:` above, or the `FAPN_MODEL` variable when one is set in the Space settings. If it cannot be
-loaded, the page says why and what to do, and the Space's log says so with the traceback.
-
+augmentation are switches."""
+_DETECTION_INTRO = """\
+Object detection with [{model_id}](https://huggingface.co/{model_id}), a detector with the FaPN neck
+(Feature-aligned Pyramid Network, ICCV 2021). Upload an image and get its boxes, labels and scores (and instance
+masks for Mask R-CNN) above a score threshold, a table of the detections and the time the request took."""
+_PANOPTIC_INTRO = """\
+Panoptic segmentation with [{model_id}](https://huggingface.co/{model_id}), Panoptic FPN with the FaPN neck
+(Feature-aligned Pyramid Network, ICCV 2021). Upload an image and get every object and every stuff region as a
+named segment, a table of the segments and the time the request took."""
+_SEMANTIC_API = """\
 ## API
 
 One endpoint, `/segment`, with these parameters:
@@ -207,7 +171,141 @@ print(status)
 print(areas["headers"], areas["data"])
 ```
 
-## Run it locally
+"""
+
+_DETECTION_API = """\
+## API
+
+One endpoint, `/detect`, with these parameters:
+
+| name | type | meaning |
+|---|---|---|
+| `image` | image file | the image to run the detector on (PNG, JPEG, WebP, GIF, TIFF or BMP) |
+| `threshold` | float in [0, 1] | draw and list the detections scoring at least this (default 0.5) |
+| `opacity` | float in [0, 1] | opacity of the instance masks over the image (default 0.5) |
+
+It returns, in this order:
+
+| name | type | meaning |
+|---|---|---|
+| `Overlay` | image file (PNG) | the boxes, masks and labels over the (reduced) image |
+| `Legend` | str (HTML) | the classes detected, with their counts |
+| `Detections` | table | a row per detection drawn: class, score, box (x0, y0, x1, y1 in the image's pixels) |
+| `Status` | str (Markdown) | the image size, any reduction and the timings |
+
+A file that cannot be read fails the call with the message (`gradio_client` raises `AppError`).
+
+```python
+from gradio_client import Client, handle_file
+
+client = Client("OWNER/SPACE-NAME")  # this Space's id, or http://127.0.0.1:7860 when run locally
+overlay, legend, detections, status = client.predict(
+    image=handle_file("photo.jpg"), threshold=0.5, opacity=0.5, api_name="/detect"
+)
+print(detections["headers"], detections["data"])
+```
+
+"""
+
+_PANOPTIC_API = """\
+## API
+
+One endpoint, `/segment`, with these parameters:
+
+| name | type | meaning |
+|---|---|---|
+| `image` | image file | the image to segment (PNG, JPEG, WebP, GIF, TIFF or BMP) |
+| `opacity` | float in [0, 1] | opacity of the segments' colours over the image (default 0.5) |
+
+It returns, in this order:
+
+| name | type | meaning |
+|---|---|---|
+| `Overlay` | image file (PNG) | the panoptic segments (things and stuff) over the (reduced) image, with their names |
+| `Legend` | str (HTML) | the classes present |
+| `Segments` | table | a row per segment: segment id, class, score, area (%), pixels |
+| `Status` | str (Markdown) | the image size, any reduction and the timings |
+
+A file that cannot be read fails the call with the message (`gradio_client` raises `AppError`).
+
+```python
+from gradio_client import Client, handle_file
+
+client = Client("OWNER/SPACE-NAME")  # this Space's id, or http://127.0.0.1:7860 when run locally
+overlay, legend, segments, status = client.predict(image=handle_file("photo.jpg"), opacity=0.5, api_name="/segment")
+print(segments["headers"], segments["data"])
+```
+
+"""
+
+# Per task (`Task.name`): the card's introduction (with `{model_id}`) and its API section, as the app serves it.
+_SPACE_KINDS: dict[str, tuple[str, str]] = {
+    "semantic-segmentation": (_SEMANTIC_INTRO, _SEMANTIC_API),
+    "object-detection": (_DETECTION_INTRO, _DETECTION_API),
+    "instance-segmentation": (_DETECTION_INTRO, _DETECTION_API),
+    "panoptic-segmentation": (_PANOPTIC_INTRO, _PANOPTIC_API),
+}
+_TASK_TAGS = {
+    "semantic-segmentation": ("semantic-segmentation", "image-segmentation"),
+    "object-detection": ("object-detection",),
+    "instance-segmentation": ("instance-segmentation", "image-segmentation", "object-detection"),
+    "panoptic-segmentation": ("panoptic-segmentation", "image-segmentation"),
+}
+
+
+def space_card(
+    model_id: str,
+    title: str,
+    short_description: str,
+    requirements: list[str],
+    emoji: str = "🧩",
+    hardware: str = CPU_HARDWARE,
+    task_name: str = "semantic-segmentation",
+) -> Any:
+    """The Space's README.md (a `huggingface_hub.SpaceCard`): front matter (`suggested_hardware`: `hardware`) and the
+    API with a client example, for a model of task `task_name` (`Task.name`: what the app draws and its endpoint)."""
+    if task_name not in _SPACE_KINDS:
+        raise ValueError(f"no Space page for task {task_name!r}; known: {', '.join(_SPACE_KINDS)}")
+    from huggingface_hub import SpaceCard, SpaceCardData
+
+    if len(short_description) > SHORT_DESCRIPTION_LIMIT:
+        raise ValueError(
+            f"short_description has {len(short_description)} characters; the Spaces configuration allows at most "
+            f"{SHORT_DESCRIPTION_LIMIT}: {short_description!r}"
+        )
+    data = SpaceCardData(
+        title=title,
+        sdk="gradio",
+        sdk_version=metadata.version("gradio"),
+        python_version=f"{sys.version_info.major}.{sys.version_info.minor}",
+        app_file="app.py",
+        license="apache-2.0",
+        models=[model_id],
+        tags=["fapn", *dict.fromkeys(_TASK_TAGS[task_name])],
+        emoji=emoji,
+        colorFrom="indigo",
+        colorTo="green",
+        pinned=False,
+        short_description=short_description,
+        suggested_hardware=hardware,
+    )
+    what, api = _SPACE_KINDS[task_name]
+    body = f"""
+# {title}
+
+{what.format(model_id=model_id)}
+
+Images are read like everywhere in `fapn_hf`: phone photos upright by their EXIF orientation, 16-bit images scaled
+by their range, transparent pixels composited over white, the first frame of an animation (said in the status).
+Images above one megapixel are reduced right after reading (the status says to what size); the result is shown at
+that size. A format browsers cannot display (TIFF) is previewed as a PNG of the decoded image; the file itself is
+what gets segmented. What the page shows always belongs to the image in the input: a new image clears the result, and
+a file that cannot be segmented (empty, cut short, not an image) clears it and says why in the status.
+
+The model is `models:` above, or the `FAPN_MODEL` variable when one is set in the Space settings. If it cannot be
+loaded, the page says why and what to do, and the Space's log says so with the traceback.
+
+{api}## Run it locally
 
 ```bash
 pip install -r requirements.txt
@@ -238,6 +336,29 @@ def pick_demo_examples(
     return scored[:count]
 
 
+def _served_task(source: str) -> tuple[str, bool]:
+    """`(Task.name, per-pixel classes?)` of the model at `source` (a folder, or a Hub id in the local cache: nothing
+    is downloaded), from its config. A config that cannot be read gets the semantic page's card, with a warning (the
+    app itself serves whatever model it loads)."""
+    from transformers import AutoConfig
+
+    from ..families import find_family
+
+    try:
+        config = AutoConfig.from_pretrained(source, local_files_only=True)
+    except (OSError, ValueError):
+        warnings.warn(
+            f"cannot read the config of {source} locally: the Space card describes the semantic segmentation page; "
+            "pass model_path (--model_path) with a local copy of a detector to describe its page",
+            stacklevel=3,
+        )
+        return "semantic-segmentation", True
+    family = find_family(config)
+    if family is None:
+        return "semantic-segmentation", True
+    return family.task_for(config).name, family.predicts_pixel_classes
+
+
 def build_space(
     model_id: str,
     output_dir: str | Path,
@@ -245,8 +366,8 @@ def build_space(
     model_path: str | Path | None = None,
     examples: list[str | Path] | None = None,
     num_examples: int = 3,
-    title: str = "FaPN semantic segmentation",
-    short_description: str = DEFAULT_SHORT_DESCRIPTION,
+    title: str | None = None,
+    short_description: str | None = None,
     gpu: bool = False,
 ) -> SpaceFolder:
     """Writes the Space folder serving Hub model `model_id` into `output_dir` (new or empty; nothing is overwritten).
@@ -259,7 +380,8 @@ def build_space(
         examples: image files to ship as examples; default: for a model trained on the synthetic demo data, the
             `num_examples` demo images it segments best, else none.
         num_examples: how many demo examples to choose.
-        title, short_description: the Space's title and card description (at most 60 characters).
+        title, short_description: the Space's title and card description (at most 60 characters); default: by
+            the model's task ("FaPN semantic segmentation", "FaPN object detection", ...).
         gpu: the Space runs on a GPU: requirements.txt pins the registry's (CUDA) torch, the front matter suggests
             GPU hardware; default: a CPU Space with PyTorch's CPU-only build.
 
@@ -278,8 +400,14 @@ def build_space(
     if missing:
         raise FileNotFoundError(f"example images not found: {', '.join(missing)}")
     requirements = pinned_requirements(gpu=gpu)
+    source = str(model_path or model_id)
+    task_name, pixel_classes = _served_task(source)
+    title = title or f"FaPN {task_name.replace('-', ' ')}"
+    if short_description is None:
+        short_description = DEFAULT_SHORT_DESCRIPTION.replace("semantic segmentation", task_name.replace("-", " "))
     # Checks the description before writing.
-    card = space_card(model_id, title, short_description, requirements, hardware=GPU_HARDWARE if gpu else CPU_HARDWARE)
+    hardware = GPU_HARDWARE if gpu else CPU_HARDWARE
+    card = space_card(model_id, title, short_description, requirements, hardware=hardware, task_name=task_name)
 
     output_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy2(APP_SOURCE, output_dir / "app.py")
@@ -295,8 +423,7 @@ def build_space(
             target = example_dir / f"example_{i}{Path(path).suffix.lower()}"
             shutil.copy2(path, target)  # as it is: the app reads it like any upload (EXIF orientation included)
             written.append(target)
-    else:
-        source = str(model_path or model_id)
+    elif pixel_classes:  # demo examples are chosen by mIoU: for the semantic families' demo models
         card = load_model_card(source)
         if card is not None and is_synthetic_demo(card.data):
             from ..inference.predictor import SegmentationPredictor
