@@ -6,7 +6,7 @@ its own sub-package; families point at theirs (`Family.task`). How a task's pred
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -54,4 +54,34 @@ class Task:
     target_keys: tuple[str, ...] = ()
 
 
-__all__ = ["Task"]
+@dataclass
+class DataReport:
+    """What a task's `check_samples` found in one split: the samples it skipped (index, reason) and how many it
+    decoded (None: all of them; for a folder layout's split, the spot check's count). Tasks add their own counts
+    (`counts`)."""
+
+    split: str
+    num_samples: int
+    bad_samples: list[tuple[int, str]] = field(default_factory=list)
+    decoded_samples: int | None = None
+
+    @property
+    def num_skipped(self) -> int:
+        return len(self.bad_samples)
+
+    def counts(self) -> dict[str, Any]:
+        """The task's own counts over the decoded samples (e.g. labelled pixels, instances)."""
+        return {}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "split": self.split,
+            "num_samples": self.num_samples,
+            "num_skipped": self.num_skipped,
+            **self.counts(),
+            "decoded_samples": self.num_samples if self.decoded_samples is None else self.decoded_samples,
+            "skipped": [{"index": i, "reason": reason} for i, reason in self.bad_samples],
+        }
+
+
+__all__ = ["DataReport", "Task"]

@@ -32,7 +32,7 @@ import logging
 import os
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,6 +45,7 @@ from torchvision import tv_tensors
 
 from ...modeling.image_decoding import decode_image
 from ...modeling.shortest_edge_resize import resize_image, resize_label_map, shortest_edge_size
+from ..base import DataReport as BaseDataReport
 from ..semantic.data import BAD_SAMPLE_POLICIES, DataError, MissingSplitError, _select_splits
 
 logger = logging.getLogger(__name__)
@@ -677,28 +678,13 @@ def _decode_masks(row: dict[str, Any], objects: dict[str, list], sample: Detecti
 
 
 @dataclass
-class DataReport:
-    """What `check_samples` found in one split."""
+class DataReport(BaseDataReport):
+    """What `check_samples` found in one split (`fapn_hf.tasks.base.DataReport`), and the decoded instances."""
 
-    split: str
-    num_samples: int
-    bad_samples: list[tuple[int, str]] = field(default_factory=list)
     num_instances: int = 0
-    decoded_samples: int | None = None
 
-    @property
-    def num_skipped(self) -> int:
-        return len(self.bad_samples)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "split": self.split,
-            "num_samples": self.num_samples,
-            "num_skipped": self.num_skipped,
-            "num_instances": self.num_instances,
-            "decoded_samples": self.num_samples if self.decoded_samples is None else self.decoded_samples,
-            "skipped": [{"index": i, "reason": reason} for i, reason in self.bad_samples],
-        }
+    def counts(self) -> dict[str, Any]:
+        return {"num_instances": self.num_instances}
 
 
 def _spread(indices: list[int], count: int) -> list[int]:

@@ -39,6 +39,7 @@ from torchvision import tv_tensors
 
 from ...labels import LABEL_MAPPINGS, check_label_values, lookup_table
 from ...modeling.image_decoding import decode_image_bytes, png_pixels, upright
+from ..base import DataReport as BaseDataReport
 from .layouts import INDEX_PROBLEM, FolderLayout, describe_layouts, find_layout, read_mat_label, spread
 
 logger = logging.getLogger(__name__)
@@ -438,30 +439,13 @@ def _decode(row: dict[str, Any], index: int, spec: LabelSpec) -> tuple[np.ndarra
 
 
 @dataclass
-class DataReport:
-    """What `check_samples` found in one split."""
+class DataReport(BaseDataReport):
+    """What `check_samples` found in one split (`fapn_hf.tasks.base.DataReport`), and the labelled pixels."""
 
-    split: str
-    num_samples: int
-    bad_samples: list[tuple[int, str]] = field(default_factory=list)
     labelled_pixels: int = 0
-    # Samples decoded by the check: None for all of them; for a folder layout's split, the spot check's count (its
-    # other samples were checked from the index, and `labelled_pixels` counts the decoded ones).
-    decoded_samples: int | None = None
 
-    @property
-    def num_skipped(self) -> int:
-        return len(self.bad_samples)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "split": self.split,
-            "num_samples": self.num_samples,
-            "num_skipped": self.num_skipped,
-            "labelled_pixels": self.labelled_pixels,
-            "decoded_samples": self.num_samples if self.decoded_samples is None else self.decoded_samples,
-            "skipped": [{"index": i, "reason": reason} for i, reason in self.bad_samples],
-        }
+    def counts(self) -> dict[str, Any]:
+        return {"labelled_pixels": self.labelled_pixels}
 
 
 def check_samples(
