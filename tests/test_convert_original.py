@@ -37,7 +37,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSeg
 from fapn_hf import SegmentationPredictor
 from fapn_hf.cli import commands as cli
 from fapn_hf.convert import CheckpointError, RenameRule, convert_state_dict, describe_checkpoint, read_checkpoint
-from fapn_hf.families import original_models
+from fapn_hf.families import FAMILIES, original_models
 from fapn_hf.families.fapn.convert import CONVERTER as SEMANTIC_FAPN
 from fapn_hf.families.fapn.convert import SEMANTIC_FAPN_RENAMES
 from fapn_hf.hub.cards import model_card, plan_upload, read_conversion_record
@@ -500,17 +500,19 @@ def test_console_scripts_are_declared():
 
 
 def test_model_table_names_sizes_and_reported_figures():
-    assert set(ORIGINAL_MODELS) == {
+    """The segmentation families' released models (the detectors': tests/test_convert_rcnn.py)."""
+    segmentation = {**FAMILIES["fapn"].original_models, **FAMILIES["maskformer_fapn"].original_models}
+    assert set(segmentation) == {
         "fapn-r50-pointrend-cityscapes", "fapn-r101-pointrend-cityscapes", "fapn-r50-cityscapes",
         "fapn-r101-cityscapes", "maskformer-fapn-swin-l-ade20k", "maskformer-fapn-r101-cocostuff",
     }  # fmt: skip
-    reported = {name: [r.value for r in m.reported] for name, m in ORIGINAL_MODELS.items()}
+    reported = {name: [r.value for r in m.reported] for name, m in segmentation.items()}
     assert reported == {
         "fapn-r50-pointrend-cityscapes": [80.0], "fapn-r101-pointrend-cityscapes": [80.1],
         "fapn-r50-cityscapes": [], "fapn-r101-cityscapes": [],
         "maskformer-fapn-swin-l-ade20k": [55.2], "maskformer-fapn-r101-cocostuff": [39.6],
     }  # fmt: skip
-    test_sizes = {name: (m.test_shortest_edge, m.test_longest_edge) for name, m in ORIGINAL_MODELS.items()}
+    test_sizes = {name: (m.test_shortest_edge, m.test_longest_edge) for name, m in segmentation.items()}
     assert all(
         size == ((640, 2560) if name.startswith("maskformer") else (1024, 2048)) for name, size in test_sizes.items()
     )

@@ -142,6 +142,22 @@ def test_every_released_model_is_listed() -> None:
         assert {f"{meta}-fapn-r50-1x-coco", f"{meta}-fapn-r101-3x-coco"} <= names
         assert {f"{meta}-fpn-r50-1x-coco", f"{meta}-fpn-r101-3x-coco"} <= names
     assert all(m.release_url and m.reported for m in ORIGINAL_MODELS.values())
+    # The reported figures, as SPEC 6.4 quotes the authors' README and detectron2's model zoo.
+    reported = {name: {r.metric: r.value for r in m.reported} for name, m in ORIGINAL_MODELS.items()}
+    assert reported["faster-rcnn-fapn-r50-1x-coco"] == {"box_ap": 39.2}
+    assert reported["faster-rcnn-fapn-r101-3x-coco"] == {"box_ap": 42.8}
+    assert reported["mask-rcnn-fapn-r50-1x-coco"] == {"mask_ap": 36.4, "box_ap": 39.8}
+    assert reported["mask-rcnn-fapn-r101-3x-coco"] == {"mask_ap": 39.4, "box_ap": 43.8}
+    assert reported["panoptic-fpn-fapn-r50-1x-coco"]["pq"] == 41.1
+    assert reported["panoptic-fpn-fapn-r101-3x-coco"]["pq"] == 44.2
+    baselines = {
+        "faster-rcnn": ([37.9], [42.0]),
+        "mask-rcnn": ([35.2, 38.6], [38.6, 42.9]),
+        "panoptic-fpn": ([39.4], [43.0]),
+    }
+    for meta, (r50, r101) in baselines.items():
+        assert list(reported[f"{meta}-fpn-r50-1x-coco"].values()) == r50
+        assert list(reported[f"{meta}-fpn-r101-3x-coco"].values()) == r101
 
 
 def teardown_module() -> None:

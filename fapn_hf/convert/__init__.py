@@ -26,6 +26,7 @@ from .renames import (
     RenameRule,
     RenameTable,
     detectron2_resnet_renames,
+    detectron2_resnet_to_transformers,
     feature_alignment_renames,
 )
 
@@ -45,6 +46,7 @@ __all__ = [
     "convert_state_dict",
     "describe_checkpoint",
     "detectron2_resnet_renames",
+    "detectron2_resnet_to_transformers",
     "feature_alignment_renames",
     "file_sha256",
     "pixel_statistic",

@@ -152,6 +152,22 @@ def detectron2_resnet_renames(
     ]
 
 
+def detectron2_resnet_to_transformers(prefix: str, backbone: str) -> list[tuple[str, str]]:
+    """detectron2's MSRA ResNet under `prefix` -> transformers' `ResNetBackbone` at `backbone` (the model's path to
+    it, e.g. `fapn.backbone`), built with `downsample_in_bottleneck=True`: the trunk of every converted model whose
+    original used `build_resnet_backbone` with `STRIDE_IN_1X1`."""
+    trunk, stem = f"{backbone}.encoder.stages.{{stage-2}}.layers.{{block}}", f"{backbone}.embedder.embedder"
+    return detectron2_resnet_renames(
+        prefix,
+        stem=f"{stem}.convolution.weight",
+        stem_norm=f"{stem}.normalization.{{stat}}",
+        conv=f"{trunk}.layer.{{conv-1}}.convolution.weight",
+        conv_norm=f"{trunk}.layer.{{conv-1}}.normalization.{{stat}}",
+        shortcut=f"{trunk}.shortcut.convolution.weight",
+        shortcut_norm=f"{trunk}.shortcut.normalization.{{stat}}",
+    )
+
+
 def feature_alignment_renames(original: str, converted: str, offset_norm: bool = False) -> list[tuple[str, str]]:
     """The authors' feature alignment module (FAM: `offset` conv, then `dcpack_L2`, a modulated deformable conv that
     predicts its offsets and mask with `conv_offset_mask`) at `original` -> the package's `FeatureAlignmentModule`
@@ -173,5 +189,6 @@ __all__ = [
     "RenameRule",
     "RenameTable",
     "detectron2_resnet_renames",
+    "detectron2_resnet_to_transformers",
     "feature_alignment_renames",
 ]

@@ -24,7 +24,7 @@ from ...convert import (
     OriginalModel,
     RenameTable,
     ReportedResult,
-    detectron2_resnet_renames,
+    detectron2_resnet_to_transformers,
     feature_alignment_renames,
     pixel_statistic,
 )
@@ -34,21 +34,11 @@ from ...modeling.image_processing_fapn import FaPNImageProcessor
 from ...modeling.modeling_fapn import FaPNForSemanticSegmentation
 from .presets import fapn_preset_image_processor
 
-_TRUNK = "fapn.backbone.encoder.stages.{stage-2}.layers.{block}"
-_STEM = "fapn.backbone.embedder.embedder"
 _ALIGN, _FSM, _FAM = "backbone.fan_align{level}", "fapn.neck.lateral_convs.{level-2}", "fapn.neck.alignments.{level-2}"
 SEMANTIC_FAPN_RENAMES = RenameTable.of(
     [
         # MSRA ResNet (stride in the 1x1 conv, FrozenBN) -> transformers ResNetBackbone(downsample_in_bottleneck).
-        *detectron2_resnet_renames(
-            "backbone.bottom_up",
-            stem=f"{_STEM}.convolution.weight",
-            stem_norm=f"{_STEM}.normalization.{{stat}}",
-            conv=f"{_TRUNK}.layer.{{conv-1}}.convolution.weight",
-            conv_norm=f"{_TRUNK}.layer.{{conv-1}}.normalization.{{stat}}",
-            shortcut=f"{_TRUNK}.shortcut.convolution.weight",
-            shortcut_norm=f"{_TRUNK}.shortcut.normalization.{{stat}}",
-        ),
+        *detectron2_resnet_to_transformers("backbone.bottom_up", "fapn.backbone"),
         # The FaPN neck (FAN): fan_align5 is the top 1x1 lateral conv; fan_align2..4 are FSM + FAM per level.
         ("backbone.fan_align5.{param}", "fapn.neck.top_lateral_conv.conv.{param}"),
         (f"{_ALIGN}.lateral_conv.conv_atten.weight", f"{_FSM}.attention.conv.weight"),
@@ -71,7 +61,7 @@ RESNET_DEPTHS = {50: [3, 4, 6, 3], 101: [3, 4, 23, 3]}
 # detectron2's default normalisation (BGR order, 0..255 input), used when a checkpoint does not store its own.
 DETECTRON2_PIXEL_MEAN_BGR = (103.530, 116.280, 123.675)
 DETECTRON2_PIXEL_STD_BGR = (1.0, 1.0, 1.0)
-STEM_CONV = f"{_STEM}.convolution.weight"
+STEM_CONV = "fapn.backbone.embedder.embedder.convolution.weight"
 
 
 def _semantic_fapn_config(model: OriginalModel) -> FaPNConfig:

@@ -25,7 +25,7 @@ from ...convert import (
     OriginalModel,
     RenameTable,
     ReportedResult,
-    detectron2_resnet_renames,
+    detectron2_resnet_to_transformers,
     feature_alignment_renames,
     pixel_statistic,
 )
@@ -34,21 +34,11 @@ from ...modeling.configuration_fapn_rcnn import FaPNRCNNConfig
 from ...modeling.image_processing_fapn_rcnn import FaPNRCNNImageProcessor
 from ...modeling.modeling_fapn_rcnn import FaPNRCNNForObjectDetection
 
-_TRUNK = "model.backbone.encoder.stages.{stage-2}.layers.{block}"
-_STEM = "model.backbone.embedder.embedder"
 _NECK = "model.neck"
 RCNN_RENAMES = RenameTable.of(
     [
         # MSRA ResNet (stride in the 1x1 conv, FrozenBN) -> transformers ResNetBackbone(downsample_in_bottleneck).
-        *detectron2_resnet_renames(
-            "backbone.bottom_up",
-            stem=f"{_STEM}.convolution.weight",
-            stem_norm=f"{_STEM}.normalization.{{stat}}",
-            conv=f"{_TRUNK}.layer.{{conv-1}}.convolution.weight",
-            conv_norm=f"{_TRUNK}.layer.{{conv-1}}.normalization.{{stat}}",
-            shortcut=f"{_TRUNK}.shortcut.convolution.weight",
-            shortcut_norm=f"{_TRUNK}.shortcut.normalization.{{stat}}",
-        ),
+        *detectron2_resnet_to_transformers("backbone.bottom_up", "model.backbone"),
         # FaPN (FAN): fan_align5 is P5's 1x1 lateral; fan_align2..4 are FSM + FAM; fpn_output2..4 the 3x3 outputs.
         ("backbone.fan_align5.{param}", f"{_NECK}.top_lateral_conv.conv.{{param}}"),
         (
