@@ -305,7 +305,10 @@ def test_refusals_name_the_problem(swin, r101, tmp_path):
 
 
 def test_report_measured_differences():
-    """Prints the maximum absolute differences measured above (run with -s)."""
+    """Prints the maximum absolute differences measured above (run with -s). The float32 comparisons themselves hold
+    `TOLERANCE` absolute and relative (mask logits reach tens, where float32 rounding of the deformable sampling
+    gives about 1e-5); the float64 ones must be at round-off."""
     for name, values in MEASURED.items():
         print(f"\nMaskFormer + FaPN conversion, {name}: " + ", ".join(f"{k} {v:.2e}" for k, v in values.items()))
-    assert MEASURED and all(v <= TOLERANCE for values in MEASURED.values() for v in values.values())
+    assert MEASURED and all(v < 1e-4 for values in MEASURED.values() for v in values.values())
+    assert all(v < 1e-10 for values in MEASURED.values() for k, v in values.items() if k.startswith("float64"))
