@@ -30,6 +30,9 @@ from typing import Any
 import numpy as np
 from packaging.version import Version
 
+from ..tasks.base import Task
+from ..tasks.detection import INSTANCE_SEGMENTATION, OBJECT_DETECTION, PANOPTIC_SEGMENTATION
+from ..tasks.semantic import TASK as SEMANTIC_SEGMENTATION
 from .cards import check_repo_id, is_synthetic_demo, load_model_card
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
@@ -240,16 +243,10 @@ print(segments["headers"], segments["data"])
 
 # Per task (`Task.name`): the card's introduction (with `{model_id}`) and its API section, as the app serves it.
 _SPACE_KINDS: dict[str, tuple[str, str]] = {
-    "semantic-segmentation": (_SEMANTIC_INTRO, _SEMANTIC_API),
-    "object-detection": (_DETECTION_INTRO, _DETECTION_API),
-    "instance-segmentation": (_DETECTION_INTRO, _DETECTION_API),
-    "panoptic-segmentation": (_PANOPTIC_INTRO, _PANOPTIC_API),
-}
-_TASK_TAGS = {
-    "semantic-segmentation": ("semantic-segmentation", "image-segmentation"),
-    "object-detection": ("object-detection",),
-    "instance-segmentation": ("instance-segmentation", "image-segmentation", "object-detection"),
-    "panoptic-segmentation": ("panoptic-segmentation", "image-segmentation"),
+    SEMANTIC_SEGMENTATION.name: (_SEMANTIC_INTRO, _SEMANTIC_API),
+    OBJECT_DETECTION.name: (_DETECTION_INTRO, _DETECTION_API),
+    INSTANCE_SEGMENTATION.name: (_DETECTION_INTRO, _DETECTION_API),
+    PANOPTIC_SEGMENTATION.name: (_PANOPTIC_INTRO, _PANOPTIC_API),
 }
 
 
@@ -260,12 +257,12 @@ def space_card(
     requirements: list[str],
     emoji: str = "🧩",
     hardware: str = CPU_HARDWARE,
-    task_name: str = "semantic-segmentation",
+    task: Task = SEMANTIC_SEGMENTATION,
 ) -> Any:
     """The Space's README.md (a `huggingface_hub.SpaceCard`): front matter (`suggested_hardware`: `hardware`) and the
-    API with a client example, for a model of task `task_name` (`Task.name`: what the app draws and its endpoint)."""
-    if task_name not in _SPACE_KINDS:
-        raise ValueError(f"no Space page for task {task_name!r}; known: {', '.join(_SPACE_KINDS)}")
+    API with a client example, for a model of `task` (what the app draws, and its endpoint)."""
+    if task.name not in _SPACE_KINDS:
+        raise ValueError(f"no Space page for task {task.name!r}; known: {', '.join(_SPACE_KINDS)}")
     from huggingface_hub import SpaceCard, SpaceCardData
 
     if len(short_description) > SHORT_DESCRIPTION_LIMIT:
@@ -281,7 +278,7 @@ def space_card(
         app_file="app.py",
         license="apache-2.0",
         models=[model_id],
-        tags=["fapn", *dict.fromkeys(_TASK_TAGS[task_name])],
+        tags=["fapn", *dict.fromkeys(task.card_tags)],
         emoji=emoji,
         colorFrom="indigo",
         colorTo="green",
@@ -289,7 +286,7 @@ def space_card(
         short_description=short_description,
         suggested_hardware=hardware,
     )
-    what, api = _SPACE_KINDS[task_name]
+    what, api = _SPACE_KINDS[task.name]
     body = f"""
 # {title}
 
@@ -336,9 +333,9 @@ def pick_demo_examples(
     return scored[:count]
 
 
-def _served_task(source: str) -> tuple[str, bool]:
-    """`(Task.name, per-pixel classes?)` of the model at `source` (a folder, or a Hub id in the local cache: nothing
-    is downloaded), from its config. A config that cannot be read gets the semantic page's card, with a warning (the
+def _served_task(source: str) -> tuple[Task, bool]:
+    """`(task, per-pixel classes?)` of the model at `source` (a folder, or a Hub id in the local cache: nothing is
+    downloaded), from its config. A config that cannot be read gets the semantic page's card, with a warning (the
     app itself serves whatever model it loads)."""
     from transformers import AutoConfig
 
@@ -352,11 +349,11 @@ def _served_task(source: str) -> tuple[str, bool]:
             "pass model_path (--model_path) with a local copy of a detector to describe its page",
             stacklevel=3,
         )
-        return "semantic-segmentation", True
+        return SEMANTIC_SEGMENTATION, True
     family = find_family(config)
     if family is None:
-        return "semantic-segmentation", True
-    return family.task_for(config).name, family.predicts_pixel_classes
+        return SEMANTIC_SEGMENTATION, True
+    return family.task_for(config), family.predicts_pixel_classes
 
 
 def build_space(
@@ -401,13 +398,13 @@ def build_space(
         raise FileNotFoundError(f"example images not found: {', '.join(missing)}")
     requirements = pinned_requirements(gpu=gpu)
     source = str(model_path or model_id)
-    task_name, pixel_classes = _served_task(source)
-    title = title or f"FaPN {task_name.replace('-', ' ')}"
+    task, pixel_classes = _served_task(source)
+    title = title or f"FaPN {task.display_name.lower()}"
     if short_description is None:
-        short_description = DEFAULT_SHORT_DESCRIPTION.replace("semantic segmentation", task_name.replace("-", " "))
+        short_description = f"FaPN {task.display_name.lower()}: upload an image"
     # Checks the description before writing.
     hardware = GPU_HARDWARE if gpu else CPU_HARDWARE
-    card = space_card(model_id, title, short_description, requirements, hardware=hardware, task_name=task_name)
+    card = space_card(model_id, title, short_description, requirements, hardware=hardware, task=task)
 
     output_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy2(APP_SOURCE, output_dir / "app.py")

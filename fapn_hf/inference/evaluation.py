@@ -299,6 +299,9 @@ def scored_on_post_processing(model: Any, trust_remote_code: bool = False) -> bo
     if isinstance(model, (str, os.PathLike)):
         from transformers import AutoConfig
 
+        from .sources import check_model_source
+
+        check_model_source(str(model))  # a mistyped folder: "model not found ... did you mean", not transformers'
         config = AutoConfig.from_pretrained(str(model), trust_remote_code=trust_remote_code)
     else:
         config = model.config
