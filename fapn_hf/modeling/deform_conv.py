@@ -324,7 +324,8 @@ def _deform_conv_forward(
         ).to(weight_matrix.dtype)
         band = torch.matmul(weight_matrix, columns)  # (N, C_out, rows * W_out)
         if bias is not None:
-            band = band + bias.view(-1, 1)
+            # In the product's dtype (bf16 under autocast, as a dense conv's bias), not promoted back to float32.
+            band = band + bias.view(-1, 1).to(band.dtype)
         band = band.view(batch, -1, stop - start, out_width)
         if output is None:
             return band
