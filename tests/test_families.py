@@ -104,7 +104,10 @@ def test_build_save_and_reload_through_the_family_auto_class(name, tmp_path):
         expected, actual = output_signature(name, model, x), output_signature(name, reloaded, x)
     if family.predicts_pixel_classes:
         assert expected.shape == (1, 3, 64, 96)
-    torch.testing.assert_close(actual, expected)
+    # Two model objects holding equal weights (checked) differ by float32 rounding in the deformable sampling (2.3e-5
+    # measured on FaPN's logits); a weight that did not load would differ by orders of magnitude more.
+    assert all(torch.equal(value, reloaded.state_dict()[key]) for key, value in model.state_dict().items())
+    torch.testing.assert_close(actual, expected, atol=1e-4, rtol=1e-4)
 
 
 def test_the_public_preset_functions_dispatch_to_the_family():
