@@ -268,6 +268,18 @@ class EvaluateArguments(TTAArguments):
     output: Path | None = field(default=None, metadata=_help("write the metrics as JSON to this file"))
 
 
+def _evaluation_source(args: EvaluateArguments) -> dict[str, Any]:
+    """The data-source options both evaluations take (which split, held-out fraction, dataset revision, columns)."""
+    return {
+        "split": args.split,
+        "validation_fraction": args.validation_fraction,
+        "seed": args.seed,
+        "dataset_config": args.dataset_config,
+        "dataset_revision": args.dataset_revision,
+        "image_column": args.image_column,
+    }
+
+
 def _evaluate_detector_main(args: EvaluateArguments) -> int:
     """`fapn-evaluate` of a detector: COCO box / mask AP or PQ (`fapn_hf.inference.evaluation.evaluate_detector`)."""
     refused = {
@@ -282,12 +294,7 @@ def _evaluate_detector_main(args: EvaluateArguments) -> int:
         result = evaluate_detector(
             args.model,
             args.dataset,
-            split=args.split,
-            validation_fraction=args.validation_fraction,
-            seed=args.seed,
-            dataset_config=args.dataset_config,
-            dataset_revision=args.dataset_revision,
-            image_column=args.image_column,
+            **_evaluation_source(args),
             # a detection source's objects column (transformers' object-detection schema) unless named
             label_column="objects" if args.label_column == "label" else args.label_column,
             max_samples=args.max_samples,
@@ -320,12 +327,7 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
         result = evaluate(
             args.model,
             args.dataset,
-            split=args.split,
-            validation_fraction=args.validation_fraction,
-            seed=args.seed,
-            dataset_config=args.dataset_config,
-            dataset_revision=args.dataset_revision,
-            image_column=args.image_column,
+            **_evaluation_source(args),
             label_column=args.label_column,
             label_mapping=args.label_mapping,
             reduce_labels=args.reduce_labels,
