@@ -46,7 +46,7 @@ from torchvision import tv_tensors
 from ...modeling.image_decoding import decode_image
 from ...modeling.shortest_edge_resize import resize_image, resize_label_map, shortest_edge_size
 from ..base import DataReport as BaseDataReport
-from ..semantic.data import BAD_SAMPLE_POLICIES, DataError, MissingSplitError, _select_splits
+from ..semantic.data import BAD_SAMPLE_POLICIES, DataError, MissingSplitError, select_splits
 
 logger = logging.getLogger(__name__)
 
@@ -420,7 +420,7 @@ def load_detection_dataset(
 
         options = {k: v for k, v in (demo_options or {}).items() if k in ("num_train", "num_validation", "size")}
         splits = make_demo_splits(seed=seed, **options)
-        return _cast(_select_splits(splits, train_split, validation_split, validation_fraction, seed))
+        return _cast(select_splits(splits, train_split, validation_split, validation_fraction, seed))
     folder = find_coco_folder(name, kind)
     if folder is not None:
         available = folder.splits()
@@ -434,9 +434,9 @@ def load_detection_dataset(
                 )
         index = _index_panoptic if kind == "panoptic" else _index_instances
         splits = DatasetDict({split: index(folder, split) for split in dict.fromkeys(wanted) if split is not None})
-        return _select_splits(splits, train, validation, validation_fraction, seed)
+        return select_splits(splits, train, validation, validation_fraction, seed)
     splits = _load_source(name, config_name, revision, train_split or "train")
-    result = _select_splits(splits, train_split, validation_split, validation_fraction, seed)
+    result = select_splits(splits, train_split, validation_split, validation_fraction, seed)
     return _standardise(result, image_column, label_column, kind)
 
 

@@ -115,7 +115,7 @@ def load_segmentation_dataset(
         )
     else:
         splits, label_column = _load_source(name, config_name, revision, label_column, train_split or "train")
-    result = _select_splits(splits, train_split, validation_split, validation_fraction, seed)
+    result = select_splits(splits, train_split, validation_split, validation_fraction, seed)
     return _standardise(result, image_column, label_column)
 
 
@@ -149,7 +149,7 @@ def _load_folder(
     splits = DatasetDict(
         {split: folder.index(split, label_mapping, cache_dir) for split in dict.fromkeys(wanted) if split is not None}
     )
-    return _select_splits(splits, train, validation, validation_fraction, seed)
+    return select_splits(splits, train, validation, validation_fraction, seed)
 
 
 def _load_source(
@@ -208,7 +208,7 @@ def _imagefolder_label_column(metadata: Path, label_column: str) -> str:
     )
 
 
-def _select_splits(
+def select_splits(
     splits: DatasetDict,
     train_split: str | None,
     validation_split: str,
@@ -629,4 +629,5 @@ __all__ = [
     "check_samples",
     "decode_sample",
     "load_segmentation_dataset",
+    "select_splits",
 ]
