@@ -115,3 +115,19 @@ def test_the_public_preset_functions_dispatch_to_the_family():
     processor = preset_image_processor(preset="maskformer-fapn-swin-l-ade20k")
     assert family_of_preset("maskformer-fapn-swin-l-ade20k").display_name == "MaskFormer + FaPN"
     assert processor.size.shortest_edge == 640
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        # The first argument is the label set: a preset there used to give FaPN-R50's processor without a word.
+        (lambda: preset_image_processor("maskformer-fapn-r101-cocostuff"), r"is a preset: call .*preset='maskformer"),
+        (lambda: preset_image_processor("maskformer-fapn-r101-cocostufff"), r"close to the preset 'maskformer-fapn-r"),
+        (lambda: preset_image_processor("cityscape"), r"Unknown label set 'cityscape'"),
+        (lambda: preset_image_processor("cocostufff", preset="maskformer-fapn-r101-cocostuff"), r"label set 'coco"),
+        (lambda: preset_config(["a", "b"]), r"preset is named by a string, got list"),
+    ],
+)
+def test_the_public_preset_functions_refuse_a_misplaced_or_mistyped_name(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()

@@ -59,6 +59,8 @@ def all_presets() -> list[str]:
 
 def family_of_preset(name: str) -> Family:
     """The family that defines preset `name`; `ValueError` listing every preset (and the closest) otherwise."""
+    if not isinstance(name, str):
+        raise ValueError(f"a preset is named by a string, got {type(name).__name__} {name!r}")
     for family in FAMILIES.values():
         if name in family.presets:
             return family
@@ -80,6 +82,17 @@ def preset_image_processor(
     labels: str | list[str] | tuple[str, ...] | None = None, preset: str = "fapn-r50", **overrides: Any
 ) -> Any:
     """The image processor of `preset` (default `fapn-r50`) for a label set: its test-time size and label rules."""
+    if isinstance(labels, str):
+        # The first argument is the label set (unlike preset_config's): a preset there would get FaPN-R50's processor.
+        import difflib
+
+        close = [labels] if labels in all_presets() else difflib.get_close_matches(labels, all_presets(), n=1)
+        if close:
+            raise ValueError(
+                f"preset_image_processor's first argument is the label set, and {labels!r} is "
+                f"{'a preset' if close[0] == labels else f'not one (close to the preset {close[0]!r})'}: "
+                f"call preset_image_processor(preset={close[0]!r})"
+            )
     return family_of_preset(preset).preset_image_processor(preset, labels, **overrides)
 
 

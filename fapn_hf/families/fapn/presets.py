@@ -49,6 +49,8 @@ def fapn_preset_image_processor(
     """The processor for a label set (default Cityscapes): Cityscapes at full resolution, ADE20K at shorter side 512;
     the same for every FaPN preset."""
     labels = "cityscapes" if labels is None else labels
+    if isinstance(labels, str):
+        label_maps(labels)  # an unknown label-set name is refused here, not served the default settings
     settings = _PROCESSOR_SETTINGS.get(labels, {}) if isinstance(labels, str) else {}
     return FaPNImageProcessor(**{**settings, **overrides})
 

@@ -142,6 +142,8 @@ def maskformer_preset_image_processor(
     data set (the label set does not change the test size)."""
     if name not in MASKFORMER_PRESETS:
         raise ValueError(f"Unknown MaskFormer preset {name!r}; available: {', '.join(MASKFORMER_PRESETS)}")
+    if labels is not None:
+        label_maps(labels)  # checked (a mistyped set name is refused) though it does not change the processor
     return MaskFormerFaPNImageProcessor(**{**MASKFORMER_PRESETS[name]["processor"], "ignore_index": 255, **overrides})
 
 
