@@ -16,7 +16,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
-EXPECTED = ("01_inference.ipynb", "02_finetune_with_trainer.ipynb", "03_share_on_the_hub.ipynb")
+EXPECTED = ("01_inference.ipynb", "02_finetune_with_trainer.ipynb", "03_share_on_the_hub.ipynb", "04_detection.ipynb")
 KERNEL_NAME = "python3"
 CELL_TIMEOUT_S = 300
 
@@ -132,3 +132,9 @@ def test_share_notebook_takes_a_trained_maskformer_fapn_folder(tmp_path, monkeyp
     run = run_training(*parse_arguments([], REPO_ROOT / "recipes" / "demo_maskformer_fapn.yaml",
                                         output_dir=str(tmp_path / "trained"), **overrides))  # fmt: skip
     _execute(NOTEBOOK_DIR / "03_share_on_the_hub.ipynb", monkeypatch, f"SOURCE_MODEL = {str(run.output_dir)!r}")
+
+
+def test_detection_notebook_trains_a_panoptic_fpn(monkeypatch):
+    """The detector tutorial with Panoptic FPN in place of Mask R-CNN (PQ, the panoptic pipeline and drawing)."""
+    parameters = 'PRESET = "fapn-panoptic-fpn-demo"\nMAX_STEPS = 4\nTRAIN_SAMPLES = 16\nVALIDATION_SAMPLES = 4'
+    _execute(NOTEBOOK_DIR / "04_detection.ipynb", monkeypatch, parameters)
