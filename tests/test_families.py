@@ -131,3 +131,36 @@ def test_the_public_preset_functions_dispatch_to_the_family():
 def test_the_public_preset_functions_refuse_a_misplaced_or_mistyped_name(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_the_pipelines_know_every_head_of_a_family_as_an_in_tree_model(name):
+    """transformers' pipelines check a model's class name against their Auto classes' static tables (registered
+    classes are not looked at): each head a family registers is in its table, so no pipeline logs that the model
+    "is not supported"."""
+    import transformers
+
+    family = FAMILIES[name]
+    model_type = family.config_class.model_type
+    for auto_class_name, model_name in family.code.models.items():
+        if auto_class_name == "AutoModel":
+            continue
+        names = getattr(transformers, auto_class_name)._model_mapping._model_mapping
+        assert names.get(model_type) == model_name.split(".")[1], auto_class_name
+
+
+def test_the_image_segmentation_pipeline_takes_a_fapn_folder_without_an_error_log(tmp_path, caplog):
+    from transformers import pipeline
+    from transformers.utils import logging as transformers_logging
+
+    config = preset_config("fapn-r50", ["a", "b"], **SMALL["fapn"][1])
+    FAMILIES["fapn"].head_class(config).save_pretrained(tmp_path)
+    preset_image_processor(["a", "b"]).save_pretrained(tmp_path)
+    transformers_logging.enable_propagation()
+    try:
+        with caplog.at_level("ERROR"):
+            segmenter = pipeline("image-segmentation", model=str(tmp_path))
+    finally:
+        transformers_logging.disable_propagation()
+    assert type(segmenter.model).__name__ == "FaPNForSemanticSegmentation"
+    assert not [record for record in caplog.records if "not supported" in record.getMessage()]

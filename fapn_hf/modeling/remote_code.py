@@ -137,7 +137,13 @@ def register_family(family: CodeFamily, package: str) -> None:
     marked: set[type] = set()
     for auto_class_name, model_name in family.models.items():
         model_class = _resolve(package, model_name)
-        getattr(transformers, auto_class_name).register(config_class, model_class, exist_ok=True)
+        auto_class = getattr(transformers, auto_class_name)
+        auto_class.register(config_class, model_class, exist_ok=True)
+        # transformers' pipelines check a model against the class names of their Auto classes' static tables, not
+        # against registered classes: without an entry there every pipeline logs "The model ... is not supported".
+        names = getattr(getattr(auto_class, "_model_mapping", None), "_model_mapping", None)
+        if isinstance(names, dict) and auto_class_name != "AutoModel":
+            names.setdefault(config_class.model_type, model_class.__name__)
         if model_class not in marked:
             model_class.register_for_auto_class(auto_class_name)
             marked.add(model_class)
