@@ -181,34 +181,32 @@ def test_bad_arguments_are_named(offset_channels, mask_channels, message):
 
 @pytest.mark.parametrize("batch", [1, 2])
 def test_bands_bound_the_column_buffer_forward_and_backward(monkeypatch, batch):
-    """With a small budget the kernel samples one band of rows at a time, in the forward pass (grid_sample) and in
-    the backward pass (gathers): never the whole column tensor, and every band (including the shorter last one)
-    once per sampling."""
+    """With a small budget the kernel samples one band of rows at a time, in the forward pass and in the backward
+    pass (gathers): never the whole column tensor, and every band (including the shorter last one) once per
+    sampling."""
     import fapn_hf.modeling.deform_conv as dc
 
-    forward_sizes, backward_sizes = [], []
+    sizes = []
 
-    def spy(original, sizes):
-        def wrapped(*args):
-            columns = original(*args)
-            sizes.append(columns.numel())
-            return columns
+    def spy(*args):
+        columns = gather(*args)
+        sizes.append(columns.numel())
+        return columns
 
-        return wrapped
-
-    monkeypatch.setattr(dc, "_sampled_columns", spy(dc._sampled_columns, forward_sizes))
-    monkeypatch.setattr(dc, "_gather_columns", spy(dc._gather_columns, backward_sizes))
+    gather = dc._gather_columns
+    monkeypatch.setattr(dc, "_gather_columns", spy)
     x, weight = torch.randn(batch, 16, 40, 24, requires_grad=True), torch.randn(16, 16, 3, 3, requires_grad=True)
     offset = (torch.randn(batch, 18, 40, 24) * 2).requires_grad_()
     mask = torch.rand(batch, 9, 40, 24, requires_grad=True)
     budget = batch * 16 * 9 * 24 * 12  # forward: bands of 12, 12, 12, 4 rows; backward: a quarter, 3 rows
     out = deform_conv2d(x, offset, weight, padding=1, mask=mask, max_column_elements=budget)
-    assert len(forward_sizes) == 4 and max(forward_sizes) == budget
-    assert sum(forward_sizes) == batch * 16 * 9 * 24 * 40 and backward_sizes == []
+    assert len(sizes) == 4 and max(sizes) == budget
+    assert sum(sizes) == batch * 16 * 9 * 24 * 40
     grad_output = torch.randn_like(out)
     grads = torch.autograd.grad(out, (x, offset, weight, mask), grad_output)
     # Per band: the columns again (weight gradient) and their derivatives along y, x and the mask.
-    assert len(backward_sizes) == 14 * 4 and max(backward_sizes) == budget // 4 and len(forward_sizes) == 4
+    backward_sizes = sizes[4:]
+    assert len(backward_sizes) == 14 * 4 and max(backward_sizes) == budget // 4
 
     inputs = [t.detach().double().requires_grad_() for t in (x, offset, weight, mask)]
     expected = torchvision.ops.deform_conv2d(*inputs[:3], padding=1, mask=inputs[3])
@@ -382,3 +380,28 @@ def test_exports_to_onnx_as_grid_sample_and_matches_torchvision_in_onnxruntime(t
         with torch.no_grad():
             expected = torchvision.ops.deform_conv2d(x, offset, module.weight, module.bias, padding=1, mask=mask)
         torch.testing.assert_close(torch.from_numpy(actual), expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_the_graph_forward_equals_the_eager_one_and_torchvision(monkeypatch, dtype):
+    """Traced or exported, the forward samples with grid_sample (ONNX GridSample); eager, it gathers from the NHWC
+    table. Both give torchvision's result, out-of-image positions and several deformable groups included."""
+    import fapn_hf.modeling.deform_conv as dc
+
+    generator = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 8, 11, 13, generator=generator, dtype=dtype)
+    offset = torch.randn(2, 2 * 2 * 9, 11, 13, generator=generator, dtype=dtype) * 4  # many corners outside
+    mask = torch.rand(2, 2 * 9, 11, 13, generator=generator, dtype=dtype)
+    weight = torch.randn(6, 8, 3, 3, generator=generator, dtype=dtype)
+    bias = torch.randn(6, generator=generator, dtype=dtype)
+    expected = torchvision.ops.deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)
+    eager = deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)
+    grid_calls = []
+    sampled_columns = dc._sampled_columns
+    monkeypatch.setattr(dc, "_sampled_columns", lambda *args: grid_calls.append(1) or sampled_columns(*args))
+    monkeypatch.setattr(torch.jit, "is_tracing", lambda: True)
+    graph = deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)
+    assert len(grid_calls) == 1  # one band, one grid_sample
+    tolerance = 1e-10 if dtype == torch.float64 else 1e-4
+    torch.testing.assert_close(eager, expected, atol=tolerance, rtol=tolerance)
+    torch.testing.assert_close(graph, expected, atol=tolerance, rtol=tolerance)

@@ -6,17 +6,17 @@ sampling, differentiable with respect to every input. It runs on every device Py
 
 How it computes, for a band of output rows at a time:
 
-- Forward: each deformable group of the input is one image of `grid_sample` (ONNX `GridSample`), sampled at the
-  offset positions of every tap; times the mask, these are the columns `(N, C * K, pixels)` in (channel, tap)
-  order, and one matrix product with the weight gives the band's output. A handful of large operations per band:
-  few parallel regions (threads seldom wait for one another, also when another process shares the cores), and an
-  exported graph of standard operators that ONNX Runtime runs fast.
-- Backward: the input is copied once to channels-last (NHWC) with a zero border, so the ``C / G`` channels that
-  one deformable group reads at one pixel are contiguous and every bilinear corner, even of a position far outside
-  the image (clamped onto the border), reads a real row: out-of-image corners read zeros, no validity masks. For
-  each (pixel, group, tap) the four corner rows and weights (bilinear weight times modulation) drive one
-  `embedding_bag` call (the columns again) and `index_add_` (the input gradient); the offset and mask gradients
-  are further weighted sums of the same corner rows.
+- The input is copied once to channels-last (NHWC) with a zero border, so the ``C / G`` channels that one
+  deformable group reads at one pixel are contiguous and every bilinear corner, even of a position far outside the
+  image (clamped onto the border), reads a real row: out-of-image corners read zeros, no validity masks. For each
+  (pixel, group, tap) the four corner rows and weights (bilinear weight times modulation) drive one `embedding_bag`
+  call: the band's sampled columns, and one matrix product with the weight gives the band's output.
+- Traced or exported (ONNX), or with symbolic sizes (`torch.export`, dynamic `torch.compile`), the forward pass
+  samples with `grid_sample` instead (ONNX `GridSample`, each deformable group one image): an exported graph of
+  standard operators that ONNX Runtime runs fast, without index arithmetic on sizes. Eager, the gather is faster
+  (1.6-1.9x a dense 3x3 convolution at FaPN sizes, against 1.9-2.2x; scripts/bench_deform_conv.py on 2 cores).
+- Backward: the same corner rows and weights drive `index_add_` (the input gradient); the offset and mask
+  gradients are further weighted sums of the same corner rows, each one more `embedding_bag` call.
 
 Only one band of columns exists at a time, in the forward and in the backward pass (which re-samples them), so
 memory stays bounded whatever the image size, without activation checkpointing.
@@ -25,6 +25,7 @@ memory stays bounded whatever the image size, without activation checkpointing.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Literal, NamedTuple
 
 import torch
@@ -64,6 +65,7 @@ class _Geometry(NamedTuple):
     deformable_groups: int
     rows_per_band: int | None  # None: one band of all rows
     backward_rows_per_band: int | None  # the backward pass holds about 4 column-sized temporaries per band
+    graph: bool = False  # traced, exported or symbolic: the forward samples with grid_sample (ONNX GridSample)
 
 
 class _SamplingGrid(NamedTuple):
@@ -301,28 +303,21 @@ def _deform_conv_forward(
     bias: torch.Tensor | None,
     geometry: _Geometry,
 ) -> torch.Tensor:
-    """The deformable convolution, band by band: `_sampled_columns`, then one matrix product with `weight_matrix`
-    `(C_out, C * K)` (the weight in (channel, tap) order). Returns `(N, C_out, H_out, W_out)`.
+    """The deformable convolution, band by band: the band's sampled columns, then one matrix product with
+    `weight_matrix` `(C_out, C * K)` (the weight in (channel, tap) order). Returns `(N, C_out, H_out, W_out)`.
 
-    Per band there are a handful of large operations (the grid, one `grid_sample`, the mask, one matrix product), so
-    few parallel regions: threads rarely wait for each other, which matters when another process shares the cores.
+    Eager, the columns are gathered from the NHWC table (as the backward pass does): 1.6-1.9x a dense convolution's
+    time at FaPN sizes against 1.9-2.2x for `grid_sample` (scripts/bench_deform_conv.py, 2 cores). Traced, exported
+    or with symbolic sizes they come from `grid_sample`, which ONNX Runtime runs well and which needs no integer
+    index arithmetic on the sizes.
     """
-    batch, channels, height, width = input.shape
-    out_height, out_width = offset.shape[2], offset.shape[3]
-    groups = geometry.deformable_groups
-    # Positions in float32 at least (in half precision a coordinate loses its fraction on wide maps); the sampling
-    # runs in that precision too and the columns are cast back for the matrix product.
-    sample_dtype = torch.promote_types(input.dtype, torch.float32)
-    source = input.to(sample_dtype).reshape(batch * groups, channels // groups, height, width)
-    tap_y, tap_x = _tap_coordinates(geometry, (height, width), (out_height, out_width), input.device, sample_dtype)
+    batch, out_height, out_width = input.shape[0], offset.shape[2], offset.shape[3]
     bands = _bands(out_height, geometry.rows_per_band)
     output = None if len(bands) == 1 else input.new_empty(batch, weight_matrix.shape[0], out_height, out_width)
+    product = _band_product(input, offset, weight_matrix, geometry)
     for start, stop in bands:
         band_mask = None if mask is None else mask[:, :, start:stop]
-        columns = _sampled_columns(
-            source, offset[:, :, start:stop], band_mask, tap_y[:, start:stop], tap_x, (height, width)
-        ).to(weight_matrix.dtype)
-        band = torch.matmul(weight_matrix, columns)  # (N, C_out, rows * W_out)
+        band = product(offset[:, :, start:stop], band_mask, start)  # (N, C_out, rows * W_out)
         if bias is not None:
             # In the product's dtype (bf16 under autocast, as a dense conv's bias), not promoted back to float32.
             band = band + bias.view(-1, 1).to(band.dtype)
@@ -331,6 +326,45 @@ def _deform_conv_forward(
             return band
         output[:, :, start:stop] = band
     return output
+
+
+BandProduct = Callable[[torch.Tensor, "torch.Tensor | None", int], torch.Tensor]
+
+
+def _band_product(
+    input: torch.Tensor, offset: torch.Tensor, weight_matrix: torch.Tensor, geometry: _Geometry
+) -> BandProduct:
+    """The per-call set-up of one way of sampling, as a function `(offset band, mask band, first row) -> (N, C_out,
+    rows * W_out)`, the product of the band's sampled columns and the weight (module docstring)."""
+    if not geometry.graph:
+        taps = geometry.kernel_size[0] * geometry.kernel_size[1]
+        table = _padded_nhwc(input, geometry.deformable_groups)
+        grid = _sampling_grid(input, offset, geometry)
+        tap_major = _tap_major(weight_matrix, geometry.deformable_groups, taps)
+
+        def gathered(band_offset: torch.Tensor, band_mask: torch.Tensor | None, row_start: int) -> torch.Tensor:
+            sampling = _band_sampling(band_offset, band_mask, grid, row_start)
+            pixels = band_offset.shape[2] * band_offset.shape[3]
+            columns = _gather_columns(table, sampling.index, sampling.weight).view(input.shape[0], pixels, -1)
+            return torch.matmul(tap_major, columns.to(tap_major.dtype).transpose(1, 2))
+
+        return gathered
+
+    batch, channels, height, width = input.shape
+    groups = geometry.deformable_groups
+    # Positions in float32 at least (in half precision a coordinate loses its fraction on wide maps); the sampling
+    # runs in that precision too and the columns are cast back for the matrix product.
+    sample_dtype = torch.promote_types(input.dtype, torch.float32)
+    source = input.to(sample_dtype).reshape(batch * groups, channels // groups, height, width)
+    out_size = (offset.shape[2], offset.shape[3])
+    tap_y, tap_x = _tap_coordinates(geometry, (height, width), out_size, input.device, sample_dtype)
+
+    def grid_sampled(band_offset: torch.Tensor, band_mask: torch.Tensor | None, row_start: int) -> torch.Tensor:
+        rows = tap_y[:, row_start : row_start + band_offset.shape[2]]
+        columns = _sampled_columns(source, band_offset, band_mask, rows, tap_x, (height, width))
+        return torch.matmul(weight_matrix, columns.to(weight_matrix.dtype))
+
+    return grid_sampled
 
 
 class _DeformConv2dFunction(torch.autograd.Function):
@@ -469,7 +503,8 @@ def _deform_conv2d_torch(
     deformable_groups = offset.shape[1] // (2 * taps)
     out_height, out_width = offset.shape[2], offset.shape[3]
     sizes = (input.shape[0], input.shape[1], out_height, out_width)
-    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or not all(isinstance(s, int) for s in sizes):
+    graph = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or not all(isinstance(s, int) for s in sizes)
+    if graph:
         # One band: an exported graph stays small and shape-generic, and symbolic sizes (torch.export, dynamic
         # torch.compile) are not specialised by a loop over bands.
         rows_per_band = backward_rows_per_band = None
@@ -480,7 +515,7 @@ def _deform_conv2d_torch(
         # bands are a quarter as large, so that its peak stays near the forward pass's.
         backward_rows_per_band = max(1, max_column_elements // max(1, BACKWARD_TEMPORARIES * columns_per_row))
     geometry = _Geometry(
-        kernel_size, stride, padding, dilation, deformable_groups, rows_per_band, backward_rows_per_band
+        kernel_size, stride, padding, dilation, deformable_groups, rows_per_band, backward_rows_per_band, graph
     )
     weight_matrix = _weight_matrix(weight, input.shape[1])
     tensors = (input, offset, mask, weight_matrix, bias)
