@@ -6,6 +6,7 @@ compare like with like on a shared machine; the load average is printed with the
 
     python scripts/bench_deform_conv.py dcn --sizes 64x128 128x256 --threads 2 --repeats 7
     python scripts/bench_deform_conv.py dcn --sizes 128x256 --threads 2 --competitors 1   # one busy process
+    python scripts/bench_deform_conv.py dcn --threads 1 2 auto --competitors 0 1          # auto: the package's choice
     python scripts/bench_deform_conv.py onnx --size 256x512 --threads 2 --repeats 5      # FaPN-R50 (export: minutes)
     python scripts/bench_deform_conv.py onnx --preset maskformer-fapn-r101 --size 256x512
 
@@ -105,24 +106,30 @@ def dcn_calls(
 
 
 def dcn_table(args: argparse.Namespace) -> None:
+    from fapn_hf.inference.threads import choose_num_threads
     from fapn_hf.modeling.deform_conv import deform_conv2d
 
     baseline = load_kernel(args.baseline) if args.baseline else None
-    print(f"load average before: {os.getloadavg()}, threads {torch.get_num_threads()}")
-    print("| size | competing processes | dense conv | deformable (this kernel) | ratio | baseline kernel | ratio |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"load average before: {os.getloadavg()}")
+    print("| size | competing processes | threads | dense conv | deformable (this kernel) | ratio | baseline | ratio |")
+    print("|---|---|---|---|---|---|---|---|")
     for text in args.sizes:
         calls = dcn_calls(parse_size(text), deform_conv2d, baseline)
         for competitors in args.competitors:
-            with torch.inference_mode(), Competitors(competitors):
-                ms = interleaved(calls, args.repeats)
-            ours = ms["ours"] / ms["dense"]
-            row = f"| {text} | {competitors} | {ms['dense']:.0f} ms | {ms['ours']:.0f} ms | {ours:.2f}x |"
-            if baseline is not None:
-                row += f" {ms['baseline']:.0f} ms | {ms['baseline'] / ms['dense']:.2f}x |"
-            else:
-                row += " | |"
-            print(row, flush=True)
+            for setting in args.threads:
+                with torch.inference_mode(), Competitors(competitors):
+                    # "auto": the count the package's commands choose, measured with the competitors running.
+                    threads = choose_num_threads() if setting == "auto" else int(setting)
+                    torch.set_num_threads(threads)
+                    ms = interleaved(calls, args.repeats)
+                ours = ms["ours"] / ms["dense"]
+                shown = f"{threads} (auto)" if setting == "auto" else str(threads)
+                row = f"| {text} | {competitors} | {shown} | {ms['dense']:.0f} ms | {ms['ours']:.0f} ms | {ours:.2f}x |"
+                if baseline is not None:
+                    row += f" {ms['baseline']:.0f} ms | {ms['baseline'] / ms['dense']:.2f}x |"
+                else:
+                    row += " | |"
+                print(row, flush=True)
     print(f"load average after: {os.getloadavg()}")
 
 
@@ -199,7 +206,9 @@ def onnx_table(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("table", choices=("dcn", "onnx"))
-    parser.add_argument("--threads", type=int, nargs="+", default=[2], help="onnx: several counts, one export")
+    parser.add_argument(
+        "--threads", nargs="+", default=["2"], help="thread counts, or 'auto' (dcn: the package's choice under load)"
+    )
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--competitors", type=int, nargs="+", default=[0], help="busy processes per measurement")
     parser.add_argument("--sizes", nargs="+", default=["64x128", "128x256"], help="dcn: HxW of the 256-ch maps")
@@ -208,7 +217,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", default="256x512", help="onnx: the input HxW")
     parser.add_argument("--profile", help="onnx: also write ORT's per-node profile with this file prefix")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads[0])
+    if args.table == "onnx":
+        args.threads = [int(value) for value in args.threads]
+    torch.set_num_threads(int(args.threads[0]) if args.threads[0] != "auto" else torch.get_num_threads())
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     (dcn_table if args.table == "dcn" else onnx_table)(args)
 

@@ -393,6 +393,10 @@ class PredictArguments(TTAArguments):
     overwrite: bool = field(default=False, metadata=_help("replace existing outputs (without it: keep them)"))
     alpha: float = field(default=0.5, metadata=_help("overlay opacity"))
     device: str | None = field(default=None, metadata=_help("torch device (default: cuda if available)"))
+    threads: str = field(
+        default="auto",
+        metadata=_help("CPU threads: a number, or auto (one per core, fewer while other processes keep cores busy)"),
+    )
     trust_remote_code: bool = field(default=False, metadata=_help("allow a Hub model's own code"))
     images: list[Path] = field(default_factory=list, init=False, metadata=_help("image files", nargs="+", type=Path))
 
@@ -430,7 +434,7 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
     args = parse_arguments(PredictArguments, argv, "fapn-predict", inspect.cleandoc(PredictArguments.__doc__))
     with user_errors(ValueError, FileNotFoundError):
         tta = args.tta_config()
-        predictor = load_predictor(args.model, args.device, args.trust_remote_code)
+        predictor = load_predictor(args.model, args.device, args.trust_remote_code, threads=args.threads)
         if isinstance(predictor, DetectionPredictor) and (tta.num_views != 1 or tta.window is not None):
             raise ValueError("test-time augmentation flags (--scales, --short_sides, --flip, --window) are for "
                              "segmentation models; a detector predicts each image once")  # fmt: skip

@@ -18,6 +18,7 @@ from ..families import find_family
 from ..modeling.image_decoding import decode_image
 from .predictor import SegmentationPredictor, _model_device
 from .sources import load_model_and_processor
+from .threads import cpu_thread_governor
 
 
 @dataclass
@@ -49,26 +50,39 @@ class DetectionPredictor:
         model: a `FaPNRCNNForObjectDetection` (or its remote-code copy).
         image_processor: its `FaPNRCNNImageProcessor` (input resize and normalisation, post-processing).
         device: where the model runs (default: where it is).
+        threads: PyTorch's CPU threads while predicting (`SegmentationPredictor`'s `threads`).
     """
 
-    def __init__(self, model: Any, image_processor: Any, device: str | torch.device | None = None):
+    def __init__(
+        self,
+        model: Any,
+        image_processor: Any,
+        device: str | torch.device | None = None,
+        threads: int | str | None = "auto",
+    ):
         for method in ("post_process_object_detection",):
             if not hasattr(image_processor, method):
                 raise TypeError(f"image_processor must have {method} (a detector's processor), got {image_processor!r}")
         self.device = torch.device(device) if device is not None else _model_device(model)
         self.model = model.to(self.device).eval()
         self.processor = image_processor
+        self.threads = cpu_thread_governor(self.device, threads)
         architecture = getattr(model.config, "meta_architecture", "faster_rcnn")
         self.has_masks = architecture in ("mask_rcnn", "panoptic_fpn")
         self.is_panoptic = architecture == "panoptic_fpn"
 
     @classmethod
     def from_pretrained(
-        cls, model_name_or_path: str, device: str | torch.device | None = None, trust_remote_code: bool = False
+        cls,
+        model_name_or_path: str,
+        device: str | torch.device | None = None,
+        trust_remote_code: bool = False,
+        threads: int | str | None = "auto",
     ) -> DetectionPredictor:
         """Loads a detector folder or Hub id with its image processor (on CUDA when available)."""
         model, processor = load_model_and_processor(model_name_or_path, trust_remote_code)
-        return cls(model, processor, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return cls(model, processor, device=device, threads=threads)
 
     @property
     def id2label(self) -> dict[int, str]:
@@ -86,9 +100,10 @@ class DetectionPredictor:
         rgb = decode_image(image)
         size = [tuple(rgb.shape[:2])]
         inputs = self.processor(images=rgb, return_tensors="pt")
-        outputs = self.model(
-            pixel_values=inputs["pixel_values"].to(self.device), image_sizes=inputs["image_sizes"].to(self.device)
-        )
+        with self.threads.applied():
+            outputs = self.model(
+                pixel_values=inputs["pixel_values"].to(self.device), image_sizes=inputs["image_sizes"].to(self.device)
+            )
         # Threshold -1 keeps every detection, both methods drop the same empty boxes: the lists align one to one.
         boxes = self.processor.post_process_object_detection(outputs, threshold=-1.0, target_sizes=size)[0]
         result = Detections(
@@ -115,9 +130,11 @@ def load_predictor(
     device: str | torch.device | None = None,
     trust_remote_code: bool = False,
     backend: str = "torch",
+    threads: int | str | None = "auto",
 ) -> SegmentationPredictor | DetectionPredictor:
     """The predictor a model calls for: `DetectionPredictor` for a family without per-pixel class scores (the
-    detectors), `SegmentationPredictor` otherwise (which alone takes `backend="onnxruntime"`)."""
+    detectors), `SegmentationPredictor` otherwise (which alone takes `backend="onnxruntime"`); `threads` as the
+    predictors take it."""
     from transformers import AutoConfig
 
     from .sources import check_model_source
@@ -131,8 +148,8 @@ def load_predictor(
     if family is not None and not family.predicts_pixel_classes:
         if backend == "onnxruntime":
             raise ValueError(f"backend='onnxruntime': {family.display_name} models have no ONNX export; use 'torch'")
-        return DetectionPredictor.from_pretrained(model_name_or_path, device, trust_remote_code)
-    return SegmentationPredictor.from_pretrained(model_name_or_path, device, trust_remote_code, backend)
+        return DetectionPredictor.from_pretrained(model_name_or_path, device, trust_remote_code, threads)
+    return SegmentationPredictor.from_pretrained(model_name_or_path, device, trust_remote_code, backend, threads)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from ..families import find_family
 from ..modeling.image_decoding import decode_image
 from .sources import check_model_source, find_onnx_file, load_model_and_processor
+from .threads import cpu_thread_governor
 
 # The original MaskFormer + FaPN multi-scale test (FaPN-full's ADE20K Swin-L and COCO-Stuff-10K configs, TEST.AUG):
 # ResizeShortestEdge to each of MIN_SIZES with the longer side capped at MAX_SIZE, each view also flipped.
@@ -212,12 +213,21 @@ class SegmentationPredictor:
             FaPN model (`MaskFormerFaPNForInstanceSegmentation`), or an `OnnxRuntimeModel` (an exported model of
             either family run by onnxruntime; see `from_pretrained(backend=...)`).
         image_processor: makes every view's `pixel_values` (its resize rule is the base size of the TTA scales).
+        threads: PyTorch's CPU threads while predicting: `"auto"` (the count in force, fewer while other processes
+            keep cores busy; `fapn_hf.inference.threads`), a number, or None (PyTorch's setting as it is).
     """
 
-    def __init__(self, model: Any, image_processor: Any, device: str | torch.device | None = None):
+    def __init__(
+        self,
+        model: Any,
+        image_processor: Any,
+        device: str | torch.device | None = None,
+        threads: int | str | None = "auto",
+    ):
         self.device = torch.device(device) if device is not None else _model_device(model)
         self.model = model.to(self.device).eval()
         self.processor = image_processor
+        self.threads = cpu_thread_governor(self.device, threads)
 
     @classmethod
     def from_pretrained(
@@ -226,6 +236,7 @@ class SegmentationPredictor:
         device: str | torch.device | None = None,
         trust_remote_code: bool = False,
         backend: str = "torch",
+        threads: int | str | None = "auto",
     ) -> SegmentationPredictor:
         """Loads a model folder or Hub id with its image processor.
 
@@ -233,6 +244,7 @@ class SegmentationPredictor:
             backend: `"torch"` (the PyTorch model), `"onnxruntime"` (the folder's `model.onnx`, see
                 `fapn_hf.export.onnx.export_onnx`; CPU tensors in and out) or `"auto"` (onnxruntime when the folder has
                 `model.onnx` and onnxruntime is installed, PyTorch otherwise).
+            threads: PyTorch's CPU threads while predicting (the constructor's `threads`; onnxruntime keeps its own).
         """
         if backend not in PREDICTOR_BACKENDS:
             raise ValueError(f"backend must be one of {PREDICTOR_BACKENDS}, got {backend!r}")
@@ -248,7 +260,8 @@ class SegmentationPredictor:
             if onnx_path is not None and use_onnx:
                 return cls._from_onnx(model_name_or_path, onnx_path, trust_remote_code)
         model, processor = load_model_and_processor(model_name_or_path, trust_remote_code)
-        return cls(model, processor, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return cls(model, processor, device=device, threads=threads)
 
     @classmethod
     def _from_onnx(cls, model_name_or_path: str, onnx_path: Path, trust_remote_code: bool) -> SegmentationPredictor:
@@ -298,7 +311,8 @@ class SegmentationPredictor:
         for scaled in self._view_inputs(rgb, tta):
             for flipped in (False, True) if tta.flip else (False,):
                 view = scaled.flip(-1) if flipped else scaled
-                scores = logits_at_size(self.model, view, size, tta.window, tta.window_overlap)
+                with self.threads.applied():
+                    scores = logits_at_size(self.model, view, size, tta.window, tta.window_overlap)
                 yield scores.flip(-1) if flipped else scores
 
     @torch.inference_mode()

@@ -22,6 +22,7 @@ import torch
 from transformers import TrainingArguments
 
 from ..families import all_presets
+from ..inference.threads import parse_threads
 from ..tasks.semantic.data import BAD_SAMPLE_POLICIES
 
 logger = logging.getLogger(__name__)
@@ -237,6 +238,13 @@ class FaPNTrainingArguments(TrainingArguments):
         },
     )
     lr_decay_factor: float = field(default=0.1, metadata={"help": "the factor of each lr_decay_steps step (gamma)"})
+    threads: str = field(
+        default="auto",
+        metadata={
+            "help": "PyTorch's CPU threads: a number, or auto (one per core, fewer while other processes, the data "
+            "loader's workers included, keep cores busy; re-checked every few steps)"
+        },
+    )
     # The dataset yields exactly the model's inputs, and metrics stream per batch.
     remove_unused_columns: bool = False
     batch_eval_metrics: bool = True
@@ -250,6 +258,7 @@ class FaPNTrainingArguments(TrainingArguments):
             self.use_cpu = True
         super().__post_init__()
         self._check_lr_decay_steps()
+        parse_threads(self.threads)  # a bad value is refused before any work
         scheduler = getattr(self.lr_scheduler_type, "value", self.lr_scheduler_type)
         warmup = self.warmup_steps if self.warmup_steps >= 1 else 0  # below 1: a ratio of the training steps
         if scheduler == "polynomial" and 0 < self.max_steps == warmup:

@@ -39,7 +39,7 @@ from .builders import (
 )
 from .checkpoints import check_output_dir, resolve_resume_checkpoint
 from .reports import write_run_report
-from .trainer import EpochSetter, FaPNTrainer, make_compute_metrics
+from .trainer import EpochSetter, FaPNTrainer, ThreadSetter, make_compute_metrics
 
 
 @dataclass
@@ -143,7 +143,7 @@ def run_training(
         processing_class=processor,
         compute_metrics=make_compute_metrics(metrics, task),
         eval_metrics=metrics if task.score_batch is not None else None,
-        callbacks=[EpochSetter(train_dataset), *callbacks],
+        callbacks=[EpochSetter(train_dataset), ThreadSetter(training_args.threads), *callbacks],
         dataset_name=data_args.dataset,
         training_summary=settings,
     )

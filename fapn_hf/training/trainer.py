@@ -18,6 +18,7 @@ from transformers import EvalPrediction, Trainer, TrainerCallback
 from ..families import family_of
 from ..hub.cards import write_model_card
 from ..inference.evaluation import predict_at_label_size
+from ..inference.threads import ThreadGovernor
 from ..labels import check_label_values
 from ..modeling.label_checks import REDUCE_LABELS_HINT
 from ..tasks.base import Task
@@ -100,6 +101,23 @@ class EpochSetter(TrainerCallback):
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         self.dataset.set_epoch(math.floor((state.epoch or 0) + 1e-6))
+
+
+class ThreadSetter(TrainerCallback):
+    """Keeps PyTorch's CPU threads at `FaPNTrainingArguments.threads` during training: auto re-chooses the count from
+    the load every `every` steps (`fapn_hf.inference.threads.ThreadGovernor`)."""
+
+    def __init__(self, threads: str | int | None, every: int = 10) -> None:
+        self.governor = ThreadGovernor(threads)
+        self.every = every
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if args.use_cpu or not torch.cuda.is_available():
+            self.governor.update()
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step % self.every == 0 and (args.use_cpu or not torch.cuda.is_available()):
+            self.governor.update()
 
 
 def make_compute_metrics(metrics: Any, task: Task | None = None) -> Callable[..., dict[str, float]]:
