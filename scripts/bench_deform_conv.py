@@ -17,10 +17,13 @@ compare like with like on a shared machine; the load average is printed with the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
-import multiprocessing
 import os
+import shlex
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,29 +43,29 @@ def parse_size(text: str) -> tuple[int, int]:
     return int(height), int(width)
 
 
-def _busy() -> None:
-    while True:  # a competing process: one core's worth of pure Python work
-        pass
-
-
 class Competitors:
-    """`count` busy processes for the duration of a `with` block."""
+    """`count` busy processes (one core's worth of pure Python work each) for the duration of a `with` block. They
+    are started through a shell that exits at once, so they are not this process's children: the package's thread
+    choice counts its own children's work (data-loader workers) as its own, and these must count as another's."""
 
     def __init__(self, count: int) -> None:
-        self.count, self.processes = count, []
+        self.count, self.pids = count, []
 
     def __enter__(self) -> Competitors:
-        context = multiprocessing.get_context("spawn")
-        self.processes = [context.Process(target=_busy, daemon=True) for _ in range(self.count)]
-        for process in self.processes:
-            process.start()
+        for _ in range(self.count):
+            started = subprocess.run(
+                ["sh", "-c", f"{shlex.quote(sys.executable)} -c 'while True: pass' >/dev/null 2>&1 & echo $!"],
+                capture_output=True, text=True, check=True,
+            )  # fmt: skip
+            self.pids.append(int(started.stdout.strip()))
         time.sleep(0.5 if self.count else 0.0)
         return self
 
     def __exit__(self, *_: object) -> None:
-        for process in self.processes:
-            process.terminate()
-            process.join()
+        for pid in self.pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.pids = []
 
 
 def interleaved(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:

@@ -143,3 +143,27 @@ def test_training_and_the_predictors_take_the_setting(tmp_path):
     assert cpu_thread_governor(torch.device("meta"), 3).setting is None  # not the CPU: PyTorch's count left alone
     with pytest.raises(ValueError, match=r"threads must be a positive number or 'auto', got 'zero'"):
         parse_arguments(["--threads", "zero", "--output_dir", str(tmp_path)], recipe=RECIPE)
+
+
+def _spin(seconds: float) -> None:
+    import time
+
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def test_a_live_childs_work_is_this_processs_own():
+    """Data-loader workers are this process's children: their CPU time counts as its own, not as another process
+    holding a core (a worker busy feeding the model must not make training step down to one thread)."""
+    import multiprocessing
+    import os
+
+    before = read_cpu_times()
+    child = multiprocessing.get_context("fork").Process(target=_spin, args=(1.0,))
+    child.start()
+    child.join(timeout=0.8)  # measured while it still runs: a live child
+    during = read_cpu_times()
+    child.join()
+    ticks_per_second = os.sysconf("SC_CLK_TCK")
+    assert during.own - before.own >= 0.1 * ticks_per_second  # at least 0.1 s of the child's work, even on a busy CI

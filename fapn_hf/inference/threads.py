@@ -35,7 +35,8 @@ FIRST_INTERVAL_S = 0.2
 
 
 class CpuTimes(NamedTuple):
-    """Clock ticks since boot: the machine's busy and total time over all its CPUs, and this process's CPU time."""
+    """Clock ticks since boot: the machine's busy and total time over all its CPUs, and the CPU time of this process
+    and its live children."""
 
     machine_busy: int
     machine_total: int
@@ -54,13 +55,34 @@ def usable_cores() -> int:
     return max(1, cores)
 
 
+def _process_ticks(stat_file: Path) -> int:
+    """utime + stime of a process from its `stat` file (the command name, field 2, may hold spaces and brackets)."""
+    fields = stat_file.read_text().rpartition(")")[2].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def _children_ticks() -> int:
+    """CPU ticks of this process's live children (its data-loader workers): their work is this process's own."""
+    ticks = 0
+    for children in Path("/proc/self/task").glob("*/children"):
+        try:
+            pids = children.read_text().split()
+        except OSError:
+            continue
+        for pid in pids:
+            try:
+                ticks += _process_ticks(Path("/proc") / pid / "stat")
+            except (OSError, ValueError, IndexError):
+                continue  # exited meanwhile
+    return ticks
+
+
 def read_cpu_times() -> CpuTimes | None:
-    """The counters from `/proc/stat` and `/proc/self/stat`, or None where there are none (not Linux)."""
+    """The counters from `/proc/stat` and `/proc/self/stat` (plus this process's live children, such as data-loader
+    workers), or None where there are none (not Linux)."""
     try:
         fields = [int(value) for value in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-        # /proc/self/stat: the command name (field 2) may hold spaces; utime and stime are fields 14 and 15.
-        own = Path("/proc/self/stat").read_text().rpartition(")")[2].split()
-        own_ticks = int(own[11]) + int(own[12])
+        own_ticks = _process_ticks(Path("/proc/self/stat")) + _children_ticks()
     except (OSError, ValueError, IndexError):
         return None
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
