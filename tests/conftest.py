@@ -9,6 +9,9 @@ import sys
 # One intra-op thread: the suite's convolutions are tiny, and two OpenMP threads on a busy 2-core machine run them
 # many times slower (set before torch is imported, so subprocesses started by the tests inherit it too).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# No test reaches the network: a Hub id that is not cached fails at once instead of after the client's timeouts
+# and retries (23 s per attempt on a machine without internet). Set before huggingface_hub reads it at import.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from pathlib import Path
 
 import pytest
