@@ -328,12 +328,12 @@ def _deform_conv_forward(
     return output
 
 
-BandProduct = Callable[[torch.Tensor, "torch.Tensor | None", int], torch.Tensor]
+_BandProduct = Callable[[torch.Tensor, "torch.Tensor | None", int], torch.Tensor]
 
 
 def _band_product(
     input: torch.Tensor, offset: torch.Tensor, weight_matrix: torch.Tensor, geometry: _Geometry
-) -> BandProduct:
+) -> _BandProduct:
     """The per-call set-up of one way of sampling, as a function `(offset band, mask band, first row) -> (N, C_out,
     rows * W_out)`, the product of the band's sampled columns and the weight (module docstring)."""
     if not geometry.graph:
