@@ -193,3 +193,30 @@ def test_images_may_follow_a_list_of_numbers(argv):
 def test_a_number_list_still_refuses_a_bad_number():
     with pytest.raises(SystemExit):
         cli.parse_arguments(cli.PredictArguments, ["--model", "m", "--scales", "-", "a.jpg"], "fapn-predict", "")
+
+
+def test_bfloat16_precision_runs_the_forward_pass_under_autocast(monkeypatch):
+    """precision="bfloat16": the model's forward pass under bf16 autocast (the scores it returns are bf16, then
+    float32 again before resizing), equal to doing it by hand; "auto" follows the CPU's native bf16; others refused."""
+    torch.manual_seed(0)
+    model = FaPNForSemanticSegmentation(tiny_config()).eval()
+    processor = FaPNImageProcessor(size={"shortest_edge": 64, "longest_edge": 96})
+    image = np.random.default_rng(2).integers(0, 255, (40, 60, 3), dtype=np.uint8)
+    predictor = SegmentationPredictor(model, processor, precision="bfloat16")
+    scores = predictor.predict_probabilities(image)
+    pixel_values = processor(image, return_tensors="pt")["pixel_values"]
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        logits = model(pixel_values=pixel_values).logits
+    assert logits.dtype == torch.bfloat16
+    expected = F.interpolate(logits.float(), size=(40, 60), mode="bilinear", align_corners=False).softmax(1)[0]
+    torch.testing.assert_close(scores, expected)
+    float32 = SegmentationPredictor(model, processor).predict_probabilities(image)
+    assert not torch.equal(scores, float32) and (scores - float32).abs().max() < 0.25  # bf16: 8 bits of mantissa
+
+    import fapn_hf.inference.predictor as predictor_module
+
+    for fast, resolved in ((True, "bfloat16"), (False, "float32")):
+        monkeypatch.setattr(predictor_module, "cpu_has_fast_bf16", lambda fast=fast: fast)
+        assert SegmentationPredictor(model, processor, precision="auto").precision == resolved
+    with pytest.raises(ValueError, match=r"precision must be one of \('float32', 'bfloat16', 'auto'\), got 'fp16'"):
+        SegmentationPredictor(model, processor, precision="fp16")

@@ -397,6 +397,10 @@ class PredictArguments(TTAArguments):
         default="auto",
         metadata=_help("CPU threads: a number, or auto (one per core, fewer while other processes keep cores busy)"),
     )
+    precision: Literal["float32", "bfloat16", "auto"] = field(
+        default="float32",
+        metadata=_help("segmentation models: bfloat16 autocast, or auto (bf16 on CUDA or a CPU with native bf16)"),
+    )
     trust_remote_code: bool = field(default=False, metadata=_help("allow a Hub model's own code"))
     images: list[Path] = field(default_factory=list, init=False, metadata=_help("image files", nargs="+", type=Path))
 
@@ -434,7 +438,9 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
     args = parse_arguments(PredictArguments, argv, "fapn-predict", inspect.cleandoc(PredictArguments.__doc__))
     with user_errors(ValueError, FileNotFoundError):
         tta = args.tta_config()
-        predictor = load_predictor(args.model, args.device, args.trust_remote_code, threads=args.threads)
+        predictor = load_predictor(
+            args.model, args.device, args.trust_remote_code, threads=args.threads, precision=args.precision
+        )
         if isinstance(predictor, DetectionPredictor) and (tta.num_views != 1 or tta.window is not None):
             raise ValueError("test-time augmentation flags (--scales, --short_sides, --flip, --window) are for "
                              "segmentation models; a detector predicts each image once")  # fmt: skip

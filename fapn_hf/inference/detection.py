@@ -131,10 +131,11 @@ def load_predictor(
     trust_remote_code: bool = False,
     backend: str = "torch",
     threads: int | str | None = "auto",
+    precision: str = "float32",
 ) -> SegmentationPredictor | DetectionPredictor:
     """The predictor a model calls for: `DetectionPredictor` for a family without per-pixel class scores (the
-    detectors), `SegmentationPredictor` otherwise (which alone takes `backend="onnxruntime"`); `threads` as the
-    predictors take it."""
+    detectors), `SegmentationPredictor` otherwise (which alone takes `backend="onnxruntime"` and `precision`);
+    `threads` as the predictors take it."""
     from transformers import AutoConfig
 
     from .sources import check_model_source
@@ -148,8 +149,12 @@ def load_predictor(
     if family is not None and not family.predicts_pixel_classes:
         if backend == "onnxruntime":
             raise ValueError(f"backend='onnxruntime': {family.display_name} models have no ONNX export; use 'torch'")
+        if precision != "float32":
+            raise ValueError(f"precision={precision!r}: {family.display_name} models predict in float32")
         return DetectionPredictor.from_pretrained(model_name_or_path, device, trust_remote_code, threads)
-    return SegmentationPredictor.from_pretrained(model_name_or_path, device, trust_remote_code, backend, threads)
+    return SegmentationPredictor.from_pretrained(
+        model_name_or_path, device, trust_remote_code, backend, threads, precision
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------------

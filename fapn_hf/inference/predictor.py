@@ -198,6 +198,19 @@ def logits_at_size(
 
 
 PREDICTOR_BACKENDS = ("torch", "onnxruntime", "auto")
+# "auto": bfloat16 where the CPU computes it natively (AVX512-BF16 or AMX), float32 elsewhere.
+PREDICTOR_PRECISIONS = ("float32", "bfloat16", "auto")
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU has native bfloat16 arithmetic (the `avx512_bf16` or `amx_bf16` flag of /proc/cpuinfo); False
+    where that cannot be read. Without it, bf16 autocast on a CPU converts back and forth and gains little."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next((line for line in cpuinfo if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _model_device(model: Any) -> torch.device:
@@ -215,6 +228,9 @@ class SegmentationPredictor:
         image_processor: makes every view's `pixel_values` (its resize rule is the base size of the TTA scales).
         threads: PyTorch's CPU threads while predicting: `"auto"` (the count in force, fewer while other processes
             keep cores busy; `fapn_hf.inference.threads`), a number, or None (PyTorch's setting as it is).
+        precision: `"float32"`, `"bfloat16"` (the model's forward pass under bf16 autocast; scores are float32
+            again before they are resized and averaged) or `"auto"` (bfloat16 on a CUDA device or a CPU with native
+            bf16, `cpu_has_fast_bf16`; float32 elsewhere). bf16 changes a few labels near class boundaries.
     """
 
     def __init__(
@@ -223,11 +239,18 @@ class SegmentationPredictor:
         image_processor: Any,
         device: str | torch.device | None = None,
         threads: int | str | None = "auto",
+        precision: str = "float32",
     ):
+        if precision not in PREDICTOR_PRECISIONS:
+            raise ValueError(f"precision must be one of {PREDICTOR_PRECISIONS}, got {precision!r}")
         self.device = torch.device(device) if device is not None else _model_device(model)
         self.model = model.to(self.device).eval()
         self.processor = image_processor
         self.threads = cpu_thread_governor(self.device, threads)
+        if precision == "auto":
+            precision = "bfloat16" if self.device.type == "cuda" or cpu_has_fast_bf16() else "float32"
+        # An ONNX Runtime model has no autocast: it runs in the precision it was exported in.
+        self.precision = precision if isinstance(model, torch.nn.Module) else "float32"
 
     @classmethod
     def from_pretrained(
@@ -237,6 +260,7 @@ class SegmentationPredictor:
         trust_remote_code: bool = False,
         backend: str = "torch",
         threads: int | str | None = "auto",
+        precision: str = "float32",
     ) -> SegmentationPredictor:
         """Loads a model folder or Hub id with its image processor.
 
@@ -245,6 +269,7 @@ class SegmentationPredictor:
                 `fapn_hf.export.onnx.export_onnx`; CPU tensors in and out) or `"auto"` (onnxruntime when the folder has
                 `model.onnx` and onnxruntime is installed, PyTorch otherwise).
             threads: PyTorch's CPU threads while predicting (the constructor's `threads`; onnxruntime keeps its own).
+            precision: the constructor's `precision` (PyTorch models only).
         """
         if backend not in PREDICTOR_BACKENDS:
             raise ValueError(f"backend must be one of {PREDICTOR_BACKENDS}, got {backend!r}")
@@ -261,7 +286,7 @@ class SegmentationPredictor:
                 return cls._from_onnx(model_name_or_path, onnx_path, trust_remote_code)
         model, processor = load_model_and_processor(model_name_or_path, trust_remote_code)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        return cls(model, processor, device=device, threads=threads)
+        return cls(model, processor, device=device, threads=threads, precision=precision)
 
     @classmethod
     def _from_onnx(cls, model_name_or_path: str, onnx_path: Path, trust_remote_code: bool) -> SegmentationPredictor:
@@ -311,7 +336,8 @@ class SegmentationPredictor:
         for scaled in self._view_inputs(rgb, tta):
             for flipped in (False, True) if tta.flip else (False,):
                 view = scaled.flip(-1) if flipped else scaled
-                with self.threads.applied():
+                bf16 = self.precision == "bfloat16"
+                with self.threads.applied(), torch.autocast(self.device.type, torch.bfloat16, enabled=bf16):
                     scores = logits_at_size(self.model, view, size, tta.window, tta.window_overlap)
                 yield scores.flip(-1) if flipped else scores
 
@@ -342,6 +368,8 @@ __all__ = [
     "MASKFORMER_TEST_MAX_SIZE",
     "MASKFORMER_TEST_SHORT_SIDES",
     "PREDICTOR_BACKENDS",
+    "PREDICTOR_PRECISIONS",
+    "cpu_has_fast_bf16",
     "SegmentationPredictor",
     "TTAConfig",
     "logits_at_size",
