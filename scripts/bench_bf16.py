@@ -14,6 +14,7 @@ import time
 import torch
 
 from fapn_hf import FAMILIES, SegmentationPredictor, preset_config
+from fapn_hf.benchmark.run import exercise_offsets, logits_agreement
 from fapn_hf.inference.evaluation import evaluate
 from fapn_hf.tasks.semantic.demo_data import VALIDATION_START_INDEX, render_sample
 
@@ -38,11 +39,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     config = preset_config("fapn-r50", [f"class {i}" for i in range(19)])
-    model = FAMILIES["fapn"].head_class(config).eval()
-    with torch.no_grad():
-        for module in model.modules():
-            if hasattr(module, "offset_mask_conv"):
-                module.offset_mask_conv.weight.normal_(0, 0.02)
+    model = exercise_offsets(FAMILIES["fapn"].head_class(config).eval(), seed=1)
     x = torch.randn(1, 3, 256, 512)
     times = {"float32": [], "bfloat16": []}
     with torch.inference_mode():
@@ -56,7 +53,7 @@ def main() -> None:
                 with torch.autocast("cpu", torch.bfloat16, enabled=name == "bfloat16"):
                     model(pixel_values=x)
                 times[name].append(1000 * (time.perf_counter() - t))
-    agree = (outs["float32"].argmax(1) == outs["bfloat16"].argmax(1)).double().mean().item()
+    agree = logits_agreement(outs["float32"], outs["bfloat16"])["label_agreement"]
     t32, t16 = statistics.median(times["float32"]), statistics.median(times["bfloat16"])
     print(
         f"FaPN-R50 1x3x256x512, {torch.get_num_threads()} threads: float32 {t32:.0f} ms, bf16 autocast {t16:.0f} ms "

@@ -137,6 +137,7 @@ def dcn_table(args: argparse.Namespace) -> None:
 
 
 def onnx_table(args: argparse.Namespace) -> None:
+    from fapn_hf.benchmark.run import exercise_offsets
     from fapn_hf.export.onnx import OnnxRuntimeModel, export_onnx
     from fapn_hf.families import family_of_preset
 
@@ -144,12 +145,8 @@ def onnx_table(args: argparse.Namespace) -> None:
     family = family_of_preset(args.preset)
     config = family.preset_config(args.preset, [f"class {i}" for i in range(19)])
     model = family.head_class(config).eval()
+    exercise_offsets(model, seed=1)  # offsets of about a pixel, so the deformable sampling is exercised
     generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # offsets of about a pixel, so the deformable sampling is exercised
-        for module in model.modules():
-            if hasattr(module, "offset_mask_conv"):
-                weight = module.offset_mask_conv.weight
-                weight.copy_(torch.randn(weight.shape, generator=generator) * 0.02)
     height, width = parse_size(args.size)
     pixel_values = torch.randn(1, 3, height, width, generator=generator)
     with tempfile.TemporaryDirectory() as folder:

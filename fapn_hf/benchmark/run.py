@@ -564,15 +564,21 @@ RUNTIME_OFFSET_WEIGHT_STD = 0.02
 RUNTIME_VARIANTS = ("eager", "compiled", "bf16", "onnxruntime")
 
 
+def exercise_offsets(model: torch.nn.Module, seed: int, std: float = RUNTIME_OFFSET_WEIGHT_STD) -> torch.nn.Module:
+    """Draws the weights of every deformable convolution's offset conv of `model` (any family) from N(0, std^2), so
+    that a randomly initialised model samples off the regular grid; returns the model."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if hasattr(module, "offset_mask_conv"):
+                weight = module.offset_mask_conv.weight
+                weight.copy_(torch.randn(weight.shape, generator=generator).to(weight) * std)
+    return model
+
+
 def runtime_model(args: BenchmarkArguments, device: torch.device) -> torch.nn.Module:
     """The FaPN of the model table, with non-zero offset convs (see `RUNTIME_OFFSET_WEIGHT_STD`)."""
-    model = build_model(args, device, feature_aligned=True)
-    generator = torch.Generator().manual_seed(args.seed + 1)
-    with torch.no_grad():
-        for alignment in model.fapn.neck.alignments:
-            weight = alignment.deform_conv.offset_mask_conv.weight
-            weight.copy_(torch.randn(weight.shape, generator=generator) * RUNTIME_OFFSET_WEIGHT_STD)
-    return model
+    return exercise_offsets(build_model(args, device, feature_aligned=True), args.seed + 1)
 
 
 def logits_agreement(reference: torch.Tensor, other: torch.Tensor) -> dict[str, float]:
@@ -1002,4 +1008,4 @@ def run_benchmark(args: BenchmarkArguments) -> dict[str, Any] | None:
     return report
 
 
-__all__ = ["FULL_SETTINGS", "QUICK_SETTINGS", "BenchmarkArguments", "run_benchmark"]
+__all__ = ["FULL_SETTINGS", "QUICK_SETTINGS", "BenchmarkArguments", "exercise_offsets", "run_benchmark"]

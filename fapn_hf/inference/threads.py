@@ -197,14 +197,11 @@ class ThreadGovernor:
     def applied(self) -> Iterator[int]:
         """The setting in force for a `with` block (yields the count); PyTorch's count is restored after it."""
         before = torch.get_num_threads()
-        count = self.choose()
-        changed = count is not None and count != before
-        if changed:
-            torch.set_num_threads(count)
+        count = self.update()
         try:
-            yield torch.get_num_threads()
+            yield count
         finally:
-            if changed:
+            if count != before:
                 torch.set_num_threads(before)
 
 

@@ -112,11 +112,12 @@ class ThreadSetter(TrainerCallback):
         self.every = every
 
     def on_train_begin(self, args, state, control, **kwargs):
-        if args.use_cpu or not torch.cuda.is_available():
-            self.governor.update()
+        if not args.use_cpu and torch.cuda.is_available():
+            self.governor = ThreadGovernor(None)  # training on a GPU: PyTorch's CPU threads are left alone
+        self.governor.update()
 
     def on_step_begin(self, args, state, control, **kwargs):
-        if state.global_step % self.every == 0 and (args.use_cpu or not torch.cuda.is_available()):
+        if state.global_step % self.every == 0:
             self.governor.update()
 
 
